@@ -1,0 +1,1 @@
+"""Framework core: settings, validation, secrets, SSH connection and the runbook shell."""

@@ -1,0 +1,194 @@
+"""The schema of `config.yaml`: what to deploy (inventory/ says where).
+
+Each field's description doubles as the "fix" line of a validation error, so it says
+what the value is and gives an example.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+DNS_NAME = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+
+
+def _network(value: object) -> IPv4Network | IPv6Network:
+    """A CIDR such as 10.0.0.0/8; host bits set is an error, not silently masked."""
+    text = str(value)
+    try:
+        return ip_network(text)
+    except ValueError:
+        try:
+            suggestion = ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a network in CIDR form") from None
+        raise ValueError(f"'{text}' has host bits set; did you mean {suggestion}?") from None
+
+
+def _address(value: object) -> IPv4Address | IPv6Address:
+    try:
+        return ip_address(str(value))
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address") from None
+
+
+Network = Annotated[IPv4Network | IPv6Network, PlainValidator(_network)]
+Address = Annotated[IPv4Address | IPv6Address, PlainValidator(_address)]
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Versions(Section):
+    postgresql: int = Field(15, ge=13, le=17, description="PostgreSQL major version, e.g. 15")
+    patroni: str = Field(
+        "4.1.5",
+        pattern=r"^\d+\.\d+\.\d+$",
+        description="pinned Patroni release from the artifact cache, >= 3.0.3 (e.g. 4.1.5); "
+        "Debian's 3.0.2 loses acknowledged writes after a partition",
+    )
+    playbook: str = Field(
+        description="matrix-docker-ansible-deploy git commit or tag to run, e.g. c0681e4",
+        min_length=4,
+    )
+
+
+class WorkerCounts(Section):
+    """Explicit worker counts; a null count is derived from the scale (see core/sizing.py)."""
+
+    sync: int | None = Field(None, ge=0, le=32, description="sync workers, e.g. 8 (null: from scale)")
+    generic: int | None = Field(None, ge=0, le=32, description="generic/client workers, e.g. 4 (null: from scale)")
+    federation_sender: int | None = Field(
+        None, ge=0, le=16, description="federation senders, e.g. 4 (null: from scale)"
+    )
+    event_persister: int | None = Field(None, ge=0, le=8, description="event persisters, e.g. 2 (null: from scale)")
+
+
+class Synapse(Section):
+    mode: Literal["playbook", "native"] = Field(
+        "playbook", description="'playbook' (matrix-docker-ansible-deploy, containers) or 'native' (venv + systemd)"
+    )
+    federation: bool = Field(True, description="true to federate with other homeservers, false for an isolated server")
+    metrics_port: Port = Field(
+        9100, description="port of Synapse main-process metrics, e.g. 9100 (the playbook's default)"
+    )
+    admin_path: str = Field(
+        "/synapse-admin",
+        description="URL path of the admin UI (Ketesa): '/' or a path that does not end in '/', e.g. /synapse-admin",
+    )
+    admin_allowlist: list[Network] = Field(
+        min_length=1, description="networks allowed to reach the admin UI, e.g. ['10.0.0.0/8', '203.0.113.7/32']"
+    )
+    workers: WorkerCounts = WorkerCounts()
+    database_cp_min: int = Field(5, ge=1, le=50, description="minimum DB connections per Synapse process, e.g. 5")
+    database_cp_max: int = Field(10, ge=1, le=100, description="maximum DB connections per Synapse process, e.g. 10")
+
+
+class Database(Section):
+    name: str = Field("synapse", pattern=r"^[a-z_][a-z0-9_]*$", description="database name, e.g. synapse")
+    user: str = Field(
+        "synapse", pattern=r"^[a-z_][a-z0-9_]*$", description="database role Synapse logs in as, e.g. synapse"
+    )
+    synchronous_mode: bool = Field(
+        True,
+        description="true: Patroni synchronous replication, no committed write lost on failover "
+        "(the design requires it)",
+    )
+    reserved_connections: int = Field(
+        20, ge=0, le=200, description="connections kept for admin, backup and exporters, e.g. 20"
+    )
+
+
+class PgBouncer(Section):
+    port: Port = Field(6432, description="PgBouncer listen port, e.g. 6432")
+    pool_mode: Literal["transaction"] = Field(
+        "transaction", description="must be 'transaction' (the design's requirement for Synapse)"
+    )
+    default_pool_size: int = Field(50, ge=1, le=1000, description="server connections per database/user pair, e.g. 50")
+    reserve_pool_size: int = Field(10, ge=0, le=1000, description="extra server connections under load, e.g. 10")
+    max_client_conn: int = Field(1000, ge=10, le=20000, description="client connections PgBouncer accepts, e.g. 1000")
+
+
+class Turn(Section):
+    relay_min_port: Port = Field(49152, description="first UDP/TCP relay port of coturn, e.g. 49152")
+    relay_max_port: Port = Field(49172, description="last relay port of coturn, e.g. 49172")
+
+
+class LiveKit(Section):
+    enabled: bool = Field(True, description="true to deploy the LiveKit SFU mesh for group calls")
+    rtc_min_port: Port = Field(50100, description="first UDP port of LiveKit media, e.g. 50100")
+    rtc_max_port: Port = Field(50200, description="last UDP port of LiveKit media, e.g. 50200")
+
+
+class MinIO(Section):
+    enabled: bool = Field(True, description="true to store Synapse media in the MinIO erasure set")
+    drives_per_node: int = Field(4, ge=1, le=16, description="data drives per MinIO node, e.g. 4")
+    bucket: str = Field(
+        "synapse-media",
+        pattern=r"^[a-z0-9][a-z0-9.-]{2,62}$",
+        description="bucket for Synapse media, e.g. synapse-media",
+    )
+
+
+class Monitoring(Section):
+    node_exporter_port: Port = Field(
+        9101, description="node-exporter port on every server, e.g. 9101 (9100 is Synapse's metrics port)"
+    )
+
+
+class Firewall(Section):
+    turn_relay_ports: str = Field(
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="relay port range your perimeter firewall opens for TURN, e.g. 49152-49172",
+    )
+
+
+class Preflight(Section):
+    min_free_disk_gb: float = Field(5, ge=0, description="free space required on / of every server, in GB, e.g. 5")
+    max_clock_skew_seconds: float = Field(2, gt=0, description="allowed clock difference to the controller, e.g. 2")
+
+
+class Ssh(Section):
+    connect_timeout: int = Field(10, ge=1, le=300, description="seconds to wait for an SSH connection, e.g. 10")
+    command_timeout: int = Field(900, ge=10, le=7200, description="seconds a remote command may run, e.g. 900")
+
+
+class Config(Section):
+    domain: str = Field(
+        pattern=DNS_NAME,
+        max_length=253,
+        description="the Matrix server name (user IDs end in :<domain>), e.g. example.org",
+    )
+    homeserver_fqdn: str = Field(
+        pattern=DNS_NAME,
+        max_length=253,
+        description="host name clients and federation use, resolving to the HAProxy VIP, e.g. chat.example.org",
+    )
+    internal_domain: str = Field(
+        "internal",
+        pattern=r"^[a-z0-9.-]+$",
+        description="suffix of service names in /etc/hosts, e.g. internal (patroni1.internal)",
+    )
+    scale: Literal["small", "medium", "large"] = Field(
+        description="reference scale: small (1k concurrent users), medium (5k) or large (10k)"
+    )
+    ccu: int | None = Field(
+        None, ge=10, le=200_000, description="concurrent users if not the scale's figure, e.g. 7000 (null: from scale)"
+    )
+    versions: Versions
+    synapse: Synapse
+    database: Database = Database()
+    pgbouncer: PgBouncer = PgBouncer()
+    turn: Turn = Turn()
+    livekit: LiveKit = LiveKit()
+    minio: MinIO = MinIO()
+    monitoring: Monitoring = Monitoring()
+    firewall: Firewall
+    preflight: Preflight = Preflight()
+    ssh: Ssh = Ssh()

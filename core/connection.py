@@ -1,0 +1,200 @@
+"""Nornir connection plugin around `fabric.Connection`: real exit codes, sudo, stdin, SFTP.
+
+Why fabric and not netmiko's `linux` driver: netmiko screen-scrapes an interactive shell
+and has no exit status; provisioning needs both the status and clean stdout/stderr.
+Host keys are verified against a known_hosts file (RejectPolicy): an unknown or changed
+key stops the connection instead of being accepted silently.
+
+Every command the plugin runs is appended to `log`, so runbooks can report what ran
+where and benchmarks can count remote commands per host.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fabric
+import paramiko
+from invoke.exceptions import CommandTimedOut
+from nornir.core.configuration import Config
+
+from core.errors import HostError
+
+CONNECTION = "fabric"
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a remote command returned."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One remote command, as the run report lists it (never with stdin: it may be secret)."""
+
+    user: str
+    sudo: bool
+    cwd: str
+    command: str
+    expect: str
+    on_failure: str
+    exit_code: int
+    seconds: float
+
+
+class FabricConnection:
+    """`nornir` ConnectionPlugin: `open()` connects, `run()` executes, `close()` disconnects."""
+
+    connection: fabric.Connection
+
+    def __init__(self) -> None:
+        self.log: list[CommandRecord] = []
+        self.username = "root"
+        self.command_timeout: int | None = None
+
+    def open(
+        self,
+        hostname: str | None,
+        username: str | None,
+        password: str | None,
+        port: int | None,
+        platform: str | None,
+        extras: dict[str, Any] | None = None,
+        configuration: Config | None = None,
+    ) -> None:
+        extras = extras or {}
+        options = configuration.user_defined if configuration else {}
+        connect_timeout = int(options.get("connect_timeout", 10))
+        self.command_timeout = options.get("command_timeout")
+        self.username = username or "root"
+        key = _local_path(extras.get("key_filename"), options.get("inventory_dir"))
+        connect_kwargs: dict[str, Any] = {
+            "banner_timeout": connect_timeout,
+            "auth_timeout": connect_timeout,
+            "allow_agent": False,
+        }
+        if key:
+            connect_kwargs.update(key_filename=key, look_for_keys=False)
+        if password:
+            connect_kwargs["password"] = password
+        conn = fabric.Connection(
+            host=str(hostname),
+            user=self.username,
+            port=port or 22,
+            connect_timeout=connect_timeout,
+            connect_kwargs=connect_kwargs,
+        )
+        known_hosts = _local_path(extras.get("known_hosts"), options.get("inventory_dir"))
+        _verify_host_keys(conn.client, known_hosts, str(hostname))
+        where = f"{self.username}@{hostname}:{port or 22}"
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException:
+            raise HostError(
+                f"{where}: the host key differs from the one in known_hosts. If the server was "
+                "reinstalled, remove its old key (ssh-keygen -R) and add the new one after checking "
+                "its fingerprint; otherwise treat this as a possible attack"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostError(
+                    f"{where}: host key unknown. Check its fingerprint, then add it: "
+                    f"ssh-keyscan -p {port or 22} {hostname} >> {known_hosts or '~/.ssh/known_hosts'}"
+                ) from None
+            raise HostError(f"{where}: SSH failed: {exc}. Check that sshd runs and the key is authorised") from None
+        except (TimeoutError, OSError) as exc:
+            raise HostError(
+                f"{where}: cannot connect ({exc.strerror or exc}). Check the address in the inventory, "
+                "that the host is up and that the network/firewall lets SSH through"
+            ) from None
+        conn.transport.set_keepalive(15)
+        self.connection = conn
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @property
+    def sudo(self) -> bool:
+        return self.username != "root"
+
+    def run(
+        self,
+        script: str,
+        *,
+        stdin: str | None = None,
+        cwd: str = "/",
+        expect: str = "exit status 0",
+        on_failure: str = "",
+        timeout: int | None = None,
+    ) -> Output:
+        """Run `script` with bash as root (through `sudo -n` when not logged in as root).
+
+        `stdin` carries file contents and secrets, which must never be on the command line.
+        """
+        wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
+        line = f"bash -c {shlex.quote(wrapped)}"
+        if self.sudo:
+            line = f"sudo -n -H -- {line}"
+        started = time.monotonic()
+        try:
+            result = self.connection.run(
+                line,
+                hide=True,
+                warn=True,
+                pty=False,
+                in_stream=_Stdin(stdin) if stdin is not None else False,
+                timeout=timeout or self.command_timeout,
+            )
+            output = Output(result.exited, result.stdout, result.stderr, time.monotonic() - started)
+        except CommandTimedOut as exc:
+            output = Output(
+                124,
+                exc.result.stdout,
+                exc.result.stderr + f"\n(timed out after {exc.timeout} s)",
+                time.monotonic() - started,
+            )
+        self.log.append(
+            CommandRecord(self.username, self.sudo, cwd, script, expect, on_failure, output.exit_code, output.seconds)
+        )
+        return output
+
+
+class _Stdin:
+    """A file-like stdin for invoke that hands over `text` and then reports end of file."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def read(self, size: int) -> str:
+        chunk, self._text = self._text[:size], self._text[size:]
+        return chunk
+
+
+def _local_path(value: str | None, inventory_dir: str | None) -> str | None:
+    """A controller-side path from the inventory: `~` expanded, relative to the inventory folder."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() or not inventory_dir else Path(inventory_dir) / path)
+
+
+def _verify_host_keys(client: paramiko.SSHClient, known_hosts: str | None, hostname: str) -> None:
+    """Replace fabric's AutoAddPolicy: keys come only from known_hosts files."""
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if known_hosts:
+        path = Path(known_hosts)
+        if not path.exists():
+            raise HostError(
+                f"{hostname}: known_hosts file {path} does not exist. Create it with the servers' "
+                "checked host keys (ssh-keyscan HOST >> FILE), or point extras.known_hosts at yours"
+            )
+        client.load_host_keys(str(path))

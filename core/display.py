@@ -1,0 +1,138 @@
+"""What the operator sees while a runbook runs, and the outcome of each host per step.
+
+Nornir runs hosts in threads; the processor prints each host's line under a lock as it
+finishes, so output never interleaves. Every text passes through the redactor first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from nornir.core.inventory import Host
+from nornir.core.task import AggregatedResult, MultiResult, Task
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from core.errors import HostError
+from core.secrets import Redactor
+
+
+@dataclass
+class HostOutcome:
+    """One host's result in one step."""
+
+    status: str  # ok | changed | failed
+    seconds: float
+    message: str = ""
+    diff: str = ""
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    status: str  # ok | changed | failed | skipped | not run
+    seconds: float = 0.0
+    hosts: dict[str, HostOutcome] = field(default_factory=dict)
+    note: str = ""
+
+
+def host_outcome(multi: MultiResult, seconds: float, redact: Redactor) -> HostOutcome:
+    """Condense a host's MultiResult: status, the operator-facing message, the combined diff."""
+    diff = "\n".join(r.diff for r in multi if r.diff)
+    if multi.failed:
+        return HostOutcome("failed", seconds, redact(failure_text(multi)), redact(diff))
+    first = multi[0].result
+    message = first if isinstance(first, str) else ""
+    return HostOutcome("changed" if multi.changed else "ok", seconds, redact(message), redact(diff))
+
+
+def failure_text(multi: MultiResult) -> str:
+    """The message of the HostError behind a failure; a traceback only for real bugs."""
+    for result in multi:
+        if isinstance(result.exception, HostError):
+            return str(result.exception)
+    for result in reversed(multi):
+        if result.failed and result.exception is not None and not _is_subtask_error(result.exception):
+            return str(result.result)
+    return str(multi[0].result)
+
+
+def _is_subtask_error(exc: BaseException) -> bool:
+    return type(exc).__name__ == "NornirSubTaskError"
+
+
+class Progress:
+    """Nornir processor printing one line per host as it finishes a step."""
+
+    def __init__(self, console: Console, redact: Redactor, verbose: bool, show_diffs: bool) -> None:
+        self.console = console
+        self.redact = redact
+        self.verbose = verbose
+        self.show_diffs = show_diffs
+        self.lock = threading.Lock()
+        self.started: dict[str, float] = {}
+        self.outcomes: dict[str, HostOutcome] = {}
+
+    def task_started(self, task: Task) -> None:
+        self.outcomes = {}
+
+    def task_completed(self, task: Task, result: AggregatedResult) -> None:
+        return None
+
+    def task_instance_started(self, task: Task, host: Host) -> None:
+        with self.lock:
+            self.started[host.name] = time.monotonic()
+
+    def task_instance_completed(self, task: Task, host: Host, result: MultiResult) -> None:
+        outcome = host_outcome(result, time.monotonic() - self.started.get(host.name, time.monotonic()), self.redact)
+        with self.lock:
+            self.outcomes[host.name] = outcome
+            self._print(host.name, outcome)
+
+    def subtask_instance_started(self, task: Task, host: Host) -> None:
+        return None
+
+    def subtask_instance_completed(self, task: Task, host: Host, result: MultiResult) -> None:
+        return None
+
+    def _print(self, name: str, outcome: HostOutcome) -> None:
+        style = {"ok": "green", "changed": "yellow", "failed": "bold red"}[outcome.status]
+        line = f"  [{style}]{outcome.status:8}[/{style}] {escape(name):16} {outcome.seconds:6.1f}s"
+        if outcome.message and (outcome.status != "failed") and self.verbose:
+            line += f"  {escape(outcome.message.splitlines()[0])}"
+        self.console.print(line, highlight=False)
+        if outcome.status == "failed":
+            self.console.print(escape(_indent(outcome.message)), style="red", highlight=False)
+        elif outcome.diff and (self.show_diffs or self.verbose):
+            self.console.print(escape(_indent(outcome.diff)), highlight=False)
+        elif outcome.diff:
+            heads = [line for line in outcome.diff.splitlines() if line and line[0] not in "+-@ "]
+            for head in heads[:8]:
+                self.console.print(f"             {escape(head)}", highlight=False)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"      {line}" for line in text.splitlines())
+
+
+def summary_table(steps: list[StepOutcome]) -> Table:
+    table = Table(title="Summary", show_lines=False)
+    for column in ("step", "status", "hosts", "changed", "failed", "seconds"):
+        table.add_column(column, justify="right" if column in ("hosts", "changed", "failed", "seconds") else "left")
+    for step in steps:
+        changed = sum(1 for h in step.hosts.values() if h.status == "changed")
+        failed = sum(1 for h in step.hosts.values() if h.status == "failed")
+        style = {"failed": "red", "changed": "yellow", "ok": "green"}.get(step.status, "dim")
+        status = step.status + (f" ({step.note})" if step.note else "")
+        table.add_row(
+            step.name,
+            f"[{style}]{escape(status)}[/{style}]",
+            str(len(step.hosts)),
+            str(changed),
+            str(failed),
+            f"{step.seconds:.1f}",
+        )
+    return table

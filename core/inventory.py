@@ -1,0 +1,109 @@
+"""The schema of `inventory/` (Nornir SimpleInventory files): where each part runs.
+
+The files keep SimpleInventory's layout (hosts.yaml, groups.yaml, defaults.yaml) so any
+Nornir script can load them; we validate them ourselves first to give exact messages.
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.config import Address, Network, Port
+
+HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")]
+
+# Inventory groups the platform knows, with the fewest hosts each must have for HA
+# (SPEC "Topology"); `None` as maximum means no upper bound.
+GROUP_SIZES: dict[str, tuple[int, int | None]] = {
+    "patroni": (3, None),
+    "pgbouncer": (2, None),
+    "minio": (4, None),
+    "haproxy": (2, None),
+    "coturn": (2, None),
+    "livekit": (2, None),
+    "synapse": (1, 1),
+    "monitoring": (1, 1),
+    "backup": (1, 1),
+}
+
+# Groups that a feature switch in config.yaml can turn off (then they may be empty).
+OPTIONAL_GROUPS = {"minio": "minio.enabled", "livekit": "livekit.enabled"}
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FabricExtras(Entry):
+    key_filename: str | None = Field(None, description="private key for SSH, e.g. ~/.ssh/id_ed25519")
+    known_hosts: str | None = Field(
+        None, description="known_hosts file to verify host keys against, e.g. ~/.ssh/known_hosts"
+    )
+
+
+class ConnectionOptions(Entry):
+    hostname: str | None = None
+    port: Port | None = None
+    username: str | None = None
+    platform: str | None = None
+    extras: FabricExtras | None = None
+
+
+class HostData(Entry):
+    private_ip: Address | None = Field(
+        None, description="the host's address on the private network, e.g. 10.0.2.11 (default: hostname)"
+    )
+
+
+class Host(Entry):
+    hostname: HostName = Field(description="address or DNS name the controller reaches over SSH, e.g. 10.0.2.11")
+    port: Port | None = Field(None, description="SSH port, e.g. 22")
+    username: str | None = Field(None, description="SSH user with passwordless sudo, e.g. root or deploy")
+    platform: str | None = None
+    groups: list[str] = Field(min_length=1, description=f"one or more of {', '.join(GROUP_SIZES)}")
+    data: HostData = HostData()
+    connection_options: dict[str, ConnectionOptions] = {}
+
+    @field_validator("hostname")
+    @classmethod
+    def _address_if_numeric(cls, value: str) -> str:
+        """`10.0.2.300` is a mistyped address, not a DNS name."""
+        if all(part.isdigit() for part in value.split(".")):
+            try:
+                ip_address(value)
+            except ValueError:
+                raise ValueError(f"'{value}' is not a valid IP address") from None
+        return value
+
+
+class Group(Entry):
+    port: Port | None = None
+    username: str | None = None
+    platform: str | None = None
+    groups: list[str] = []
+    data: dict[str, Any] = {}
+    connection_options: dict[str, ConnectionOptions] = {}
+
+
+class DefaultsData(Entry):
+    site: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
+        description="short name of this site, used for its secrets file and reports, e.g. production",
+    )
+    vip: Address = Field(
+        description="the HAProxy/Keepalived virtual IP that the homeserver name resolves to, e.g. 10.0.1.10"
+    )
+    private_networks: list[Network] = Field(
+        min_length=1, description="networks the platform's servers live in, e.g. ['10.0.0.0/16']"
+    )
+
+
+class Defaults(Entry):
+    port: Port = Field(22, description="SSH port, e.g. 22")
+    username: str = Field(description="SSH user with passwordless sudo, e.g. root or deploy")
+    platform: str | None = "linux"
+    data: DefaultsData
+    connection_options: dict[str, ConnectionOptions] = {}

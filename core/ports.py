@@ -1,0 +1,126 @@
+"""The platform's port table: which ports each inventory group listens on.
+
+One table serves three checks: clashes between two services placed on one host
+(validation), ports already taken by a foreign process (preflight), and later the
+firewall rules. Process names are what `ss -p` shows (the kernel's 15-character comm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import Config
+
+
+@dataclass(frozen=True)
+class PortUse:
+    """A port or range a service listens on; `processes` are the names allowed to hold it."""
+
+    service: str
+    start: int
+    end: int
+    proto: str
+    processes: tuple[str, ...]
+    setting: str  # where the operator changes it
+
+    def overlaps(self, other: PortUse) -> bool:
+        return self.proto == other.proto and self.start <= other.end and other.start <= self.end
+
+    def label(self) -> str:
+        span = str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+        return f"{self.service} {span}/{self.proto}"
+
+
+def _tcp(service: str, port: int, processes: tuple[str, ...], setting: str) -> PortUse:
+    return PortUse(service, port, port, "tcp", processes, setting)
+
+
+def _both(service: str, start: int, end: int, processes: tuple[str, ...], setting: str) -> list[PortUse]:
+    return [PortUse(service, start, end, proto, processes, setting) for proto in ("tcp", "udp")]
+
+
+def group_ports(config: Config, group: str) -> list[PortUse]:
+    """Ports the services of `group` listen on, from the settings that move them."""
+    fixed = "fixed by the platform"
+    if group == "patroni":
+        return [
+            _tcp("postgresql", 5432, ("postgres",), fixed),
+            _tcp("patroni-rest", 8008, ("patroni",), fixed),
+            _tcp("etcd-client", 2379, ("etcd",), fixed),
+            _tcp("etcd-peer", 2380, ("etcd",), fixed),
+        ]
+    if group == "pgbouncer":
+        return [_tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), "config.yaml pgbouncer.port")]
+    if group == "minio" and config.minio.enabled:
+        return [_tcp("minio-api", 9000, ("minio",), fixed), _tcp("minio-console", 9001, ("minio",), fixed)]
+    if group == "haproxy":
+        return [_tcp(f"haproxy-{port}", port, ("haproxy",), fixed) for port in (80, 443, 8448, 8404)]
+    if group == "coturn":
+        turn = config.turn
+        return [
+            *_both("turn", 3478, 3478, ("turnserver",), fixed),
+            *_both("turns", 5349, 5349, ("turnserver",), fixed),
+            *_both(
+                "turn-relay",
+                turn.relay_min_port,
+                turn.relay_max_port,
+                ("turnserver",),
+                "config.yaml turn.relay_min_port/relay_max_port",
+            ),
+        ]
+    if group == "livekit" and config.livekit.enabled:
+        lk = config.livekit
+        return [
+            _tcp("livekit-http", 7880, ("livekit-server",), fixed),
+            _tcp("livekit-rtc-tcp", 7881, ("livekit-server",), fixed),
+            PortUse("livekit-rtc-udp", 7882, 7882, "udp", ("livekit-server",), fixed),
+            PortUse(
+                "livekit-media",
+                lk.rtc_min_port,
+                lk.rtc_max_port,
+                "udp",
+                ("livekit-server",),
+                "config.yaml livekit.rtc_min_port/rtc_max_port",
+            ),
+            _tcp("livekit-redis", 6379, ("redis-server",), fixed),
+        ]
+    if group == "synapse":
+        synapse = ("synapse", "python3", "python", "docker-proxy", "traefik")
+        return [
+            _tcp("synapse-client", 8008, synapse, fixed),
+            _tcp("synapse-replication", 9093, synapse, fixed),
+            _tcp("synapse-metrics", config.synapse.metrics_port, synapse, "config.yaml synapse.metrics_port"),
+        ]
+    if group == "monitoring":
+        return [
+            _tcp("prometheus", 9090, ("prometheus",), fixed),
+            _tcp("alertmanager", 9093, ("prometheus-ale", "alertmanager"), fixed),
+            _tcp("grafana", 3000, ("grafana", "grafana-server"), fixed),
+        ]
+    return []
+
+
+def host_ports(config: Config, groups: list[str], ssh_port: int) -> list[PortUse]:
+    """Every port a host in `groups` listens on, including what every server runs."""
+    uses = [
+        _tcp("ssh", ssh_port, ("sshd", "systemd"), "inventory port"),
+        _tcp(
+            "node-exporter",
+            config.monitoring.node_exporter_port,
+            ("prometheus-nod", "node_exporter"),
+            "config.yaml monitoring.node_exporter_port",
+        ),
+    ]
+    for group in groups:
+        uses.extend(group_ports(config, group))
+    return uses
+
+
+def clashes(uses: list[PortUse]) -> list[tuple[PortUse, PortUse]]:
+    """Pairs of different services that would listen on the same port and protocol."""
+    found = []
+    for index, first in enumerate(uses):
+        for second in uses[index + 1 :]:
+            if first.service != second.service and first.overlaps(second):
+                found.append((first, second))
+    return found

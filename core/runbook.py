@@ -1,0 +1,347 @@
+"""The shell every runbook shares: flags, settings, steps, gates, display, report, exit codes.
+
+A runbook is a list of named steps. Each step targets inventory groups, runs in parallel
+across their hosts (or one host at a time when order matters) and may end in a health
+gate. Nornir records failures silently (`raise_on_error` is off and `failed_hosts` is
+shared between filtered copies), so the shell checks every step's result itself and
+stops before any step that depends on a failed one.
+
+Exit codes: 0 all good, 1 some host failed, 2 bad input before any host was touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nornir import InitNornir
+from nornir.core import Nornir
+from nornir.core.plugins.connections import ConnectionPluginRegister
+from nornir.core.task import AggregatedResult, Result
+from nornir.plugins.runners import SerialRunner, ThreadedRunner
+from rich.console import Console
+from rich.markup import escape
+
+from core.connection import CONNECTION, CommandRecord, FabricConnection
+from core.display import Progress, StepOutcome, host_outcome, summary_table
+from core.errors import InputError, InputProblem
+from core.secrets import Redactor
+from core.settings import Settings, load_settings
+from tasks.remote import Mode
+
+REPO = Path(__file__).resolve().parent.parent
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+MAX_THREADS = 100
+
+Gate = Callable[[AggregatedResult, Settings], list[str]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named stage of a runbook.
+
+    `task(task, settings)` runs on every host of `groups` (all hosts when None);
+    `gate(result, settings)` then returns problems across hosts (empty: healthy).
+    """
+
+    name: str
+    summary: str
+    task: Callable[..., Result]
+    groups: tuple[str, ...] | None = None
+    serial: bool = False
+    gate: Gate | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    config: Path
+    inventory: Path
+    mode: Mode
+    steps: list[Step]
+    limit: list[str]
+    verbose: bool
+    report: Path | None
+    plan_dir: Path
+
+
+class Runbook:
+    def __init__(self, name: str, description: str, steps: list[Step], *, confirm: bool = False) -> None:
+        self.name = name
+        self.description = description
+        self.steps = steps
+        self.confirm = confirm
+        self.console = Console(highlight=False, soft_wrap=True)
+
+    def parser(self) -> argparse.ArgumentParser:
+        width = max(len(s.name) for s in self.steps)
+        listing = "\n".join(f"  {i}. {s.name:{width}}  {s.summary}" for i, s in enumerate(self.steps, 1))
+        parser = argparse.ArgumentParser(
+            prog=f"python runbooks/{self.name}.py",
+            description=self.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"steps, in order:\n{listing}\n\nexit codes: 0 all good, 1 a host failed, "
+            "2 bad input (nothing was touched)",
+        )
+        parser.add_argument("--config", type=Path, default=REPO / "config.yaml", help="deployment settings file")
+        parser.add_argument(
+            "--inventory",
+            type=Path,
+            default=REPO / "inventory",
+            help="inventory folder (hosts.yaml, groups.yaml, defaults.yaml)",
+        )
+        parser.add_argument("--limit", default="", help="only these hosts, comma-separated inventory names")
+        parser.add_argument(
+            "--step", action="append", default=[], metavar="NAME", help="run only this step (repeatable)"
+        )
+        parser.add_argument(
+            "--skip-step", action="append", default=[], metavar="NAME", help="skip this step (repeatable)"
+        )
+        modes = parser.add_mutually_exclusive_group()
+        modes.add_argument(
+            "--plan",
+            action="store_true",
+            help="render every file for every host into --plan-dir and list the changes; connects to no host",
+        )
+        modes.add_argument(
+            "--check",
+            action="store_true",
+            help="connect and read each host's state, show what would change, change nothing",
+        )
+        parser.add_argument(
+            "--plan-dir",
+            type=Path,
+            default=None,
+            help="where --plan writes (default plan/<site> beside the config file)",
+        )
+        parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        parser.add_argument("--verbose", action="store_true", help="show diffs, each host's detail and every command")
+        parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report here")
+        return parser
+
+    def main(self, argv: list[str] | None = None) -> int:
+        args = self.parser().parse_args(argv)
+        try:
+            options = self._options(args)
+            settings, warnings = load_settings(
+                options.config, options.inventory, allow_placeholders=options.mode is Mode.PLAN
+            )
+            unknown = [h for h in options.limit if h not in settings.hosts]
+            if unknown:
+                raise InputError(
+                    [
+                        InputProblem(
+                            "--limit",
+                            ",".join(unknown),
+                            "not in the inventory",
+                            f"use names from {options.inventory / 'hosts.yaml'}: {', '.join(settings.hosts)}",
+                        )
+                    ]
+                )
+        except InputError as exc:
+            self.console.print(f"[bold red]{self.name}: refusing to start, nothing was touched:[/bold red]")
+            for problem in exc.problems:
+                self.console.print(escape(str(problem)))
+            return EXIT_INPUT
+        for warning in warnings:
+            self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        if self.confirm and options.mode is Mode.APPLY and not args.yes and not self._confirmed(settings):
+            return EXIT_INPUT
+        return self.execute(settings, options)
+
+    def _options(self, args: argparse.Namespace) -> Options:
+        names = [s.name for s in self.steps]
+        bad = [n for n in args.step + args.skip_step if n not in names]
+        if bad:
+            raise InputError(
+                [InputProblem("--step/--skip-step", ", ".join(bad), "no such step", f"use one of: {', '.join(names)}")]
+            )
+        steps = [s for s in self.steps if (not args.step or s.name in args.step) and s.name not in args.skip_step]
+        mode = Mode.PLAN if args.plan else Mode.CHECK if args.check else Mode.APPLY
+        return Options(
+            config=args.config.resolve(),
+            inventory=args.inventory.resolve(),
+            mode=mode,
+            steps=steps,
+            limit=[h.strip() for h in args.limit.split(",") if h.strip()],
+            verbose=args.verbose,
+            report=args.report,
+            plan_dir=args.plan_dir or Path(""),
+        )
+
+    def _confirmed(self, settings: Settings) -> bool:
+        if not sys.stdin.isatty():
+            self.console.print(
+                f"{self.name} changes running services on {len(settings.hosts)} hosts of site "
+                f"'{settings.site}': pass --yes to run it without a terminal"
+            )
+            return False
+        answer = input(f"Run {self.name} against site '{settings.site}' ({len(settings.hosts)} hosts)? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    def execute(self, settings: Settings, options: Options) -> int:
+        """Run the selected steps against the inventory; returns the exit code."""
+        redact = Redactor(settings.secrets)
+        plan_dir = (
+            options.plan_dir if options.plan_dir != Path("") else settings.config_path.parent / "plan" / settings.site
+        ).resolve()
+        nr = self._nornir(settings, options, redact, plan_dir)
+        progress = Progress(self.console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY)
+        outcomes: list[StepOutcome] = []
+        commands: dict[str, list[CommandRecord]] = {}
+        started = time.monotonic()
+        mode_note = {
+            Mode.PLAN: f"plan mode: writing rendered files to {plan_dir}; no host is contacted",
+            Mode.CHECK: "check mode: reading host state only, nothing is changed",
+            Mode.APPLY: "",
+        }[options.mode]
+        if mode_note:
+            self.console.print(f"[cyan]{mode_note}[/cyan]")
+        try:
+            blocked_by = ""
+            for index, step in enumerate(options.steps, 1):
+                if blocked_by:
+                    outcomes.append(StepOutcome(step.name, "not run", note=f"after failure in {blocked_by}"))
+                    continue
+                outcome = self._run_step(nr, step, index, len(options.steps), settings, options, progress, redact)
+                outcomes.append(outcome)
+                if outcome.status == "failed":
+                    blocked_by = step.name
+        finally:
+            for host in nr.inventory.hosts.values():
+                conn = host.connections.get(CONNECTION)
+                if conn is not None:
+                    commands[host.name] = list(conn.log)
+            nr.close_connections(on_good=True, on_failed=True)
+        elapsed = time.monotonic() - started
+        self.console.print(summary_table(outcomes))
+        failed = any(o.status == "failed" for o in outcomes)
+        changed = any(o.status == "changed" for o in outcomes)
+        verdict = (
+            "[bold red]FAILED[/bold red]"
+            if failed
+            else "[yellow]changes made[/yellow]"
+            if changed and options.mode is Mode.APPLY
+            else "[yellow]changes pending[/yellow]"
+            if changed
+            else "[green]no changes[/green]"
+        )
+        self.console.print(f"{self.name}: {verdict} in {elapsed:.1f}s")
+        if options.verbose:
+            self._print_commands(commands, redact)
+        code = EXIT_FAILED if failed else EXIT_OK
+        if options.report:
+            self._write_report(options, settings, outcomes, commands, elapsed, code, redact)
+        return code
+
+    def _nornir(self, settings: Settings, options: Options, redact: Redactor, plan_dir: Path) -> Nornir:
+        ConnectionPluginRegister.register(CONNECTION, FabricConnection)
+        inventory = options.inventory
+        nr = InitNornir(
+            runner={"plugin": "threaded", "options": {"num_workers": max(1, min(len(settings.hosts), MAX_THREADS))}},
+            inventory={
+                "plugin": "SimpleInventory",
+                "options": {
+                    "host_file": str(inventory / "hosts.yaml"),
+                    "group_file": str(inventory / "groups.yaml"),
+                    "defaults_file": str(inventory / "defaults.yaml"),
+                },
+            },
+            logging={"enabled": False},
+            user_defined={
+                "mode": options.mode.value,
+                "plan_dir": str(plan_dir),
+                "redact": redact,
+                "inventory_dir": str(inventory),
+                "connect_timeout": settings.config.ssh.connect_timeout,
+                "command_timeout": settings.config.ssh.command_timeout,
+            },
+        )
+        if options.limit:
+            nr = nr.filter(filter_func=lambda host: host.name in options.limit)
+        return nr
+
+    def _run_step(
+        self,
+        nr: Nornir,
+        step: Step,
+        index: int,
+        total: int,
+        settings: Settings,
+        options: Options,
+        progress: Progress,
+        redact: Redactor,
+    ) -> StepOutcome:
+        groups = step.groups
+        targets = nr.filter(filter_func=lambda h: groups is None or any(g in groups for g in h.groups))
+        count = len(targets.inventory.hosts)
+        where = "all hosts" if groups is None else ", ".join(groups)
+        self.console.print(
+            f"[bold]▶ {index}/{total} {step.name}[/bold] — {step.summary} "
+            f"[dim]({count} hosts: {where}{', one at a time' if step.serial else ''})[/dim]"
+        )
+        if count == 0:
+            return StepOutcome(step.name, "skipped", note="no hosts")
+        runner = SerialRunner() if step.serial else ThreadedRunner(num_workers=min(count, MAX_THREADS))
+        started = time.monotonic()
+        result = (
+            targets.with_runner(runner)
+            .with_processors([progress])
+            .run(task=step.task, name=step.name, settings=settings)
+        )
+        hosts = {
+            name: progress.outcomes.get(name) or host_outcome(multi, 0.0, redact) for name, multi in result.items()
+        }
+        outcome = StepOutcome(step.name, "ok", hosts=hosts)
+        if result.failed:
+            outcome.status = "failed"
+            outcome.note = f"{len(result.failed_hosts)} host(s) failed"
+        else:
+            problems = step.gate(result, settings) if step.gate and options.mode is Mode.APPLY else []
+            if problems:
+                outcome.status, outcome.note = "failed", "health gate"
+                self.console.print("[bold red]  health gate failed:[/bold red]")
+                for problem in problems:
+                    self.console.print(f"    {escape(redact(problem))}", style="red")
+            elif any(h.status == "changed" for h in hosts.values()):
+                outcome.status = "changed"
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _print_commands(self, commands: dict[str, list[CommandRecord]], redact: Redactor) -> None:
+        self.console.print("[bold]Commands run[/bold] (host, user, directory, expected result, exit status):")
+        for host, records in commands.items():
+            for record in records:
+                user = f"{record.user}{'+sudo' if record.sudo else ''}"
+                first = redact(record.command).strip().splitlines()[0][:120] if record.command.strip() else ""
+                self.console.print(
+                    f"  {escape(host)} {user} {record.cwd} exit={record.exit_code} "
+                    f"[dim]expect: {escape(record.expect)}[/dim]\n    {escape(first)}"
+                )
+
+    def _write_report(
+        self,
+        options: Options,
+        settings: Settings,
+        outcomes: list[StepOutcome],
+        commands: dict[str, list[CommandRecord]],
+        elapsed: float,
+        code: int,
+        redact: Redactor,
+    ) -> None:
+        report: dict[str, Any] = {
+            "runbook": self.name,
+            "site": settings.site,
+            "mode": options.mode.value,
+            "exit_code": code,
+            "seconds": round(elapsed, 3),
+            "steps": [asdict(o) for o in outcomes],
+            "commands": {host: [asdict(r) for r in records] for host, records in commands.items()},
+        }
+        options.report.parent.mkdir(parents=True, exist_ok=True)
+        options.report.write_text(redact(json.dumps(report, indent=2, default=str)) + "\n")

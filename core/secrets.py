@@ -1,0 +1,133 @@
+"""The platform's secrets: generated on first use into one 0600 file outside git.
+
+Values are never printed: `Secrets` hides them from repr, and `Redactor` replaces any
+value that still finds its way into output, a report or a plan file with its name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random
+import stat
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from core.errors import InputError, InputProblem
+
+
+def _token() -> str:
+    return random.token_urlsafe(32)
+
+
+def _vrrp_password() -> str:
+    # VRRP PASS authentication uses only the first 8 characters.
+    alphabet = string.ascii_letters + string.digits
+    return "".join(random.choice(alphabet) for _ in range(8))
+
+
+def _minio_access_key() -> str:
+    alphabet = string.ascii_uppercase + string.digits
+    return "".join(random.choice(alphabet) for _ in range(20))
+
+
+# Every secret the platform uses, with how to make a fresh one.
+GENERATORS = {
+    "postgres_superuser_password": _token,
+    "postgres_replication_password": _token,
+    "postgres_rewind_password": _token,
+    "synapse_db_password": _token,
+    "pgbouncer_auth_password": _token,
+    "patroni_rest_password": _token,
+    "turn_shared_secret": _token,
+    "minio_root_user": _minio_access_key,
+    "minio_root_password": _token,
+    "minio_synapse_access_key": _minio_access_key,
+    "minio_synapse_secret_key": _token,
+    "livekit_api_key": lambda: "API" + _minio_access_key()[:12],
+    "livekit_api_secret": _token,
+    "livekit_redis_password": _token,
+    "synapse_registration_shared_secret": _token,
+    "synapse_macaroon_secret_key": _token,
+    "synapse_form_secret": _token,
+    "synapse_admin_password": _token,
+    "keepalived_auth_pass": _vrrp_password,
+    "haproxy_stats_password": _token,
+    "grafana_admin_password": _token,
+    "pgbackrest_cipher_pass": _token,
+}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Named secret values; `repr` never shows them."""
+
+    path: Path
+    values: dict[str, str] = field(repr=False)
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+
+class Redactor:
+    """Replaces every secret value in a text with `<secret:name>`."""
+
+    def __init__(self, secrets: Secrets | None) -> None:
+        pairs = secrets.values.items() if secrets else ()
+        # Longest first, so a secret that contains another is replaced whole.
+        self._pairs = sorted(((v, f"<secret:{k}>") for k, v in pairs if v), key=lambda p: -len(p[0]))
+
+    def __call__(self, text: str) -> str:
+        for value, name in self._pairs:
+            if value in text:
+                text = text.replace(value, name)
+        return text
+
+
+def load_or_create(path: Path) -> Secrets:
+    """Read the secrets file, adding any secret it lacks; refuse one others can read."""
+    values: dict[str, str] = {}
+    label = str(path)
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise InputError(
+                [
+                    InputProblem(
+                        label,
+                        "(file mode)",
+                        f"the secrets file is readable by others (mode {mode:04o})",
+                        f"chmod 600 {path}",
+                    )
+                ]
+            )
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+            raise InputError(
+                [
+                    InputProblem(
+                        label,
+                        "(top level)",
+                        "expected a mapping of secret names to string values",
+                        "restore the file from your backup, or move it away to generate new secrets",
+                    )
+                ]
+            )
+        values = dict(loaded)
+    missing = [name for name in GENERATORS if name not in values]
+    if missing:
+        values.update({name: GENERATORS[name]() for name in missing})
+        _write_private(path, yaml.safe_dump(values, sort_keys=True))
+    return Secrets(path, values)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` atomically to a file only the owner can read, in a 0700 folder."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

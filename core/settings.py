@@ -1,0 +1,242 @@
+"""One validated, typed settings object from `config.yaml` + `inventory/`.
+
+Data flows one way: files → this object (with the sizing derived once) → Nornir host
+data → tasks and templates. Every problem found is collected and raised together as an
+InputError, before anything connects to a host.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from core import validate
+from core.config import Config
+from core.errors import InputError, InputProblem
+from core.inventory import Defaults, Group, Host
+from core.secrets import Secrets, load_or_create
+from core.sizing import Sizing, for_config
+from core.yamlsource import KeyPath, Placeholder, YamlDoc, load_yaml
+
+INVENTORY_FILES = ("hosts.yaml", "groups.yaml", "defaults.yaml")
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """A server of the inventory, as the tasks see it."""
+
+    name: str
+    address: str
+    private_ip: str
+    groups: tuple[str, ...]
+    port: int
+    username: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    inventory_dir: Path
+    config: Config
+    defaults: Defaults
+    hosts: dict[str, HostInfo]
+    sizing: Sizing
+    placeholders: tuple[Placeholder, ...]
+    secrets: Secrets
+
+    @property
+    def site(self) -> str:
+        return self.defaults.data.site
+
+    @property
+    def vip(self) -> str:
+        return str(self.defaults.data.vip)
+
+    def members(self, group: str) -> list[HostInfo]:
+        return [host for host in self.hosts.values() if group in host.groups]
+
+    def service_name(self, host: HostInfo) -> str:
+        """The private DNS name of a server, e.g. patroni1.internal."""
+        return f"{host.name}.{self.config.internal_domain}"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The four files after schema validation, with the documents for line numbers."""
+
+    config: Config
+    hosts: dict[str, Host]
+    groups: dict[str, Group]
+    defaults: Defaults
+    docs: dict[str, YamlDoc]
+
+    def host_problem(self, host: str, key: KeyPath, message: str, fix: str) -> InputProblem:
+        return self.docs["hosts.yaml"].problem((host, *key), message, fix)
+
+
+def load_settings(config_path: Path, inventory_dir: Path, *, allow_placeholders: bool) -> tuple[Settings, list[str]]:
+    """Validate everything, then load or create the secrets; returns (settings, warnings)."""
+    parsed = _parse(config_path, inventory_dir)
+    problems = validate.check(parsed)
+    placeholders = tuple(p for doc in parsed.docs.values() for p in doc.placeholders)
+    warnings = []
+    if allow_placeholders:
+        warnings = [
+            f"{doc.label}: {len(doc.placeholders)} example value(s) not replaced yet (CHANGE_TO_YOUR_ "
+            f"markers on lines {', '.join(str(p.line) for p in doc.placeholders)}); a real deploy refuses them"
+            for doc in parsed.docs.values()
+            if doc.placeholders
+        ]
+    else:
+        for p in placeholders:
+            problems.append(
+                InputProblem(
+                    p.file,
+                    p.key,
+                    f"still has its example value ({p.marker})",
+                    f"set your own value, then delete the '# {p.marker}' comment",
+                    p.line,
+                )
+            )
+    if problems:
+        raise InputError(problems)
+    hosts = {name: _host_info(name, host, parsed) for name, host in parsed.hosts.items()}
+    config = parsed.config
+    settings = Settings(
+        config_path=config_path,
+        inventory_dir=inventory_dir,
+        config=config,
+        defaults=parsed.defaults,
+        hosts=hosts,
+        sizing=for_config(config, sum(1 for h in hosts.values() if "pgbouncer" in h.groups)),
+        placeholders=placeholders,
+        secrets=load_or_create(config_path.parent / ".secrets" / f"{parsed.defaults.data.site}.yaml"),
+    )
+    return settings, warnings
+
+
+def _host_info(name: str, host: Host, parsed: Parsed) -> HostInfo:
+    group_entries = [parsed.groups[g] for g in host.groups]
+    return HostInfo(
+        name=name,
+        address=host.hostname,
+        private_ip=str(host.data.private_ip or ip_address(host.hostname)),
+        groups=tuple(host.groups),
+        port=host.port or next((g.port for g in group_entries if g.port), None) or parsed.defaults.port,
+        username=host.username
+        or next((g.username for g in group_entries if g.username), None)
+        or parsed.defaults.username,
+    )
+
+
+def _parse(config_path: Path, inventory_dir: Path) -> Parsed:
+    problems: list[InputProblem] = []
+    docs: dict[str, YamlDoc] = {}
+    for name, path in [("config.yaml", config_path), *((f, inventory_dir / f) for f in INVENTORY_FILES)]:
+        try:
+            docs[name] = load_yaml(path, _label(path))
+        except InputError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise InputError(problems)
+    config = _model(Config, docs["config.yaml"], (), problems)
+    defaults = _model(Defaults, docs["defaults.yaml"], (), problems)
+    hosts = _mapping(Host, docs["hosts.yaml"], problems)
+    groups = _mapping(Group, docs["groups.yaml"], problems)
+    if problems:
+        raise InputError(problems)
+    assert config and defaults  # problems would have been raised otherwise
+    return Parsed(config, hosts, groups, defaults, docs)
+
+
+def _label(path: Path) -> str:
+    """The path as the operator would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _mapping(model: type[BaseModel], doc: YamlDoc, problems: list[InputProblem]) -> dict[str, Any]:
+    """A file whose top level maps names (hosts, groups) to entries of `model`."""
+    data = doc.data or {}
+    if not isinstance(data, dict):
+        problems.append(doc.problem((), "expected a mapping of names to entries", "see the shipped example file"))
+        return {}
+    out = {}
+    for name, entry in data.items():
+        parsed = _model(model, doc, (str(name),), problems, entry)
+        if parsed is not None:
+            out[str(name)] = parsed
+    return out
+
+
+def _model(
+    model: type[BaseModel], doc: YamlDoc, prefix: KeyPath, problems: list[InputProblem], data: Any = None
+) -> Any:
+    data = doc.data if data is None and not prefix else data
+    if not isinstance(data, dict):
+        problems.append(doc.problem(prefix, "expected a mapping of keys to values", "see the shipped example file"))
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            key = (*prefix, *error["loc"])
+            problems.append(doc.problem(key, _message(error), _fix(model, error)))
+        return None
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    text = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, (str, int, float, bool)) and repr(value) not in text:
+        text += f" (got {value!r})"
+    return text
+
+
+def _fix(model: type[BaseModel], error: Any) -> str:
+    loc = [part for part in error["loc"] if isinstance(part, str)]
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        known = ", ".join(parent.model_fields) if parent else "see the shipped example"
+        return f"remove it or correct its spelling; keys allowed here: {known}"
+    parent = _model_at(model, loc[:-1])
+    field = parent.model_fields.get(loc[-1]) if parent and loc else None
+    if field and field.description:
+        return field.description
+    return "see the shipped example file for the expected form"
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The nested model class that holds the field at `loc`, following the annotations."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        current = _inner_model(current.model_fields[part].annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside `X | None`, `list[X]` or `dict[str, X]`, else the annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, dict):
+        for arg in typing.get_args(annotation):
+            inner = _inner_model(arg)
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return annotation

@@ -1,0 +1,250 @@
+"""Checks that span several keys or files: group sizes, addresses, ports, ranges.
+
+Each check returns problems instead of raising, so the operator sees all of them at once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from ipaddress import ip_address
+from typing import TYPE_CHECKING
+
+from core.errors import InputProblem
+from core.inventory import GROUP_SIZES, OPTIONAL_GROUPS
+from core.ports import clashes, host_ports
+from core.sizing import SCALE_CCU, for_config
+
+if TYPE_CHECKING:
+    from core.settings import Parsed
+
+
+def check(parsed: Parsed) -> list[InputProblem]:
+    problems: list[InputProblem] = []
+    for rule in (_group_names, _group_sizes, _addresses, _ports, _admin_path, _port_ranges, _connections):
+        problems.extend(rule(parsed))
+    return problems
+
+
+def _group_names(parsed: Parsed) -> list[InputProblem]:
+    known = ", ".join(GROUP_SIZES)
+    problems = [
+        parsed.docs["groups.yaml"].problem((name,), f"unknown group '{name}'", f"use the platform's groups: {known}")
+        for name in parsed.groups
+        if name not in GROUP_SIZES
+    ]
+    for name, host in parsed.hosts.items():
+        for index, group in enumerate(host.groups):
+            if group not in GROUP_SIZES:
+                problems.append(
+                    parsed.host_problem(name, ("groups", index), f"unknown group '{group}'", f"use one of: {known}")
+                )
+            elif group not in parsed.groups:
+                problems.append(
+                    parsed.host_problem(
+                        name,
+                        ("groups", index),
+                        f"group '{group}' is not in groups.yaml",
+                        f"add '{group}: {{}}' to {parsed.docs['groups.yaml'].label}",
+                    )
+                )
+    return problems
+
+
+def _enabled(parsed: Parsed, group: str) -> bool:
+    switch = OPTIONAL_GROUPS.get(group)
+    if switch is None:
+        return True
+    section, key = switch.split(".")
+    return bool(getattr(getattr(parsed.config, section), key))
+
+
+def _group_sizes(parsed: Parsed) -> list[InputProblem]:
+    members: dict[str, list[str]] = defaultdict(list)
+    for name, host in parsed.hosts.items():
+        for group in host.groups:
+            members[group].append(name)
+    hosts_doc = parsed.docs["hosts.yaml"]
+    problems = []
+    for group, (low, high) in GROUP_SIZES.items():
+        count = len(members[group])
+        if not _enabled(parsed, group):
+            continue
+        where = f"({', '.join(members[group]) or 'none'})"
+        if count < low:
+            switch = OPTIONAL_GROUPS.get(group)
+            off = f", or set {switch}: false in config.yaml" if switch else ""
+            problems.append(
+                InputProblem(
+                    hosts_doc.label,
+                    f"group {group}",
+                    f"has {count} host(s) {where}; at least {low} are needed for high availability",
+                    f"add hosts with '{group}' in their groups{off}",
+                )
+            )
+        elif high is not None and count > high:
+            problems.append(
+                InputProblem(
+                    hosts_doc.label,
+                    f"group {group}",
+                    f"has {count} hosts {where}; the platform supports {high}",
+                    f"keep '{group}' on {high} host(s)",
+                )
+            )
+    etcd = len(members["patroni"])
+    if etcd >= 3 and etcd % 2 == 0:
+        problems.append(
+            InputProblem(
+                hosts_doc.label,
+                "group patroni",
+                f"has {etcd} hosts, and each runs an etcd member: an even count adds no fault tolerance",
+                "use an odd number of patroni hosts (3 or 5)",
+            )
+        )
+    return problems
+
+
+def _addresses(parsed: Parsed) -> list[InputProblem]:
+    problems = []
+    owners: dict[str, list[str]] = defaultdict(list)
+    networks = parsed.defaults.data.private_networks
+    for name, host in parsed.hosts.items():
+        private = host.data.private_ip
+        if private is None:
+            try:
+                private = ip_address(host.hostname)
+            except ValueError:
+                problems.append(
+                    parsed.host_problem(
+                        name,
+                        ("data", "private_ip"),
+                        f"hostname '{host.hostname}' is a DNS name and no private_ip is set",
+                        "add data: {private_ip: <the host's private address>}",
+                    )
+                )
+                continue
+        owners[str(private)].append(name)
+        if host.hostname != str(private):
+            owners[host.hostname].append(name)
+        if not any(private in net for net in networks if net.version == private.version):
+            nets = ", ".join(map(str, networks))
+            problems.append(
+                parsed.host_problem(
+                    name,
+                    ("data", "private_ip") if host.data.private_ip else ("hostname",),
+                    f"{private} is outside the private networks ({nets})",
+                    "correct the address, or add its network to private_networks in defaults.yaml",
+                )
+            )
+    for address, names in owners.items():
+        if len(set(names)) > 1:
+            problems.append(
+                parsed.host_problem(
+                    names[1],
+                    ("hostname",),
+                    f"address {address} is also used by {names[0]}",
+                    "give every host its own address",
+                )
+            )
+    vip = str(parsed.defaults.data.vip)
+    if vip in owners:
+        problems.append(
+            parsed.docs["defaults.yaml"].problem(
+                ("data", "vip"),
+                f"the VIP {vip} is the address of {owners[vip][0]}",
+                "choose a free address for the VIP",
+            )
+        )
+    return problems
+
+
+def _ports(parsed: Parsed) -> list[InputProblem]:
+    problems = []
+    defaults_port = parsed.defaults.port
+    for name, host in parsed.hosts.items():
+        uses = host_ports(parsed.config, [g for g in host.groups if g in GROUP_SIZES], host.port or defaults_port)
+        for first, second in clashes(uses):
+            problems.append(
+                parsed.host_problem(
+                    name,
+                    ("groups",),
+                    f"{first.label()} and {second.label()} would listen on the same port",
+                    f"move one of them ({first.setting}; {second.setting}) or put the services on different hosts",
+                )
+            )
+    return problems
+
+
+def _admin_path(parsed: Parsed) -> list[InputProblem]:
+    path = parsed.config.synapse.admin_path
+    if path == "/" or (path.startswith("/") and not path.endswith("/") and " " not in path):
+        return []
+    doc = parsed.docs["config.yaml"]
+    return [
+        doc.problem(
+            ("synapse", "admin_path"),
+            f"'{path}' is not '/' and does not have the form /name",
+            f"use '/' or a path without a trailing slash, e.g. '{'/' + path.strip('/ ')}'",
+        )
+    ]
+
+
+def _port_ranges(parsed: Parsed) -> list[InputProblem]:
+    config, doc = parsed.config, parsed.docs["config.yaml"]
+    problems = []
+    turn = config.turn
+    if turn.relay_min_port > turn.relay_max_port:
+        problems.append(
+            doc.problem(
+                ("turn", "relay_min_port"),
+                f"{turn.relay_min_port} is above relay_max_port {turn.relay_max_port}",
+                "make relay_min_port the lower end of the range",
+            )
+        )
+    low, high = (int(part) for part in config.firewall.turn_relay_ports.split("-"))
+    if not (low <= turn.relay_min_port and turn.relay_max_port <= high):
+        problems.append(
+            doc.problem(
+                ("firewall", "turn_relay_ports"),
+                f"the firewall opens {low}-{high} but coturn relays on "
+                f"{turn.relay_min_port}-{turn.relay_max_port}: calls through TURN would fail",
+                f"open {turn.relay_min_port}-{turn.relay_max_port} on the firewall and set "
+                f"turn_relay_ports to it, or narrow turn.relay_min_port/relay_max_port",
+            )
+        )
+    lk = config.livekit
+    if lk.rtc_min_port > lk.rtc_max_port:
+        problems.append(
+            doc.problem(
+                ("livekit", "rtc_min_port"),
+                f"{lk.rtc_min_port} is above rtc_max_port {lk.rtc_max_port}",
+                "make rtc_min_port the lower end of the range",
+            )
+        )
+    return problems
+
+
+def _connections(parsed: Parsed) -> list[InputProblem]:
+    """Synapse's connection budget must fit through one PgBouncer (the other may be down)."""
+    config, doc = parsed.config, parsed.docs["config.yaml"]
+    problems = []
+    if config.synapse.database_cp_min > config.synapse.database_cp_max:
+        problems.append(
+            doc.problem(
+                ("synapse", "database_cp_min"),
+                "is larger than database_cp_max",
+                "set database_cp_min <= database_cp_max, e.g. 5 and 10",
+            )
+        )
+    pgbouncers = sum(1 for host in parsed.hosts.values() if "pgbouncer" in host.groups)
+    sizing = for_config(config, pgbouncers)
+    if sizing.connection_budget > config.pgbouncer.max_client_conn:
+        ccu = config.ccu or SCALE_CCU[config.scale]
+        problems.append(
+            doc.problem(
+                ("pgbouncer", "max_client_conn"),
+                f"{config.pgbouncer.max_client_conn} is below Synapse's connection budget of "
+                f"{sizing.connection_budget} at {ccu} concurrent users",
+                f"raise it to at least {sizing.connection_budget}",
+            )
+        )
+    return problems

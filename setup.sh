@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up of the controller: a Debian 12 machine, run as root.
+# Installs the system packages the framework and its lab need, then the pinned Python
+# dependencies into .venv (Debian's system Python refuses pip installs, PEP 668).
+# Safe to re-run: apt and pip skip what is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(python3 python3-venv openssh-client)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null | grep -q '^ii' || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  timeout 600 apt-get update -q
+  timeout 900 apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+echo "set-up complete: activate with '. .venv/bin/activate'"

@@ -1,0 +1,191 @@
+"""Files on a host: rendered templates and plain content, written only when they differ.
+
+One remote command reads the state of all of a task's files (owner, group, mode,
+checksum); each file that differs is then written atomically (a temporary file in the
+same directory, then `mv`), its content passed on stdin so secrets never show in `ps`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from nornir.core.task import Result, Task
+from nornir_jinja2.plugins.tasks import template_file
+
+from core.secrets import Redactor
+from tasks.remote import Expectation, Mode, mode, redactor, run
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+JINJA = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+MAX_DIFF_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """The desired state of one file. `secret` files never show their content in a diff."""
+
+    path: str
+    content: str
+    owner: str = "root"
+    group: str = "root"
+    mode: int = 0o644
+    secret: bool = False
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileFact:
+    """What a file on the host looks like now."""
+
+    exists: bool
+    owner: str = ""
+    group: str = ""
+    mode: int = 0
+    sha256: str = ""
+
+
+def file_changes(fact: FileFact, spec: FileSpec) -> list[str]:
+    """How `fact` differs from `spec`, in words; empty when nothing is to be done."""
+    if not fact.exists:
+        return ["created"]
+    changes = []
+    if fact.sha256 != spec.sha256:
+        changes.append("content")
+    if (fact.owner, fact.group) != (spec.owner, spec.group):
+        changes.append(f"owner {fact.owner}:{fact.group} → {spec.owner}:{spec.group}")
+    if fact.mode != spec.mode:
+        changes.append(f"mode {fact.mode:04o} → {spec.mode:04o}")
+    return changes
+
+
+def facts_script(paths: list[str]) -> str:
+    """One command printing `path<TAB>owner<TAB>group<TAB>mode<TAB>sha256` or `path<TAB>missing`."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return (
+        f'for f in {quoted}; do if [ -f "$f" ]; then '
+        "printf '%s\\t' \"$f\"; stat --printf '%U\\t%G\\t%a\\t' \"$f\"; sha256sum < \"$f\" | cut -d' ' -f1; "
+        "else printf '%s\\tmissing\\n' \"$f\"; fi; done"
+    )
+
+
+def parse_facts(stdout: str) -> dict[str, FileFact]:
+    facts = {}
+    for line in stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[1] == "missing":
+            facts[parts[0]] = FileFact(exists=False)
+        elif len(parts) == 5:
+            path, owner, group, mode_text, digest = parts
+            facts[path] = FileFact(True, owner, group, int(mode_text, 8), digest)
+    return facts
+
+
+def write_script(spec: FileSpec) -> str:
+    """Atomic replace: stdin → temporary file beside the target → owner/mode → rename."""
+    path = shlex.quote(spec.path)
+    tmp = shlex.quote(f"{spec.path}.mha-new")
+    parent = shlex.quote(str(Path(spec.path).parent))
+    return (
+        f"set -e; mkdir -p {parent}; umask 077; cat > {tmp}; "
+        f"chown {shlex.quote(spec.owner)}:{shlex.quote(spec.group)} {tmp}; chmod {spec.mode:04o} {tmp}; "
+        f"mv -f {tmp} {path}"
+    )
+
+
+def render(task: Task, template: str, **context: object) -> str:
+    """Render `templates/<template>` for the task's host with nornir-jinja2 (StrictUndefined)."""
+    return task.run(task=template_file, template=template, jinja_env=JINJA, severity_level=10, **context)[0].result
+
+
+def put_files(task: Task, specs: list[FileSpec]) -> Result:
+    """Converge `specs` on the host; `result` lists the paths that changed."""
+    redact = redactor(task)
+    if mode(task) is Mode.PLAN:
+        return _plan(task, specs, redact)
+    out = run(
+        task,
+        facts_script([s.path for s in specs]),
+        what=Expectation("one state line per file", "check that the host has stat and sha256sum (coreutils)"),
+    )
+    facts = parse_facts(out.stdout)
+    changed: list[str] = []
+    diffs: list[str] = []
+    for spec in specs:
+        fact = facts.get(spec.path, FileFact(exists=False))
+        changes = file_changes(fact, spec)
+        if not changes:
+            continue
+        changed.append(spec.path)
+        diffs.append(_diff(task, spec, fact, changes, redact))
+        if mode(task) is Mode.APPLY:
+            write(task, spec)
+    return Result(host=task.host, result=changed, changed=bool(changed), diff="\n".join(diffs))
+
+
+def write(task: Task, spec: FileSpec) -> None:
+    run(
+        task,
+        write_script(spec),
+        stdin=spec.content,
+        what=Expectation(
+            f"{spec.path} written",
+            f"check that {spec.owner}:{spec.group} exist on the host and that {Path(spec.path).parent} is writable",
+        ),
+    )
+
+
+def _diff(task: Task, spec: FileSpec, fact: FileFact, changes: list[str], redact: Redactor) -> str:
+    header = f"{spec.path}: {', '.join(changes)}"
+    if "content" not in changes and "created" not in changes:
+        return header
+    if spec.secret:
+        return f"{header} (secret content, not shown)"
+    old = ""
+    if fact.exists and len(spec.content) < MAX_DIFF_BYTES:
+        old = run(
+            task, f"head -c {MAX_DIFF_BYTES} {shlex.quote(spec.path)}", what=Expectation("the file's content")
+        ).stdout
+    return header + "\n" + unified(old, spec.content, spec.path, redact)
+
+
+def unified(old: str, new: str, path: str, redact: Redactor) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        fromfile=f"{path} (now)",
+        tofile=f"{path} (wanted)",
+    )
+    return redact("".join(lines))
+
+
+def _plan(task: Task, specs: list[FileSpec], redact: Redactor) -> Result:
+    """Plan mode writes what would be installed under the plan folder; no host is contacted."""
+    root = Path(task.nornir.config.user_defined["plan_dir"]) / task.host.name
+    diffs = []
+    for spec in specs:
+        target = root / spec.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        previous = target.read_text() if target.exists() else None
+        content = redact(spec.content)
+        target.write_text(content)
+        target.chmod(0o600)
+        summary = f"{spec.path}: would be written ({spec.owner}:{spec.group} {spec.mode:04o})"
+        if previous is not None and previous != content:
+            summary += " — differs from the previous plan:\n" + unified(previous, content, spec.path, redact)
+        diffs.append(summary)
+    return Result(host=task.host, result=[s.path for s in specs], changed=True, diff="\n".join(diffs))

@@ -1,0 +1,68 @@
+"""Debian packages, installed only when missing.
+
+Installs run non-interactively, without recommends (they pull units that fail on small
+servers and containers), and under `timeout`: an unreachable mirror or proxy must fail
+the step, not hang the run. With `autostart=False` a temporary policy-rc.d keeps
+Debian from starting the package's default instance (e.g. a `15/main` PostgreSQL
+cluster, a stock etcd) that the platform will configure and start itself.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from nornir.core.task import Result, Task
+
+from tasks.remote import Expectation, Mode, mode, run
+
+APT_TIMEOUT = 900
+
+
+def query_script(names: list[str]) -> str:
+    quoted = " ".join(shlex.quote(n) for n in names)
+    return f"dpkg-query -W -f='${{Package}}\\t${{db:Status-Abbrev}}\\n' {quoted} 2>/dev/null; true"
+
+
+def missing(names: list[str], query_output: str) -> list[str]:
+    """Packages of `names` that dpkg does not report as installed ('ii')."""
+    installed = {line.split("\t")[0] for line in query_output.splitlines() if "\tii" in line}
+    return [name for name in names if name not in installed]
+
+
+def install_script(names: list[str], *, autostart: bool) -> str:
+    quoted = " ".join(shlex.quote(n) for n in names)
+    apt = (
+        f"timeout {APT_TIMEOUT} apt-get -q -y -o Dpkg::Options::=--force-confold "
+        f"install --no-install-recommends {quoted}"
+    )
+    script = f"set -e; export DEBIAN_FRONTEND=noninteractive; timeout {APT_TIMEOUT} apt-get -q update; {apt}"
+    if autostart:
+        return script
+    # Only remove the policy file we created; an operator's own policy-rc.d stays.
+    return (
+        "if [ -e /usr/sbin/policy-rc.d ]; then own=0; else own=1; "
+        "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; "
+        f"( {script} ); rc=$?; [ $own = 1 ] && rm -f /usr/sbin/policy-rc.d; exit $rc"
+    )
+
+
+def packages(task: Task, names: list[str], autostart: bool = True) -> Result:
+    """Ensure the Debian packages `names` are installed."""
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result=names, changed=True, diff=f"packages present: {' '.join(names)}")
+    out = run(task, query_script(names), what=Expectation("dpkg status lines"))
+    absent = missing(names, out.stdout)
+    if not absent:
+        return Result(host=task.host, result=[], changed=False)
+    if mode(task) is Mode.APPLY:
+        run(
+            task,
+            install_script(absent, autostart=autostart),
+            timeout=2 * APT_TIMEOUT + 60,
+            what=Expectation(
+                f"packages installed: {' '.join(absent)}",
+                "check the host's apt sources and that its package mirror or proxy answers "
+                "(apt-get update on the host shows which source fails)",
+            ),
+        )
+    return Result(host=task.host, result=absent, changed=True, diff=f"install: {' '.join(absent)}")

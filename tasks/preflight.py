@@ -1,0 +1,147 @@
+"""Preflight: is every server fit to deploy onto? Read-only, one remote command per host.
+
+Checks SSH and sudo (the command itself runs through them), the OS release, clock skew
+against the controller and NTP, free disk, python3, and that no foreign process holds a
+port the platform needs. Host names must be unique across servers: duplicated names are
+the most common etcd bring-up failure, so the step's gate compares them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nornir.core.task import AggregatedResult, Result, Task
+
+from core.errors import HostError
+from core.ports import PortUse, host_ports
+from core.settings import Settings
+from tasks.remote import Expectation, Mode, mode, run
+
+SUPPORTED_OS = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
+
+FACTS_SCRIPT = r"""
+echo "hostname=$(hostname)"
+. /etc/os-release 2>/dev/null && echo "os=$ID $VERSION_ID"
+echo "time=$(date +%s.%N)"
+echo "ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || echo unknown)"
+echo "disk_free_kb=$(df -Pk / | awk 'NR==2 {print $4}')"
+echo "python3=$(command -v python3 || echo none)"
+ss -Hlntup 2>/dev/null | awk '{print "listen=" $1 " " $5 " " $7}'
+true
+"""
+
+
+@dataclass
+class HostFacts:
+    hostname: str = ""
+    os: tuple[str, str] = ("", "")
+    time: float = 0.0
+    ntp: str = "unknown"
+    disk_free_gb: float = 0.0
+    python3: bool = False
+    listening: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+
+
+def parse_facts(stdout: str) -> HostFacts:
+    facts = HostFacts()
+    for line in stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key == "hostname":
+            facts.hostname = value.strip()
+        elif key == "os":
+            os_id, _, version = value.partition(" ")
+            facts.os = (os_id, version)
+        elif key == "time" and value:
+            facts.time = float(value)
+        elif key == "ntp":
+            facts.ntp = value.strip()
+        elif key == "disk_free_kb" and value.strip().isdigit():
+            facts.disk_free_gb = int(value) / 1024 / 1024
+        elif key == "python3":
+            facts.python3 = value.strip() != "none"
+        elif key == "listen":
+            proto, _, rest = value.partition(" ")
+            local, _, users = rest.partition(" ")
+            port = local.rsplit(":", 1)[-1]
+            if port.isdigit():
+                facts.listening.append((proto, int(port), tuple(re.findall(r'\("([^"]+)"', users))))
+    return facts
+
+
+def problems(facts: HostFacts, *, ports: list[PortUse], skew: float, min_free_gb: float, max_skew: float) -> list[str]:
+    """What makes this host unfit, each with the fix."""
+    found = []
+    if facts.os not in SUPPORTED_OS:
+        supported = ", ".join(f"{i} {v}" for i, v in sorted(SUPPORTED_OS))
+        found.append(f"OS is '{' '.join(facts.os).strip() or 'unknown'}'; supported: {supported}")
+    if abs(skew) > max_skew:
+        found.append(
+            f"clock differs from the controller's by {skew:+.1f} s (allowed {max_skew:g} s): "
+            "enable time sync (systemd-timesyncd or chrony) against your NTP server"
+        )
+    if facts.disk_free_gb < min_free_gb:
+        found.append(
+            f"only {facts.disk_free_gb:.1f} GB free on / (need {min_free_gb:g} GB): free space or grow the disk"
+        )
+    if not facts.python3:
+        found.append("python3 is missing: apt-get install python3 (health checks use it)")
+    for proto, port, processes in facts.listening:
+        for use in ports:
+            if use.proto == proto and use.start <= port <= use.end and not set(processes) & set(use.processes):
+                owner = ", ".join(processes) or "an unknown process"
+                found.append(
+                    f"port {port}/{proto}, needed by {use.service}, is held by {owner}: "
+                    f"stop that service or move {use.service} ({use.setting})"
+                )
+    return found
+
+
+def preflight(task: Task, settings: Settings) -> Result:
+    """Check that the host is fit to deploy onto; fail with every reason it is not."""
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result="preflight runs against the hosts; skipped in plan mode")
+    before = time.time()
+    out = run(
+        task,
+        FACTS_SCRIPT,
+        what=Expectation(
+            "host facts",
+            "check that the SSH user has passwordless sudo (sudo -n true) and that the host runs "
+            "a standard Debian/Ubuntu userland",
+        ),
+    )
+    after = time.time()
+    facts = parse_facts(out.stdout)
+    host = settings.hosts[task.host.name]
+    found = problems(
+        facts,
+        ports=host_ports(settings.config, list(host.groups), host.port),
+        skew=facts.time - (before + after) / 2,
+        min_free_gb=settings.config.preflight.min_free_disk_gb,
+        max_skew=settings.config.preflight.max_clock_skew_seconds,
+    )
+    if found:
+        raise HostError(f"{task.host.name}: not ready:\n" + "\n".join(f"  - {p}" for p in found))
+    note = "" if facts.ntp == "yes" else f"; warning: NTP synchronised = {facts.ntp}"
+    return Result(
+        host=task.host, result=f"{' '.join(facts.os)}, host name {facts.hostname}{note}", hostname=facts.hostname
+    )
+
+
+def duplicate_hostnames(result: AggregatedResult) -> list[str]:
+    """Gate over all hosts: servers reporting the same host name (etcd member names clash)."""
+    names = {
+        host: multi[0].hostname
+        for host, multi in result.items()
+        if not multi.failed and getattr(multi[0], "hostname", None)
+    }
+    counts = Counter(names.values())
+    return [
+        f"{host}: host name '{name}' is also used by another server; give each server a unique "
+        "name (hostnamectl set-hostname)"
+        for host, name in names.items()
+        if counts[name] > 1
+    ]

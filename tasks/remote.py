@@ -1,0 +1,95 @@
+"""Running commands on a host, with failure messages an operator can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from nornir.core.task import Result, Task
+
+from core.connection import CONNECTION, FabricConnection, Output
+from core.errors import HostError
+from core.secrets import Redactor
+
+
+class Mode(StrEnum):
+    """How a run treats hosts: apply changes, only read facts, or not connect at all."""
+
+    APPLY = "apply"
+    CHECK = "check"
+    PLAN = "plan"
+
+
+def mode(task: Task) -> Mode:
+    return Mode(task.nornir.config.user_defined.get("mode", Mode.APPLY))
+
+
+def redactor(task: Task) -> Redactor:
+    """The run's redactor, which hides every secret value in text shown to the operator."""
+    return task.nornir.config.user_defined.get("redact") or Redactor(None)
+
+
+def shell(task: Task) -> FabricConnection:
+    """The host's open connection (opened on first use, then reused)."""
+    return task.host.get_connection(CONNECTION, task.nornir.config)
+
+
+class CommandFailed(HostError):
+    """A command exited with an unexpected status."""
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a command should do and what the operator should check when it does not."""
+
+    expect: str = "exit status 0"
+    on_failure: str = "read the error output above; fix the cause on the host and re-run"
+
+
+def run(
+    task: Task,
+    script: str,
+    *,
+    what: Expectation = Expectation(),
+    stdin: str | None = None,
+    cwd: str = "/",
+    ok_codes: tuple[int, ...] = (0,),
+    timeout: int | None = None,
+) -> Output:
+    """Run `script` on the task's host; raise CommandFailed unless its exit status is in `ok_codes`."""
+    conn = shell(task)
+    output = conn.run(script, stdin=stdin, cwd=cwd, expect=what.expect, on_failure=what.on_failure, timeout=timeout)
+    if output.exit_code not in ok_codes:
+        raise CommandFailed(
+            failure_message(task.host.name, task.host.hostname, conn.username, conn.sudo, cwd, script, output, what)
+        )
+    return output
+
+
+def failure_message(
+    name: str, address: str | None, user: str, sudo: bool, cwd: str, script: str, output: Output, what: Expectation
+) -> str:
+    tail = [line for line in (output.stderr or output.stdout).strip().splitlines() if line.strip()][-5:]
+    lines = [
+        f"{name} ({address}): command exited with status {output.exit_code}, expected {what.expect}",
+        f"  as: {user}{' via sudo' if sudo else ''}, in: {cwd}",
+        f"  command: {script if len(script) <= 300 else script[:300] + ' …'}",
+    ]
+    if tail:
+        lines.append("  last error lines:")
+        lines.extend(f"    {line}" for line in tail)
+    lines.append(f"  what to do: {what.on_failure}")
+    return "\n".join(lines)
+
+
+def command(
+    task: Task,
+    script: str,
+    expect: str = "exit status 0",
+    on_failure: str = "read the error output above; fix the cause on the host and re-run",
+) -> Result:
+    """Run a command that reports state rather than changing it (changed=False)."""
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result=f"would run: {script}")
+    output = run(task, script, what=Expectation(expect, on_failure))
+    return Result(host=task.host, result=output.stdout)

@@ -1,0 +1,97 @@
+"""systemd units and services: restart only when something changed, then check health."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from nornir.core.task import Result, Task
+
+from tasks.files import FileSpec, put_files
+from tasks.remote import Expectation, Mode, mode, run
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class ServiceFact:
+    """`systemctl show` of a unit."""
+
+    load_state: str
+    active_state: str
+    unit_file_state: str
+
+    @property
+    def active(self) -> bool:
+        return self.active_state in ("active", "activating", "reloading")
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state in ("enabled", "enabled-runtime", "static", "alias", "generated")
+
+
+def parse_show(stdout: str) -> ServiceFact:
+    values = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+    return ServiceFact(values.get("LoadState", ""), values.get("ActiveState", ""), values.get("UnitFileState", ""))
+
+
+def actions(fact: ServiceFact, *, running: bool, enabled: bool, restart: bool, reload: bool = False) -> list[str]:
+    """The systemctl verbs that take `fact` to the wanted state.
+
+    A stopped service is started (which reads the new config) rather than restarted; a
+    running one is restarted, or reloaded where that suffices, only when `restart`.
+    """
+    verbs = []
+    if enabled and not fact.enabled:
+        verbs.append("enable")
+    elif not enabled and fact.unit_file_state == "enabled":
+        verbs.append("disable")
+    if running and not fact.active:
+        verbs.append("start")
+    elif running and restart:
+        verbs.append("reload" if reload else "restart")
+    elif not running and fact.active:
+        verbs.append("stop")
+    return verbs
+
+
+def service(
+    task: Task,
+    name: str,
+    running: bool = True,
+    enabled: bool = True,
+    restart: bool = False,
+    reload: bool = False,
+    daemon_reload: bool = False,
+) -> Result:
+    """Ensure the unit `name` is (not) running and (not) enabled; restart it when asked."""
+    if mode(task) is Mode.PLAN:
+        wanted = ("running" if running else "stopped") + (", restarted" if restart else "")
+        return Result(host=task.host, result=[], changed=restart, diff=f"{name}: {wanted}")
+    unit = shlex.quote(name)
+    out = run(
+        task,
+        f"systemctl show -p LoadState -p ActiveState -p UnitFileState -- {unit}",
+        what=Expectation(f"the state of {name}", "check that the host runs systemd"),
+    )
+    fact = parse_show(out.stdout)
+    verbs = actions(fact, running=running, enabled=enabled, restart=restart, reload=reload)
+    if not verbs:
+        return Result(host=task.host, result=[], changed=False)
+    if mode(task) is Mode.APPLY:
+        prefix = "systemctl daemon-reload && " if daemon_reload else ""
+        run(
+            task,
+            prefix + " && ".join(f"systemctl {verb} -- {unit}" for verb in verbs),
+            what=Expectation(
+                f"{name}: {', '.join(verbs)}",
+                f"look at 'journalctl -u {name} -n 50' on the host for why the unit failed",
+            ),
+        )
+    before = "running" if fact.active else "stopped"
+    return Result(host=task.host, result=verbs, changed=True, diff=f"{name}: {before} → {', '.join(verbs)}")
+
+
+def unit(task: Task, name: str, content: str) -> Result:
+    """Install a unit file under /etc/systemd/system; `changed` means a daemon-reload is due."""
+    return put_files(task, [FileSpec(f"{UNIT_DIR}/{name}", content)])

@@ -1,0 +1,86 @@
+"""Health gates: wait, on the host itself, until a port, URL or command answers.
+
+Each wait is a single remote command looping with a deadline, so a slow service costs
+one round trip rather than one per poll.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from nornir.core.task import Result, Task
+
+from tasks.remote import Expectation, Mode, mode, run
+
+
+def port_script(port: int, address: str, timeout: float) -> str:
+    return f"timeout {timeout} bash -c 'until (exec 3<>/dev/tcp/{address}/{port}) 2>/dev/null; do sleep 0.3; done'"
+
+
+def http_script(url: str, status: int, timeout: float, host_header: str | None) -> str:
+    headers = {"Host": host_header} if host_header else {}
+    program = (
+        "import ssl,sys,time,urllib.request,urllib.error\n"
+        f"url,want,deadline={url!r},{status},time.monotonic()+{timeout}\n"
+        "ctx=ssl.create_default_context()\n"
+        "last='no answer'\n"
+        "while time.monotonic()<deadline:\n"
+        f"    req=urllib.request.Request(url,headers={headers!r})\n"
+        "    try:\n"
+        "        code=urllib.request.urlopen(req,timeout=3,context=ctx).status\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        code=e.code\n"
+        "    except Exception as e:\n"
+        "        code,last=None,str(e)\n"
+        "    if code==want: sys.exit(0)\n"
+        "    if code is not None: last=f'HTTP {code}'\n"
+        "    time.sleep(0.5)\n"
+        "print(last,file=sys.stderr); sys.exit(1)\n"
+    )
+    return f"python3 -c {shlex.quote(program)}"
+
+
+def command_script(script: str, timeout: float) -> str:
+    return f"timeout {timeout} bash -c {shlex.quote(f'until {script}; do sleep 0.5; done')}"
+
+
+def _wait(task: Task, script: str, what: str, on_failure: str, timeout: float) -> Result:
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=f"would wait for {what}")
+    run(task, script, timeout=int(timeout) + 30, what=Expectation(f"{what} within {timeout:g} s", on_failure))
+    return Result(host=task.host, result=f"{what}: ok")
+
+
+def wait_for_port(task: Task, port: int, address: str = "127.0.0.1", timeout: float = 30) -> Result:
+    """Wait until a TCP connection to `address:port` succeeds from the host."""
+    return _wait(
+        task,
+        port_script(port, address, timeout),
+        f"TCP {address}:{port} accepting",
+        f"check that the service listening on {port} started: systemctl status / journalctl on the host",
+        timeout,
+    )
+
+
+def wait_for_http(
+    task: Task, url: str, status: int = 200, timeout: float = 30, host_header: str | None = None
+) -> Result:
+    """Wait until `url`, fetched from the host, answers with `status`."""
+    return _wait(
+        task,
+        http_script(url, status, timeout, host_header),
+        f"{url} answering {status}",
+        f"fetch {url} on the host (curl -v) and read the service's log",
+        timeout,
+    )
+
+
+def wait_for_command(task: Task, script: str, timeout: float = 30, what: str | None = None) -> Result:
+    """Wait until `script` exits 0 on the host."""
+    return _wait(
+        task,
+        command_script(script, timeout),
+        what or f"'{script}' succeeding",
+        f"run '{script}' on the host and read its output",
+        timeout,
+    )

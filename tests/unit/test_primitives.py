@@ -1,0 +1,201 @@
+"""The primitives' decisions: given a fact, which change (if any).
+
+The shell snippets the primitives send to hosts are run here with the local bash, so a
+quoting or parsing mistake fails these tests; the lab tests run them over SSH.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.connection import Output
+from tasks.blocks import markers, with_block
+from tasks.files import FileFact, FileSpec, facts_script, file_changes, parse_facts, write_script
+from tasks.hosts_file import wrong_resolutions
+from tasks.packages import install_script, missing, query_script
+from tasks.remote import Expectation, failure_message
+from tasks.systemd import ServiceFact, actions, parse_show
+from tasks.waits import command_script, http_script, port_script
+
+
+def bash(script: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+# files
+
+SPEC = FileSpec("/etc/x.conf", "a=1\n", "root", "root", 0o640)
+
+
+def test_missing_file_is_created() -> None:
+    assert file_changes(FileFact(exists=False), SPEC) == ["created"]
+
+
+def test_identical_file_needs_nothing() -> None:
+    assert file_changes(FileFact(True, "root", "root", 0o640, SPEC.sha256), SPEC) == []
+
+
+def test_each_difference_is_named() -> None:
+    fact = FileFact(True, "postgres", "root", 0o644, "0" * 64)
+    assert file_changes(fact, SPEC) == ["content", "owner postgres:root → root:root", "mode 0644 → 0640"]
+
+
+def test_fact_script_and_write_script_round_trip(tmp_path: Path) -> None:
+    target = tmp_path / "sub dir" / "file.conf"
+    spec = FileSpec(str(target), "secret=1\nline two\n", "root", "root", 0o600, secret=True)
+    facts = parse_facts(bash(facts_script([spec.path])).stdout)
+    assert facts == {spec.path: FileFact(exists=False)}
+    result = bash(write_script(spec), stdin=spec.content)
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == spec.content
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not list(target.parent.glob("*.mha-new"))
+    fact = parse_facts(bash(facts_script([spec.path])).stdout)[spec.path]
+    assert file_changes(fact, spec) == []
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o755  # parents are not made private
+
+
+# marked blocks
+
+
+def test_block_appended_to_existing_text() -> None:
+    begin, end = markers("hosts")
+    text = with_block("127.0.0.1 localhost\n", "hosts", "10.0.0.1 a\n")
+    assert text == f"127.0.0.1 localhost\n\n{begin}\n10.0.0.1 a\n{end}\n"
+
+
+def test_block_replaced_in_place_and_idempotent() -> None:
+    first = with_block("127.0.0.1 localhost\n", "hosts", "10.0.0.1 a\n") + "::1 ip6-localhost\n"
+    second = with_block(first, "hosts", "10.0.0.2 b\n")
+    assert "10.0.0.1 a" not in second and "10.0.0.2 b" in second
+    assert second.endswith("::1 ip6-localhost\n")  # lines after the block stay where they were
+    assert with_block(second, "hosts", "10.0.0.2 b\n") == second
+
+
+def test_orphan_marker_is_repaired() -> None:
+    begin, _ = markers("hosts")
+    text = with_block(f"x\n{begin}\n", "hosts", "y\n")
+    assert text.count(begin) == 1
+
+
+# packages
+
+
+def test_dpkg_query_reports_missing_packages() -> None:
+    names = ["bash", "no-such-package-mha"]
+    assert missing(names, bash(query_script(names)).stdout) == ["no-such-package-mha"]
+
+
+def test_install_without_autostart_uses_and_removes_policy_rc_d() -> None:
+    script = install_script(["etcd-server"], autostart=False)
+    assert "exit 101" in script and "rm -f /usr/sbin/policy-rc.d" in script
+    assert "--no-install-recommends" in script and "timeout" in script
+    assert "policy-rc.d" not in install_script(["etcd-server"], autostart=True)
+
+
+# systemd
+
+RUNNING = ServiceFact("loaded", "active", "enabled")
+STOPPED = ServiceFact("loaded", "inactive", "disabled")
+
+
+@pytest.mark.parametrize(
+    ("fact", "wanted", "verbs"),
+    [
+        (RUNNING, dict(running=True, enabled=True, restart=False), []),
+        (RUNNING, dict(running=True, enabled=True, restart=True), ["restart"]),
+        (RUNNING, dict(running=True, enabled=True, restart=True, reload=True), ["reload"]),
+        (STOPPED, dict(running=True, enabled=True, restart=True), ["enable", "start"]),
+        (RUNNING, dict(running=False, enabled=False, restart=False), ["disable", "stop"]),
+        (STOPPED, dict(running=False, enabled=False, restart=True), []),
+    ],
+)
+def test_service_actions(fact: ServiceFact, wanted: dict[str, bool], verbs: list[str]) -> None:
+    assert actions(fact, **wanted) == verbs
+
+
+def test_systemctl_show_parsing() -> None:
+    fact = parse_show("LoadState=loaded\nActiveState=active\nUnitFileState=static\n")
+    assert fact.active and fact.enabled
+
+
+# waits
+
+
+def test_port_wait_succeeds_on_open_port_and_times_out_on_closed() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert bash(port_script(port, "127.0.0.1", 5)).returncode == 0
+    assert bash(port_script(port, "127.0.0.1", 1)).returncode == 124
+
+
+def test_http_wait_wants_the_status() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        assert bash(http_script(url, 200, 5, None)).returncode == 0
+        failed = bash(http_script(url + "missing", 200, 1, "chat.example.org"))
+        assert failed.returncode == 1 and "HTTP 404" in failed.stderr
+    finally:
+        server.shutdown()
+
+
+def test_command_wait(tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    assert bash(command_script(f"test -e {flag}", 1)).returncode == 124
+    flag.touch()
+    assert bash(command_script(f"test -e {flag}", 1)).returncode == 0
+
+
+# /etc/hosts verification
+
+
+def test_wrong_resolutions() -> None:
+    out = "10.0.1.10       chat.example.org\n127.0.1.1 patroni1.internal patroni1\n"
+    expected = {"chat.example.org": "10.0.1.10", "patroni1.internal": "10.0.2.11", "minio1.internal": "10.0.3.21"}
+    assert wrong_resolutions(out, expected) == [
+        "patroni1.internal → 127.0.1.1 (expected 10.0.2.11)",
+        "minio1.internal → not found (expected 10.0.3.21)",
+    ]
+
+
+# failure messages
+
+
+def test_failure_message_names_host_command_status_stderr_and_fix() -> None:
+    output = Output(100, "", "Reading package lists...\nE: Unable to locate package etcd-srv\n", 1.0)
+    text = failure_message(
+        "patroni1",
+        "10.0.2.11",
+        "deploy",
+        True,
+        "/",
+        "apt-get install etcd-srv",
+        output,
+        Expectation("packages installed", "check the package name"),
+    )
+    assert "patroni1 (10.0.2.11): command exited with status 100, expected packages installed" in text
+    assert "as: deploy via sudo, in: /" in text
+    assert "command: apt-get install etcd-srv" in text
+    assert "E: Unable to locate package etcd-srv" in text
+    assert "what to do: check the package name" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes root-owned files")
+def test_write_script_sets_owner(tmp_path: Path) -> None:
+    spec = FileSpec(str(tmp_path / "f"), "x\n", "nobody", "nogroup", 0o640)
+    assert bash(write_script(spec), stdin=spec.content).returncode == 0
+    fact = parse_facts(bash(facts_script([spec.path])).stdout)[spec.path]
+    assert (fact.owner, fact.group, fact.mode) == ("nobody", "nogroup", 0o640)

@@ -1,0 +1,204 @@
+"""Each validation rule: a broken input → exit 2, a message naming file, key and fix, no traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Site
+
+Deploy = Callable[..., tuple[int, str]]
+
+
+def refused(deploy: Deploy, site: Site, *expected: str) -> str:
+    """Run plan mode (never connects) and assert exit 2 with every expected fragment."""
+    code, out = deploy(*site.args("--plan"))
+    assert code == 2, out
+    assert "nothing was touched" in out
+    assert "Traceback" not in out
+    for fragment in expected:
+        assert fragment in out, f"{fragment!r} missing from:\n{out}"
+    assert not (site.root / "plan").exists()
+    return out
+
+
+def test_shipped_example_plans_cleanly(deploy: Deploy, site: Site) -> None:
+    code, out = deploy(*site.args("--plan"))
+    assert code == 0, out
+    assert "example value(s) not replaced yet" in out
+
+
+def test_unknown_key(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "  metrics_port: 9100", "  metrics_prot: 9100")
+    refused(deploy, site, "config.yaml:", "synapse.metrics_prot: unknown key", "keys allowed here:", "metrics_port")
+
+
+def test_missing_key(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "scale: large\n", "")
+    refused(deploy, site, "config.yaml", "scale: required key is missing", "small (1k concurrent users)")
+
+
+def test_wrong_type(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "ccu: null", "ccu: many")
+    refused(deploy, site, "config.yaml:", "ccu:", "'many'", "fix: concurrent users")
+
+
+def test_bad_host_address(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/hosts.yaml", "hostname: 10.0.2.12", "hostname: 10.0.2.312")
+    refused(deploy, site, "inventory/hosts.yaml:", "patroni2.hostname", "'10.0.2.312' is not a valid IP address")
+
+
+def test_bad_private_ip(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/hosts.yaml", "  groups: [synapse]", "  groups: [synapse]\n  data: {private_ip: 10.0.5}")
+    refused(deploy, site, "synapse1.data.private_ip", "'10.0.5' is not an IP address")
+
+
+def test_cidr_with_host_bits(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "    - 10.0.0.0/8", "    - 10.0.0.1/8")
+    refused(deploy, site, "synapse.admin_allowlist[0]", "has host bits set; did you mean 10.0.0.0/8?")
+
+
+def test_bad_port(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "  port: 6432", "  port: 70000")
+    refused(deploy, site, "pgbouncer.port", "less than or equal to 65535", "PgBouncer listen port")
+
+
+def test_duplicate_host_name(deploy: Deploy, site: Site) -> None:
+    text = (site.inventory / "hosts.yaml").read_text()
+    (site.inventory / "hosts.yaml").write_text(text + "patroni1:\n  hostname: 10.0.2.14\n  groups: [patroni]\n")
+    refused(deploy, site, "inventory/hosts.yaml:", "patroni1: 'patroni1' appears twice", "unique name")
+
+
+def test_duplicate_address(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/hosts.yaml", "hostname: 10.0.3.22", "hostname: 10.0.3.21")
+    refused(deploy, site, "address 10.0.3.21 is also used by minio1", "own address")
+
+
+def test_vip_taken_by_a_host(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/defaults.yaml", "vip: 10.0.1.10", "vip: 10.0.1.11")
+    refused(deploy, site, "data.vip", "is the address of haproxy1")
+
+
+def test_address_outside_private_networks(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/hosts.yaml", "hostname: 10.0.6.71", "hostname: 10.9.6.71")
+    refused(deploy, site, "backup1.hostname", "outside the private networks (10.0.0.0/16)")
+
+
+@pytest.mark.parametrize("host", ["patroni3", "minio4", "haproxy2"])
+def test_group_below_minimum(deploy: Deploy, site: Site, host: str) -> None:
+    group = host.rstrip("0123456789")
+    site.edit("inventory/hosts.yaml", f"{host}:\n", f"{host}:\n  data: {{}}\n")
+    site.edit("inventory/hosts.yaml", f"  groups: [{group}", f"  groups: [backup, {group}")  # keep YAML valid
+    text = (site.inventory / "hosts.yaml").read_text()
+    start = text.index(f"{host}:\n")
+    end = text.index("\n\n", start)
+    (site.inventory / "hosts.yaml").write_text(text[:start] + text[end + 2 :])
+    refused(deploy, site, f"group {group}", "needed for high availability")
+
+
+def test_optional_group_may_be_empty_when_disabled(deploy: Deploy, site: Site) -> None:
+    text = (site.inventory / "hosts.yaml").read_text()
+    kept = "\n\n".join(block for block in text.split("\n\n") if "groups: [minio]" not in block)
+    (site.inventory / "hosts.yaml").write_text(kept)
+    refused(deploy, site, "group minio", "or set minio.enabled: false")
+    site.edit("config.yaml", "minio:\n  enabled: true", "minio:\n  enabled: false")
+    code, out = deploy(*site.args("--plan"))
+    assert code == 0, out
+
+
+def test_even_etcd_members(deploy: Deploy, site: Site) -> None:
+    text = (site.inventory / "hosts.yaml").read_text()
+    (site.inventory / "hosts.yaml").write_text(text + "patroni4:\n  hostname: 10.0.2.14\n  groups: [patroni]\n")
+    refused(deploy, site, "group patroni", "even count adds no fault tolerance", "odd number")
+
+
+def test_port_clash_on_one_host(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "node_exporter_port: 9101", "node_exporter_port: 9100")
+    out = refused(
+        deploy,
+        site,
+        "synapse1.groups",
+        "node-exporter 9100/tcp and synapse-metrics 9100/tcp",
+        "monitoring.node_exporter_port",
+    )
+    assert "patroni1" not in out  # only the host that runs both is named
+
+
+def test_colocated_services_clash(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/hosts.yaml", "  groups: [monitoring]", "  groups: [monitoring, synapse]")
+    refused(deploy, site, "monitoring1.groups", "synapse-replication 9093/tcp", "alertmanager 9093/tcp")
+
+
+@pytest.mark.parametrize("path", ["/synapse-admin/", "synapse-admin"])
+def test_admin_path(deploy: Deploy, site: Site, path: str) -> None:
+    site.edit("config.yaml", "admin_path: /synapse-admin", f"admin_path: {path}")
+    refused(deploy, site, "synapse.admin_path", "use '/' or a path without a trailing slash, e.g. '/synapse-admin'")
+
+
+def test_admin_path_root_is_allowed(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "admin_path: /synapse-admin", "admin_path: /")
+    assert deploy(*site.args("--plan"))[0] == 0
+
+
+def test_turn_range_outside_firewall(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "relay_max_port: 49172", "relay_max_port: 49300")
+    refused(
+        deploy, site, "firewall.turn_relay_ports", "the firewall opens 49152-49172 but coturn relays on 49152-49300"
+    )
+
+
+def test_pool_mode_must_be_transaction(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "pool_mode: transaction", "pool_mode: session")
+    refused(deploy, site, "pgbouncer.pool_mode", "'transaction'")
+
+
+def test_client_connections_below_budget(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "max_client_conn: 1000", "max_client_conn: 100")
+    refused(deploy, site, "pgbouncer.max_client_conn", "below Synapse's connection budget of 210", "at least 210")
+
+
+def test_unknown_group(deploy: Deploy, site: Site) -> None:
+    site.edit("inventory/hosts.yaml", "  groups: [backup]", "  groups: [backups]")
+    refused(deploy, site, "backup1.groups[0]", "unknown group 'backups'")
+
+
+def test_yaml_syntax_error(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "scale: large", "scale: [large")
+    refused(deploy, site, "config.yaml:", "not valid YAML")
+
+
+def test_schema_problems_of_every_file_reported_together(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "ccu: null", "ccu: many")
+    site.edit("inventory/hosts.yaml", "hostname: 10.0.2.12", "hostname: 10.0.2.312")
+    refused(deploy, site, "config.yaml:17: ccu", "inventory/hosts.yaml:9: patroni2.hostname")
+
+
+def test_cross_checks_reported_together(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "admin_path: /synapse-admin", "admin_path: /admin/")
+    site.edit("inventory/hosts.yaml", "hostname: 10.0.3.22", "hostname: 10.0.3.21")
+    refused(deploy, site, "synapse.admin_path", "address 10.0.3.21")
+
+
+def test_placeholders_refused_for_a_real_deploy(deploy: Deploy, site: Site) -> None:
+    code, out = deploy(*site.args())
+    assert code == 2
+    assert "nothing was touched" in out and "Traceback" not in out
+    assert "config.yaml:9: domain: still has its example value (CHANGE_TO_YOUR_DOMAIN)" in out
+    assert "inventory/hosts.yaml" in out and "CHANGE_TO_YOUR_PATRONI1_ADDRESS" in out
+    assert "delete the '# CHANGE_TO_YOUR_DOMAIN' comment" in out
+
+
+def test_bad_flags(deploy: Deploy, site: Site) -> None:
+    code, out = deploy(*site.args("--plan", "--limit", "patroni9"))
+    assert code == 2 and "patroni9: not in the inventory" in out
+    code, out = deploy(*site.args("--plan", "--step", "etcd-magic"))
+    assert code == 2 and "no such step" in out and "preflight" in out
+    with pytest.raises(SystemExit) as exit_info:
+        deploy(*site.args("--no-such-flag"))
+    assert exit_info.value.code == 2
+
+
+def test_missing_inventory_file(deploy: Deploy, site: Site) -> None:
+    (site.inventory / "groups.yaml").unlink()
+    refused(deploy, site, "groups.yaml", "file not found")
