@@ -68,6 +68,7 @@ class Options:
     verbose: bool
     report: Path | None
     plan_dir: Path
+    lab: bool
 
 
 class Runbook:
@@ -92,8 +93,13 @@ class Runbook:
         parser.add_argument(
             "--inventory",
             type=Path,
-            default=REPO / "inventory",
-            help="inventory folder (hosts.yaml, groups.yaml, defaults.yaml)",
+            default=None,
+            help="inventory folder with hosts.yaml, groups.yaml, defaults.yaml (default: inventory)",
+        )
+        parser.add_argument(
+            "--lab",
+            action="store_true",
+            help="use inventory/lab and bring the lab up first if needed (python runbooks/lab.py)",
         )
         parser.add_argument("--limit", default="", help="only these hosts, comma-separated inventory names")
         parser.add_argument(
@@ -128,8 +134,9 @@ class Runbook:
         args = self.parser().parse_args(argv)
         try:
             options = self._options(args)
+            # The lab is a test bed: the example values of config.yaml are fine there.
             settings, warnings = load_settings(
-                options.config, options.inventory, allow_placeholders=options.mode is Mode.PLAN
+                options.config, options.inventory, allow_placeholders=options.mode is Mode.PLAN or options.lab
             )
             unknown = [h for h in options.limit if h not in settings.hosts]
             if unknown:
@@ -152,7 +159,24 @@ class Runbook:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if self.confirm and options.mode is Mode.APPLY and not args.yes and not self._confirmed(settings):
             return EXIT_INPUT
+        if options.lab and options.mode is not Mode.PLAN and not self._lab_up(settings):
+            return EXIT_FAILED
         return self.execute(settings, options)
+
+    def _lab_up(self, settings: Settings) -> bool:
+        from lab.lab import Lab, lab_hosts
+        from lab.shell import LabError
+
+        try:
+            lab = Lab(lab_hosts(settings))
+            if not lab.all_running():
+                self.console.print("[cyan]bringing the lab up (python runbooks/lab.py up)…[/cyan]")
+                report = lab.up()
+                self.console.print(f"lab up in {report.seconds:.1f}s")
+        except LabError as exc:
+            self.console.print(f"[bold red]lab: {escape(str(exc))}[/bold red]")
+            return False
+        return True
 
     def _options(self, args: argparse.Namespace) -> Options:
         names = [s.name for s in self.steps]
@@ -163,9 +187,11 @@ class Runbook:
             )
         steps = [s for s in self.steps if (not args.step or s.name in args.step) and s.name not in args.skip_step]
         mode = Mode.PLAN if args.plan else Mode.CHECK if args.check else Mode.APPLY
+        default_inventory = REPO / "inventory" / "lab" if args.lab else REPO / "inventory"
         return Options(
             config=args.config.resolve(),
-            inventory=args.inventory.resolve(),
+            inventory=(args.inventory or default_inventory).resolve(),
+            lab=args.lab,
             mode=mode,
             steps=steps,
             limit=[h.strip() for h in args.limit.split(",") if h.strip()],
@@ -186,11 +212,13 @@ class Runbook:
 
     def execute(self, settings: Settings, options: Options) -> int:
         """Run the selected steps against the inventory; returns the exit code."""
-        redact = Redactor(settings.secrets)
         plan_dir = (
             options.plan_dir if options.plan_dir != Path("") else settings.config_path.parent / "plan" / settings.site
         ).resolve()
-        nr = self._nornir(settings, options, redact, plan_dir)
+        nr = make_nornir(settings, options.mode, plan_dir=plan_dir)
+        if options.limit:
+            nr = nr.filter(filter_func=lambda host: host.name in options.limit)
+        redact: Redactor = nr.config.user_defined["redact"]
         progress = Progress(self.console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY)
         outcomes: list[StepOutcome] = []
         commands: dict[str, list[CommandRecord]] = {}
@@ -238,33 +266,6 @@ class Runbook:
         if options.report:
             self._write_report(options, settings, outcomes, commands, elapsed, code, redact)
         return code
-
-    def _nornir(self, settings: Settings, options: Options, redact: Redactor, plan_dir: Path) -> Nornir:
-        ConnectionPluginRegister.register(CONNECTION, FabricConnection)
-        inventory = options.inventory
-        nr = InitNornir(
-            runner={"plugin": "threaded", "options": {"num_workers": max(1, min(len(settings.hosts), MAX_THREADS))}},
-            inventory={
-                "plugin": "SimpleInventory",
-                "options": {
-                    "host_file": str(inventory / "hosts.yaml"),
-                    "group_file": str(inventory / "groups.yaml"),
-                    "defaults_file": str(inventory / "defaults.yaml"),
-                },
-            },
-            logging={"enabled": False},
-            user_defined={
-                "mode": options.mode.value,
-                "plan_dir": str(plan_dir),
-                "redact": redact,
-                "inventory_dir": str(inventory),
-                "connect_timeout": settings.config.ssh.connect_timeout,
-                "command_timeout": settings.config.ssh.command_timeout,
-            },
-        )
-        if options.limit:
-            nr = nr.filter(filter_func=lambda host: host.name in options.limit)
-        return nr
 
     def _run_step(
         self,
@@ -345,3 +346,29 @@ class Runbook:
         }
         options.report.parent.mkdir(parents=True, exist_ok=True)
         options.report.write_text(redact(json.dumps(report, indent=2, default=str)) + "\n")
+
+
+def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) -> Nornir:
+    """A Nornir over the settings' inventory, with the run's mode, redactor and timeouts."""
+    ConnectionPluginRegister.register(CONNECTION, FabricConnection)
+    inventory = settings.inventory_dir
+    return InitNornir(
+        runner={"plugin": "threaded", "options": {"num_workers": max(1, min(len(settings.hosts), MAX_THREADS))}},
+        inventory={
+            "plugin": "SimpleInventory",
+            "options": {
+                "host_file": str(inventory / "hosts.yaml"),
+                "group_file": str(inventory / "groups.yaml"),
+                "defaults_file": str(inventory / "defaults.yaml"),
+            },
+        },
+        logging={"enabled": False},
+        user_defined={
+            "mode": mode.value,
+            "plan_dir": str(plan_dir) if plan_dir else "",
+            "redact": Redactor(settings.secrets),
+            "inventory_dir": str(inventory),
+            "connect_timeout": settings.config.ssh.connect_timeout,
+            "command_timeout": settings.config.ssh.command_timeout,
+        },
+    )

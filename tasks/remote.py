@@ -30,8 +30,9 @@ def redactor(task: Task) -> Redactor:
 
 
 def shell(task: Task) -> FabricConnection:
-    """The host's open connection (opened on first use, then reused)."""
-    return task.host.get_connection(CONNECTION, task.nornir.config)
+    """The host's connection plugin, opened on first use and then reused."""
+    task.host.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
+    return task.host.connections[CONNECTION]
 
 
 class CommandFailed(HostError):

@@ -57,41 +57,42 @@ def actions(fact: ServiceFact, *, running: bool, enabled: bool, restart: bool, r
 
 def service(
     task: Task,
-    name: str,
+    unit: str,
     running: bool = True,
     enabled: bool = True,
     restart: bool = False,
     reload: bool = False,
     daemon_reload: bool = False,
 ) -> Result:
-    """Ensure the unit `name` is (not) running and (not) enabled; restart it when asked."""
+    """Ensure `unit` is (not) running and (not) enabled; restart it when asked."""
     if mode(task) is Mode.PLAN:
         wanted = ("running" if running else "stopped") + (", restarted" if restart else "")
-        return Result(host=task.host, result=[], changed=restart, diff=f"{name}: {wanted}")
-    unit = shlex.quote(name)
+        return Result(host=task.host, result=[], changed=restart, diff=f"{unit}: {wanted}")
+    quoted = shlex.quote(unit)
+    if daemon_reload and mode(task) is Mode.APPLY:
+        run(task, "systemctl daemon-reload", what=Expectation("unit files reloaded"))
     out = run(
         task,
-        f"systemctl show -p LoadState -p ActiveState -p UnitFileState -- {unit}",
-        what=Expectation(f"the state of {name}", "check that the host runs systemd"),
+        f"systemctl show -p LoadState -p ActiveState -p UnitFileState -- {quoted}",
+        what=Expectation(f"the state of {unit}", "check that the host runs systemd"),
     )
     fact = parse_show(out.stdout)
     verbs = actions(fact, running=running, enabled=enabled, restart=restart, reload=reload)
     if not verbs:
         return Result(host=task.host, result=[], changed=False)
     if mode(task) is Mode.APPLY:
-        prefix = "systemctl daemon-reload && " if daemon_reload else ""
         run(
             task,
-            prefix + " && ".join(f"systemctl {verb} -- {unit}" for verb in verbs),
+            " && ".join(f"systemctl {verb} -- {quoted}" for verb in verbs),
             what=Expectation(
-                f"{name}: {', '.join(verbs)}",
-                f"look at 'journalctl -u {name} -n 50' on the host for why the unit failed",
+                f"{unit}: {', '.join(verbs)}",
+                f"look at 'journalctl -u {unit} -n 50' on the host for why the unit failed",
             ),
         )
     before = "running" if fact.active else "stopped"
-    return Result(host=task.host, result=verbs, changed=True, diff=f"{name}: {before} → {', '.join(verbs)}")
+    return Result(host=task.host, result=verbs, changed=True, diff=f"{unit}: {before} → {', '.join(verbs)}")
 
 
-def unit(task: Task, name: str, content: str) -> Result:
+def unit_file(task: Task, unit: str, content: str) -> Result:
     """Install a unit file under /etc/systemd/system; `changed` means a daemon-reload is due."""
-    return put_files(task, [FileSpec(f"{UNIT_DIR}/{name}", content)])
+    return put_files(task, [FileSpec(f"{UNIT_DIR}/{unit}", content)])

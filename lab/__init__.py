@@ -1,0 +1,7 @@
+"""The lab: the production topology as real systemd hosts on one machine.
+
+Each inventory entry of `inventory/lab/` becomes a Debian 12 host booted with
+`systemd-nspawn -b` (systemd as PID 1) in its own network namespace on a bridge in
+198.18.0.0/16, with no default route. Packages reach the hosts through an apt proxy on
+the bridge address, as they would reach servers at an air-gapped site.
+"""

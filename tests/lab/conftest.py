@@ -1,0 +1,87 @@
+"""The lab for tests: brought up once per test session, torn down at its end.
+
+Teardown runs `down` and fails the session if anything of the lab is left (namespace,
+mount, veth, process, overlay), so a leaking teardown cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from nornir.core import Nornir
+from nornir.core.task import AggregatedResult
+
+from core.runbook import make_nornir
+from core.settings import Settings, load_settings
+from lab.lab import Lab, LabHost, UpReport, lab_hosts
+from tasks.remote import Mode
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.lab
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab_settings() -> Settings:
+    settings, _ = load_settings(REPO / "config.yaml", REPO / "inventory" / "lab", allow_placeholders=True)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def lab_up(lab_settings: Settings) -> Iterator[tuple[Lab, UpReport]]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    lab = Lab(lab_hosts(lab_settings))
+    try:
+        report = lab.up()
+        yield lab, report
+    finally:
+        lab.down()
+        left = lab.leftovers()
+        assert not left, f"lab down left: {left}"
+
+
+@pytest.fixture(scope="session")
+def lab(lab_up: tuple[Lab, UpReport]) -> Lab:
+    return lab_up[0]
+
+
+@pytest.fixture
+def nornir(lab: Lab, lab_settings: Settings) -> Iterator[Callable[..., Nornir]]:
+    """Make Nornir objects over the lab inventory (mode apply by default); closes their connections."""
+    made: list[Nornir] = []
+
+    def make(mode: Mode = Mode.APPLY, hosts: tuple[str, ...] = ()) -> Nornir:
+        nr = make_nornir(lab_settings, mode)
+        if hosts:
+            nr = nr.filter(filter_func=lambda h: h.name in hosts)
+        made.append(nr)
+        return nr
+
+    yield make
+    for nr in made:
+        nr.close_connections(on_good=True, on_failed=True)
+
+
+def ssh(lab: Lab, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command on a lab host with the plain OpenSSH client (independent of our plugin)."""
+    target: LabHost = next(h for h in lab.hosts if h.name == host)
+    done = subprocess.run([*lab.ssh_args(target), command], capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, f"{host}: {command}: {done.stderr}"
+    return done
+
+
+def only(result: AggregatedResult, host: str):  # type: ignore[no-untyped-def]
+    """The top-level Result of `host` in `result`."""
+    return result[host][0]

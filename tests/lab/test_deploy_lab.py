@@ -1,0 +1,78 @@
+"""The deploy runbook against the lab, exactly as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lab.lab import Lab
+from tests.conftest import load_runbook
+from tests.lab.conftest import ssh
+
+Deploy = Callable[..., tuple[int, str]]
+
+
+@pytest.fixture
+def deploy_lab(lab: Lab, capsys: pytest.CaptureFixture[str]) -> Deploy:
+    module = load_runbook("deploy")
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = module.RUNBOOK.main(["--lab", *argv])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    return run
+
+
+def test_deploy_then_rerun_changes_nothing(deploy_lab: Deploy, lab: Lab, tmp_path: Path) -> None:
+    code, out = deploy_lab()
+    assert code == 0, out
+    hosts = ssh(lab, "minio3", "cat /etc/hosts").stdout
+    assert "198.18.0.10 chat.z3r0d3v.com" in hosts and "198.18.1.61 synapse1.internal synapse1" in hosts
+    assert "127.0.1.1\tminio3" in hosts  # lines outside the block are kept
+
+    report = tmp_path / "rerun.json"
+    code, out = deploy_lab("--report", str(report))
+    assert code == 0, out
+    assert "deploy: no changes" in out
+    data = json.loads(report.read_text())
+    assert all(h["status"] == "ok" for step in data["steps"] for h in step["hosts"].values())
+    per_host = {host: len(records) for host, records in data["commands"].items()}
+    assert len(per_host) == 16 and max(per_host.values()) <= 3, per_host
+
+
+def test_hand_edit_inside_the_block_is_repaired(deploy_lab: Deploy, lab: Lab) -> None:
+    ssh(lab, "coturn2", "sudo sed -i 's/^198.18.0.10 chat/198.18.9.9 chat/' /etc/hosts")
+    code, out = deploy_lab("--step", "hosts-file", "--limit", "coturn2", "--verbose")
+    assert code == 0, out
+    assert "-198.18.9.9 chat.z3r0d3v.com" in out and "+198.18.0.10 chat.z3r0d3v.com" in out
+    assert ssh(lab, "coturn2", "getent hosts chat.z3r0d3v.com").stdout.split() == ["198.18.0.10", "chat.z3r0d3v.com"]
+
+
+def test_duplicate_host_names_stop_the_deploy(deploy_lab: Deploy, lab: Lab) -> None:
+    ssh(lab, "patroni2", "sudo hostname patroni1")
+    try:
+        code, out = deploy_lab("--step", "preflight")
+    finally:
+        ssh(lab, "patroni2", "sudo hostname patroni2")
+    assert code == 1
+    assert "host name 'patroni1' is also used by another server" in out and "health gate failed" in out
+
+
+def test_foreign_process_on_a_platform_port_stops_the_deploy(deploy_lab: Deploy, lab: Lab) -> None:
+    ssh(
+        lab,
+        "patroni3",
+        "sudo systemd-run --unit mha-squatter python3 -m http.server 5432 && "
+        "timeout 10 bash -c 'until (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; do sleep 0.2; done'",
+    )
+    try:
+        code, out = deploy_lab()
+    finally:
+        ssh(lab, "patroni3", "sudo systemctl stop mha-squatter", check=False)
+    assert code == 1
+    assert "patroni3: not ready" in out and "port 5432/tcp, needed by postgresql, is held by python3" in out
+    assert "hosts-file" in out and "not run" in out  # later steps wait for a healthy preflight
