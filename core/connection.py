@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shlex
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,40 @@ class FabricConnection:
             CommandRecord(self.username, self.sudo, cwd, script, expect, on_failure, output.exit_code, output.seconds)
         )
         return output
+
+    def upload(self, source: Path, path: str, *, owner: str, group: str, mode: int) -> None:
+        """Copy a local file over SFTP, then put it in place atomically with owner and mode.
+
+        The upload lands in the login user's own temporary file first (SFTP runs without
+        sudo), so only non-secret files (binaries, archives) may come this way.
+        """
+        staging = f"/tmp/.mha-upload-{uuid.uuid4().hex}"
+        started = time.monotonic()
+        self.connection.sftp().put(str(source), staging)
+        self.log.append(
+            CommandRecord(
+                self.username,
+                False,
+                "/",
+                f"sftp put {source} {staging}",
+                "file uploaded",
+                "",
+                0,
+                time.monotonic() - started,
+            )
+        )
+        target, tmp = shlex.quote(path), shlex.quote(f"{path}.mha-new")
+        script = (
+            f"set -e; trap 'rm -f {staging}' EXIT; mkdir -p {shlex.quote(str(Path(path).parent))}; "
+            f"install -o {shlex.quote(owner)} -g {shlex.quote(group)} -m {mode:04o} {staging} {tmp}; "
+            f"mv -f {tmp} {target}"
+        )
+        output = self.run(script, expect=f"{path} installed")
+        if output.exit_code != 0:
+            raise HostError(
+                f"{self.connection.host}: installing {path} failed (exit {output.exit_code}): "
+                f"{output.stderr.strip()[-300:]}. Check free space and that {owner}:{group} exist"
+            )
 
 
 class _Stdin:

@@ -18,7 +18,7 @@ from nornir.core.task import Result, Task
 from nornir_jinja2.plugins.tasks import template_file
 
 from core.secrets import Redactor
-from tasks.remote import Expectation, Mode, mode, redactor, run
+from tasks.remote import Expectation, Mode, mode, redactor, run, shell
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 JINJA = Environment(
@@ -59,7 +59,29 @@ class FileFact:
     sha256: str = ""
 
 
-def file_changes(fact: FileFact, spec: FileSpec) -> list[str]:
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """A file copied as it is from the controller (a binary, an archive) over SFTP.
+
+    Never for secrets: SFTP creates the temporary upload with the server's default mode.
+    """
+
+    path: str
+    source: Path
+    owner: str = "root"
+    group: str = "root"
+    mode: int = 0o755
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with self.source.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def file_changes(fact: FileFact, spec: FileSpec | ArtifactSpec) -> list[str]:
     """How `fact` differs from `spec`, in words; empty when nothing is to be done."""
     if not fact.exists:
         return ["created"]
@@ -105,6 +127,29 @@ def write_script(spec: FileSpec) -> str:
         f"chown {shlex.quote(spec.owner)}:{shlex.quote(spec.group)} {tmp}; chmod {spec.mode:04o} {tmp}; "
         f"mv -f {tmp} {path}"
     )
+
+
+def put_artifacts(task: Task, specs: list[ArtifactSpec]) -> Result:
+    """Converge files copied from the controller; one fact command when nothing differs."""
+    if mode(task) is Mode.PLAN:
+        return Result(
+            host=task.host,
+            result=[s.path for s in specs],
+            changed=True,
+            diff="\n".join(f"{s.path}: would be copied from {s.source}" for s in specs),
+        )
+    out = run(task, facts_script([s.path for s in specs]), what=Expectation("one state line per file"))
+    facts = parse_facts(out.stdout)
+    changed, diffs = [], []
+    for spec in specs:
+        changes = file_changes(facts.get(spec.path, FileFact(exists=False)), spec)
+        if not changes:
+            continue
+        changed.append(spec.path)
+        diffs.append(f"{spec.path}: {', '.join(changes)} (from {spec.source})")
+        if mode(task) is Mode.APPLY:
+            shell(task).upload(spec.source, spec.path, owner=spec.owner, group=spec.group, mode=spec.mode)
+    return Result(host=task.host, result=changed, changed=bool(changed), diff="\n".join(diffs))
 
 
 def render(task: Task, template: str, **context: object) -> str:

@@ -1,7 +1,8 @@
 """The lab for tests: brought up once per test session, torn down at its end.
 
-Teardown runs `down` and fails the session if anything of the lab is left (namespace,
-mount, veth, process, overlay), so a leaking teardown cannot go unnoticed.
+Teardown first adds what an interrupted `up` would leave behind, then runs `down` and
+fails the session if anything of the lab is left (namespace, mount, veth, cgroup,
+process, overlay), so a leaking teardown cannot go unnoticed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from nornir.core.task import AggregatedResult
 
 from core.runbook import make_nornir
 from core.settings import Settings, load_settings
+from lab import network, rootfs
 from lab.lab import Lab, LabHost, UpReport, lab_hosts
 from tasks.remote import Mode
 
@@ -46,6 +49,9 @@ def lab_up(lab_settings: Settings) -> Iterator[tuple[Lab, UpReport]]:
         report = lab.up()
         yield lab, report
     finally:
+        # What an interrupted `up` leaves: a namespace with its veth and a mounted overlay, no host.
+        network.ensure_host("stray", IPv4Address("198.18.1.250"))
+        rootfs.mount_overlay(lab.state / "base", lab.state / "hosts" / "stray")
         lab.down()
         left = lab.leftovers()
         assert not left, f"lab down left: {left}"

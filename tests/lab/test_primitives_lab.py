@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from nornir.core.task import Result, Task
 from core.connection import CONNECTION
 from core.errors import HostError
 from lab.lab import Lab
-from tasks.files import FileSpec, put_files
+from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, run
 from tasks.systemd import service, unit_file
@@ -168,3 +169,20 @@ def test_changed_host_key_is_refused(nornir: MakeNornir, lab: Lab, tmp_path: Pat
     nr.inventory.defaults.connection_options[CONNECTION].extras["known_hosts"] = str(known)
     result = nr.run(task=lambda task: Result(host=task.host, result=run(task, "true").stdout))
     assert "host key differs" in str(result["patroni1"][0].exception)
+
+
+def test_binary_artifact_copied_over_sftp_once(
+    nornir: MakeNornir, lab: Lab, tmp_path: Path, clean_test_dir: None
+) -> None:
+    blob = tmp_path / "tool"
+    blob.write_bytes(os.urandom(3 << 20) + b"\0\xff")
+    spec = ArtifactSpec(f"{TEST_DIR}/bin/tool", blob, mode=0o750)
+    nr = nornir(hosts=("patroni1",))
+    first = only(nr.run(task=put_artifacts, specs=[spec]), "patroni1")
+    assert first.changed and first.result == [spec.path]
+    remote = ssh(lab, "patroni1", f"sudo sha256sum {spec.path}; sudo stat -c %a {spec.path}; ls -A /tmp").stdout.split()
+    assert remote[0] == spec.sha256 and remote[2] == "750"
+    assert not any(name.startswith(".mha-upload") for name in remote[3:])
+    before = commands_run(nr, "patroni1")
+    assert not only(nr.run(task=put_artifacts, specs=[spec]), "patroni1").changed
+    assert commands_run(nr, "patroni1") - before == 1
