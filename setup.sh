@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up of the controller: a Debian 12 machine, run as root.
-# Installs the system packages the framework and its lab need, then the pinned Python
-# dependencies into .venv (Debian's system Python refuses pip installs, PEP 668).
+# Installs the system packages the framework and its lab need, the pinned Python
+# dependencies into .venv (Debian's system Python refuses pip installs, PEP 668), and
+# fills the artifact cache (artifacts/manifest.yaml).
 # Safe to re-run: apt and pip skip what is already there.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,4 +22,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# The artifact cache (pinned, checksummed): what servers get from the controller, never
+# from the internet. Run again during a later internet window after changing versions.
+.venv/bin/python runbooks/artifacts.py fetch
 echo "set-up complete: activate with '. .venv/bin/activate'"

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from nornir.core.inventory import Host
-from nornir.core.task import AggregatedResult, MultiResult, Task
+from nornir.core.task import AggregatedResult, MultiResult, Result, Task
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -39,9 +39,17 @@ class StepOutcome:
     note: str = ""
 
 
+def flatten(multi: MultiResult) -> list[Result]:
+    """Every Result of a host, subtasks of subtasks included (Nornir nests their MultiResults)."""
+    out: list[Result] = []
+    for item in multi:
+        out.extend(flatten(item) if isinstance(item, MultiResult) else [item])
+    return out
+
+
 def host_outcome(multi: MultiResult, seconds: float, redact: Redactor) -> HostOutcome:
     """Condense a host's MultiResult: status, the operator-facing message, the combined diff."""
-    diff = "\n".join(r.diff for r in multi if r.diff)
+    diff = "\n".join(r.diff for r in flatten(multi) if r.diff)
     if multi.failed:
         return HostOutcome("failed", seconds, redact(failure_text(multi)), redact(diff))
     first = multi[0].result
@@ -51,10 +59,11 @@ def host_outcome(multi: MultiResult, seconds: float, redact: Redactor) -> HostOu
 
 def failure_text(multi: MultiResult) -> str:
     """The message of the HostError behind a failure; a traceback only for real bugs."""
-    for result in multi:
+    results = flatten(multi)
+    for result in results:
         if isinstance(result.exception, HostError):
             return str(result.exception)
-    for result in reversed(multi):
+    for result in reversed(results):
         if result.failed and result.exception is not None and not _is_subtask_error(result.exception):
             return str(result.result)
     return str(multi[0].result)

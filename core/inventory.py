@@ -56,6 +56,12 @@ class HostData(Entry):
     private_ip: Address | None = Field(
         None, description="the host's address on the private network, e.g. 10.0.2.11 (default: hostname)"
     )
+    memory_mb: int | None = Field(
+        None,
+        ge=256,
+        description="RAM to size PostgreSQL for, in MiB, e.g. 16384 (default: read from the host; "
+        "set it where the host sees more RAM than it may use, as containers do)",
+    )
 
 
 class Host(Entry):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from nornir.plugins.runners import SerialRunner, ThreadedRunner
 from rich.console import Console
 from rich.markup import escape
 
+from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection
 from core.display import Progress, StepOutcome, host_outcome, summary_table
 from core.errors import InputError, InputProblem
@@ -56,6 +58,7 @@ class Step:
     groups: tuple[str, ...] | None = None
     serial: bool = False
     gate: Gate | None = None
+    artifacts: tuple[str, ...] = ()  # names in artifacts/manifest.yaml the step pushes to hosts
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,14 @@ class Runbook:
             settings, warnings = load_settings(
                 options.config, options.inventory, allow_placeholders=options.mode is Mode.PLAN or options.lab
             )
+            missing = [
+                p
+                for name in sorted({a for s in options.steps for a in s.artifacts})
+                for p in artifacts.problems(artifacts.manifest()[name])
+            ]
+            if missing and options.mode is not Mode.PLAN:
+                raise InputError(missing)
+            warnings += [f"{p.key}: {p.message} ({p.fix})" for p in missing]
             unknown = [h for h in options.limit if h not in settings.hosts]
             if unknown:
                 raise InputError(
@@ -279,7 +290,7 @@ class Runbook:
         redact: Redactor,
     ) -> StepOutcome:
         groups = step.groups
-        targets = nr.filter(filter_func=lambda h: groups is None or any(g in groups for g in h.groups))
+        targets = nr.filter(filter_func=lambda h: groups is None or any(g.name in groups for g in h.groups))
         count = len(targets.inventory.hosts)
         where = "all hosts" if groups is None else ", ".join(groups)
         self.console.print(
@@ -351,6 +362,9 @@ class Runbook:
 def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) -> Nornir:
     """A Nornir over the settings' inventory, with the run's mode, redactor and timeouts."""
     ConnectionPluginRegister.register(CONNECTION, FabricConnection)
+    # Failures reach the operator through the runbook's display, not as logged tracebacks.
+    logging.getLogger("nornir").addHandler(logging.NullHandler())
+    logging.getLogger("nornir").propagate = False
     inventory = settings.inventory_dir
     return InitNornir(
         runner={"plugin": "threaded", "options": {"num_workers": max(1, min(len(settings.hosts), MAX_THREADS))}},

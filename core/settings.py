@@ -37,6 +37,7 @@ class HostInfo:
     groups: tuple[str, ...]
     port: int
     username: str
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def _host_info(name: str, host: Host, parsed: Parsed) -> HostInfo:
         username=host.username
         or next((g.username for g in group_entries if g.username), None)
         or parsed.defaults.username,
+        memory_mb=host.data.memory_mb,
     )
 
 

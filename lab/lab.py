@@ -78,6 +78,8 @@ class Lab:
         report = UpReport()
         started = time.monotonic()
         self.state.mkdir(parents=True, exist_ok=True)
+        if not rootfs.base_current(self.state) and machines.nspawn_pids(self.state):
+            self.down()  # hosts must not run on a base that is about to be replaced
         base, report.base_built = rootfs.ensure_base(self.state)
         report.base_seconds = time.monotonic() - started
         public_key = self._controller_key()

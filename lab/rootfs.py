@@ -26,16 +26,27 @@ LAB_USER = "deploy"
 RECIPE_FILE = ".lab-recipe"
 
 # Written into the base once: quick shutdowns (a container once hung ~2 min on
-# user@0.service), SSH with keys only, apt through the lab's proxy.
+# user@0.service), SSH with keys only, sudo for the deploy user.
 BASE_FILES = {
     "etc/systemd/system.conf.d/lab.conf": "[Manager]\nDefaultTimeoutStopSec=10s\n",
     "etc/systemd/system/user@.service.d/lab.conf": "[Service]\nTimeoutStopSec=3s\n",
     "etc/ssh/sshd_config.d/lab.conf": (
         "HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n"
     ),
-    "etc/apt/apt.conf.d/90lab-proxy": f'Acquire::http::Proxy "{PROXY_URL}";\nAcquire::Retries "2";\n',
     f"etc/sudoers.d/{LAB_USER}": f"{LAB_USER} ALL=(ALL) NOPASSWD:ALL\n",
     "etc/resolv.conf": "# no DNS in the lab: names come from /etc/hosts\n",
+}
+
+
+# Written into every host (not the base, so changing them needs no rebuild): apt through
+# the lab's proxy.
+APT_PROXY = {
+    # No pipelining through the proxy (an apt http method hung on a connection the proxy
+    # had closed, CLOSE-WAIT, for minutes); time out and retry instead of waiting forever.
+    "etc/apt/apt.conf.d/90lab-proxy": (
+        f'Acquire::http::Proxy "{PROXY_URL}";\nAcquire::http::Pipeline-Depth "0";\n'
+        'Acquire::http::Timeout "30";\nAcquire::Retries "3";\n'
+    ),
 }
 
 
@@ -59,23 +70,21 @@ def machine_apt_files() -> dict[str, str]:
 
 def recipe() -> str:
     """What the base is built from; a different recipe means a rebuild."""
-    text = repr((SUITE, INCLUDE, sorted(BASE_FILES.items()), sorted(machine_apt_files().items()), LAB_USER))
+    text = repr((SUITE, INCLUDE, sorted(BASE_FILES.items()), LAB_USER))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def ensure_base(state: Path) -> tuple[Path, bool]:
     """The cached base, built if missing or outdated; returns (path, built now)."""
     base = state / "base"
-    wanted = recipe()
-    stamp = base / RECIPE_FILE
-    if stamp.exists() and stamp.read_text() == wanted:
+    if base_current(state):
         return base, False
     tmp = state / "base.tmp"
     unmount_all(tmp)  # an interrupted debootstrap leaves its /proc and /sys mounted
     shutil.rmtree(tmp, ignore_errors=True)
     sh(["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", SUITE, str(tmp)], timeout=1200)
     _customize(tmp)
-    (tmp / RECIPE_FILE).write_text(wanted)
+    (tmp / RECIPE_FILE).write_text(recipe())
     old = state / "base.old"
     if base.exists():
         base.rename(old)
@@ -85,12 +94,7 @@ def ensure_base(state: Path) -> tuple[Path, bool]:
 
 
 def _customize(root: Path) -> None:
-    for relative, text in {**BASE_FILES, **machine_apt_files()}.items():
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink():
-            target.unlink()
-        target.write_text(text)
+    _write(root, BASE_FILES)
     (root / f"etc/sudoers.d/{LAB_USER}").chmod(0o440)
     sh(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", LAB_USER])
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -99,6 +103,20 @@ def _customize(root: Path) -> None:
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
     (root / "var/lib/apt/lists/partial").mkdir(parents=True)
     sh(["chroot", str(root), "apt-get", "clean"])
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for relative, text in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()
+        target.write_text(text)
+
+
+def base_current(state: Path) -> bool:
+    stamp = state / "base" / RECIPE_FILE
+    return stamp.exists() and stamp.read_text() == recipe()
 
 
 def mount_overlay(base: Path, host_dir: Path) -> Path:
@@ -142,7 +160,11 @@ def unmount_all(folder: Path) -> None:
 
 
 def personalise(root: Path, host: str, authorized_key: str) -> str:
-    """Give the host its name, machine-id, SSH host key and the controller's key; returns the host key."""
+    """Give the host its name, machine-id, apt setup, SSH host key and the controller's key.
+
+    Returns the host's public SSH key.
+    """
+    _write(root, {**APT_PROXY, **machine_apt_files()})
     (root / "etc/hostname").write_text(f"{host}\n")
     (root / "etc/hosts").write_text(
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n\n::1\tlocalhost ip6-localhost ip6-loopback\n"

@@ -13,7 +13,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
+from tasks.database import synapse_database
+from tasks.etcd import etcd, members_gate
 from tasks.hosts_file import hosts_file
+from tasks.patroni import patroni
+from tasks.pgbouncer import login_check, pgbouncer
 from tasks.preflight import duplicate_hostnames, preflight
 
 RUNBOOK = Runbook(
@@ -25,6 +29,34 @@ RUNBOOK = Runbook(
             "SSH, sudo, OS, clock, disk, python3, free ports, unique host names",
             preflight,
             gate=lambda result, _settings: duplicate_hostnames(result),
+        ),
+        Step(
+            "etcd", "etcd members, static bootstrap; every member healthy", etcd, groups=("patroni",), gate=members_gate
+        ),
+        Step(
+            "patroni",
+            "PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
+            patroni,
+            groups=("patroni",),
+            artifacts=("patroni",),
+        ),
+        Step(
+            "pgbouncer",
+            "PgBouncer (transaction pooling) routed to the primary by a local HAProxy",
+            pgbouncer,
+            groups=("pgbouncer",),
+        ),
+        Step(
+            "synapse-database",
+            "database synapse (UTF8, C collation) and its role, on the leader",
+            synapse_database,
+            groups=("patroni",),
+        ),
+        Step(
+            "database-access",
+            "Synapse's role logs in through every PgBouncer to the primary",
+            login_check,
+            groups=("pgbouncer",),
         ),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
     ],

@@ -42,6 +42,7 @@ class FileSpec:
     group: str = "root"
     mode: int = 0o644
     secret: bool = False
+    check: str | None = None  # a command that must accept the staged file, `{path}` its path
 
     @property
     def sha256(self) -> str:
@@ -118,14 +119,19 @@ def parse_facts(stdout: str) -> dict[str, FileFact]:
 
 
 def write_script(spec: FileSpec) -> str:
-    """Atomic replace: stdin → temporary file beside the target → owner/mode → rename."""
+    """Atomic replace: stdin → temporary file beside the target → owner/mode → check → rename."""
     path = shlex.quote(spec.path)
     tmp = shlex.quote(f"{spec.path}.mha-new")
     parent = shlex.quote(str(Path(spec.path).parent))
+    check = ""
+    if spec.check:
+        check = (
+            f"if ! {spec.check.format(path=tmp)} >&2; then rm -f {tmp}; echo 'rejected: {spec.path}' >&2; exit 3; fi; "
+        )
     return (
         f"set -e; mkdir -p {parent}; umask 077; cat > {tmp}; "
         f"chown {shlex.quote(spec.owner)}:{shlex.quote(spec.group)} {tmp}; chmod {spec.mode:04o} {tmp}; "
-        f"mv -f {tmp} {path}"
+        f"{check}mv -f {tmp} {path}"
     )
 
 
@@ -153,7 +159,13 @@ def put_artifacts(task: Task, specs: list[ArtifactSpec]) -> Result:
 
 
 def render(task: Task, template: str, **context: object) -> str:
-    """Render `templates/<template>` for the task's host with nornir-jinja2 (StrictUndefined)."""
+    """Render `templates/<template>` for the task's host with nornir-jinja2 (StrictUndefined).
+
+    `name` and `severity_level` belong to Nornir's task.run and cannot be template variables.
+    """
+    clash = {"name", "severity_level"} & context.keys()
+    if clash:
+        raise ValueError(f"template variables {sorted(clash)} clash with Nornir's task.run arguments")
     return task.run(task=template_file, template=template, jinja_env=JINJA, severity_level=10, **context)[0].result
 
 

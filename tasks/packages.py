@@ -16,6 +16,7 @@ from nornir.core.task import Result, Task
 from tasks.remote import Expectation, Mode, mode, run
 
 APT_TIMEOUT = 900
+UPDATE_TIMEOUT = 300
 
 
 def query_script(names: list[str]) -> str:

@@ -22,6 +22,7 @@ from core.settings import Settings, load_settings
 from lab import network, rootfs
 from lab.lab import Lab, LabHost, UpReport, lab_hosts
 from tasks.remote import Mode
+from tests.conftest import load_runbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,10 +80,25 @@ def nornir(lab: Lab, lab_settings: Settings) -> Iterator[Callable[..., Nornir]]:
         nr.close_connections(on_good=True, on_failed=True)
 
 
-def ssh(lab: Lab, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def deploy_lab(lab: Lab, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    """Run `python runbooks/deploy.py --lab ARGS` in-process; returns (exit code, output)."""
+    module = load_runbook("deploy")
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = module.RUNBOOK.main(["--lab", *argv])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    return run
+
+
+def ssh(
+    lab: Lab, host: str, command: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command on a lab host with the plain OpenSSH client (independent of our plugin)."""
     target: LabHost = next(h for h in lab.hosts if h.name == host)
-    done = subprocess.run([*lab.ssh_args(target), command], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*lab.ssh_args(target), command], capture_output=True, text=True, timeout=120, input=input)
     if check:
         assert done.returncode == 0, f"{host}: {command}: {done.stderr}"
     return done

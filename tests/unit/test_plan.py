@@ -23,7 +23,20 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     assert block.startswith("# BEGIN matrix-platform hosts") and block.rstrip().endswith("# END matrix-platform hosts")
     data = json.loads(report.read_text())
     assert data["mode"] == "plan" and data["exit_code"] == 0
-    assert [s["name"] for s in data["steps"]] == ["preflight", "hosts-file"]
+    assert [s["name"] for s in data["steps"]] == [
+        "preflight",
+        "etcd",
+        "patroni",
+        "pgbouncer",
+        "synapse-database",
+        "database-access",
+        "hosts-file",
+    ]
+    patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
+    assert "synchronous_mode: true" in patroni and "max_connections: 350" in patroni
+    assert "<secret:postgres_superuser_password>" in patroni
+    pgbouncer = (plan / "haproxy1" / "etc" / "pgbouncer" / "pgbouncer.ini").read_text()
+    assert "pool_mode = transaction" in pgbouncer
     assert data["commands"] == {}  # no host was contacted
 
 
@@ -39,7 +52,7 @@ def test_help_lists_steps_in_order(capsys) -> None:  # type: ignore[no-untyped-d
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. hosts-file")
+    assert text.index("1. preflight") < text.index("2. etcd") < text.index("7. hosts-file")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:

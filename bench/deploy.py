@@ -1,0 +1,70 @@
+"""Benchmark the deploy against a fresh lab: first deploy, then the no-op re-run.
+
+    python bench/deploy.py
+
+Rebuilds the lab hosts from the cached base (down, up), runs `deploy.py --lab` twice and
+prints, per run: the wall time, each step's time, the critical path (the sum over steps
+of the slowest host) and the remote commands per host. Writes bench/results/deploy.json.
+Needs root and the artifact cache (python runbooks/artifacts.py fetch).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runbook import REPO
+from core.settings import load_settings
+from lab.lab import Lab, lab_hosts
+
+
+def run_deploy(report: Path) -> dict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy", REPO / "runbooks" / "deploy.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    started = time.monotonic()
+    code = module.RUNBOOK.main(["--lab", "--report", str(report)])
+    wall = time.monotonic() - started
+    data = json.loads(report.read_text())
+    steps = {s["name"]: round(s["seconds"], 2) for s in data["steps"]}
+    critical = sum(max((h["seconds"] for h in s["hosts"].values()), default=0.0) for s in data["steps"])
+    commands = {host: len(records) for host, records in sorted(data["commands"].items())}
+    return {
+        "exit_code": code,
+        "wall_seconds": round(wall, 2),
+        "steps_seconds": steps,
+        "critical_path_seconds": round(critical, 2),
+        "remote_commands_per_host": commands,
+    }
+
+
+def main() -> int:
+    settings, _ = load_settings(REPO / "config.yaml", REPO / "inventory" / "lab", allow_placeholders=True)
+    lab = Lab(lab_hosts(settings))
+    lab.down()
+    lab.up()
+    with tempfile.TemporaryDirectory() as folder:
+        first = run_deploy(Path(folder) / "first.json")
+        rerun = run_deploy(Path(folder) / "rerun.json")
+    figures = {
+        "first_deploy": first,
+        "noop_rerun": rerun,
+        "rerun_share_of_first": round(rerun["wall_seconds"] / first["wall_seconds"], 3),
+    }
+    print(json.dumps(figures, indent=2))
+    out = REPO / "bench" / "results" / "deploy.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if first["exit_code"] == rerun["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Deployment step 1: etcd, the DCS Patroni keeps its leader lock in; one member per patroni host.
+
+Members bootstrap statically from the inventory. Debian's package would start a
+single-member etcd on install, whose data dir would then refuse to join our cluster, so
+the package is installed without autostart and the data dir is named after the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+
+from nornir.core.task import Result, Task
+
+from core.settings import Settings
+from tasks.files import FileSpec, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import service
+from tasks.waits import wait_for_command
+
+CLIENT_PORT = 2379
+
+
+def cluster_token(settings: Settings) -> str:
+    return f"matrix-{settings.site}-etcd"
+
+
+def client_endpoints(settings: Settings) -> list[str]:
+    return [f"{h.private_ip}:{CLIENT_PORT}" for h in settings.members("patroni")]
+
+
+def etcd(task: Task, settings: Settings) -> Result:
+    """Install, configure and start this host's etcd member; wait until the cluster is healthy."""
+    task.run(task=packages, names=["etcd-server", "etcd-client"], autostart=False, severity_level=10)
+    host = settings.hosts[task.host.name]
+    members = ",".join(f"{h.name}=http://{h.private_ip}:2380" for h in settings.members("patroni"))
+    env = render(
+        task,
+        "etcd/etcd.env.j2",
+        host_name=host.name,
+        ip=host.private_ip,
+        initial_cluster=members,
+        cluster_token=cluster_token(settings),
+    )
+    changed = task.run(task=put_files, specs=[FileSpec("/etc/default/etcd", env)], severity_level=10)[0].changed
+    task.run(task=service, unit="etcd.service", restart=changed, severity_level=10)
+    endpoints = ",".join(f"http://{e}" for e in client_endpoints(settings))
+    task.run(
+        task=wait_for_command,
+        script=f"etcdctl --endpoints={endpoints} endpoint health >/dev/null 2>&1",
+        timeout=60,
+        what="every etcd member healthy",
+        severity_level=10,
+    )
+    return Result(host=task.host, result=member_names(task) if mode(task) is Mode.APPLY else [])
+
+
+def member_names(task: Task) -> list[str]:
+    """Names of the members the local etcd knows."""
+    out = run(
+        task,
+        "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json",
+        what=Expectation("etcd's member list", "check 'systemctl status etcd' on the host"),
+    )
+    return sorted(m.get("name", "") for m in json.loads(out.stdout).get("members", []))
+
+
+def members_gate(result: object, settings: Settings) -> list[str]:
+    """Gate: every member sees exactly the inventory's patroni hosts as members."""
+    wanted = sorted(h.name for h in settings.members("patroni"))
+    problems = []
+    for host, multi in result.items():  # type: ignore[attr-defined]
+        seen = multi[0].result
+        if seen and seen != wanted:
+            problems.append(
+                f"{host}: etcd members are {seen}, expected {wanted}: a host name or address "
+                "changed after bootstrap, or another cluster's data dir is in /var/lib/etcd"
+            )
+    return problems

@@ -1,0 +1,249 @@
+"""Deployment step 2: PostgreSQL managed by Patroni on every patroni host, etcd3 as DCS.
+
+Patroni comes from the pinned wheels of the artifact cache (see the template for why not
+Debian's 3.0.2), installed offline into a venv that takes its compiled dependencies
+(psycopg2, psutil, PyYAML) from Debian packages. PostgreSQL tuning is derived from the
+host's RAM and `max_connections` from the sizing's connection budget.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+
+from nornir.core.task import Result, Task
+
+from core import artifacts
+from core.errors import HostError
+from core.settings import Settings
+from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import service, unit_file
+
+VENV = "/opt/patroni/venv"
+WHEELS = "/opt/patroni/wheels"
+CONFIG = "/etc/patroni/patroni.yml"
+REST_PORT = 8008
+# Compiled dependencies come from Debian, so no wheel has to match the host's Python.
+PYTHON_PACKAGES = [
+    "python3-venv",
+    "python3-psycopg2",
+    "python3-psutil",
+    "python3-yaml",
+    "python3-click",
+    "python3-prettytable",
+    "python3-dateutil",
+    "python3-urllib3",
+    "python3-etcd",
+    "python3-requests",
+]
+NO_MAIN_CLUSTER = "# matrix-platform: Patroni creates and owns the cluster\ncreate_main_cluster = false\n"
+
+
+@dataclass(frozen=True)
+class Memory:
+    """PostgreSQL memory settings for a host with `total_mb` of RAM."""
+
+    total_mb: int
+    max_connections: int
+
+    @property
+    def shared_buffers_mb(self) -> int:
+        return max(32, self.total_mb // 4)
+
+    @property
+    def effective_cache_size_mb(self) -> int:
+        return max(64, self.total_mb * 3 // 4)
+
+    @property
+    def work_mem_mb(self) -> int:
+        return min(64, max(4, self.total_mb // (4 * self.max_connections)))
+
+    @property
+    def maintenance_work_mem_mb(self) -> int:
+        return min(2048, max(64, self.total_mb // 16))
+
+
+def scope(settings: Settings) -> str:
+    return f"matrix-{settings.site}"
+
+
+def memory_mb(task: Task, settings: Settings) -> int:
+    """RAM to tune for: the inventory's memory_mb, else MemTotal of the host."""
+    configured = settings.hosts[task.host.name].memory_mb
+    if configured or mode(task) is Mode.PLAN:
+        return configured or 16384
+    out = run(task, "awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo", what=Expectation("RAM in MiB"))
+    return int(out.stdout.strip())
+
+
+def patroni_config(task: Task, settings: Settings) -> str:
+    host = settings.hosts[task.host.name]
+    secrets = settings.secrets
+    memory = Memory(memory_mb(task, settings), settings.sizing.max_connections)
+    patroni_hosts = settings.members("patroni")
+    return render(
+        task,
+        "patroni/patroni.yml.j2",
+        patroni_version=settings.config.versions.patroni,
+        scope=scope(settings),
+        host_name=host.name,
+        ip=host.private_ip,
+        rest_password=secrets["patroni_rest_password"],
+        etcd_hosts=[f"{h.private_ip}:2379" for h in patroni_hosts],
+        synchronous_mode=settings.config.database.synchronous_mode,
+        max_connections=memory.max_connections,
+        pg_version=settings.config.versions.postgresql,
+        superuser_password=secrets["postgres_superuser_password"],
+        replication_password=secrets["postgres_replication_password"],
+        rewind_password=secrets["postgres_rewind_password"],
+        memory_mb=memory.total_mb,
+        shared_buffers_mb=memory.shared_buffers_mb,
+        effective_cache_size_mb=memory.effective_cache_size_mb,
+        work_mem_mb=memory.work_mem_mb,
+        maintenance_work_mem_mb=memory.maintenance_work_mem_mb,
+        replication_addresses=[h.private_ip for h in patroni_hosts],
+        client_addresses=sorted({h.private_ip for h in settings.hosts.values()}),
+    )
+
+
+def install_patroni(task: Task, settings: Settings) -> Result:
+    """Push the wheels and (re)build the venv when the installed version is not the pinned one."""
+    version = settings.config.versions.patroni
+    artifact = artifacts.manifest()["patroni"]  # verified by the runbook before any host was touched
+    specs = [ArtifactSpec(f"{WHEELS}/{path.name}", path, mode=0o644) for path in artifacts.deliverables(artifact)]
+    task.run(task=put_artifacts, specs=specs, severity_level=10)
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, changed=True, diff=f"patroni {version} in {VENV}")
+    installed = run(task, f"{VENV}/bin/patroni --version 2>/dev/null || true").stdout.split()
+    if installed[-1:] == [version]:
+        return Result(host=task.host, result=version)
+    if mode(task) is Mode.APPLY:
+        run(
+            task,
+            f"set -e; [ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
+            f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} patroni=={version}",
+            what=Expectation(
+                f"patroni {version} installed in {VENV}",
+                "check that the Debian python3-* packages installed and the wheels are in "
+                f"{WHEELS}; pip's message above names the missing requirement",
+            ),
+        )
+    before = installed[-1] if installed else "none"
+    return Result(host=task.host, result=version, changed=True, diff=f"patroni {before} → {version}")
+
+
+def patroni(task: Task, settings: Settings) -> Result:
+    """Install PostgreSQL and Patroni, write the config and unit, start Patroni; wait for PostgreSQL."""
+    pg = f"postgresql-{settings.config.versions.postgresql}"
+    task.run(
+        task=put_files,
+        specs=[FileSpec("/etc/postgresql-common/createcluster.d/00-matrix-platform.conf", NO_MAIN_CLUSTER)],
+        severity_level=10,
+    )
+    task.run(task=packages, names=[pg, *PYTHON_PACKAGES], autostart=False, severity_level=10)
+    installed = task.run(task=install_patroni, settings=settings, severity_level=10)[0].changed
+    config = FileSpec(
+        CONFIG,
+        patroni_config(task, settings),
+        "postgres",
+        "postgres",
+        0o600,
+        secret=True,
+        check=f"runuser -u postgres -- {VENV}/bin/patroni --validate-config {{path}}",
+    )
+    config_changed = task.run(task=put_files, specs=[config], severity_level=10)[0].changed
+    unit_text = render(task, "patroni/patroni.service.j2", scope=scope(settings), venv=VENV)
+    unit_changed = task.run(task=unit_file, unit="patroni.service", content=unit_text, severity_level=10)[0].changed
+    # A config change is reloaded (Patroni applies it, flagging parameters that need a
+    # PostgreSQL restart); only a new binary or unit restarts Patroni.
+    task.run(
+        task=service,
+        unit="patroni.service",
+        restart=installed or unit_changed or config_changed,
+        reload=config_changed and not (installed or unit_changed),
+        daemon_reload=unit_changed,
+        severity_level=10,
+    )
+    if mode(task) is Mode.APPLY:
+        wait_for_member(task, settings)
+        return wait_for_cluster(task, settings)
+    return Result(host=task.host, result=f"patroni {settings.config.versions.patroni}")
+
+
+def rest_get(task: Task, path: str, address: str = "127.0.0.1") -> tuple[int, str]:
+    """GET a Patroni REST endpoint from the host itself; returns (status, body)."""
+    program = (
+        "import sys,urllib.request,urllib.error\n"
+        f"try:\n    r=urllib.request.urlopen('http://{address}:{REST_PORT}{path}',timeout=3)\n"
+        "    print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+        "except OSError as e:\n    print(0); print(e)\n"
+    )
+    out = run(task, f"python3 -c {shlex.quote(program)}", what=Expectation(f"Patroni REST {path}"))
+    status, _, body = out.stdout.partition("\n")
+    return int(status), body
+
+
+def wait_for_member(task: Task, settings: Settings, timeout: float = 120) -> None:
+    """Wait until this member's PostgreSQL runs (REST /health answers 200)."""
+    ip = settings.hosts[task.host.name].private_ip
+    deadline = time.monotonic() + timeout
+    status, body = 0, ""
+    while time.monotonic() < deadline:
+        status, body = rest_get(task, "/health", ip)
+        if status == 200:
+            return
+        time.sleep(1)
+    raise HostError(
+        f"{task.host.name}: PostgreSQL did not come up under Patroni within {timeout:g} s "
+        f"(REST /health: {status} {body.strip()[:200]}). Read 'journalctl -u patroni -n 80' on the host"
+    )
+
+
+def cluster_problems(cluster: dict, members: list[str], synchronous: bool) -> list[str]:
+    """What keeps a Patroni cluster (GET /cluster) from being healthy: one leader, the rest streaming."""
+    found = []
+    by_name = {m["name"]: m for m in cluster.get("members", [])}
+    leaders = [m["name"] for m in by_name.values() if m.get("role") == "leader"]
+    if len(leaders) != 1:
+        found.append(f"{len(leaders)} leaders ({', '.join(leaders) or 'none'})")
+    for name in members:
+        member = by_name.get(name)
+        if member is None:
+            found.append(f"{name} is not in the cluster")
+        elif member.get("role") != "leader" and member.get("state") != "streaming":
+            found.append(f"{name} is {member.get('state')}, not streaming")
+    if synchronous and not any(m.get("role") == "sync_standby" for m in by_name.values()):
+        found.append("no synchronous standby")
+    return found
+
+
+def cluster(task: Task, settings: Settings) -> dict:
+    status, body = rest_get(task, "/cluster", settings.hosts[task.host.name].private_ip)
+    if status != 200:
+        raise HostError(f"{task.host.name}: Patroni REST /cluster answered {status}: {body.strip()[:200]}")
+    return json.loads(body)
+
+
+def wait_for_cluster(task: Task, settings: Settings, timeout: float = 120) -> Result:
+    """Gate: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result="cluster health not checked in this mode")
+    members = [h.name for h in settings.members("patroni")]
+    deadline = time.monotonic() + timeout
+    found: list[str] = []
+    while time.monotonic() < deadline:
+        state = cluster(task, settings)
+        found = cluster_problems(state, members, settings.config.database.synchronous_mode)
+        if not found:
+            leader = next(m["name"] for m in state["members"] if m["role"] == "leader")
+            return Result(host=task.host, result=f"leader {leader}, replicas streaming")
+        time.sleep(1)
+    raise HostError(
+        f"{task.host.name}: the Patroni cluster is not healthy after {timeout:g} s: {'; '.join(found)}. "
+        f"Run '{VENV}/bin/patronictl -c {CONFIG} list' on a patroni host"
+    )

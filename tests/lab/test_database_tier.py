@@ -1,0 +1,145 @@
+"""The database tier in the lab: etcd, Patroni, PgBouncer and the synapse database, for real."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from lab.lab import Lab
+from tests.conftest import load_runbook
+from tests.lab.conftest import ssh
+
+Deploy = Callable[..., tuple[int, str]]
+PATRONI = ("patroni1", "patroni2", "patroni3")
+DSN = "host=127.0.0.1 port=6432 dbname=synapse user=synapse"
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: Lab) -> None:
+    code = load_runbook("deploy").RUNBOOK.main(["--lab", "--skip-step", "hosts-file"])
+    assert code == 0
+
+
+def sql(lab: Lab, host: str, query: str, *, dsn: str = "", password: str = "") -> str:
+    """Run SQL on a lab host: as postgres over the local socket, or with a DSN and password."""
+    if dsn:  # the password goes over stdin, never on a command line
+        command = f"IFS= read -r PGPASSWORD; export PGPASSWORD; psql -XAtq '{dsn}' -c \"{query}\""
+        return ssh(lab, host, command, input=password + "\n").stdout.strip()
+    return ssh(lab, host, f'sudo -u postgres psql -XAtq -c "{query}"').stdout.strip()
+
+
+def cluster(lab: Lab) -> dict:
+    return json.loads(
+        ssh(
+            lab,
+            "patroni1",
+            'python3 -c "import urllib.request; '
+            "print(urllib.request.urlopen('http://198.18.1.11:8008/cluster').read().decode())\"",
+        ).stdout
+    )
+
+
+def test_etcd_members_all_healthy(deployed: None, lab: Lab) -> None:
+    endpoints = ",".join(f"http://198.18.1.1{i}:2379" for i in (1, 2, 3))
+    out = ssh(lab, "patroni2", f"etcdctl --endpoints={endpoints} endpoint health 2>&1").stdout
+    assert out.count("is healthy") == 3, out
+    members = ssh(lab, "patroni3", "etcdctl member list").stdout
+    assert all(name in members for name in PATRONI)
+
+
+def test_one_leader_two_streaming_replicas_and_a_sync_standby(deployed: None, lab: Lab) -> None:
+    members = cluster(lab)["members"]
+    roles = sorted(m["role"] for m in members)
+    assert roles == ["leader", "replica", "sync_standby"], members
+    assert all(m["state"] in ("running", "streaming") for m in members)
+    assert sum(1 for m in members if m["state"] == "streaming") == 2
+
+
+def test_row_written_through_pgbouncer_is_read_on_both_replicas(deployed: None, lab: Lab, lab_settings) -> None:  # type: ignore[no-untyped-def]
+    password = lab_settings.secrets["synapse_db_password"]
+    sql(
+        lab,
+        "haproxy1",
+        "CREATE TABLE IF NOT EXISTS mha_probe (id serial primary key, note text)",
+        dsn=DSN,
+        password=password,
+    )
+    marker = sql(
+        lab,
+        "haproxy2",
+        "INSERT INTO mha_probe (note) VALUES ('through pgbouncer') RETURNING id",
+        dsn=DSN,
+        password=password,
+    )
+    members = cluster(lab)["members"]
+    replicas = [m["name"] for m in members if m["role"] != "leader"]
+    assert len(replicas) == 2
+    for replica in replicas:
+        # Synchronous replication: the sync standby has it at commit; the other catches up.
+        for _ in range(20):
+            found = sql(
+                lab,
+                replica,
+                f"SELECT note FROM mha_probe WHERE id = {marker}",
+                dsn="host=127.0.0.1 port=5432 dbname=synapse user=synapse",
+                password=password,
+            )
+            if found:
+                break
+            ssh(lab, replica, "sleep 0.5")
+        assert found == "through pgbouncer", replica
+        assert sql(lab, replica, "SELECT pg_is_in_recovery()") == "t"
+
+
+def test_database_collation_and_role_settings(deployed: None, lab: Lab) -> None:
+    leader = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
+    row = sql(
+        lab,
+        leader,
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = 'synapse'",
+    )
+    assert row == "UTF8|C|C"
+    settings = sql(
+        lab,
+        leader,
+        "SELECT setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = 'synapse'",
+    )
+    for expected in ("statement_timeout=10min", "bytea_output=hex", "default_transaction_isolation=repeatable read"):
+        assert expected in settings, settings
+
+
+def test_pgbouncer_runs_transaction_pooling(deployed: None, lab: Lab, lab_settings) -> None:  # type: ignore[no-untyped-def]
+    password = lab_settings.secrets["pgbouncer_admin_password"]
+    config = sql(
+        lab,
+        "haproxy1",
+        "SHOW CONFIG",
+        dsn="host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer_admin",
+        password=password,
+    )
+    settings = {line.split("|")[0]: line.split("|")[1] for line in config.splitlines()}
+    assert settings["pool_mode"] == "transaction"
+    assert settings["default_pool_size"] == "50" and settings["max_client_conn"] == "1000"
+    assert settings["auth_type"] == "scram-sha-256"
+
+
+def test_rerun_changes_nothing_and_restarts_nothing(deployed: None, lab: Lab, deploy_lab: Deploy) -> None:
+    def pids() -> dict[str, str]:
+        out = {}
+        for host in (*PATRONI, "haproxy1", "haproxy2"):
+            units = "etcd patroni" if host.startswith("patroni") else "haproxy pgbouncer"
+            out[host] = ssh(
+                lab,
+                host,
+                f"for u in {units}; do systemctl show -p MainPID --value $u; done; "
+                "sudo -u postgres psql -XAtqc 'select pg_postmaster_start_time()' "
+                "2>/dev/null || true",
+            ).stdout
+        return out
+
+    before = pids()
+    code, out = deploy_lab("--skip-step", "hosts-file")
+    assert code == 0 and "deploy: no changes" in out, out
+    assert pids() == before
