@@ -31,7 +31,7 @@ from rich.markup import escape
 
 from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection
-from core.display import Progress, StepOutcome, host_outcome, summary_table
+from core.display import Progress, StepOutcome, failure_text, host_outcome, summary_table
 from core.errors import InputError, InputProblem
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
@@ -48,8 +48,10 @@ Gate = Callable[[AggregatedResult, Settings], list[str]]
 class Step:
     """One named stage of a runbook.
 
-    `task(task, settings)` runs on every host of `groups` (all hosts when None);
-    `gate(result, settings)` then returns problems across hosts (empty: healthy).
+    `task(task, settings)` runs on every host of `groups` (all hosts when None). Once it
+    succeeded everywhere (a barrier), `check(task, settings)` runs on the same hosts: a
+    health check that needs all of them done, such as a cluster having formed; and
+    `gate(result, settings)` returns problems across hosts (empty: healthy).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Step:
     task: Callable[..., Result]
     groups: tuple[str, ...] | None = None
     serial: bool = False
+    check: Callable[..., Result] | None = None
     gate: Gate | None = None
     artifacts: tuple[str, ...] = ()  # names in artifacts/manifest.yaml the step pushes to hosts
 
@@ -314,7 +317,7 @@ class Runbook:
             outcome.status = "failed"
             outcome.note = f"{len(result.failed_hosts)} host(s) failed"
         else:
-            problems = step.gate(result, settings) if step.gate and options.mode is Mode.APPLY else []
+            problems = self._health(step, targets, result, settings) if options.mode is Mode.APPLY else []
             if problems:
                 outcome.status, outcome.note = "failed", "health gate"
                 self.console.print("[bold red]  health gate failed:[/bold red]")
@@ -324,6 +327,16 @@ class Runbook:
                 outcome.status = "changed"
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _health(self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings) -> list[str]:
+        """Problems found by the step's health check (on every host) and its cross-host gate."""
+        problems = []
+        if step.check:
+            checked = targets.run(task=step.check, name=f"{step.name} health", settings=settings)
+            problems += [failure_text(multi) for multi in checked.values() if multi.failed]
+        if step.gate and not problems:
+            problems += step.gate(result, settings)
+        return problems
 
     def _print_commands(self, commands: dict[str, list[CommandRecord]], redact: Redactor) -> None:
         self.console.print("[bold]Commands run[/bold] (host, user, directory, expected result, exit status):")

@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
 from tasks.database import synapse_database
-from tasks.etcd import etcd, members_gate
+from tasks.etcd import etcd, etcd_healthy
 from tasks.hosts_file import hosts_file
-from tasks.patroni import patroni
+from tasks.patroni import patroni, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.preflight import duplicate_hostnames, preflight
 
@@ -31,13 +31,18 @@ RUNBOOK = Runbook(
             gate=lambda result, _settings: duplicate_hostnames(result),
         ),
         Step(
-            "etcd", "etcd members, static bootstrap; every member healthy", etcd, groups=("patroni",), gate=members_gate
+            "etcd",
+            "etcd members, static bootstrap; every member healthy",
+            etcd,
+            groups=("patroni",),
+            check=etcd_healthy,
         ),
         Step(
             "patroni",
             "PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
             patroni,
             groups=("patroni",),
+            check=wait_for_cluster,
             artifacts=("patroni",),
         ),
         Step(

@@ -11,10 +11,11 @@ import json
 
 from nornir.core.task import Result, Task
 
+from core.errors import HostError
 from core.settings import Settings
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, run
 from tasks.systemd import service
 from tasks.waits import wait_for_command
 
@@ -30,7 +31,7 @@ def client_endpoints(settings: Settings) -> list[str]:
 
 
 def etcd(task: Task, settings: Settings) -> Result:
-    """Install, configure and start this host's etcd member; wait until the cluster is healthy."""
+    """Install, configure and start this host's etcd member (the health check follows once all started)."""
     task.run(task=packages, names=["etcd-server", "etcd-client"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
     members = ",".join(f"{h.name}=http://{h.private_ip}:2380" for h in settings.members("patroni"))
@@ -44,15 +45,27 @@ def etcd(task: Task, settings: Settings) -> Result:
     )
     changed = task.run(task=put_files, specs=[FileSpec("/etc/default/etcd", env)], severity_level=10)[0].changed
     task.run(task=service, unit="etcd.service", restart=changed, severity_level=10)
+    return Result(host=task.host, changed=changed)
+
+
+def etcd_healthy(task: Task, settings: Settings) -> Result:
+    """Health check: every member answers, and the members are exactly the inventory's patroni hosts."""
     endpoints = ",".join(f"http://{e}" for e in client_endpoints(settings))
     task.run(
         task=wait_for_command,
         script=f"etcdctl --endpoints={endpoints} endpoint health >/dev/null 2>&1",
-        timeout=60,
+        timeout=90,
         what="every etcd member healthy",
         severity_level=10,
     )
-    return Result(host=task.host, result=member_names(task) if mode(task) is Mode.APPLY else [])
+    seen = member_names(task)
+    wanted = sorted(h.name for h in settings.members("patroni"))
+    if seen != wanted:
+        raise HostError(
+            f"{task.host.name}: etcd members are {seen}, expected {wanted}: a host name or address "
+            "changed after bootstrap, or another cluster's data dir is in /var/lib/etcd"
+        )
+    return Result(host=task.host, result=f"members {', '.join(seen)} healthy")
 
 
 def member_names(task: Task) -> list[str]:
@@ -63,17 +76,3 @@ def member_names(task: Task) -> list[str]:
         what=Expectation("etcd's member list", "check 'systemctl status etcd' on the host"),
     )
     return sorted(m.get("name", "") for m in json.loads(out.stdout).get("members", []))
-
-
-def members_gate(result: object, settings: Settings) -> list[str]:
-    """Gate: every member sees exactly the inventory's patroni hosts as members."""
-    wanted = sorted(h.name for h in settings.members("patroni"))
-    problems = []
-    for host, multi in result.items():  # type: ignore[attr-defined]
-        seen = multi[0].result
-        if seen and seen != wanted:
-            problems.append(
-                f"{host}: etcd members are {seen}, expected {wanted}: a host name or address "
-                "changed after bootstrap, or another cluster's data dir is in /var/lib/etcd"
-            )
-    return problems

@@ -16,7 +16,10 @@ from nornir.core.task import Result, Task
 from tasks.remote import Expectation, Mode, mode, run
 
 APT_TIMEOUT = 900
-UPDATE_TIMEOUT = 300
+# An index refresh normally takes seconds; one was seen hanging for many minutes on a
+# connection its proxy had closed. Give each attempt a short deadline and try again.
+UPDATE_TIMEOUT = 120
+UPDATE_ATTEMPTS = 3
 
 
 def query_script(names: list[str]) -> str:
@@ -36,7 +39,11 @@ def install_script(names: list[str], *, autostart: bool) -> str:
         f"timeout {APT_TIMEOUT} apt-get -q -y -o Dpkg::Options::=--force-confold "
         f"install --no-install-recommends {quoted}"
     )
-    script = f"set -e; export DEBIAN_FRONTEND=noninteractive; timeout {APT_TIMEOUT} apt-get -q update; {apt}"
+    update = (
+        f"for attempt in $(seq {UPDATE_ATTEMPTS}); do timeout {UPDATE_TIMEOUT} apt-get -q update && break; "
+        f'[ "$attempt" = {UPDATE_ATTEMPTS} ] && exit 100; echo "apt-get update attempt $attempt failed" >&2; done'
+    )
+    script = f"set -e; export DEBIAN_FRONTEND=noninteractive; {update}; {apt}"
     if autostart:
         return script
     # Only remove the policy file we created; an operator's own policy-rc.d stays.
@@ -59,7 +66,7 @@ def packages(task: Task, names: list[str], autostart: bool = True) -> Result:
         run(
             task,
             install_script(absent, autostart=autostart),
-            timeout=2 * APT_TIMEOUT + 60,
+            timeout=UPDATE_ATTEMPTS * UPDATE_TIMEOUT + APT_TIMEOUT + 60,
             what=Expectation(
                 f"packages installed: {' '.join(absent)}",
                 "check the host's apt sources and that its package mirror or proxy answers "

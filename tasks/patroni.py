@@ -168,9 +168,6 @@ def patroni(task: Task, settings: Settings) -> Result:
         daemon_reload=unit_changed,
         severity_level=10,
     )
-    if mode(task) is Mode.APPLY:
-        wait_for_member(task, settings)
-        return wait_for_cluster(task, settings)
     return Result(host=task.host, result=f"patroni {settings.config.versions.patroni}")
 
 
@@ -233,6 +230,7 @@ def wait_for_cluster(task: Task, settings: Settings, timeout: float = 120) -> Re
     """Gate: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="cluster health not checked in this mode")
+    wait_for_member(task, settings)
     members = [h.name for h in settings.members("patroni")]
     deadline = time.monotonic() + timeout
     found: list[str] = []
