@@ -40,6 +40,11 @@ PYTHON_PACKAGES = [
     "python3-etcd",
     "python3-requests",
 ]
+# Patroni's validator also insists that its ports are free, so it can vet a first
+# config only; a running Patroni checks a changed one itself when it reloads.
+VALIDATE = (
+    f"{{{{ systemctl is-active -q patroni || runuser -u postgres -- {VENV}/bin/patroni --validate-config {{path}}; }}}}"
+)
 NO_MAIN_CLUSTER = "# matrix-platform: Patroni creates and owns the cluster\ncreate_main_cluster = false\n"
 
 
@@ -153,7 +158,7 @@ def patroni(task: Task, settings: Settings) -> Result:
         "postgres",
         0o600,
         secret=True,
-        check=f"runuser -u postgres -- {VENV}/bin/patroni --validate-config {{path}}",
+        check=VALIDATE,
     )
     config_changed = task.run(task=put_files, specs=[config], severity_level=10)[0].changed
     unit_text = render(task, "patroni/patroni.service.j2", scope=scope(settings), venv=VENV)

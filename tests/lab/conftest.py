@@ -46,6 +46,9 @@ def lab_up(lab_settings: Settings) -> Iterator[tuple[Lab, UpReport]]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     lab = Lab(lab_hosts(lab_settings))
+    # Fresh hosts every session: a lab left running by another checkout would hold a
+    # cluster initialised with that checkout's secrets.
+    lab.down()
     try:
         report = lab.up()
         yield lab, report
