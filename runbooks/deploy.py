@@ -16,7 +16,7 @@ from core.runbook import Runbook, Step
 from tasks.database import synapse_database
 from tasks.etcd import etcd, etcd_healthy
 from tasks.hosts_file import hosts_file
-from tasks.patroni import patroni, wait_for_cluster
+from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.preflight import duplicate_hostnames, preflight
 
@@ -44,6 +44,12 @@ RUNBOOK = Runbook(
             groups=("patroni",),
             check=wait_for_cluster,
             artifacts=("patroni",),
+        ),
+        Step(
+            "patroni-config",
+            "cluster-wide Patroni settings in etcd match the template (reported: pending restarts)",
+            patroni_dynamic_config,
+            groups=("patroni",),
         ),
         Step(
             "pgbouncer",

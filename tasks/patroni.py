@@ -13,6 +13,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
+import yaml
 from nornir.core.task import Result, Task
 
 from core import artifacts
@@ -123,7 +124,17 @@ def install_patroni(task: Task, settings: Settings) -> Result:
     task.run(task=put_artifacts, specs=specs, severity_level=10)
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, changed=True, diff=f"patroni {version} in {VENV}")
-    installed = run(task, f"{VENV}/bin/patroni --version 2>/dev/null || true").stdout.split()
+    out = run(task, f"{VENV}/bin/patroni --version 2>/dev/null; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true")
+    lines = out.stdout.splitlines()
+    installed = next((line.split() for line in lines if line.startswith("patroni ")), [])
+    existing_scope = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("scope:")), None)
+    if existing_scope and existing_scope != scope(settings):
+        raise HostError(
+            f"{task.host.name}: this host already belongs to the Patroni cluster '{existing_scope}', not "
+            f"'{scope(settings)}' (the inventory's site '{settings.site}'). Refusing to reconfigure it: check that "
+            "the inventory points at the right servers; to really move the host, remove it from its old "
+            f"cluster first (patronictl remove {existing_scope}, then delete {CONFIG} and the data dir)"
+        )
     if installed[-1:] == [version]:
         return Result(host=task.host, result=version)
     if mode(task) is Mode.APPLY:
@@ -174,6 +185,62 @@ def patroni(task: Task, settings: Settings) -> Result:
         severity_level=10,
     )
     return Result(host=task.host, result=f"patroni {settings.config.versions.patroni}")
+
+
+def dynamic_config(task: Task, settings: Settings) -> dict:
+    """The cluster-wide settings Patroni keeps in etcd, as the template's bootstrap.dcs says them."""
+    return yaml.safe_load(patroni_config(task, settings))["bootstrap"]["dcs"]
+
+
+def config_patch(desired: dict, current: dict) -> dict:
+    """The part of `desired` that `current` (GET /config) lacks or holds differently."""
+    patch = {}
+    for key, value in desired.items():
+        if isinstance(value, dict):
+            sub = config_patch(value, current.get(key) or {})
+            if sub:
+                patch[key] = sub
+        elif str(current.get(key)) != str(value):
+            patch[key] = value
+    return patch
+
+
+PATCH_PROGRAM = """import base64,json,sys,urllib.request
+password=sys.stdin.readline().rstrip("\\n"); body=sys.stdin.read().encode()
+auth=base64.b64encode(("patroni:"+password).encode()).decode()
+req=urllib.request.Request(sys.argv[1],data=body,method="PATCH",
+    headers={"Authorization":"Basic "+auth,"Content-Type":"application/json"})
+print(urllib.request.urlopen(req,timeout=10).status)
+"""
+
+
+def patroni_dynamic_config(task: Task, settings: Settings) -> Result:
+    """On the leader: bring the cluster-wide config in etcd in line with the template.
+
+    bootstrap.dcs is read only when the cluster is first created; afterwards a change of,
+    say, synchronous_mode in config.yaml must be sent to Patroni's REST API, or it would
+    silently not apply. Parameters that need a PostgreSQL restart are reported as pending.
+    """
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result="the dynamic config is compared with etcd at deploy time")
+    ip = settings.hosts[task.host.name].private_ip
+    if rest_get(task, "/primary", ip)[0] != 200:
+        return Result(host=task.host, result="replica: the leader syncs the dynamic config")
+    status, body = rest_get(task, "/config", ip)
+    if status != 200:
+        raise HostError(f"{task.host.name}: Patroni REST /config answered {status}: {body.strip()[:200]}")
+    patch = config_patch(dynamic_config(task, settings), json.loads(body))
+    if patch and mode(task) is Mode.APPLY:
+        run(
+            task,
+            f"python3 -c {shlex.quote(PATCH_PROGRAM)} http://{ip}:{REST_PORT}/config",
+            stdin=settings.secrets["patroni_rest_password"] + "\n" + json.dumps(patch),
+            what=Expectation("200: dynamic config updated", f"run '{VENV}/bin/patronictl -c {CONFIG} show-config'"),
+        )
+    pending = [m["name"] for m in cluster(task, settings).get("members", []) if m.get("pending_restart")]
+    note = f"; PostgreSQL restart pending on {', '.join(pending)} (rolling restart)" if pending else ""
+    diff = f"dynamic config in etcd: {json.dumps(patch, sort_keys=True)}" if patch else ""
+    return Result(host=task.host, result=f"leader{note}", changed=bool(patch), diff=diff)
 
 
 def rest_get(task: Task, path: str, address: str = "127.0.0.1") -> tuple[int, str]:

@@ -125,6 +125,19 @@ def test_pgbouncer_runs_transaction_pooling(deployed: None, lab: Lab, lab_settin
     assert settings["auth_type"] == "scram-sha-256"
 
 
+def test_hand_edited_cluster_config_is_put_back(deployed: None, lab: Lab, deploy_lab: Deploy) -> None:
+    leader = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
+    patronictl = "sudo /opt/patroni/venv/bin/patronictl -c /etc/patroni/patroni.yml"
+    ssh(lab, leader, f"{patronictl} edit-config --force -s retry_timeout=6 -s maximum_lag_on_failover=999")
+    code, out = deploy_lab("--step", "patroni-config", "--verbose")
+    assert code == 0, out
+    assert '"maximum_lag_on_failover": 1048576' in out and '"retry_timeout": 4' in out
+    shown = ssh(lab, leader, f"{patronictl} show-config").stdout
+    assert "retry_timeout: 4" in shown and "maximum_lag_on_failover: 1048576" in shown
+    code, out = deploy_lab("--step", "patroni-config")
+    assert code == 0 and "deploy: no changes" in out
+
+
 def test_rerun_changes_nothing_and_restarts_nothing(deployed: None, lab: Lab, deploy_lab: Deploy) -> None:
     def pids() -> dict[str, str]:
         out = {}

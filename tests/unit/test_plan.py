@@ -27,6 +27,7 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "preflight",
         "etcd",
         "patroni",
+        "patroni-config",
         "pgbouncer",
         "synapse-database",
         "database-access",
@@ -52,7 +53,7 @@ def test_help_lists_steps_in_order(capsys) -> None:  # type: ignore[no-untyped-d
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. etcd") < text.index("7. hosts-file")
+    assert text.index("1. preflight") < text.index("2. etcd") < text.index("8. hosts-file")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:

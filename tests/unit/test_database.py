@@ -1,0 +1,84 @@
+"""Database tier decisions: Patroni cluster health, dynamic config drift, the SQL to converge."""
+
+from __future__ import annotations
+
+from tasks.database import ROLE_SETTINGS, statements
+from tasks.patroni import Memory, cluster_problems, config_patch
+
+HEALTHY = {
+    "members": [
+        {"name": "patroni1", "role": "leader", "state": "running"},
+        {"name": "patroni2", "role": "sync_standby", "state": "streaming"},
+        {"name": "patroni3", "role": "replica", "state": "streaming"},
+    ]
+}
+NAMES = ["patroni1", "patroni2", "patroni3"]
+
+
+def test_healthy_cluster() -> None:
+    assert cluster_problems(HEALTHY, NAMES, synchronous=True) == []
+
+
+def test_unhealthy_clusters_are_described() -> None:
+    members = [dict(m) for m in HEALTHY["members"]]
+    members[1]["role"], members[2]["state"] = "replica", "starting"
+    found = cluster_problems({"members": members[:3]}, [*NAMES, "patroni4"], synchronous=True)
+    assert found == ["patroni3 is starting, not streaming", "patroni4 is not in the cluster", "no synchronous standby"]
+    assert cluster_problems({"members": []}, [], synchronous=False) == ["0 leaders (none)"]
+
+
+def test_dynamic_config_patch_holds_only_the_drift() -> None:
+    desired = {
+        "ttl": 20,
+        "synchronous_mode": True,
+        "postgresql": {"parameters": {"max_connections": 350, "wal_log_hints": "on"}},
+    }
+    current = {
+        "ttl": 20,
+        "synchronous_mode": False,
+        "postgresql": {"parameters": {"max_connections": 350, "wal_log_hints": "on"}},
+        "extra": 1,
+    }
+    assert config_patch(desired, current) == {"synchronous_mode": True}
+    assert config_patch(desired, desired) == {}
+
+
+def test_memory_tuning_from_ram() -> None:
+    memory = Memory(total_mb=16384, max_connections=350)
+    assert (memory.shared_buffers_mb, memory.effective_cache_size_mb) == (4096, 12288)
+    assert memory.work_mem_mb == 11 and memory.maintenance_work_mem_mb == 1024
+
+
+FRESH = {"role": False, "password_current": False, "database": None, "settings": None}
+
+
+def test_fresh_server_gets_role_password_database_and_settings() -> None:
+    sql, changes = statements(FRESH, "synapse", "synapse", "SCRAM-SHA-256$4096:x$y:z")
+    assert sql[0] == 'CREATE ROLE "synapse" LOGIN'
+    assert "TEMPLATE template0" in sql[2] and "LC_COLLATE 'C'" in sql[2]
+    assert len(sql) == 3 + len(ROLE_SETTINGS) and len(changes) == len(sql)
+
+
+def test_converged_server_needs_nothing() -> None:
+    facts = {
+        "role": True,
+        "password_current": True,
+        "database": {"encoding": "UTF8", "collate": "C", "ctype": "C", "owner": "synapse"},
+        "settings": [f"{k}={v}" for k, v in ROLE_SETTINGS.items()],
+    }
+    assert statements(facts, "synapse", "synapse", "v") == ([], [])
+
+
+def test_wrong_collation_is_refused_not_recreated() -> None:
+    facts = {
+        **FRESH,
+        "role": True,
+        "password_current": True,
+        "database": {"encoding": "UTF8", "collate": "en_US.UTF-8", "ctype": "en_US.UTF-8", "owner": "x"},
+    }
+    try:
+        statements(facts, "synapse", "synapse", "v")
+    except Exception as exc:
+        assert "needs UTF8 with C collation" in str(exc)
+    else:
+        raise AssertionError("a database with the wrong collation must be refused")
