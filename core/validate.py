@@ -16,6 +16,7 @@ from core.sizing import SCALE_CCU, for_config
 
 if TYPE_CHECKING:
     from core.settings import Parsed
+    from core.yamlsource import YamlDoc
 
 
 def check(parsed: Parsed) -> list[InputProblem]:
@@ -188,18 +189,23 @@ def _admin_path(parsed: Parsed) -> list[InputProblem]:
     ]
 
 
+def _reversed_range(doc: YamlDoc, section: str, low_key: str, high_key: str, low: int, high: int) -> list[InputProblem]:
+    if low <= high:
+        return []
+    return [
+        doc.problem(
+            (section, low_key), f"{low} is above {high_key} {high}", f"make {low_key} the lower end of the range"
+        )
+    ]
+
+
 def _port_ranges(parsed: Parsed) -> list[InputProblem]:
     config, doc = parsed.config, parsed.docs["config.yaml"]
-    problems = []
-    turn = config.turn
-    if turn.relay_min_port > turn.relay_max_port:
-        problems.append(
-            doc.problem(
-                ("turn", "relay_min_port"),
-                f"{turn.relay_min_port} is above relay_max_port {turn.relay_max_port}",
-                "make relay_min_port the lower end of the range",
-            )
-        )
+    turn, lk = config.turn, config.livekit
+    problems = _reversed_range(
+        doc, "turn", "relay_min_port", "relay_max_port", turn.relay_min_port, turn.relay_max_port
+    )
+    problems += _reversed_range(doc, "livekit", "rtc_min_port", "rtc_max_port", lk.rtc_min_port, lk.rtc_max_port)
     low, high = (int(part) for part in config.firewall.turn_relay_ports.split("-"))
     if not (low <= turn.relay_min_port and turn.relay_max_port <= high):
         problems.append(
@@ -209,15 +215,6 @@ def _port_ranges(parsed: Parsed) -> list[InputProblem]:
                 f"{turn.relay_min_port}-{turn.relay_max_port}: calls through TURN would fail",
                 f"open {turn.relay_min_port}-{turn.relay_max_port} on the firewall and set "
                 f"turn_relay_ports to it, or narrow turn.relay_min_port/relay_max_port",
-            )
-        )
-    lk = config.livekit
-    if lk.rtc_min_port > lk.rtc_max_port:
-        problems.append(
-            doc.problem(
-                ("livekit", "rtc_min_port"),
-                f"{lk.rtc_min_port} is above rtc_max_port {lk.rtc_max_port}",
-                "make rtc_min_port the lower end of the range",
             )
         )
     return problems

@@ -29,60 +29,192 @@ def test_shipped_example_plans_cleanly(deploy: Deploy, site: Site) -> None:
     assert "example value(s) not replaced yet" in out
 
 
-def test_unknown_key(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "  metrics_port: 9100", "  metrics_prot: 9100")
-    refused(deploy, site, "config.yaml:", "synapse.metrics_prot: unknown key", "keys allowed here:", "metrics_port")
+# One broken input each: (file, text, replacement, fragments the refusal must contain).
+BROKEN = [
+    pytest.param(
+        "config.yaml",
+        " metrics_port: 9100",
+        " metrics_prot: 9100",
+        (
+            "config.yaml:",
+            "synapse.metrics_prot: unknown key",
+            "keys allowed here:",
+            "metrics_port",
+        ),
+        id="unknown-key",
+    ),
+    pytest.param(
+        "config.yaml",
+        "scale: large\n",
+        "",
+        (
+            "config.yaml",
+            "scale: required key is missing",
+            "small (1k concurrent users)",
+        ),
+        id="missing-key",
+    ),
+    pytest.param(
+        "config.yaml",
+        "ccu: null",
+        "ccu: many",
+        (
+            "config.yaml:",
+            "ccu:",
+            "'many'",
+            "fix: concurrent users",
+        ),
+        id="wrong-type",
+    ),
+    pytest.param(
+        "inventory/hosts.yaml",
+        "hostname: 10.0.2.12",
+        "hostname: 10.0.2.312",
+        (
+            "inventory/hosts.yaml:",
+            "patroni2.hostname",
+            "'10.0.2.312' is not a valid IP address",
+        ),
+        id="bad-host-address",
+    ),
+    pytest.param(
+        "inventory/hosts.yaml",
+        "  groups: [synapse]",
+        "  groups: [synapse]\n  data: {private_ip: 10.0.5}",
+        (
+            "synapse1.data.private_ip",
+            "'10.0.5' is not an IP address",
+        ),
+        id="bad-private-ip",
+    ),
+    pytest.param(
+        "config.yaml",
+        " - 10.0.0.0/8",
+        " - 10.0.0.1/8",
+        (
+            "synapse.admin_allowlist[0]",
+            "has host bits set; did you mean 10.0.0.0/8?",
+        ),
+        id="cidr-with-host-bits",
+    ),
+    pytest.param(
+        "config.yaml",
+        " port: 6432",
+        " port: 70000",
+        (
+            "pgbouncer.port",
+            "less than or equal to 65535",
+            "PgBouncer listen port",
+        ),
+        id="bad-port",
+    ),
+    pytest.param(
+        "inventory/hosts.yaml",
+        "hostname: 10.0.3.22",
+        "hostname: 10.0.3.21",
+        (
+            "address 10.0.3.21 is also used by minio1",
+            "own address",
+        ),
+        id="duplicate-address",
+    ),
+    pytest.param(
+        "inventory/defaults.yaml",
+        "vip: 10.0.1.10",
+        "vip: 10.0.1.11",
+        (
+            "data.vip",
+            "is the address of haproxy1",
+        ),
+        id="vip-taken-by-a-host",
+    ),
+    pytest.param(
+        "inventory/hosts.yaml",
+        "hostname: 10.0.6.71",
+        "hostname: 10.9.6.71",
+        (
+            "backup1.hostname",
+            "outside the private networks (10.0.0.0/16)",
+        ),
+        id="address-outside-private-networks",
+    ),
+    pytest.param(
+        "inventory/hosts.yaml",
+        " groups: [monitoring]",
+        " groups: [monitoring, synapse]",
+        (
+            "monitoring1.groups",
+            "synapse-replication 9093/tcp",
+            "alertmanager 9093/tcp",
+        ),
+        id="colocated-services-clash",
+    ),
+    pytest.param(
+        "config.yaml",
+        "relay_max_port: 49172",
+        "relay_max_port: 49300",
+        (
+            "firewall.turn_relay_ports",
+            "the firewall opens 49152-49172 but coturn relays on 49152-49300",
+        ),
+        id="turn-range-outside-firewall",
+    ),
+    pytest.param(
+        "config.yaml",
+        "pool_mode: transaction",
+        "pool_mode: session",
+        (
+            "pgbouncer.pool_mode",
+            "'transaction'",
+        ),
+        id="pool-mode-must-be-transaction",
+    ),
+    pytest.param(
+        "config.yaml",
+        "max_client_conn: 1000",
+        "max_client_conn: 100",
+        (
+            "pgbouncer.max_client_conn",
+            "below Synapse's connection budget of 210",
+            "at least 210",
+        ),
+        id="client-connections-below-budget",
+    ),
+    pytest.param(
+        "inventory/hosts.yaml",
+        " groups: [backup]",
+        " groups: [backups]",
+        (
+            "backup1.groups[0]",
+            "unknown group 'backups'",
+        ),
+        id="unknown-group",
+    ),
+    pytest.param(
+        "config.yaml",
+        "scale: large",
+        "scale: [large",
+        (
+            "config.yaml:",
+            "not valid YAML",
+        ),
+        id="yaml-syntax-error",
+    ),
+]
 
 
-def test_missing_key(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "scale: large\n", "")
-    refused(deploy, site, "config.yaml", "scale: required key is missing", "small (1k concurrent users)")
-
-
-def test_wrong_type(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "ccu: null", "ccu: many")
-    refused(deploy, site, "config.yaml:", "ccu:", "'many'", "fix: concurrent users")
-
-
-def test_bad_host_address(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/hosts.yaml", "hostname: 10.0.2.12", "hostname: 10.0.2.312")
-    refused(deploy, site, "inventory/hosts.yaml:", "patroni2.hostname", "'10.0.2.312' is not a valid IP address")
-
-
-def test_bad_private_ip(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/hosts.yaml", "  groups: [synapse]", "  groups: [synapse]\n  data: {private_ip: 10.0.5}")
-    refused(deploy, site, "synapse1.data.private_ip", "'10.0.5' is not an IP address")
-
-
-def test_cidr_with_host_bits(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "    - 10.0.0.0/8", "    - 10.0.0.1/8")
-    refused(deploy, site, "synapse.admin_allowlist[0]", "has host bits set; did you mean 10.0.0.0/8?")
-
-
-def test_bad_port(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "  port: 6432", "  port: 70000")
-    refused(deploy, site, "pgbouncer.port", "less than or equal to 65535", "PgBouncer listen port")
+@pytest.mark.parametrize(("file", "old", "new", "expected"), BROKEN)
+def test_broken_input_is_refused(
+    deploy: Deploy, site: Site, file: str, old: str, new: str, expected: tuple[str, ...]
+) -> None:
+    site.edit(file, old, new)
+    refused(deploy, site, *expected)
 
 
 def test_duplicate_host_name(deploy: Deploy, site: Site) -> None:
     text = (site.inventory / "hosts.yaml").read_text()
     (site.inventory / "hosts.yaml").write_text(text + "patroni1:\n  hostname: 10.0.2.14\n  groups: [patroni]\n")
     refused(deploy, site, "inventory/hosts.yaml:", "patroni1: 'patroni1' appears twice", "unique name")
-
-
-def test_duplicate_address(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/hosts.yaml", "hostname: 10.0.3.22", "hostname: 10.0.3.21")
-    refused(deploy, site, "address 10.0.3.21 is also used by minio1", "own address")
-
-
-def test_vip_taken_by_a_host(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/defaults.yaml", "vip: 10.0.1.10", "vip: 10.0.1.11")
-    refused(deploy, site, "data.vip", "is the address of haproxy1")
-
-
-def test_address_outside_private_networks(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/hosts.yaml", "hostname: 10.0.6.71", "hostname: 10.9.6.71")
-    refused(deploy, site, "backup1.hostname", "outside the private networks (10.0.0.0/16)")
 
 
 @pytest.mark.parametrize("host", ["patroni3", "minio4", "haproxy2"])
@@ -125,11 +257,6 @@ def test_port_clash_on_one_host(deploy: Deploy, site: Site) -> None:
     assert "patroni1" not in out  # only the host that runs both is named
 
 
-def test_colocated_services_clash(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/hosts.yaml", "  groups: [monitoring]", "  groups: [monitoring, synapse]")
-    refused(deploy, site, "monitoring1.groups", "synapse-replication 9093/tcp", "alertmanager 9093/tcp")
-
-
 @pytest.mark.parametrize("path", ["/synapse-admin/", "synapse-admin"])
 def test_admin_path(deploy: Deploy, site: Site, path: str) -> None:
     site.edit("config.yaml", "admin_path: /synapse-admin", f"admin_path: {path}")
@@ -139,33 +266,6 @@ def test_admin_path(deploy: Deploy, site: Site, path: str) -> None:
 def test_admin_path_root_is_allowed(deploy: Deploy, site: Site) -> None:
     site.edit("config.yaml", "admin_path: /synapse-admin", "admin_path: /")
     assert deploy(*site.args("--plan"))[0] == 0
-
-
-def test_turn_range_outside_firewall(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "relay_max_port: 49172", "relay_max_port: 49300")
-    refused(
-        deploy, site, "firewall.turn_relay_ports", "the firewall opens 49152-49172 but coturn relays on 49152-49300"
-    )
-
-
-def test_pool_mode_must_be_transaction(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "pool_mode: transaction", "pool_mode: session")
-    refused(deploy, site, "pgbouncer.pool_mode", "'transaction'")
-
-
-def test_client_connections_below_budget(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "max_client_conn: 1000", "max_client_conn: 100")
-    refused(deploy, site, "pgbouncer.max_client_conn", "below Synapse's connection budget of 210", "at least 210")
-
-
-def test_unknown_group(deploy: Deploy, site: Site) -> None:
-    site.edit("inventory/hosts.yaml", "  groups: [backup]", "  groups: [backups]")
-    refused(deploy, site, "backup1.groups[0]", "unknown group 'backups'")
-
-
-def test_yaml_syntax_error(deploy: Deploy, site: Site) -> None:
-    site.edit("config.yaml", "scale: large", "scale: [large")
-    refused(deploy, site, "config.yaml:", "not valid YAML")
 
 
 def test_schema_problems_of_every_file_reported_together(deploy: Deploy, site: Site) -> None:
