@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import yaml
@@ -28,6 +29,7 @@ VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
 CONFIG = "/etc/patroni/patroni.yml"
 REST_PORT = 8008
+LOOP_WAIT = 2  # seconds; the template's loop_wait
 # Compiled dependencies come from Debian, so no wheel has to match the host's Python.
 PYTHON_PACKAGES = [
     "python3-venv",
@@ -101,6 +103,7 @@ def patroni_config(task: Task, settings: Settings) -> str:
         rest_password=secrets["patroni_rest_password"],
         etcd_hosts=[f"{h.private_ip}:2379" for h in patroni_hosts],
         synchronous_mode=settings.config.database.synchronous_mode,
+        loop_wait=LOOP_WAIT,
         max_connections=memory.max_connections,
         pg_version=settings.config.versions.postgresql,
         superuser_password=secrets["postgres_superuser_password"],
@@ -205,13 +208,29 @@ def config_patch(desired: dict, current: dict) -> dict:
     return patch
 
 
-PATCH_PROGRAM = """import base64,json,sys,urllib.request
+# A changing request to Patroni's REST API; the password and body arrive on stdin.
+REST_WRITE = """import base64,json,sys,urllib.request,urllib.error
 password=sys.stdin.readline().rstrip("\\n"); body=sys.stdin.read().encode()
 auth=base64.b64encode(("patroni:"+password).encode()).decode()
-req=urllib.request.Request(sys.argv[1],data=body,method="PATCH",
+req=urllib.request.Request(sys.argv[2],data=body,method=sys.argv[1],
     headers={"Authorization":"Basic "+auth,"Content-Type":"application/json"})
-print(urllib.request.urlopen(req,timeout=10).status)
+try:
+    r=urllib.request.urlopen(req,timeout=60); print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
 """
+
+
+def rest_write(task: Task, settings: Settings, method: str, url: str, body: dict) -> tuple[int, str]:
+    """PATCH/POST to a Patroni REST API (any member's) from this host; returns (status, body)."""
+    out = run(
+        task,
+        f"python3 -c {shlex.quote(REST_WRITE)} {method} {shlex.quote(url)}",
+        stdin=settings.secrets["patroni_rest_password"] + "\n" + json.dumps(body),
+        what=Expectation(f"{method} {url} answered", f"run '{VENV}/bin/patronictl -c {CONFIG} list'"),
+    )
+    status, _, answer = out.stdout.partition("\n")
+    return int(status), answer
 
 
 def patroni_dynamic_config(task: Task, settings: Settings) -> Result:
@@ -230,17 +249,112 @@ def patroni_dynamic_config(task: Task, settings: Settings) -> Result:
     if status != 200:
         raise HostError(f"{task.host.name}: Patroni REST /config answered {status}: {body.strip()[:200]}")
     patch = config_patch(dynamic_config(task, settings), json.loads(body))
-    if patch and mode(task) is Mode.APPLY:
-        run(
+    changes = []
+    if patch:
+        changes.append(f"dynamic config in etcd: {json.dumps(patch, sort_keys=True)}")
+        if mode(task) is Mode.APPLY:
+            status, answer = rest_write(task, settings, "PATCH", f"http://{ip}:{REST_PORT}/config", patch)
+            if status != 200:
+                raise HostError(f"{task.host.name}: Patroni refused the config change ({status}): {answer[:200]}")
+    if mode(task) is Mode.APPLY:
+        changes += rolling_restart(task, settings, settle=bool(patch))
+    else:
+        pending = [m["name"] for m in cluster(task, settings)["members"] if m.get("pending_restart")]
+        changes += [f"{name}: PostgreSQL restart pending" for name in pending]
+    return Result(host=task.host, result="leader", changed=bool(changes), diff="\n".join(changes))
+
+
+def rolling_restart(task: Task, settings: Settings, *, settle: bool) -> list[str]:
+    """Restart PostgreSQL where Patroni flags a pending restart, never all at once.
+
+    The autobase order: replicas one by one, each back to streaming before the next;
+    then a switchover to the synchronous standby, after which the old leader restarts
+    unless its demotion already did. A decreased max_connections (and the like) cannot
+    take effect on a replica while the primary runs the larger value, so whatever is
+    still pending then is finished by restarting the primary in place, then the replicas.
+    Members flag a pending restart on their next loop: each pass first lets them settle.
+    """
+    done: list[str] = []
+    if settle:
+        time.sleep(2 * LOOP_WAIT)
+    members, leader = members_and_leader(task, settings)
+    done += restart_all(task, settings, [m for n, m in members.items() if n != leader and m.get("pending_restart")])
+    if done:
+        time.sleep(2 * LOOP_WAIT)
+        members, leader = members_and_leader(task, settings)
+    if members[leader].get("pending_restart"):
+        standbys = [n for n, m in members.items() if m["role"] == "sync_standby"]
+        candidate = (standbys or [n for n in members if n != leader])[0]
+        status, answer = rest_write(
             task,
-            f"python3 -c {shlex.quote(PATCH_PROGRAM)} http://{ip}:{REST_PORT}/config",
-            stdin=settings.secrets["patroni_rest_password"] + "\n" + json.dumps(patch),
-            what=Expectation("200: dynamic config updated", f"run '{VENV}/bin/patronictl -c {CONFIG} show-config'"),
+            settings,
+            "POST",
+            api_base(members[leader]) + "/switchover",
+            {"leader": leader, "candidate": candidate},
         )
-    pending = [m["name"] for m in cluster(task, settings).get("members", []) if m.get("pending_restart")]
-    note = f"; PostgreSQL restart pending on {', '.join(pending)} (rolling restart)" if pending else ""
-    diff = f"dynamic config in etcd: {json.dumps(patch, sort_keys=True)}" if patch else ""
-    return Result(host=task.host, result=f"leader{note}", changed=bool(patch), diff=diff)
+        if status != 200:
+            raise HostError(f"switchover {leader} → {candidate} refused ({status}): {answer[:200]}")
+        await_cluster(task, settings, lambda state: leader_of(state) == candidate, f"{candidate} leads")
+        done.append(f"switchover {leader} → {candidate}")
+        time.sleep(2 * LOOP_WAIT)
+        members, leader = members_and_leader(task, settings)
+    if members[leader].get("pending_restart"):
+        done += restart_all(task, settings, [members[leader]])
+        time.sleep(2 * LOOP_WAIT)
+        members, leader = members_and_leader(task, settings)
+    return done + restart_all(task, settings, [m for m in members.values() if m.get("pending_restart")])
+
+
+def members_and_leader(task: Task, settings: Settings) -> tuple[dict[str, dict], str]:
+    state = cluster(task, settings)
+    leader = leader_of(state)
+    if leader is None:
+        raise HostError(
+            f"{task.host.name}: the Patroni cluster has no leader; run '{VENV}/bin/patronictl -c {CONFIG} list'"
+        )
+    return {m["name"]: m for m in state["members"]}, leader
+
+
+def restart_all(task: Task, settings: Settings, members: list[dict]) -> list[str]:
+    """Restart each member's PostgreSQL in turn, each back to health before the next."""
+    for member in members:
+        restart_member(task, settings, member)
+    return [f"{m['name']}: PostgreSQL restarted (pending restart)" for m in members]
+
+
+def api_base(member: dict) -> str:
+    return member["api_url"].rsplit("/", 1)[0]
+
+
+def leader_of(state: dict) -> str | None:
+    return next((m["name"] for m in state["members"] if m["role"] == "leader"), None)
+
+
+def restart_member(task: Task, settings: Settings, member: dict) -> None:
+    """Restart one member through its REST API (which answers when it is done), then wait for health."""
+    status, answer = rest_write(task, settings, "POST", api_base(member) + "/restart", {})
+    if status != 200:
+        raise HostError(f"restart of {member['name']} refused ({status}): {answer[:200]}")
+    await_cluster(task, settings, lambda _state: True, f"{member['name']} back after its restart")
+
+
+def await_cluster(
+    task: Task, settings: Settings, condition: Callable[[dict], bool], what: str, timeout: float = 120
+) -> dict:
+    """Poll GET /cluster until it is healthy and `condition(state)` holds."""
+    members = [h.name for h in settings.members("patroni")]
+    deadline = time.monotonic() + timeout
+    found: list[str] = []
+    while time.monotonic() < deadline:
+        state = cluster(task, settings)
+        found = cluster_problems(state, members, settings.config.database.synchronous_mode)
+        if not found and condition(state):
+            return state
+        time.sleep(1)
+    raise HostError(
+        f"{task.host.name}: waiting for {what}: the Patroni cluster is not healthy after {timeout:g} s"
+        f"{': ' + '; '.join(found) if found else ''}. Run '{VENV}/bin/patronictl -c {CONFIG} list'"
+    )
 
 
 def rest_get(task: Task, path: str, address: str = "127.0.0.1") -> tuple[int, str]:
@@ -298,22 +412,10 @@ def cluster(task: Task, settings: Settings) -> dict:
     return json.loads(body)
 
 
-def wait_for_cluster(task: Task, settings: Settings, timeout: float = 120) -> Result:
-    """Gate: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
+def wait_for_cluster(task: Task, settings: Settings) -> Result:
+    """Health check: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="cluster health not checked in this mode")
     wait_for_member(task, settings)
-    members = [h.name for h in settings.members("patroni")]
-    deadline = time.monotonic() + timeout
-    found: list[str] = []
-    while time.monotonic() < deadline:
-        state = cluster(task, settings)
-        found = cluster_problems(state, members, settings.config.database.synchronous_mode)
-        if not found:
-            leader = next(m["name"] for m in state["members"] if m["role"] == "leader")
-            return Result(host=task.host, result=f"leader {leader}, replicas streaming")
-        time.sleep(1)
-    raise HostError(
-        f"{task.host.name}: the Patroni cluster is not healthy after {timeout:g} s: {'; '.join(found)}. "
-        f"Run '{VENV}/bin/patronictl -c {CONFIG} list' on a patroni host"
-    )
+    state = await_cluster(task, settings, lambda _state: True, "the cluster")
+    return Result(host=task.host, result=f"leader {leader_of(state)}, replicas streaming")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from lab.lab import Lab
 from tests.conftest import load_runbook
-from tests.lab.conftest import ssh
+from tests.lab.conftest import REPO, ssh
 
 Deploy = Callable[..., tuple[int, str]]
 PATRONI = ("patroni1", "patroni2", "patroni3")
@@ -156,3 +158,27 @@ def test_rerun_changes_nothing_and_restarts_nothing(deployed: None, lab: Lab, de
     code, out = deploy_lab("--skip-step", "hosts-file")
     assert code == 0 and "deploy: no changes" in out, out
     assert pids() == before
+
+
+def test_restart_needing_change_rolls_through_the_cluster(deployed: None, lab: Lab, tmp_path: Path) -> None:
+    """More users → a larger max_connections: replicas restart one by one, then a switchover, then the old leader."""
+
+    def deploy_with(config: Path) -> int:
+        return load_runbook("deploy").RUNBOOK.main(["--lab", "--config", str(config), "--step", "patroni-config"])
+
+    # A config with 20000 concurrent users beside the same secrets as the lab's.
+    shutil.copytree(REPO / ".secrets", tmp_path / ".secrets")
+    bigger = tmp_path / "config.yaml"
+    bigger.write_text((REPO / "config.yaml").read_text().replace("ccu: null", "ccu: 20000"))
+    leader_before = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
+    started = {h: sql(lab, h, "SELECT pg_postmaster_start_time()") for h in PATRONI}
+    try:
+        assert deploy_with(bigger) == 0
+        assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {"450"}
+        state = cluster(lab)["members"]
+        assert not any(m.get("pending_restart") for m in state)
+        assert next(m["name"] for m in state if m["role"] == "leader") != leader_before  # switched over
+        assert all(sql(lab, h, "SELECT pg_postmaster_start_time()") != started[h] for h in PATRONI)
+    finally:
+        assert deploy_with(REPO / "config.yaml") == 0
+    assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {"350"}
