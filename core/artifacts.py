@@ -95,15 +95,6 @@ def problems(artifact: Artifact) -> list[InputProblem]:
     return found
 
 
-def require(artifact_name: str) -> Artifact:
-    """The artifact, verified; raises InputError when the cache cannot serve it."""
-    artifact = manifest()[artifact_name]
-    found = problems(artifact)
-    if found:
-        raise InputError(found)
-    return artifact
-
-
 def wheel_prefix(item: ArtifactFile) -> str:
     return item.name.removesuffix(".tar.gz").replace("-", "_", item.name.count("-") - 1) + "-"
 

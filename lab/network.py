@@ -82,13 +82,6 @@ def ensure_host(host: str, address: IPv4Address) -> None:
     sh(["ip", "neigh", "flush", "dev", BRIDGE], check=False)
 
 
-def remove_host(host: str, address: IPv4Address | None) -> None:
-    if address is not None and veth(address) in _links():
-        sh(["ip", "link", "del", veth(address)], check=False)
-    if netns(host) in namespaces():
-        sh(["ip", "netns", "del", netns(host)])
-
-
 def leftovers() -> list[str]:
     """Every network object of the lab that still exists."""
     found = [f"namespace {ns}" for ns in namespaces()]

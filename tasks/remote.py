@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nornir.core.task import Result, Task
+from nornir.core.task import Task
 
 from core.connection import CONNECTION, FabricConnection, Output
 from core.errors import HostError
@@ -81,16 +81,3 @@ def failure_message(
         lines.extend(f"    {line}" for line in tail)
     lines.append(f"  what to do: {what.on_failure}")
     return "\n".join(lines)
-
-
-def command(
-    task: Task,
-    script: str,
-    expect: str = "exit status 0",
-    on_failure: str = "read the error output above; fix the cause on the host and re-run",
-) -> Result:
-    """Run a command that reports state rather than changing it (changed=False)."""
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result=f"would run: {script}")
-    output = run(task, script, what=Expectation(expect, on_failure))
-    return Result(host=task.host, result=output.stdout)
