@@ -177,17 +177,25 @@ def patroni(task: Task, settings: Settings) -> Result:
     config_changed = task.run(task=put_files, specs=[config], severity_level=10)[0].changed
     unit_text = render(task, "patroni/patroni.service.j2", scope=scope(settings), venv=VENV)
     unit_changed = task.run(task=unit_file, unit="patroni.service", content=unit_text, severity_level=10)[0].changed
-    # A config change is reloaded (Patroni applies it, flagging parameters that need a
-    # PostgreSQL restart); only a new binary or unit restarts Patroni.
-    task.run(
+    # A config change is reloaded: Patroni applies it and flags parameters that need a
+    # PostgreSQL restart (patroni-config rolls those). Stopping Patroni stops PostgreSQL,
+    # so a running Patroni is never restarted here, on all hosts at once: a new binary
+    # or unit waits for a restart one host at a time, which is reported.
+    result = task.run(
         task=service,
         unit="patroni.service",
-        restart=installed or unit_changed or config_changed,
-        reload=config_changed and not (installed or unit_changed),
+        restart=config_changed,
+        reload=True,
         daemon_reload=unit_changed,
         severity_level=10,
+    )[0]
+    waiting = mode(task) is not Mode.PLAN and (installed or unit_changed) and "start" not in result.result
+    note = "; patroni.service runs the old binary/unit until restarted host by host" if waiting else ""
+    return Result(
+        host=task.host,
+        result=f"patroni {settings.config.versions.patroni}{note}",
+        diff="patroni.service: restart pending (new binary or unit)" if waiting else "",
     )
-    return Result(host=task.host, result=f"patroni {settings.config.versions.patroni}")
 
 
 def dynamic_config(task: Task, settings: Settings) -> dict:
