@@ -22,9 +22,14 @@ from tasks.systemd import service
 from tasks.waits import wait_for_port
 
 
-def synapse_verifier(settings: Settings) -> str:
+def verifier(settings: Settings, password: str, salt_suffix: str = "") -> str:
+    """SCRAM verifier of the secret `password`, salted from the salt secret (+ a per-user suffix)."""
     secrets = settings.secrets
-    return scram.verifier(secrets["synapse_db_password"], scram.salt_for(secrets["synapse_db_scram_salt"]))
+    return scram.verifier(secrets[password], scram.salt_for(secrets["synapse_db_scram_salt"] + salt_suffix))
+
+
+def synapse_verifier(settings: Settings) -> str:
+    return verifier(settings, "synapse_db_password")
 
 
 def pgbouncer(task: Task, settings: Settings) -> Result:
@@ -48,10 +53,7 @@ def pgbouncer(task: Task, settings: Settings) -> Result:
         max_connections=sizing.max_connections,
         max_db_connections=sizing.pgbouncer_pool + sizing.pgbouncer_reserve,
     )
-    admin = scram.verifier(
-        settings.secrets["pgbouncer_admin_password"],
-        scram.salt_for(settings.secrets["synapse_db_scram_salt"] + "admin"),
-    )
+    admin = verifier(settings, "pgbouncer_admin_password", "admin")
     users = render(
         task,
         "pgbouncer/userlist.txt.j2",
@@ -85,7 +87,7 @@ def login_check(task: Task, settings: Settings) -> Result:
         what=Expectation(
             "'f': logged in through PgBouncer, on the primary",
             "check 'journalctl -u pgbouncer' and the HAProxy postgres_primary listener "
-            "(echo 'show stat' | socat stdio /run/haproxy/admin.sock)",
+            "(which patroni host answers 200 on :8008/primary)",
         ),
     )
     if out.stdout.strip() != "f":

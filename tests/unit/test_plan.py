@@ -49,7 +49,7 @@ def test_second_plan_shows_the_difference_to_the_previous_one(deploy: Deploy, si
     assert "-10.0.1.10 chat.z3r0d3v.com" in out and "+10.0.1.20 chat.z3r0d3v.com" in out
 
 
-def test_help_lists_steps_in_order(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
