@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import REPO
 from core.settings import load_settings
+from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.lab import Lab, lab_hosts
 
 
@@ -47,7 +48,7 @@ def run_deploy(report: Path) -> dict:
 
 
 def main() -> int:
-    settings, _ = load_settings(REPO / "config.yaml", REPO / "inventory" / "lab", allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
     lab = Lab(lab_hosts(settings))
     lab.down()
     lab.up()

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.settings import load_settings
-from lab import machines
+from lab import LAB_CONFIG, LAB_INVENTORY, machines
 from lab.lab import STATE, Lab, lab_hosts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cold", action="store_true", help="delete the cached base first")
     args = parser.parse_args()
-    settings, _ = load_settings(REPO / "config.yaml", REPO / "inventory" / "lab", allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
     lab = Lab(lab_hosts(settings))
     figures: dict[str, object] = {"hosts": len(lab.hosts)}
     lab.down()

@@ -149,6 +149,15 @@ class Firewall(Section):
     )
 
 
+class Certificates(Section):
+    lifetime_days: int = Field(
+        365, ge=1, le=825, description="validity of server certificates the internal CA issues, in days, e.g. 365"
+    )
+    renew_before_days: int = Field(
+        30, ge=0, le=365, description="issue a new certificate this many days before the old one expires, e.g. 30"
+    )
+
+
 class Preflight(Section):
     min_free_disk_gb: float = Field(5, ge=0, description="free space required on / of every server, in GB, e.g. 5")
     max_clock_skew_seconds: float = Field(2, gt=0, description="allowed clock difference to the controller, e.g. 2")
@@ -190,5 +199,6 @@ class Config(Section):
     minio: MinIO = MinIO()
     monitoring: Monitoring = Monitoring()
     firewall: Firewall
+    certificates: Certificates = Certificates()
     preflight: Preflight = Preflight()
     ssh: Ssh = Ssh()

@@ -105,6 +105,12 @@ class DefaultsData(Entry):
     private_networks: list[Network] = Field(
         min_length=1, description="networks the platform's servers live in, e.g. ['10.0.0.0/16']"
     )
+    vrrp_router_id: int = Field(
+        51,
+        ge=1,
+        le=255,
+        description="VRRP virtual router id of the VIP, unique among VRRP routers on that network, e.g. 51",
+    )
 
 
 class Defaults(Entry):

@@ -1,8 +1,9 @@
 """The platform's port table: which ports each inventory group listens on.
 
-One table serves three checks: clashes between two services placed on one host
-(validation), ports already taken by a foreign process (preflight), and later the
-firewall rules. Process names are what `ss -p` shows (the kernel's 15-character comm).
+One table serves three purposes: clashes between two services placed on one host
+(validation), ports already taken by a foreign process (preflight), and each host's
+firewall (public ports open to everyone, the rest to the private networks only).
+Process names are what `ss -p` shows (the kernel's 15-character comm).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class PortUse:
     proto: str
     processes: tuple[str, ...]
     setting: str  # where the operator changes it
+    public: bool = False  # reached by clients from anywhere, not only from the private networks
 
     def overlaps(self, other: PortUse) -> bool:
         return self.proto == other.proto and self.start <= other.end and other.start <= self.end
@@ -35,8 +37,13 @@ def _tcp(service: str, port: int, processes: tuple[str, ...], setting: str) -> P
     return PortUse(service, port, port, "tcp", processes, setting)
 
 
+def _public_tcp(service: str, port: int, processes: tuple[str, ...], setting: str) -> PortUse:
+    return PortUse(service, port, port, "tcp", processes, setting, public=True)
+
+
 def _both(service: str, start: int, end: int, processes: tuple[str, ...], setting: str) -> list[PortUse]:
-    return [PortUse(service, start, end, proto, processes, setting) for proto in ("tcp", "udp")]
+    """A public TCP and UDP port or range (TURN)."""
+    return [PortUse(service, start, end, proto, processes, setting, public=True) for proto in ("tcp", "udp")]
 
 
 def group_ports(config: Config, group: str) -> list[PortUse]:
@@ -54,7 +61,11 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
     if group == "minio" and config.minio.enabled:
         return [_tcp("minio-api", 9000, ("minio",), fixed), _tcp("minio-console", 9001, ("minio",), fixed)]
     if group == "haproxy":
-        return [_tcp(f"haproxy-{port}", port, ("haproxy",), fixed) for port in (80, 443, 8448, 8404)]
+        public = (80, 443, 8448) if config.synapse.federation else (80, 443)
+        return [
+            *(_public_tcp(f"haproxy-{port}", port, ("haproxy",), fixed) for port in public),
+            _tcp("haproxy-stats", 8404, ("haproxy",), fixed),
+        ]
     if group == "coturn":
         turn = config.turn
         return [
@@ -72,8 +83,8 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
         lk = config.livekit
         return [
             _tcp("livekit-http", 7880, ("livekit-server",), fixed),
-            _tcp("livekit-rtc-tcp", 7881, ("livekit-server",), fixed),
-            PortUse("livekit-rtc-udp", 7882, 7882, "udp", ("livekit-server",), fixed),
+            _public_tcp("livekit-rtc-tcp", 7881, ("livekit-server",), fixed),
+            PortUse("livekit-rtc-udp", 7882, 7882, "udp", ("livekit-server",), fixed, public=True),
             PortUse(
                 "livekit-media",
                 lk.rtc_min_port,
@@ -81,6 +92,7 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
                 "udp",
                 ("livekit-server",),
                 "config.yaml livekit.rtc_min_port/rtc_max_port",
+                public=True,
             ),
             _tcp("livekit-redis", 6379, ("redis-server",), fixed),
         ]

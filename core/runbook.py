@@ -35,6 +35,7 @@ from core.display import Progress, StepOutcome, failure_text, host_outcome, summ
 from core.errors import InputError, InputProblem
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
+from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.remote import Mode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +96,12 @@ class Runbook:
             epilog=f"steps, in order:\n{listing}\n\nexit codes: 0 all good, 1 a host failed, "
             "2 bad input (nothing was touched)",
         )
-        parser.add_argument("--config", type=Path, default=REPO / "config.yaml", help="deployment settings file")
+        parser.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="deployment settings file (default: config.yaml; config.lab.yaml with --lab)",
+        )
         parser.add_argument(
             "--inventory",
             type=Path,
@@ -105,7 +111,7 @@ class Runbook:
         parser.add_argument(
             "--lab",
             action="store_true",
-            help="use inventory/lab and bring the lab up first if needed (python runbooks/lab.py)",
+            help="use config.lab.yaml and inventory/lab, and bring the lab up first if needed (python runbooks/lab.py)",
         )
         parser.add_argument("--limit", default="", help="only these hosts, comma-separated inventory names")
         parser.add_argument(
@@ -201,9 +207,11 @@ class Runbook:
             )
         steps = [s for s in self.steps if (not args.step or s.name in args.step) and s.name not in args.skip_step]
         mode = Mode.PLAN if args.plan else Mode.CHECK if args.check else Mode.APPLY
-        default_inventory = REPO / "inventory" / "lab" if args.lab else REPO / "inventory"
+        default_config, default_inventory = (
+            (LAB_CONFIG, LAB_INVENTORY) if args.lab else (REPO / "config.yaml", REPO / "inventory")
+        )
         return Options(
-            config=args.config.resolve(),
+            config=(args.config or default_config).resolve(),
             inventory=(args.inventory or default_inventory).resolve(),
             lab=args.lab,
             mode=mode,

@@ -7,6 +7,7 @@ value that still finds its way into output, a report or a plan file with its nam
 from __future__ import annotations
 
 import os
+import re
 import secrets as random
 import stat
 import string
@@ -72,6 +73,9 @@ class Secrets:
         return self.values[name]
 
 
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
+
+
 class Redactor:
     """Replaces every secret value in a text with `<secret:name>`."""
 
@@ -84,7 +88,8 @@ class Redactor:
         for value, name in self._pairs:
             if value in text:
                 text = text.replace(value, name)
-        return text
+        # Private keys (the internal CA's certificates) are not in the secrets file.
+        return PRIVATE_KEY.sub("<private key>", text)
 
 
 def load_or_create(path: Path) -> Secrets:

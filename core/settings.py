@@ -20,6 +20,7 @@ from core import validate
 from core.config import Config
 from core.errors import InputError, InputProblem
 from core.inventory import Defaults, Group, Host
+from core.pki import InternalCA
 from core.secrets import Secrets, load_or_create
 from core.sizing import Sizing, for_config
 from core.yamlsource import KeyPath, Placeholder, YamlDoc, load_yaml
@@ -61,6 +62,11 @@ class Settings:
 
     def members(self, group: str) -> list[HostInfo]:
         return [host for host in self.hosts.values() if group in host.groups]
+
+    @property
+    def ca(self) -> InternalCA:
+        """The site's internal CA, beside the secrets file (created on first use)."""
+        return InternalCA(self.secrets.path.parent / f"{self.site}-ca", self.site)
 
     def service_name(self, host: HostInfo) -> str:
         """The private DNS name of a server, e.g. patroni1.internal."""

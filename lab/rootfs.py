@@ -19,7 +19,19 @@ from lab.network import BRIDGE_ADDRESS
 from lab.shell import LabError, sh
 
 SUITE = "bookworm"
-INCLUDE = ("systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "python3", "ca-certificates", "sudo")
+# What a fresh Debian 12 server has (nftables is priority "important": every standard
+# install carries it), plus python3 and sudo for the deploy user.
+INCLUDE = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "iproute2",
+    "nftables",
+    "python3",
+    "ca-certificates",
+    "sudo",
+)
 PROXY_PORT = 13142  # not 3142: a system apt-cacher-ng may already hold that
 PROXY_URL = f"http://{BRIDGE_ADDRESS}:{PROXY_PORT}"
 LAB_USER = "deploy"

@@ -13,9 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
+from tasks.certificates import ca_trust
 from tasks.database import synapse_database
 from tasks.etcd import etcd, etcd_healthy
+from tasks.firewall import firewall
+from tasks.haproxy import haproxy
 from tasks.hosts_file import hosts_file
+from tasks.keepalived import keepalived, vip_answers
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.preflight import duplicate_hostnames, preflight
@@ -30,6 +34,12 @@ RUNBOOK = Runbook(
             preflight,
             gate=lambda result, _settings: duplicate_hostnames(result),
         ),
+        Step(
+            "firewall",
+            "nftables on every server: public ports open, internal ports to the private networks, rest dropped",
+            firewall,
+        ),
+        Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
         Step(
             "etcd",
             "etcd members, static bootstrap; every member healthy",
@@ -68,6 +78,19 @@ RUNBOOK = Runbook(
             "Synapse's role logs in through every PgBouncer to the primary",
             login_check,
             groups=("pgbouncer",),
+        ),
+        Step(
+            "haproxy",
+            "HAProxy: TLS on 443/8448, routing to Synapse, admin allowlist, stats on 8404",
+            haproxy,
+            groups=("haproxy",),
+        ),
+        Step(
+            "keepalived",
+            "Keepalived moves the VIP between the haproxy hosts; the VIP answers HTTPS",
+            keepalived,
+            groups=("haproxy",),
+            check=vip_answers,
         ),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
     ],

@@ -21,10 +21,9 @@ from rich.table import Table
 
 from core.errors import InputError
 from core.settings import load_settings
+from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.lab import Lab, lab_hosts
 from lab.shell import LabError
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def load_lab(config: Path, inventory: Path) -> Lab:
@@ -38,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("action", choices=["up", "down", "status", "ssh"])
     parser.add_argument("host", nargs="?", help="with ssh: the host to log in to")
-    parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
-    parser.add_argument("--inventory", type=Path, default=REPO / "inventory" / "lab")
+    parser.add_argument("--config", type=Path, default=LAB_CONFIG)
+    parser.add_argument("--inventory", type=Path, default=LAB_INVENTORY)
     args = parser.parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
     try:

@@ -195,15 +195,13 @@ def put_files(task: Task, specs: list[FileSpec]) -> Result:
 
 
 def write(task: Task, spec: FileSpec) -> None:
-    run(
-        task,
-        write_script(spec),
-        stdin=spec.content,
-        what=Expectation(
-            f"{spec.path} written",
-            f"check that {spec.owner}:{spec.group} exist on the host and that {Path(spec.path).parent} is writable",
-        ),
-    )
+    hint = f"check that {spec.owner}:{spec.group} exist on the host and that {Path(spec.path).parent} is writable"
+    if spec.check:
+        hint = (
+            f"'rejected' means the new file failed `{spec.check.format(path=spec.path)}` (its errors are above) "
+            f"and the old file is untouched: fix the setting or template it comes from; otherwise {hint}"
+        )
+    run(task, write_script(spec), stdin=spec.content, what=Expectation(f"{spec.path} written", hint))
 
 
 def _diff(task: Task, spec: FileSpec, fact: FileFact, changes: list[str], redact: Redactor) -> str:

@@ -1,21 +1,67 @@
 """HAProxy: one config per host, composed of the sections its groups need.
 
 The database tier adds the local `postgres_primary` listener on PgBouncer hosts; the
-edge tier adds the public frontends on haproxy hosts. The file is checked with
-`haproxy -c` on the host before it replaces the running one, then reloaded gracefully.
+edge tier (haproxy hosts) adds TLS termination on 443/8448, routing to the Synapse
+host, the admin allowlist and the stats page. The file is checked with `haproxy -c`
+on the host before it replaces the running one, then reloaded gracefully: the master
+process hands the listening sockets to new workers and old workers finish their
+connections.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nornir.core.task import Result, Task
 
-from core.settings import Settings
+from core.pki import ServerCertificate
+from core.settings import HostInfo, Settings
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import service
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
+ADMIN_SOCKET = "/run/haproxy/admin.sock"
+SERVER_STATE_FILE = "/var/lib/haproxy/server-state"
+# `show servers state` from the running HAProxy into SERVER_STATE_FILE; nothing when it is not running.
+SAVE_STATE = f"""python3 - <<'EOF'
+import os, socket
+try:
+    admin = socket.socket(socket.AF_UNIX)
+    admin.connect({ADMIN_SOCKET!r})
+    admin.sendall(b"show servers state\\n")
+    state = b"".join(iter(lambda: admin.recv(65536), b""))
+except OSError:
+    raise SystemExit(0)
+with open({SERVER_STATE_FILE!r} + ".new", "wb") as out:
+    out.write(state)
+os.replace({SERVER_STATE_FILE!r} + ".new", {SERVER_STATE_FILE!r})
+EOF"""
+CERT_DIR = "/etc/haproxy/certs"
 POSTGRES_PRIMARY_PORT = 5433
+STATS_PORT = 8404
+STATS_USER = "stats"
+# Where the Synapse host answers HTTP behind HAProxy. Playbook mode: Traefik's web
+# entrypoint and its federation entrypoint, bound to the private address (the
+# playbook's vars.yml sets them); native mode: Synapse's own listener, which serves the
+# client and federation resources.
+TRAEFIK_WEB_PORT = 81
+TRAEFIK_FEDERATION_PORT = 8449
+SYNAPSE_HTTP_PORT = 8008
+# Paths that belong to Synapse's clients and federation even when the admin UI is at "/".
+MATRIX_PATHS = ("/_matrix/", "/_synapse/client/", "/.well-known/")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A pool of servers for one kind of traffic, with the request that proves it serves."""
+
+    name: str
+    servers: list[dict[str, object]]
+    check_path: str
+    balance: str = "roundrobin"
+    strip_authorization: bool = False  # static files never need the user's access token
 
 
 def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None:
@@ -25,14 +71,75 @@ def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None
     return {"port": POSTGRES_PRIMARY_PORT, "servers": servers}
 
 
+def certificate_path(settings: Settings) -> str:
+    return f"{CERT_DIR}/{settings.config.homeserver_fqdn}.pem"
+
+
+def backends(settings: Settings) -> dict[str, Backend]:
+    """The edge's backends by role: client API, federation API, static files (admin UI, well-known)."""
+    synapse = settings.members("synapse")
+    playbook = settings.config.synapse.mode == "playbook"
+    web = TRAEFIK_WEB_PORT if playbook else SYNAPSE_HTTP_PORT
+    federation = TRAEFIK_FEDERATION_PORT if playbook else SYNAPSE_HTTP_PORT
+
+    def servers(port: int) -> list[dict[str, object]]:
+        return [{"name": h.name, "ip": h.private_ip, "port": port} for h in synapse]
+
+    return {
+        "client": Backend("synapse_client", servers(web), "/_matrix/client/versions"),
+        "federation": Backend("synapse_federation", servers(federation), "/_matrix/federation/v1/version"),
+        "static": Backend("static_files", servers(web), "/_matrix/client/versions", strip_authorization=True),
+    }
+
+
+def edge(settings: Settings, host: HostInfo) -> dict | None:
+    """Template data of the public frontends, for hosts of the haproxy group."""
+    if "haproxy" not in host.groups:
+        return None
+    synapse = settings.config.synapse
+    path = synapse.admin_path
+    admin_ui = ["path_beg /"] if path == "/" else [f"path {path}", f"path_beg {path}/"]
+    return {
+        "fqdn": settings.config.homeserver_fqdn,
+        "certificate": certificate_path(settings),
+        "federation": synapse.federation,
+        "admin_ui": admin_ui,
+        "matrix_paths": " ".join(MATRIX_PATHS),
+        "admin_allowlist": [str(n) for n in synapse.admin_allowlist],
+        "backends": backends(settings),
+        "stats": {"bind": f"{host.private_ip}:{STATS_PORT}", "user": STATS_USER},
+    }
+
+
 def haproxy(task: Task, settings: Settings) -> Result:
-    """Install HAProxy and converge its config; reload only when the config changed."""
+    """Install HAProxy and converge its config (and certificate); reload only when they changed."""
     task.run(task=packages, names=["haproxy"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
+    frontends = edge(settings, host)
     text = render(
-        task, "haproxy/haproxy.cfg.j2", host_name=host.name, postgres_primary=postgres_primary(settings, host.groups)
+        task,
+        "haproxy/haproxy.cfg.j2",
+        host_name=host.name,
+        postgres_primary=postgres_primary(settings, host.groups),
+        edge=frontends,
+        stats_password=settings.secrets["haproxy_stats_password"],
+        server_state_file=SERVER_STATE_FILE,
     )
-    spec = FileSpec(CONFIG, text, check="haproxy -c -q -f {path}")
-    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
+    specs = []
+    if frontends:
+        certificate = edge_certificate(settings)
+        specs.append(FileSpec(frontends["certificate"], certificate.haproxy_bundle, mode=0o600, secret=True))
+    # The stats password is in the file: readable by HAProxy's group, not by everyone.
+    specs.append(FileSpec(CONFIG, text, group="haproxy", mode=0o640, check="haproxy -c -f {path}"))
+    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    if result.changed and mode(task) is Mode.APPLY:
+        run(task, SAVE_STATE, what=Expectation("the servers' states saved for the reload"))
     task.run(task=service, unit="haproxy.service", restart=result.changed, reload=True, severity_level=10)
     return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+def edge_certificate(settings: Settings) -> ServerCertificate:
+    """The certificate HAProxy serves: the homeserver name and the server name."""
+    config = settings.config
+    names = list(dict.fromkeys([config.homeserver_fqdn, config.domain]))
+    return settings.ca.server("edge", names, config.certificates.lifetime_days, config.certificates.renew_before_days)

@@ -40,6 +40,25 @@ def http_script(url: str, status: int, timeout: float, host_header: str | None) 
     return f"python3 -c {shlex.quote(program)}"
 
 
+def tls_script(address: str, port: int, server_name: str, timeout: float) -> str:
+    program = (
+        "import socket,ssl,sys,time\n"
+        f"address,port,name,deadline={address!r},{port},{server_name!r},time.monotonic()+{timeout}\n"
+        "ctx=ssl.create_default_context()\n"
+        "last='no answer'\n"
+        "while time.monotonic()<deadline:\n"
+        "    try:\n"
+        "        with socket.create_connection((address,port),timeout=3) as raw:\n"
+        "            with ctx.wrap_socket(raw,server_hostname=name):\n"
+        "                sys.exit(0)\n"
+        "    except OSError as e:\n"
+        "        last=str(e)\n"
+        "    time.sleep(0.5)\n"
+        "print(last,file=sys.stderr); sys.exit(1)\n"
+    )
+    return f"python3 -c {shlex.quote(program)}"
+
+
 def command_script(script: str, timeout: float) -> str:
     return f"timeout {timeout} bash -c {shlex.quote(f'until {script}; do sleep 0.5; done')}"
 
@@ -82,5 +101,16 @@ def wait_for_command(task: Task, script: str, timeout: float = 30, what: str | N
         command_script(script, timeout),
         what or f"'{script}' succeeding",
         f"run '{script}' on the host and read its output",
+        timeout,
+    )
+
+
+def wait_for_tls(task: Task, address: str, port: int, server_name: str, timeout: float = 30) -> Result:
+    """Wait until `address:port` completes a TLS handshake whose certificate the host trusts for `server_name`."""
+    return _wait(
+        task,
+        tls_script(address, port, server_name, timeout),
+        f"TLS on {address}:{port} for {server_name}",
+        f"check the certificate and the listener: openssl s_client -connect {address}:{port} -servername {server_name}",
         timeout,
     )

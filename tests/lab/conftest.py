@@ -19,7 +19,7 @@ from nornir.core.task import AggregatedResult
 
 from core.runbook import make_nornir
 from core.settings import Settings, load_settings
-from lab import network, rootfs
+from lab import LAB_CONFIG, LAB_INVENTORY, network, rootfs
 from lab.lab import Lab, LabHost, UpReport, lab_hosts
 from tasks.remote import Mode
 from tests.conftest import load_runbook
@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def lab_settings() -> Settings:
-    settings, _ = load_settings(REPO / "config.yaml", REPO / "inventory" / "lab", allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
     return settings
 
 
@@ -94,6 +94,13 @@ def deploy_lab(lab: Lab, capsys: pytest.CaptureFixture[str]) -> Callable[..., tu
         return code, out + err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: Lab) -> None:
+    """The platform deployed into the lab (a no-op re-run when an earlier module deployed it)."""
+    code = load_runbook("deploy").RUNBOOK.main(["--lab"])
+    assert code == 0
 
 
 def ssh(

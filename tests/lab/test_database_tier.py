@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from core.settings import Settings
+from lab import LAB_CONFIG
 from lab.lab import Lab
 from tests.conftest import load_runbook
 from tests.lab.conftest import REPO, ssh
@@ -16,12 +16,6 @@ from tests.lab.conftest import REPO, ssh
 Deploy = Callable[..., tuple[int, str]]
 PATRONI = ("patroni1", "patroni2", "patroni3")
 DSN = "host=127.0.0.1 port=6432 dbname=synapse user=synapse"
-
-
-@pytest.fixture(scope="module")
-def deployed(lab: Lab) -> None:
-    code = load_runbook("deploy").RUNBOOK.main(["--lab", "--skip-step", "hosts-file"])
-    assert code == 0
 
 
 def sql(lab: Lab, host: str, query: str, *, dsn: str = "", password: str = "") -> str:
@@ -160,7 +154,9 @@ def test_rerun_changes_nothing_and_restarts_nothing(deployed: None, lab: Lab, de
     assert pids() == before
 
 
-def test_restart_needing_change_rolls_through_the_cluster(deployed: None, lab: Lab, tmp_path: Path) -> None:
+def test_restart_needing_change_rolls_through_the_cluster(
+    deployed: None, lab: Lab, lab_settings: Settings, tmp_path: Path
+) -> None:
     """More users → a larger max_connections: replicas restart one by one, then a switchover, then the old leader."""
 
     def deploy_with(config: Path) -> int:
@@ -169,7 +165,7 @@ def test_restart_needing_change_rolls_through_the_cluster(deployed: None, lab: L
     # A config with 20000 concurrent users beside the same secrets as the lab's.
     shutil.copytree(REPO / ".secrets", tmp_path / ".secrets")
     bigger = tmp_path / "config.yaml"
-    bigger.write_text((REPO / "config.yaml").read_text().replace("ccu: null", "ccu: 20000"))
+    bigger.write_text(LAB_CONFIG.read_text() + "ccu: 20000\n")
     leader_before = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
     started = {h: sql(lab, h, "SELECT pg_postmaster_start_time()") for h in PATRONI}
     try:
@@ -180,5 +176,5 @@ def test_restart_needing_change_rolls_through_the_cluster(deployed: None, lab: L
         assert next(m["name"] for m in state if m["role"] == "leader") != leader_before  # switched over
         assert all(sql(lab, h, "SELECT pg_postmaster_start_time()") != started[h] for h in PATRONI)
     finally:
-        assert deploy_with(REPO / "config.yaml") == 0
-    assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {"350"}
+        assert deploy_with(LAB_CONFIG) == 0
+    assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {str(lab_settings.sizing.max_connections)}

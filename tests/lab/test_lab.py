@@ -50,13 +50,13 @@ def test_hosts_reach_each_other(lab: Lab) -> None:
 
 
 def test_hosts_can_hold_a_vip(lab: Lab) -> None:
-    """Keepalived needs CAP_NET_ADMIN inside the host to add the VIP."""
-    ssh(lab, "haproxy1", "sudo ip addr add 198.18.0.10/16 dev eth0")
+    """Keepalived needs CAP_NET_ADMIN inside the host to add a VIP (a spare address here, not the deployed VIP)."""
+    ssh(lab, "haproxy1", "sudo ip addr add 198.18.0.250/16 dev eth0")
     try:
-        assert connect(lab, "haproxy2", "198.18.0.10", 22) == "connected"
+        assert connect(lab, "haproxy2", "198.18.0.250", 22) == "connected"
     finally:
-        ssh(lab, "haproxy1", "sudo ip addr del 198.18.0.10/16 dev eth0")
-    assert connect(lab, "haproxy2", "198.18.0.10", 22) != "connected"
+        ssh(lab, "haproxy1", "sudo ip addr del 198.18.0.250/16 dev eth0")
+    assert connect(lab, "haproxy2", "198.18.0.250", 22) != "connected"
 
 
 def test_up_again_boots_nothing(lab: Lab) -> None:

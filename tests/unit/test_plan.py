@@ -25,12 +25,16 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     assert data["mode"] == "plan" and data["exit_code"] == 0
     assert [s["name"] for s in data["steps"]] == [
         "preflight",
+        "firewall",
+        "ca-trust",
         "etcd",
         "patroni",
         "patroni-config",
         "pgbouncer",
         "synapse-database",
         "database-access",
+        "haproxy",
+        "keepalived",
         "hosts-file",
     ]
     patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
@@ -39,6 +43,31 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     pgbouncer = (plan / "haproxy1" / "etc" / "pgbouncer" / "pgbouncer.ini").read_text()
     assert "pool_mode = transaction" in pgbouncer
     assert data["commands"] == {}  # no host was contacted
+
+
+def test_plan_of_the_edge(deploy: Deploy, site: Site) -> None:
+    """HAProxy, Keepalived and firewall files as the edge hosts would get them, without key or password."""
+    code, out = deploy(*site.args("--plan", "--step", "firewall", "--step", "haproxy", "--step", "keepalived"))
+    assert code == 0, out
+    plan = site.root / "plan" / "production"
+    haproxy = (plan / "haproxy1" / "etc" / "haproxy" / "haproxy.cfg").read_text()
+    assert "bind 10.0.1.11:8404" in haproxy  # stats on the private address only
+    assert "acl admin_network src 10.0.0.0/8" in haproxy
+    assert "server synapse1 10.0.5.51:81 check" in haproxy  # playbook mode: Traefik's web entrypoint
+    assert "server synapse1 10.0.5.51:8449 check" in haproxy
+    assert "<secret:haproxy_stats_password>" in haproxy
+    bundle = (plan / "haproxy1" / "etc" / "haproxy" / "certs" / "chat.z3r0d3v.com.pem").read_text()
+    assert (
+        bundle.startswith("-----BEGIN CERTIFICATE-----")
+        and bundle.endswith("<private key>\n")
+        and "PRIVATE" not in bundle
+    )
+    keepalived = (plan / "haproxy2" / "etc" / "keepalived" / "keepalived.conf").read_text()
+    assert "priority 140" in keepalived and "auth_pass <secret:keepalived_auth_pass>" in keepalived
+    coturn = (plan / "coturn1" / "etc" / "matrix-platform" / "firewall.nft").read_text()
+    assert "udp dport { 3478, 5349, 49152-49172 } accept" in coturn
+    assert "ip saddr { 10.0.0.0/16 } tcp dport { 9101 } accept" in coturn
+    assert "6432" not in coturn and "protocol 112" not in coturn
 
 
 def test_second_plan_shows_the_difference_to_the_previous_one(deploy: Deploy, site: Site) -> None:
@@ -53,7 +82,7 @@ def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. etcd") < text.index("8. hosts-file")
+    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. etcd") < text.index("12. hosts-file")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:

@@ -1,0 +1,165 @@
+"""The site's internal certificate authority, kept on the controller.
+
+An air-gapped site cannot reach a public ACME CA once the internet is gone, so the
+framework can be its own CA: one ECDSA P-384 root (10 years) whose key never leaves
+the controller (`.secrets/<site>-ca/`, 0600 in a 0700 folder), issuing ECDSA P-256
+server certificates with the SANs each service is reached by. Certificates are
+re-used until they come within `renew_before_days` of expiry or their names change,
+so a re-run issues nothing and no consumer reloads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import threading
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_LIFETIME = datetime.timedelta(days=3650)
+_LOCK = threading.Lock()  # hosts run in threads; a certificate is issued once per run
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    """A server certificate, its private key and the CA that signed it, all PEM."""
+
+    name: str
+    cert_pem: str
+    key_pem: str
+    ca_pem: str
+
+    @property
+    def haproxy_bundle(self) -> str:
+        """HAProxy's `crt` file: the certificate followed by its key."""
+        return self.cert_pem + self.key_pem
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return x509.load_pem_x509_certificate(self.cert_pem.encode()).not_valid_after_utc
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _san(names: list[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            address = ip_address(name)
+        except ValueError:
+            entries.append(x509.DNSName(name))
+            continue
+        assert isinstance(address, IPv4Address | IPv6Address)
+        entries.append(x509.IPAddress(address))
+    return entries
+
+
+class InternalCA:
+    """The CA of one site; `folder` holds ca.key, ca.crt and one key/cert pair per service."""
+
+    def __init__(self, folder: Path, site: str) -> None:
+        self.folder = folder
+        self.site = site
+
+    @property
+    def cert_path(self) -> Path:
+        return self.folder / "ca.crt"
+
+    def ca_pem(self) -> str:
+        self._ensure_root()
+        return self.cert_path.read_text()
+
+    def server(self, name: str, names: list[str], lifetime_days: int, renew_before_days: int) -> ServerCertificate:
+        """The certificate `name` for `names` (DNS names or IPs), issued anew only when needed."""
+        with _LOCK:
+            self._ensure_root()
+            cert_path, key_path = self.folder / f"{name}.crt", self.folder / f"{name}.key"
+            if not (cert_path.exists() and key_path.exists()) or self._needs_new(cert_path, names, renew_before_days):
+                self._issue(cert_path, key_path, names, lifetime_days)
+            return ServerCertificate(name, cert_path.read_text(), key_path.read_text(), self.cert_path.read_text())
+
+    def _needs_new(self, cert_path: Path, names: list[str], renew_before_days: int) -> bool:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        root = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return True
+        return (
+            cert.issuer != root.subject
+            or set(san) != set(_san(names))
+            or cert.not_valid_after_utc - _now() < datetime.timedelta(days=renew_before_days)
+        )
+
+    def _ensure_root(self) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path = self.folder / "ca.key"
+        if key_path.exists() and self.cert_path.exists():
+            return
+        key = ec.generate_private_key(ec.SECP384R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Matrix platform"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"Matrix platform CA ({self.site})"),
+            ]
+        )
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA384())
+        )
+        _write_private(key_path, _pem_key(key))
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def _issue(self, cert_path: Path, key_path: Path, names: list[str], lifetime_days: int) -> None:
+        ca_key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        root = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=lifetime_days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_private(key_path, _pem_key(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,77 @@
+"""Deployment step 7 (second half): Keepalived moves the VIP between the haproxy hosts.
+
+VRRP runs unicast between the haproxy hosts (multicast is often filtered between
+servers), authenticated, and tracks HAProxy: when HAProxy is not running the holder
+enters FAULT and a peer takes the VIP within a few seconds.
+
+Every instance starts as BACKUP with `nopreempt`: the highest priority wins the first
+election, but a host that recovers never takes the VIP back from a healthy peer. A
+returning host therefore causes no second interruption and no flapping; moving the VIP
+back is a deliberate operator act (restart keepalived on the current holder).
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_interface
+
+from nornir.core.task import Result, Task
+
+from core.errors import HostError
+from core.settings import Settings
+from tasks.files import FileSpec, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import service
+from tasks.waits import wait_for_tls
+
+CONFIG = "/etc/keepalived/keepalived.conf"
+TOP_PRIORITY = 150
+PRIORITY_STEP = 10
+
+
+def priority(settings: Settings, host_name: str) -> int:
+    """Priorities in inventory order: the first haproxy host is preferred at the first election."""
+    names = [h.name for h in settings.members("haproxy")]
+    return TOP_PRIORITY - PRIORITY_STEP * names.index(host_name)
+
+
+def interface_of(ip_output: str, address: str) -> tuple[str, int]:
+    """The interface and prefix length of `address` from `ip -o -4 addr show`."""
+    for line in ip_output.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "inet" and fields[3].split("/")[0] == address:
+            return fields[1], ip_interface(fields[3]).network.prefixlen
+    raise HostError(f"no interface holds the private address {address}: check hostname/private_ip in the inventory")
+
+
+def keepalived(task: Task, settings: Settings) -> Result:
+    """Install Keepalived, render its VRRP instance for the VIP, reload it on change."""
+    task.run(task=packages, names=["keepalived"], autostart=False, severity_level=10)
+    host = settings.hosts[task.host.name]
+    if mode(task) is Mode.PLAN:
+        interface, prefix = "<interface of " + host.private_ip + ">", 24
+    else:
+        out = run(task, "ip -o -4 addr show", what=Expectation("the host's IPv4 addresses"))
+        interface, prefix = interface_of(out.stdout, host.private_ip)
+    peers = [h.private_ip for h in settings.members("haproxy") if h.name != host.name]
+    text = render(
+        task,
+        "keepalived/keepalived.conf.j2",
+        host_name=host.name,
+        router_id=settings.defaults.data.vrrp_router_id,
+        interface=interface,
+        priority=priority(settings, host.name),
+        source=host.private_ip,
+        peers=peers,
+        vip=f"{settings.vip}/{prefix}",
+        auth_pass=settings.secrets["keepalived_auth_pass"],
+    )
+    spec = FileSpec(CONFIG, text, mode=0o600, check="keepalived --config-test -f {path}")
+    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
+    task.run(task=service, unit="keepalived.service", restart=result.changed, reload=True, severity_level=10)
+    return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+def vip_answers(task: Task, settings: Settings) -> Result:
+    """Health check: from each haproxy host, the VIP completes a trusted TLS handshake for the homeserver name."""
+    return wait_for_tls(task, settings.vip, 443, settings.config.homeserver_fqdn, timeout=30)
