@@ -23,6 +23,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 # The artifact cache (pinned, checksummed): what servers get from the controller, never
-# from the internet. Run again during a later internet window after changing versions.
-.venv/bin/python runbooks/artifacts.py fetch
+# from the internet. Here only what the package index serves; on a controller with
+# internet, `python runbooks/artifacts.py fetch` (all) or `import FILE` adds the vendor
+# binaries (MinIO, mc, LiveKit) once their sha256 is pinned in artifacts/manifest.yaml.
+.venv/bin/python runbooks/artifacts.py fetch patroni
 echo "set-up complete: activate with '. .venv/bin/activate'"

@@ -49,7 +49,8 @@ def flatten(multi: MultiResult) -> list[Result]:
 
 def host_outcome(multi: MultiResult, seconds: float, redact: Redactor) -> HostOutcome:
     """Condense a host's MultiResult: status, the operator-facing message, the combined diff."""
-    diff = "\n".join(r.diff for r in flatten(multi) if r.diff)
+    # A task may repeat its subtasks' diff as its own: show each once.
+    diff = "\n".join(dict.fromkeys(r.diff for r in flatten(multi) if r.diff))
     if multi.failed:
         return HostOutcome("failed", seconds, redact(failure_text(multi)), redact(diff))
     first = multi[0].result

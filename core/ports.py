@@ -84,7 +84,8 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
         return [
             _tcp("livekit-http", 7880, ("livekit-server",), fixed),
             _public_tcp("livekit-rtc-tcp", 7881, ("livekit-server",), fixed),
-            PortUse("livekit-rtc-udp", 7882, 7882, "udp", ("livekit-server",), fixed, public=True),
+            # No 7882/udp: the single-port UDP mux would disable the media range below.
+            _tcp("livekit-metrics", 6789, ("livekit-server",), fixed),
             PortUse(
                 "livekit-media",
                 lk.rtc_min_port,

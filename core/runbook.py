@@ -63,6 +63,9 @@ class Step:
     check: Callable[..., Result] | None = None
     gate: Gate | None = None
     artifacts: tuple[str, ...] = ()  # names in artifacts/manifest.yaml the step pushes to hosts
+    # Artifacts an operator may not have yet (MinIO, LiveKit): without them the step is
+    # skipped with a message, and the run carries on with what does not depend on it.
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,11 @@ class Runbook:
         )
         if count == 0:
             return StepOutcome(step.name, "skipped", note="no hosts")
+        absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
+        if absent:
+            for problem in absent:
+                self.console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
+            return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}")
         runner = SerialRunner() if step.serial else ThreadedRunner(num_workers=min(count, MAX_THREADS))
         started = time.monotonic()
         result = (

@@ -1,7 +1,11 @@
-"""The artifact cache on the controller: fetch (internet phase) and check.
+"""The artifact cache on the controller: fetch (internet phase), import, check.
 
-python runbooks/artifacts.py fetch     # download what is missing, verify, build wheels
-python runbooks/artifacts.py check     # is everything there with the right checksum?
+python runbooks/artifacts.py fetch [NAME ...]   # download what is missing, verify, build wheels
+python runbooks/artifacts.py import FILE ...     # take files downloaded elsewhere, if their sha256 is the pinned one
+python runbooks/artifacts.py check               # is everything there, pinned, with the right checksum?
+
+Names are the entries of artifacts/manifest.yaml (patroni, minio, mc, livekit-server, …).
+A tier whose artifact is missing or unpinned is skipped by the deploy, with a message.
 """
 
 import argparse
@@ -11,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
+from rich.markup import escape
 
 from core import artifacts
 from core.errors import InputError
@@ -20,11 +25,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python runbooks/artifacts.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=["fetch", "check"])
+    parser.add_argument("action", choices=["fetch", "import", "check"])
+    parser.add_argument("items", nargs="*", help="fetch: artifact names (default: all); import: files")
     args = parser.parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
+    manifest = artifacts.manifest()
     failed = False
-    for artifact in artifacts.manifest().values():
+    if args.action == "import":
+        if not args.items:
+            parser.error("import needs at least one file")
+        for name in args.items:
+            try:
+                console.print(artifacts.import_file(Path(name)))
+            except InputError as exc:
+                failed = True
+                console.print(f"[red]{escape(str(exc.problems[0]))}[/red]")
+        return 2 if failed else 0
+    unknown = [n for n in args.items if n not in manifest]
+    if unknown:
+        console.print(f"[red]unknown artifact(s) {', '.join(unknown)}; the manifest has: {', '.join(manifest)}[/red]")
+        return 2
+    for artifact in (manifest[n] for n in args.items or manifest):
         try:
             if args.action == "fetch":
                 for line in artifacts.fetch(artifact) or ["already in the cache"]:
@@ -36,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as exc:
             failed = True
             for problem in exc.problems:
-                console.print(f"[red]{problem}[/red]")
+                console.print(f"[red]{escape(str(problem))}[/red]")
     return 2 if failed else 0
 
 

@@ -14,12 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
 from tasks.certificates import ca_trust
+from tasks.coturn import coturn
 from tasks.database import synapse_database
 from tasks.etcd import etcd, etcd_healthy
 from tasks.firewall import firewall
 from tasks.haproxy import haproxy
 from tasks.hosts_file import hosts_file
 from tasks.keepalived import keepalived, vip_answers
+from tasks.livekit import livekit_redis, livekit_server, redis_answers
+from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.preflight import duplicate_hostnames, preflight
@@ -80,6 +83,21 @@ RUNBOOK = Runbook(
             groups=("pgbouncer",),
         ),
         Step(
+            "minio",
+            "MinIO: 4 nodes × 4 drives in one erasure set (EC:4); the cluster has write quorum",
+            minio,
+            groups=("minio",),
+            check=minio_healthy,
+            needs=("minio", "mc"),
+        ),
+        Step(
+            "minio-bucket",
+            "Synapse's media bucket and its least-privilege user",
+            minio_bucket,
+            groups=("minio",),
+            needs=("minio", "mc"),
+        ),
+        Step(
             "haproxy",
             "HAProxy: TLS on 443/8448, routing to Synapse, admin allowlist, stats on 8404",
             haproxy,
@@ -91,6 +109,26 @@ RUNBOOK = Runbook(
             keepalived,
             groups=("haproxy",),
             check=vip_answers,
+        ),
+        Step(
+            "coturn",
+            "Coturn: TURN REST auth, UDP/TCP/TLS, relay range from config, private peers denied",
+            coturn,
+            groups=("coturn",),
+        ),
+        Step(
+            "livekit-redis",
+            "the LiveKit mesh's own Redis (password, private address)",
+            livekit_redis,
+            groups=("livekit",),
+            check=redis_answers,
+        ),
+        Step(
+            "livekit",
+            "livekit-server on every livekit host, meshed through its Redis",
+            livekit_server,
+            groups=("livekit",),
+            needs=("livekit-server",),
         ),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
     ],

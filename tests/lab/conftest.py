@@ -117,3 +117,21 @@ def ssh(
 def only(result: AggregatedResult, host: str):  # type: ignore[no-untyped-def]
     """The top-level Result of `host` in `result`."""
     return result[host][0]
+
+
+TLS_CLIENT = """import socket, ssl, sys
+address, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context()
+context.set_alpn_protocols(["h2", "http/1.1"])
+with context.wrap_socket(socket.create_connection((address, port), timeout=5), server_hostname=name) as tls:
+    print(tls.version(), tls.selected_alpn_protocol())
+    print(ssl.DER_cert_to_PEM_cert(tls.getpeercert(True)))
+"""
+
+
+def tls_handshake(lab: Lab, client: str, address: str, port: int, server_name: str) -> tuple[str, str, str]:
+    """A TLS handshake from a lab host, verified against its trust store: (version, ALPN, server certificate)."""
+    out = ssh(lab, client, f"python3 - {address} {port} {server_name}", input=TLS_CLIENT).stdout
+    first, certificate = out.split("\n", 1)
+    version, alpn = first.split()
+    return version, alpn, certificate.strip()

@@ -16,7 +16,7 @@ from lab import LAB_CONFIG
 from lab.lab import Lab
 from tasks.firewall import apply_script, live_digest_script
 from tests.conftest import load_runbook
-from tests.lab.conftest import REPO, ssh
+from tests.lab.conftest import REPO, ssh, tls_handshake
 
 VIP = "198.18.0.10"
 FQDN = "chat.lab.example"
@@ -57,18 +57,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 
 def test_vip_serves_the_site_certificate_over_http2(deployed: None, lab: Lab, lab_settings: Settings) -> None:
-    program = (
-        "import socket, ssl\n"
-        "ctx = ssl.create_default_context(); ctx.set_alpn_protocols(['h2', 'http/1.1'])\n"
-        f"with ctx.wrap_socket(socket.create_connection(('{VIP}', 443)), server_hostname='{FQDN}') as s:\n"
-        "    print(s.selected_alpn_protocol(), s.version())\n"
-        "    print(ssl.DER_cert_to_PEM_cert(s.getpeercert(True)))\n"
-    )
-    out = ssh(lab, "coturn1", f'python3 -c "{program}"').stdout  # verified against coturn1's trust store
-    first, served = out.split("\n", 1)
-    assert first.split()[0] == "h2" and first.split()[1] in ("TLSv1.2", "TLSv1.3")
-    edge = (lab_settings.ca.folder / "edge.crt").read_text()
-    assert served.strip() == edge.strip()
+    version, alpn, served = tls_handshake(lab, "coturn1", VIP, 443, FQDN)  # verified against coturn1's trust store
+    assert alpn == "h2" and version in ("TLSv1.2", "TLSv1.3")
+    assert served == (lab_settings.ca.folder / "edge.crt").read_text().strip()
     redirect = ssh(
         lab,
         "coturn1",

@@ -33,10 +33,18 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "pgbouncer",
         "synapse-database",
         "database-access",
+        "minio",
+        "minio-bucket",
         "haproxy",
         "keepalived",
+        "coturn",
+        "livekit-redis",
+        "livekit",
         "hosts-file",
     ]
+    skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
+    assert set(skipped) == {"minio", "minio-bucket", "livekit"}  # vendor binaries not pinned in the manifest
+    assert all("no sha256 pinned" in note for note in skipped.values())
     patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
     assert "synchronous_mode: true" in patroni and "max_connections: 350" in patroni
     assert "<secret:postgres_superuser_password>" in patroni
@@ -82,7 +90,7 @@ def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. etcd") < text.index("12. hosts-file")
+    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. etcd") < text.index("17. hosts-file")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:

@@ -1,0 +1,109 @@
+"""Deployment step 8: Coturn (TURN/STUN) on every coturn host.
+
+TURN REST authentication with the shared secret Synapse also gets, so no user list is
+kept here; the relay range from config (the firewall opens exactly that); TLS on 5349
+with a certificate from the site CA. TCP relay stays enabled: clients on networks that
+block UDP have no other way through. Relaying to private ranges is denied except to the
+platform's own media servers (LiveKit), so TURN cannot be used to reach the LAN.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+from nornir.core.task import Result, Task
+
+from core.pki import ServerCertificate
+from core.settings import HostInfo, Settings
+from tasks.files import FileSpec, put_files, render
+from tasks.packages import packages
+from tasks.systemd import service
+from tasks.waits import wait_for_port
+
+CONFIG = "/etc/turnserver.conf"
+CERT = "/etc/coturn/tls.crt"
+KEY = "/etc/coturn/tls.key"
+# Peers no relay may reach: private, loopback, link-local, CGNAT, benchmark and
+# multicast ranges (IPv4 and IPv6). The platform's media servers are allowed back in.
+DENIED_PEERS = (
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "127.0.0.0-127.255.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.168.0.0-192.168.255.255",
+    "198.18.0.0-198.19.255.255",
+    "224.0.0.0-255.255.255.255",
+    "::1",
+    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+)
+# A config containing this line must never be installed (design requirement).
+NO_TCP_RELAY_CHECK = "! grep -Eq '^[[:space:]]*no-tcp-relay' {path}"
+
+
+def turn_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
+    """The certificate of one TURN server: its service name and its address."""
+    certificates = settings.config.certificates
+    return settings.ca.server(
+        f"turn-{host.name}",
+        [settings.service_name(host), host.private_ip],
+        certificates.lifetime_days,
+        certificates.renew_before_days,
+    )
+
+
+def rest_credential(secret: str, user: str, lifetime: int = 600) -> tuple[str, str]:
+    """A TURN REST credential as Synapse issues it: "<expiry>:<user>" and its HMAC-SHA1."""
+    username = f"{int(time.time()) + lifetime}:{user}"
+    password = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+    return username, password
+
+
+def turn_uris(settings: Settings) -> list[str]:
+    """What Synapse hands to clients: every coturn host over UDP, TCP and TLS."""
+    uris = []
+    for host in settings.members("coturn"):
+        uris += [
+            f"turn:{host.private_ip}:3478?transport=udp",
+            f"turn:{host.private_ip}:3478?transport=tcp",
+            f"turns:{host.private_ip}:5349?transport=tcp",
+        ]
+    return uris
+
+
+def coturn(task: Task, settings: Settings) -> Result:
+    """Install coturn, converge its config and certificate; restart on change."""
+    task.run(task=packages, names=["coturn"], autostart=False, severity_level=10)
+    host = settings.hosts[task.host.name]
+    turn = settings.config.turn
+    allowed = [h.private_ip for h in settings.members("livekit")] if settings.config.livekit.enabled else []
+    text = render(
+        task,
+        "coturn/turnserver.conf.j2",
+        host_name=host.name,
+        ip=host.private_ip,
+        realm=settings.config.domain,
+        secret=settings.secrets["turn_shared_secret"],
+        min_port=turn.relay_min_port,
+        max_port=turn.relay_max_port,
+        cert=CERT,
+        key=KEY,
+        denied=DENIED_PEERS,
+        allowed=allowed,
+    )
+    certificate = turn_certificate(settings, host)
+    specs = [
+        FileSpec(CERT, certificate.cert_pem, group="turnserver", mode=0o644),
+        FileSpec(KEY, certificate.key_pem, group="turnserver", mode=0o640, secret=True),
+        FileSpec(CONFIG, text, group="turnserver", mode=0o640, check=NO_TCP_RELAY_CHECK),
+    ]
+    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    task.run(task=service, unit="coturn.service", restart=result.changed, severity_level=10)
+    task.run(task=wait_for_port, port=5349, address=host.private_ip, severity_level=10)
+    return Result(host=task.host, changed=result.changed, diff=result.diff)

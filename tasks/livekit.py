@@ -1,0 +1,154 @@
+"""Deployment step 9: the LiveKit SFU mesh and its own Redis.
+
+The mesh is coordinated through a dedicated Redis (not the playbook's Valkey) on the
+first livekit host, bound to its private address, with a password. Every livekit host
+runs livekit-server with its node IP set explicitly: in an air-gapped network there is
+no STUN server to discover an external address. Each room lives on one node (a LiveKit
+limitation): capacity grows by adding nodes.
+
+livekit-server is not in Debian: it comes from the artifact cache, and without it the
+server step is skipped (the Redis step still runs).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from nornir.core.task import Result, Task
+
+from core import artifacts
+from core.settings import HostInfo, Settings
+from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import UNIT_DIR, service, unit_file
+from tasks.waits import wait_for_http, wait_for_port
+
+REDIS_PORT = 6379
+REDIS_CONFIG = "/etc/redis/redis-livekit.conf"
+REDIS_UNIT = "redis-server@livekit.service"
+# Debian's template unit asks for 65535 open files; a container host may allow fewer,
+# and LiveKit's handful of connections need far less.
+REDIS_LIMITS = f"{UNIT_DIR}/{REDIS_UNIT}.d/limits.conf"
+CONFIG = "/etc/livekit/livekit.yaml"
+UNIT = "livekit-server.service"
+HTTP_PORT = 7880
+PROMETHEUS_PORT = 6789
+# The keys the rendered livekit.yaml may use: LiveKit's config-sample.yaml and its
+# config struct (pkg/config/config.go: bind_addresses, rtc.node_ip), livekit/livekit 1.9.
+DOCUMENTED_KEYS = frozenset(
+    {
+        "port",
+        "bind_addresses",
+        "prometheus_port",
+        "redis.address",
+        "redis.password",
+        "rtc.tcp_port",
+        "rtc.port_range_start",
+        "rtc.port_range_end",
+        "rtc.use_external_ip",
+        "rtc.node_ip",
+        "keys",
+        "logging.level",
+        "logging.json",
+    }
+)
+
+
+def redis_host(settings: Settings) -> HostInfo:
+    """The livekit host that runs the mesh's Redis: the first of the group."""
+    return settings.members("livekit")[0]
+
+
+def ping_script(address: str) -> str:
+    """PING with the password from stdin (REDISCLI_AUTH), never on the command line."""
+    return (
+        "IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; "
+        f"redis-cli --no-auth-warning -h {shlex.quote(address)} -p {REDIS_PORT} ping"
+    )
+
+
+def livekit_redis(task: Task, settings: Settings) -> Result:
+    """Redis for the LiveKit mesh on the first livekit host; Debian's default instance stays off."""
+    host = settings.hosts[task.host.name]
+    if not settings.config.livekit.enabled:
+        return Result(host=task.host, result="livekit.enabled is false in config.yaml")
+    if host.name != redis_host(settings).name:
+        return Result(host=task.host, result=f"the mesh's Redis runs on {redis_host(settings).name}")
+    task.run(task=packages, names=["redis-server", "redis-tools"], autostart=False, severity_level=10)
+    task.run(task=service, unit="redis-server.service", running=False, enabled=False, severity_level=10)
+    text = render(
+        task,
+        "livekit/redis.conf.j2",
+        host_name=host.name,
+        ip=host.private_ip,
+        port=REDIS_PORT,
+        password=settings.secrets["livekit_redis_password"],
+    )
+    limits = task.run(
+        task=put_files, specs=[FileSpec(REDIS_LIMITS, "[Service]\nLimitNOFILE=16384\n")], severity_level=10
+    )[0]
+    spec = FileSpec(REDIS_CONFIG, text, group="redis", mode=0o640)
+    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
+    changed = result.changed or limits.changed
+    task.run(task=service, unit=REDIS_UNIT, restart=changed, daemon_reload=limits.changed, severity_level=10)
+    task.run(task=wait_for_port, port=REDIS_PORT, address=host.private_ip, severity_level=10)
+    return Result(host=task.host, changed=changed, diff="\n".join(d for d in (limits.diff, result.diff) if d))
+
+
+def redis_answers(task: Task, settings: Settings) -> Result:
+    """Health check: the mesh's Redis answers PONG to an authenticated client."""
+    if (
+        not settings.config.livekit.enabled
+        or mode(task) is not Mode.APPLY
+        or task.host.name != redis_host(settings).name
+    ):
+        return Result(host=task.host, result="not checked here")
+    out = run(
+        task,
+        ping_script(redis_host(settings).private_ip),
+        stdin=settings.secrets["livekit_redis_password"] + "\n",
+        what=Expectation("PONG", f"journalctl -u {REDIS_UNIT} on the host"),
+    )
+    return Result(host=task.host, result=out.stdout.strip())
+
+
+def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:
+    """Template data of one node's livekit.yaml."""
+    lk = settings.config.livekit
+    secrets = settings.secrets
+    return {
+        "ip": host.private_ip,
+        "port": HTTP_PORT,
+        "prometheus_port": PROMETHEUS_PORT,
+        "redis": f"{redis_host(settings).private_ip}:{REDIS_PORT}",
+        "redis_password": secrets["livekit_redis_password"],
+        "rtc_min_port": lk.rtc_min_port,
+        "rtc_max_port": lk.rtc_max_port,
+        "api_key": secrets["livekit_api_key"],
+        "api_secret": secrets["livekit_api_secret"],
+    }
+
+
+def livekit_server(task: Task, settings: Settings) -> Result:
+    """livekit-server from the artifact cache, its config and unit; restart on change."""
+    host = settings.hosts[task.host.name]
+    if not settings.config.livekit.enabled:
+        return Result(host=task.host, result="livekit.enabled is false in config.yaml")
+    item = artifacts.manifest()["livekit-server"].files[0]
+    assert item.target  # the manifest names where the binary goes
+    if mode(task) is Mode.APPLY:
+        run(
+            task, "id -u livekit >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin livekit"
+        )
+    binary = task.run(task=put_artifacts, specs=[ArtifactSpec(item.target, artifacts.binary(item))], severity_level=10)[
+        0
+    ]
+    text = render(task, "livekit/livekit.yaml.j2", host_name=host.name, **livekit_config(settings, host))
+    unit = render(task, "livekit/livekit-server.service.j2", binary=item.target, config=CONFIG)
+    unit_changed = task.run(task=unit_file, unit=UNIT, content=unit, severity_level=10)[0].changed
+    config = task.run(task=put_files, specs=[FileSpec(CONFIG, text, group="livekit", mode=0o640)], severity_level=10)[0]
+    changed = binary.changed or config.changed or unit_changed
+    task.run(task=service, unit=UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
+    task.run(task=wait_for_http, url=f"http://{host.private_ip}:{HTTP_PORT}/", severity_level=10)
+    return Result(host=task.host, changed=changed, diff="\n".join(r.diff for r in (binary, config) if r.diff))
