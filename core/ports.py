@@ -86,6 +86,7 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
             _public_tcp("livekit-rtc-tcp", 7881, ("livekit-server",), fixed),
             # No 7882/udp: the single-port UDP mux would disable the media range below.
             _tcp("livekit-metrics", 6789, ("livekit-server",), fixed),
+            _tcp("livekit-jwt", 8080, ("lk-jwt-service",), fixed),
             PortUse(
                 "livekit-media",
                 lk.rtc_min_port,

@@ -21,7 +21,7 @@ from tasks.firewall import firewall
 from tasks.haproxy import haproxy
 from tasks.hosts_file import hosts_file
 from tasks.keepalived import keepalived, vip_answers
-from tasks.livekit import livekit_redis, livekit_server, redis_answers
+from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answers
 from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
@@ -129,6 +129,13 @@ RUNBOOK = Runbook(
             livekit_server,
             groups=("livekit",),
             needs=("livekit-server",),
+        ),
+        Step(
+            "livekit-jwt",
+            "Element Call's JWT service beside every SFU, its state in the mesh's Redis",
+            livekit_jwt,
+            groups=("livekit",),
+            needs=("lk-jwt-service",),
         ),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
     ],

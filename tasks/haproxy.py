@@ -17,6 +17,8 @@ from nornir.core.task import Result, Task
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
 from tasks.files import FileSpec, put_files, render
+from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
+from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import service
@@ -62,6 +64,7 @@ class Backend:
     check_path: str
     balance: str = "roundrobin"
     strip_authorization: bool = False  # static files never need the user's access token
+    prefix: str = ""  # a public path prefix routed here and removed before forwarding
 
 
 def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None:
@@ -85,11 +88,28 @@ def backends(settings: Settings) -> dict[str, Backend]:
     def servers(port: int) -> list[dict[str, object]]:
         return [{"name": h.name, "ip": h.private_ip, "port": port} for h in synapse]
 
-    return {
+    found = {
         "client": Backend("synapse_client", servers(web), "/_matrix/client/versions"),
         "federation": Backend("synapse_federation", servers(federation), "/_matrix/federation/v1/version"),
         "static": Backend("static_files", servers(web), "/_matrix/client/versions", strip_authorization=True),
     }
+    if settings.config.livekit.enabled:
+        livekit = settings.members("livekit")
+        found["sfu"] = Backend(
+            "livekit_sfu",
+            [{"name": h.name, "ip": h.private_ip, "port": LIVEKIT_HTTP_PORT} for h in livekit],
+            "/",
+            balance="leastconn",
+            prefix=SFU_PATH,
+        )
+        found["jwt"] = Backend(
+            "livekit_jwt",
+            [{"name": h.name, "ip": h.private_ip, "port": JWT_PORT} for h in livekit],
+            "/healthz",
+            balance="leastconn",
+            prefix=JWT_PATH,
+        )
+    return found
 
 
 def edge(settings: Settings, host: HostInfo) -> dict | None:

@@ -21,7 +21,7 @@ from core.settings import HostInfo, Settings
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, service, unit_file
+from tasks.systemd import UNIT_DIR, service, service_user, unit_file
 from tasks.waits import wait_for_http, wait_for_port
 
 REDIS_PORT = 6379
@@ -34,6 +34,13 @@ CONFIG = "/etc/livekit/livekit.yaml"
 UNIT = "livekit-server.service"
 HTTP_PORT = 7880
 PROMETHEUS_PORT = 6789
+JWT_PORT = 8080
+JWT_ENV = "/etc/livekit/jwt.env"
+JWT_UNIT = "livekit-jwt.service"
+# Public paths on the homeserver name (HAProxy strips the prefix): the SFU's WebSocket
+# signalling and the JWT service Element Call asks for a LiveKit token.
+SFU_PATH = "/livekit/sfu"
+JWT_PATH = "/livekit/jwt"
 # The keys the rendered livekit.yaml may use: LiveKit's config-sample.yaml and its
 # config struct (pkg/config/config.go: bind_addresses, rtc.node_ip), livekit/livekit 1.9.
 DOCUMENTED_KEYS = frozenset(
@@ -48,6 +55,9 @@ DOCUMENTED_KEYS = frozenset(
         "rtc.port_range_end",
         "rtc.use_external_ip",
         "rtc.node_ip",
+        "room.auto_create",
+        "webhook.api_key",
+        "webhook.urls",
         "keys",
         "logging.level",
         "logging.json",
@@ -127,6 +137,7 @@ def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:
         "rtc_max_port": lk.rtc_max_port,
         "api_key": secrets["livekit_api_key"],
         "api_secret": secrets["livekit_api_secret"],
+        "webhook": f"http://{host.private_ip}:{JWT_PORT}/sfu_webhook",
     }
 
 
@@ -137,10 +148,7 @@ def livekit_server(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, result="livekit.enabled is false in config.yaml")
     item = artifacts.manifest()["livekit-server"].files[0]
     assert item.target  # the manifest names where the binary goes
-    if mode(task) is Mode.APPLY:
-        run(
-            task, "id -u livekit >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin livekit"
-        )
+    service_user(task, "livekit")
     binary = task.run(task=put_artifacts, specs=[ArtifactSpec(item.target, artifacts.binary(item))], severity_level=10)[
         0
     ]
@@ -151,4 +159,37 @@ def livekit_server(task: Task, settings: Settings) -> Result:
     changed = binary.changed or config.changed or unit_changed
     task.run(task=service, unit=UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
     task.run(task=wait_for_http, url=f"http://{host.private_ip}:{HTTP_PORT}/", severity_level=10)
+    return Result(host=task.host, changed=changed, diff="\n".join(r.diff for r in (binary, config) if r.diff))
+
+
+def livekit_jwt(task: Task, settings: Settings) -> Result:
+    """Element Call's JWT service beside every SFU; its state in the mesh's Redis."""
+    host = settings.hosts[task.host.name]
+    if not settings.config.livekit.enabled:
+        return Result(host=task.host, result="livekit.enabled is false in config.yaml")
+    item = artifacts.manifest()["lk-jwt-service"].files[0]
+    assert item.target
+    service_user(task, "livekit")
+    binary = task.run(task=put_artifacts, specs=[ArtifactSpec(item.target, artifacts.binary(item))], severity_level=10)[
+        0
+    ]
+    secrets = settings.secrets
+    env = render(
+        task,
+        "livekit/jwt.env.j2",
+        host_name=host.name,
+        url=f"wss://{settings.config.homeserver_fqdn}{SFU_PATH}",
+        bind=f"{host.private_ip}:{JWT_PORT}",
+        homeserver=settings.config.domain,
+        redis=f"redis://{redis_host(settings).private_ip}:{REDIS_PORT}",
+        redis_password=secrets["livekit_redis_password"],
+        api_key=secrets["livekit_api_key"],
+        api_secret=secrets["livekit_api_secret"],
+    )
+    unit = render(task, "livekit/livekit-jwt.service.j2", binary=item.target, env_file=JWT_ENV)
+    unit_changed = task.run(task=unit_file, unit=JWT_UNIT, content=unit, severity_level=10)[0].changed
+    config = task.run(task=put_files, specs=[FileSpec(JWT_ENV, env, group="livekit", mode=0o640)], severity_level=10)[0]
+    changed = binary.changed or config.changed or unit_changed
+    task.run(task=service, unit=JWT_UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
+    task.run(task=wait_for_http, url=f"http://{host.private_ip}:{JWT_PORT}/healthz", severity_level=10)
     return Result(host=task.host, changed=changed, diff="\n".join(r.diff for r in (binary, config) if r.diff))

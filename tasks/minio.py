@@ -20,7 +20,7 @@ from core import artifacts
 from core.settings import Settings
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import service, unit_file
+from tasks.systemd import service, service_user, unit_file
 from tasks.waits import wait_for_http
 
 API_PORT = 9000
@@ -88,14 +88,10 @@ def minio(task: Task, settings: Settings) -> Result:
     host = settings.hosts[task.host.name]
     if not settings.config.minio.enabled:
         return Result(host=task.host, result="minio.enabled is false in config.yaml")
+    service_user(task, USER)
     if mode(task) is Mode.APPLY:
         dirs = " ".join(shlex.quote(d) for d in drives(settings))
-        run(
-            task,
-            f"id -u {USER} >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin {USER}; "
-            f"mkdir -p {dirs} && chown {USER}:{USER} {dirs}",
-            what=Expectation("the MinIO user and its drive folders"),
-        )
+        run(task, f"mkdir -p {dirs} && chown {USER}:{USER} {dirs}", what=Expectation("MinIO's drive folders"))
     binaries = _binaries(task)
     secrets = settings.secrets
     env = render(
@@ -152,12 +148,24 @@ def minio_bucket(task: Task, settings: Settings) -> Result:
         + f"mc admin policy create {ALIAS} {POLICY} {POLICY_FILE}; "
         + f'printf "%s\\n" "$SECRET" | mc admin user add {ALIAS} {shlex.quote(access)}; '
         + f"mc admin policy attach {ALIAS} {POLICY} --user {shlex.quote(access)} 2>/dev/null || true; "
-        + f"mc admin info {ALIAS} --json >/dev/null"
+        + f"mc admin info {ALIAS} --json"
     )
-    run(
+    out = run(
         task,
         script,
         stdin=f"{alias}\n{secrets['minio_synapse_secret_key']}\n",
         what=Expectation(f"bucket {bucket} and its user", "mc admin info on the node; journalctl -u minio"),
     )
-    return Result(host=task.host, changed=policy.changed, diff=policy.diff, result=f"bucket {bucket}, user {access}")
+    return Result(
+        host=task.host,
+        changed=policy.changed,
+        diff=policy.diff,
+        result=f"bucket {bucket}; {cluster_summary(out.stdout)}",
+    )
+
+
+def cluster_summary(info_json: str) -> str:
+    """The facts of `mc admin info --json` an operator looks at first."""
+    backend = json.loads(info_json.strip().splitlines()[-1]).get("info", {}).get("backend", {})
+    online, offline = backend.get("onlineDisks", "?"), backend.get("offlineDisks", "?")
+    return f"{online} drives online, {offline} offline, parity EC:{backend.get('standardSCParity', '?')}"

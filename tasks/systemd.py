@@ -96,3 +96,15 @@ def service(
 def unit_file(task: Task, unit: str, content: str) -> Result:
     """Install a unit file under /etc/systemd/system; `changed` means a daemon-reload is due."""
     return put_files(task, [FileSpec(f"{UNIT_DIR}/{unit}", content)])
+
+
+def service_user(task: Task, name: str) -> None:
+    """Create the system account a service runs as (no home, no login) if it is missing."""
+    if mode(task) is not Mode.APPLY:
+        return
+    user = shlex.quote(name)
+    run(
+        task,
+        f"id -u {user} >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin {user}",
+        what=Expectation(f"system user {name}"),
+    )

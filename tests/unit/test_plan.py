@@ -40,10 +40,16 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "coturn",
         "livekit-redis",
         "livekit",
+        "livekit-jwt",
         "hosts-file",
     ]
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
-    assert set(skipped) == {"minio", "minio-bucket", "livekit"}  # vendor binaries not pinned in the manifest
+    assert set(skipped) == {
+        "minio",
+        "minio-bucket",
+        "livekit",
+        "livekit-jwt",
+    }  # vendor binaries not pinned in the manifest
     assert all("no sha256 pinned" in note for note in skipped.values())
     patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
     assert "synchronous_mode: true" in patroni and "max_connections: 350" in patroni
@@ -64,6 +70,7 @@ def test_plan_of_the_edge(deploy: Deploy, site: Site) -> None:
     assert "server synapse1 10.0.5.51:81 check" in haproxy  # playbook mode: Traefik's web entrypoint
     assert "server synapse1 10.0.5.51:8449 check" in haproxy
     assert "<secret:haproxy_stats_password>" in haproxy
+    assert "http-request replace-path /livekit/jwt/?(.*) /\\1" in haproxy  # Element Call's token service
     bundle = (plan / "haproxy1" / "etc" / "haproxy" / "certs" / "chat.z3r0d3v.com.pem").read_text()
     assert (
         bundle.startswith("-----BEGIN CERTIFICATE-----")
@@ -90,7 +97,7 @@ def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. etcd") < text.index("17. hosts-file")
+    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. etcd") < text.index("18. hosts-file")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:
