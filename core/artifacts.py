@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +53,60 @@ class Artifact:
     files: tuple[ArtifactFile, ...]
 
 
+# The servers' Python and machine, for wheel sets (Debian 12: CPython 3.11 on x86_64).
+WHEEL_TARGET = (
+    "--only-binary=:all:",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    *(
+        arg
+        for tag in (
+            "manylinux_2_28_x86_64",
+            "manylinux_2_27_x86_64",
+            "manylinux_2_26_x86_64",
+            "manylinux_2_17_x86_64",
+            "manylinux2014_x86_64",
+            "manylinux_2_5_x86_64",
+            "manylinux1_x86_64",
+            "linux_x86_64",
+            "any",
+        )
+        for arg in ("--platform", tag)
+    ),
+)
+
+
 def manifest() -> dict[str, Artifact]:
     data = yaml.safe_load(MANIFEST.read_text())
-    return {
-        name: Artifact(name, str(entry["version"]), tuple(ArtifactFile(**f) for f in entry["files"]))
-        for name, entry in data.items()
-    }
+    found = {}
+    for name, entry in data.items():
+        if "lock" in entry:  # a wheel set: every file pinned in its lock file
+            lock_file = MANIFEST.parent / entry["lock"]
+            files = (yaml.safe_load(lock_file.read_text()) if lock_file.exists() else None) or []
+            items = tuple(ArtifactFile(f["name"], f"wheel:{f['requirement']}", f["sha256"]) for f in files)
+        else:
+            items = tuple(ArtifactFile(**f) for f in entry["files"])
+        found[name] = Artifact(name, str(entry["version"]), items)
+    return found
+
+
+def lock(name: str, requirement: str) -> Path:
+    """Resolve `requirement` for the servers' platform and pin every wheel (maintainers, internet phase)."""
+    entry = yaml.safe_load(MANIFEST.read_text())[name]
+    target = MANIFEST.parent / entry["lock"]
+    with tempfile.TemporaryDirectory() as scratch:
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", *WHEEL_TARGET, "-d", scratch, requirement]
+        subprocess.run(pip, check=True)
+        wheels = sorted(Path(scratch).glob("*.whl"))
+        pinned = [
+            {"name": w.name, "requirement": "==".join(w.name.split("-")[:2]), "sha256": sha256(w)} for w in wheels
+        ]
+    header = f"# {name}: the wheel set of {requirement} for CPython 3.11 on x86_64, pinned by\n"
+    header += f"# python runbooks/artifacts.py lock {name} '{requirement}'. Do not edit by hand.\n"
+    target.write_text(header + yaml.safe_dump(pinned, sort_keys=False))
+    return target
 
 
 def sha256(path: Path) -> str:
@@ -154,8 +203,12 @@ def fetch(artifact: Artifact) -> list[str]:
         if item.sha256 is None:
             raise InputError(problems(Artifact(artifact.name, artifact.version, (item,))))
         if not item.path.exists():
-            _download(item)
-            done.append(f"downloaded {item.name}")
+            if item.source.startswith("wheel:"):
+                _download_wheels([i for i in artifact.files if i.source.startswith("wheel:") and not i.path.exists()])
+                done.append("downloaded the wheel set")
+            else:
+                _download(item)
+                done.append(f"downloaded {item.name}")
         if sha256(item.path) != item.sha256:
             item.path.unlink()
             raise InputError(
@@ -173,6 +226,15 @@ def fetch(artifact: Artifact) -> list[str]:
             subprocess.run([*pip, str(item.path)], check=True)
             done.append(f"built a wheel from {item.name}")
     return done
+
+
+def _download_wheels(items: list[ArtifactFile]) -> None:
+    """One pip call for the missing wheels of a set, each pinned, for the servers' platform."""
+    with tempfile.TemporaryDirectory() as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text("".join(f"{i.source.removeprefix('wheel:')} --hash=sha256:{i.sha256}\n" for i in items))
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes", *WHEEL_TARGET]
+        subprocess.run([*pip, "-d", str(CACHE), "-r", str(requirements)], check=True)
 
 
 def _download(item: ArtifactFile) -> None:

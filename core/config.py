@@ -85,6 +85,11 @@ class Synapse(Section):
     admin_allowlist: list[Network] = Field(
         min_length=1, description="networks allowed to reach the admin UI, e.g. ['10.0.0.0/8', '203.0.113.7/32']"
     )
+    admin_user: str = Field(
+        "admin",
+        pattern=r"^[a-z0-9._=/-]+$",
+        description="localpart of the first admin user, created once (password in the secrets file), e.g. admin",
+    )
     workers: WorkerCounts = WorkerCounts()
     database_cp_min: int = Field(5, ge=1, le=50, description="minimum DB connections per Synapse process, e.g. 5")
     database_cp_max: int = Field(10, ge=1, le=100, description="maximum DB connections per Synapse process, e.g. 10")

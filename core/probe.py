@@ -32,9 +32,9 @@ class HttpsProbe:
     path: str = "/_matrix/client/versions"
     interval: float = 0.05
     timeout: float = 3.0  # slower is a failure; a loaded 2-core lab answers well within it
-    samples: list[Sample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    samples: list[Sample] = field(default_factory=list, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> HttpsProbe:
         self._thread = threading.Thread(target=self._loop, name="https-probe", daemon=True)

@@ -66,6 +66,12 @@ class Step:
     # Artifacts an operator may not have yet (MinIO, LiveKit): without them the step is
     # skipped with a message, and the run carries on with what does not depend on it.
     needs: tuple[str, ...] = ()
+    # Whether the settings use this step at all (e.g. Synapse's native mode); its
+    # docstring is the note shown when it does not. Artifacts are then not required.
+    applies: Callable[[Settings], bool] | None = None
+
+    def used(self, settings: Settings) -> bool:
+        return self.applies is None or self.applies(settings)
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,7 @@ class Runbook:
             )
             missing = [
                 p
-                for name in sorted({a for s in options.steps for a in s.artifacts})
+                for name in sorted({a for s in options.steps if s.used(settings) for a in s.artifacts})
                 for p in artifacts.problems(artifacts.manifest()[name])
             ]
             if missing and options.mode is not Mode.PLAN:
@@ -313,6 +319,10 @@ class Runbook:
         )
         if count == 0:
             return StepOutcome(step.name, "skipped", note="no hosts")
+        if not step.used(settings):
+            note = (step.applies.__doc__ or "not used with these settings").strip() if step.applies else ""
+            self.console.print(f"  [dim]skipped: {escape(note)}[/dim]")
+            return StepOutcome(step.name, "skipped", note=note)
         absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
         if absent:
             for problem in absent:

@@ -6,6 +6,7 @@ value that still finds its way into output, a report or a plan file with its nam
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets as random
@@ -34,6 +35,17 @@ def _minio_access_key() -> str:
     return "".join(random.choice(alphabet) for _ in range(20))
 
 
+def _signing_key() -> str:
+    """A Synapse signing key file line: `ed25519 <key id> <unpadded base64 seed>` (signedjson's format).
+
+    Made on the controller and kept with the other secrets, so a rebuilt or restored
+    homeserver signs with the same key (other servers would reject a new one for a while).
+    """
+    seed = random.token_bytes(32)
+    key_id = "a_" + "".join(random.choice(string.ascii_letters) for _ in range(4))
+    return f"ed25519 {key_id} {base64.b64encode(seed).decode().rstrip('=')}"
+
+
 # Every secret the platform uses, with how to make a fresh one.
 GENERATORS = {
     "postgres_superuser_password": _token,
@@ -55,6 +67,7 @@ GENERATORS = {
     "synapse_macaroon_secret_key": _token,
     "synapse_form_secret": _token,
     "synapse_admin_password": _token,
+    "synapse_signing_key": _signing_key,
     "keepalived_auth_pass": _vrrp_password,
     "haproxy_stats_password": _token,
     "grafana_admin_password": _token,

@@ -3,6 +3,7 @@
 python runbooks/artifacts.py fetch [NAME ...]   # download what is missing, verify, build wheels
 python runbooks/artifacts.py import FILE ...     # take files downloaded elsewhere, if their sha256 is the pinned one
 python runbooks/artifacts.py check               # is everything there, pinned, with the right checksum?
+python runbooks/artifacts.py lock NAME REQUIREMENT  # maintainers: pin a wheel set anew (e.g. a Synapse upgrade)
 
 Names are the entries of artifacts/manifest.yaml (patroni, minio, mc, livekit-server, …).
 A tier whose artifact is missing or unpinned is skipped by the deploy, with a message.
@@ -25,10 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python runbooks/artifacts.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=["fetch", "import", "check"])
-    parser.add_argument("items", nargs="*", help="fetch: artifact names (default: all); import: files")
+    parser.add_argument("action", choices=["fetch", "import", "check", "lock"])
+    parser.add_argument(
+        "items", nargs="*", help="fetch: artifact names (default: all); import: files; lock: NAME REQUIREMENT"
+    )
     args = parser.parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
+    if args.action == "lock":
+        if len(args.items) != 2:
+            parser.error("lock needs NAME and REQUIREMENT, e.g. lock synapse 'matrix-synapse[redis]==1.163.2'")
+        console.print(f"pinned: {artifacts.lock(*args.items)}")
+        return 0
     manifest = artifacts.manifest()
     failed = False
     if args.action == "import":

@@ -26,6 +26,7 @@ from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.preflight import duplicate_hostnames, preflight
+from tasks.synapse import admin_user, native, synapse, synapse_healthy
 
 RUNBOOK = Runbook(
     "deploy",
@@ -138,6 +139,22 @@ RUNBOOK = Runbook(
             needs=("lk-jwt-service",),
         ),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
+        Step(
+            "synapse",
+            "Synapse (native mode: pinned wheels in a venv, systemd); answers /health",
+            synapse,
+            groups=("synapse",),
+            check=synapse_healthy,
+            artifacts=("synapse",),
+            applies=native,
+        ),
+        Step(
+            "admin-user",
+            "the first admin user (synapse.admin_user), created once",
+            admin_user,
+            groups=("synapse",),
+            applies=native,
+        ),
     ],
 )
 

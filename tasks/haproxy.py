@@ -94,21 +94,13 @@ def backends(settings: Settings) -> dict[str, Backend]:
         "static": Backend("static_files", servers(web), "/_matrix/client/versions", strip_authorization=True),
     }
     if settings.config.livekit.enabled:
-        livekit = settings.members("livekit")
-        found["sfu"] = Backend(
-            "livekit_sfu",
-            [{"name": h.name, "ip": h.private_ip, "port": LIVEKIT_HTTP_PORT} for h in livekit],
-            "/",
-            balance="leastconn",
-            prefix=SFU_PATH,
-        )
-        found["jwt"] = Backend(
-            "livekit_jwt",
-            [{"name": h.name, "ip": h.private_ip, "port": JWT_PORT} for h in livekit],
-            "/healthz",
-            balance="leastconn",
-            prefix=JWT_PATH,
-        )
+
+        def livekit(name: str, port: int, check: str, prefix: str) -> Backend:
+            nodes = [{"name": h.name, "ip": h.private_ip, "port": port} for h in settings.members("livekit")]
+            return Backend(name, nodes, check, balance="leastconn", prefix=prefix)
+
+        found["sfu"] = livekit("livekit_sfu", LIVEKIT_HTTP_PORT, "/", SFU_PATH)
+        found["jwt"] = livekit("livekit_jwt", JWT_PORT, "/healthz", JWT_PATH)
     return found
 
 

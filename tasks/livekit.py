@@ -18,11 +18,11 @@ from nornir.core.task import Result, Task
 
 from core import artifacts
 from core.settings import HostInfo, Settings
-from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, service, service_user, unit_file
-from tasks.waits import wait_for_http, wait_for_port
+from tasks.systemd import UNIT_DIR, binary_service, service, service_user
+from tasks.waits import wait_for_port
 
 REDIS_PORT = 6379
 REDIS_CONFIG = "/etc/redis/redis-livekit.conf"
@@ -147,19 +147,11 @@ def livekit_server(task: Task, settings: Settings) -> Result:
     if not settings.config.livekit.enabled:
         return Result(host=task.host, result="livekit.enabled is false in config.yaml")
     item = artifacts.manifest()["livekit-server"].files[0]
-    assert item.target  # the manifest names where the binary goes
     service_user(task, "livekit")
-    binary = task.run(task=put_artifacts, specs=[ArtifactSpec(item.target, artifacts.binary(item))], severity_level=10)[
-        0
-    ]
     text = render(task, "livekit/livekit.yaml.j2", host_name=host.name, **livekit_config(settings, host))
     unit = render(task, "livekit/livekit-server.service.j2", binary=item.target, config=CONFIG)
-    unit_changed = task.run(task=unit_file, unit=UNIT, content=unit, severity_level=10)[0].changed
-    config = task.run(task=put_files, specs=[FileSpec(CONFIG, text, group="livekit", mode=0o640)], severity_level=10)[0]
-    changed = binary.changed or config.changed or unit_changed
-    task.run(task=service, unit=UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
-    task.run(task=wait_for_http, url=f"http://{host.private_ip}:{HTTP_PORT}/", severity_level=10)
-    return Result(host=task.host, changed=changed, diff="\n".join(r.diff for r in (binary, config) if r.diff))
+    config = FileSpec(CONFIG, text, group="livekit", mode=0o640)
+    return binary_service(task, item, UNIT, unit, config, f"http://{host.private_ip}:{HTTP_PORT}/")
 
 
 def livekit_jwt(task: Task, settings: Settings) -> Result:
@@ -168,11 +160,7 @@ def livekit_jwt(task: Task, settings: Settings) -> Result:
     if not settings.config.livekit.enabled:
         return Result(host=task.host, result="livekit.enabled is false in config.yaml")
     item = artifacts.manifest()["lk-jwt-service"].files[0]
-    assert item.target
     service_user(task, "livekit")
-    binary = task.run(task=put_artifacts, specs=[ArtifactSpec(item.target, artifacts.binary(item))], severity_level=10)[
-        0
-    ]
     secrets = settings.secrets
     env = render(
         task,
@@ -187,9 +175,5 @@ def livekit_jwt(task: Task, settings: Settings) -> Result:
         api_secret=secrets["livekit_api_secret"],
     )
     unit = render(task, "livekit/livekit-jwt.service.j2", binary=item.target, env_file=JWT_ENV)
-    unit_changed = task.run(task=unit_file, unit=JWT_UNIT, content=unit, severity_level=10)[0].changed
-    config = task.run(task=put_files, specs=[FileSpec(JWT_ENV, env, group="livekit", mode=0o640)], severity_level=10)[0]
-    changed = binary.changed or config.changed or unit_changed
-    task.run(task=service, unit=JWT_UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
-    task.run(task=wait_for_http, url=f"http://{host.private_ip}:{JWT_PORT}/healthz", severity_level=10)
-    return Result(host=task.host, changed=changed, diff="\n".join(r.diff for r in (binary, config) if r.diff))
+    config = FileSpec(JWT_ENV, env, group="livekit", mode=0o640)
+    return binary_service(task, item, JWT_UNIT, unit, config, f"http://{host.private_ip}:{JWT_PORT}/healthz")

@@ -20,7 +20,7 @@ from core import artifacts
 from core.settings import Settings
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import service, service_user, unit_file
+from tasks.systemd import binary_service, service_user
 from tasks.waits import wait_for_http
 
 API_PORT = 9000
@@ -73,16 +73,6 @@ def bucket_policy(bucket: str) -> str:
     )
 
 
-def _binaries(task: Task) -> bool:
-    manifest = artifacts.manifest()
-    specs = []
-    for name in ("minio", "mc"):
-        item = manifest[name].files[0]
-        assert item.target
-        specs.append(ArtifactSpec(item.target, artifacts.binary(item)))
-    return task.run(task=put_artifacts, specs=specs, severity_level=10)[0].changed
-
-
 def minio(task: Task, settings: Settings) -> Result:
     """Install the MinIO server on a node of the set; restart it when binary or settings changed."""
     host = settings.hosts[task.host.name]
@@ -92,7 +82,10 @@ def minio(task: Task, settings: Settings) -> Result:
     if mode(task) is Mode.APPLY:
         dirs = " ".join(shlex.quote(d) for d in drives(settings))
         run(task, f"mkdir -p {dirs} && chown {USER}:{USER} {dirs}", what=Expectation("MinIO's drive folders"))
-    binaries = _binaries(task)
+    manifest = artifacts.manifest()
+    mc = manifest["mc"].files[0]
+    assert mc.target
+    task.run(task=put_artifacts, specs=[ArtifactSpec(mc.target, artifacts.binary(mc))], severity_level=10)
     secrets = settings.secrets
     env = render(
         task,
@@ -105,12 +98,10 @@ def minio(task: Task, settings: Settings) -> Result:
         root_user=secrets["minio_root_user"],
         root_password=secrets["minio_root_password"],
     )
-    unit = render(task, "minio/minio.service.j2", user=USER, env_file=ENV_FILE)
-    unit_changed = task.run(task=unit_file, unit=UNIT, content=unit, severity_level=10)[0].changed
-    config = task.run(task=put_files, specs=[FileSpec(ENV_FILE, env, group=USER, mode=0o640)], severity_level=10)[0]
-    changed = binaries or unit_changed or config.changed
-    task.run(task=service, unit=UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
-    return Result(host=task.host, changed=changed, diff=config.diff)
+    server = manifest["minio"].files[0]
+    unit = render(task, "minio/minio.service.j2", binary=server.target, user=USER, env_file=ENV_FILE)
+    config = FileSpec(ENV_FILE, env, group=USER, mode=0o640)
+    return binary_service(task, server, UNIT, unit, config)
 
 
 def minio_healthy(task: Task, settings: Settings) -> Result:

@@ -7,6 +7,7 @@ process, overlay), so a leaking teardown cannot go unnoticed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -117,6 +118,12 @@ def ssh(
 def only(result: AggregatedResult, host: str):  # type: ignore[no-untyped-def]
     """The top-level Result of `host` in `result`."""
     return result[host][0]
+
+
+def patroni_cluster(lab: Lab) -> dict:
+    """Patroni's /cluster document (members, roles, states), read on patroni1."""
+    program = "import urllib.request; print(urllib.request.urlopen('http://198.18.1.11:8008/cluster').read().decode())"
+    return json.loads(ssh(lab, "patroni1", f'python3 -c "{program}"').stdout)
 
 
 TLS_CLIENT = """import socket, ssl, sys

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from core.settings import Settings
 from lab import LAB_CONFIG
 from lab.lab import Lab
 from tests.conftest import load_runbook
-from tests.lab.conftest import REPO, ssh
+from tests.lab.conftest import REPO, patroni_cluster, ssh
 
 Deploy = Callable[..., tuple[int, str]]
 PATRONI = ("patroni1", "patroni2", "patroni3")
@@ -26,17 +25,6 @@ def sql(lab: Lab, host: str, query: str, *, dsn: str = "", password: str = "") -
     return ssh(lab, host, f'sudo -u postgres psql -XAtq -c "{query}"').stdout.strip()
 
 
-def cluster(lab: Lab) -> dict:
-    return json.loads(
-        ssh(
-            lab,
-            "patroni1",
-            'python3 -c "import urllib.request; '
-            "print(urllib.request.urlopen('http://198.18.1.11:8008/cluster').read().decode())\"",
-        ).stdout
-    )
-
-
 def test_etcd_members_all_healthy(deployed: None, lab: Lab) -> None:
     endpoints = ",".join(f"http://198.18.1.1{i}:2379" for i in (1, 2, 3))
     out = ssh(lab, "patroni2", f"etcdctl --endpoints={endpoints} endpoint health 2>&1").stdout
@@ -46,7 +34,7 @@ def test_etcd_members_all_healthy(deployed: None, lab: Lab) -> None:
 
 
 def test_one_leader_two_streaming_replicas_and_a_sync_standby(deployed: None, lab: Lab) -> None:
-    members = cluster(lab)["members"]
+    members = patroni_cluster(lab)["members"]
     roles = sorted(m["role"] for m in members)
     assert roles == ["leader", "replica", "sync_standby"], members
     assert all(m["state"] in ("running", "streaming") for m in members)
@@ -69,7 +57,7 @@ def test_row_written_through_pgbouncer_is_read_on_both_replicas(deployed: None, 
         dsn=DSN,
         password=password,
     )
-    members = cluster(lab)["members"]
+    members = patroni_cluster(lab)["members"]
     replicas = [m["name"] for m in members if m["role"] != "leader"]
     assert len(replicas) == 2
     for replica in replicas:
@@ -90,7 +78,7 @@ def test_row_written_through_pgbouncer_is_read_on_both_replicas(deployed: None, 
 
 
 def test_database_collation_and_role_settings(deployed: None, lab: Lab) -> None:
-    leader = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
+    leader = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
     row = sql(
         lab,
         leader,
@@ -122,7 +110,7 @@ def test_pgbouncer_runs_transaction_pooling(deployed: None, lab: Lab, lab_settin
 
 
 def test_hand_edited_cluster_config_is_put_back(deployed: None, lab: Lab, deploy_lab: Deploy) -> None:
-    leader = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
+    leader = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
     patronictl = "sudo /opt/patroni/venv/bin/patronictl -c /etc/patroni/patroni.yml"
     ssh(lab, leader, f"{patronictl} edit-config --force -s retry_timeout=6 -s maximum_lag_on_failover=999")
     code, out = deploy_lab("--step", "patroni-config", "--verbose")
@@ -166,12 +154,12 @@ def test_restart_needing_change_rolls_through_the_cluster(
     shutil.copytree(REPO / ".secrets", tmp_path / ".secrets")
     bigger = tmp_path / "config.yaml"
     bigger.write_text(LAB_CONFIG.read_text() + "ccu: 20000\n")
-    leader_before = next(m["name"] for m in cluster(lab)["members"] if m["role"] == "leader")
+    leader_before = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
     started = {h: sql(lab, h, "SELECT pg_postmaster_start_time()") for h in PATRONI}
     try:
         assert deploy_with(bigger) == 0
         assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {"450"}
-        state = cluster(lab)["members"]
+        state = patroni_cluster(lab)["members"]
         assert not any(m.get("pending_restart") for m in state)
         assert next(m["name"] for m in state if m["role"] == "leader") != leader_before  # switched over
         assert all(sql(lab, h, "SELECT pg_postmaster_start_time()") != started[h] for h in PATRONI)

@@ -194,3 +194,14 @@ def test_rules_that_cut_ssh_roll_back_by_themselves(deployed: None, lab: Lab) ->
     assert not reachable("198.18.1.81", 22)  # a new login is refused now
     wait_for(lambda: reachable("198.18.1.81", 22), timeout=20)
     assert ssh(lab, "backup1", live_digest_script()).stdout.strip() == digest
+
+
+def test_keepalived_config_test_accepts_ours_and_refuses_a_broken_file(deployed: None, lab: Lab) -> None:
+    """The check every staged keepalived.conf must pass before it replaces the running one."""
+    assert ssh(lab, "haproxy1", "sudo keepalived --config-test -f /etc/keepalived/keepalived.conf").returncode == 0
+    broken = "vrrp_instance matrix_vip {\n    virtual_router_id 999\n    priority banana\n"
+    ssh(lab, "haproxy1", "cat > /tmp/broken-keepalived.conf", input=broken)
+    assert (
+        ssh(lab, "haproxy1", "sudo keepalived --config-test -f /tmp/broken-keepalived.conf", check=False).returncode
+        != 0
+    )

@@ -95,7 +95,9 @@ def test_minio_env_is_one_erasure_set_with_ec4(settings: Settings) -> None:
     assert endpoints[0] == "http://minio1.internal:9000/srv/minio/disk1"
     assert endpoints[-1] == "http://minio4.internal:9000/srv/minio/disk4"
     assert "MINIO_STORAGE_CLASS_STANDARD=EC:4" in env.splitlines()
-    unit = JINJA.get_template("minio/minio.service.j2").render(user=minio.USER, env_file=minio.ENV_FILE)
+    unit = JINJA.get_template("minio/minio.service.j2").render(
+        binary="/usr/local/bin/minio", user=minio.USER, env_file=minio.ENV_FILE
+    )
     assert "ExecStart=/usr/local/bin/minio server $MINIO_OPTS $MINIO_VOLUMES" in unit
     policy = minio.bucket_policy("synapse-media")
     assert "arn:aws:s3:::synapse-media/*" in policy and '"s3:*"' not in policy

@@ -1,0 +1,170 @@
+"""Deployment step 11, native mode: Synapse from the pinned wheel set in a venv, run by systemd.
+
+The lab (and sites that want no containers) run Synapse this way; production's default
+is the playbook (matrix-docker-ansible-deploy). Wheels come from the artifact cache and
+are installed without an index; psycopg2 comes from Debian. The database is reached
+through every PgBouncer host (libpq tries them in order), the signing key comes from
+the secrets file, and nothing in homeserver.yaml needs the internet (no trusted key
+servers, no stats reporting).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from nornir.core.task import Result, Task
+
+from core import artifacts
+from core.settings import Settings
+from tasks.coturn import turn_uris
+from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import service, service_user, unit_file
+from tasks.waits import wait_for_http
+
+VENV = "/opt/synapse/venv"
+WHEELS = "/opt/synapse/wheels"
+CONFIG_DIR = "/etc/synapse"
+CONFIG = f"{CONFIG_DIR}/homeserver.yaml"
+LOG_CONFIG = f"{CONFIG_DIR}/log.yaml"
+SIGNING_KEY = f"{CONFIG_DIR}/signing.key"
+DATA = "/var/lib/synapse"
+UNIT = "synapse.service"
+HTTP_PORT = 8008
+USER = "synapse"
+
+
+def native(settings: Settings) -> bool:
+    """used in native mode only (synapse.mode: native); the playbook deploys Synapse otherwise"""
+    return settings.config.synapse.mode == "native"
+
+
+def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
+    """Template data of homeserver.yaml."""
+    config, secrets = settings.config, settings.secrets
+    return {
+        "server_name": config.domain,
+        "public_baseurl": f"https://{config.homeserver_fqdn}/",
+        "ip": ip,
+        "http_port": HTTP_PORT,
+        "metrics_port": config.synapse.metrics_port,
+        "federation": config.synapse.federation,
+        "db_hosts": ",".join(h.private_ip for h in settings.members("pgbouncer")),
+        "db_port": config.pgbouncer.port,
+        "db_name": config.database.name,
+        "db_user": config.database.user,
+        "db_password": secrets["synapse_db_password"],
+        "cp_min": config.synapse.database_cp_min,
+        "cp_max": config.synapse.database_cp_max,
+        "data": DATA,
+        "log_config": LOG_CONFIG,
+        "signing_key": SIGNING_KEY,
+        "registration_shared_secret": secrets["synapse_registration_shared_secret"],
+        "macaroon_secret_key": secrets["synapse_macaroon_secret_key"],
+        "form_secret": secrets["synapse_form_secret"],
+        "turn_uris": turn_uris(settings),
+        "turn_shared_secret": secrets["turn_shared_secret"],
+    }
+
+
+def install_synapse(task: Task, settings: Settings) -> Result:
+    """Push the wheel set; (re)install into the venv when the installed version is not the pinned one."""
+    artifact = artifacts.manifest()["synapse"]
+    specs = [ArtifactSpec(f"{WHEELS}/{p.name}", p, mode=0o644) for p in artifacts.deliverables(artifact)]
+    pushed = task.run(task=put_artifacts, specs=specs, severity_level=10)[0]
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} in {VENV}")
+    probe = f"{VENV}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null; true"
+    installed = run(task, probe).stdout.strip()
+    if installed == artifact.version and not pushed.changed:
+        return Result(host=task.host, result=installed)
+    if mode(task) is Mode.APPLY:
+        run(
+            task,
+            f"set -e; [ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
+            f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} "
+            f"{shlex.quote(f'matrix-synapse[redis]=={artifact.version}')}",
+            timeout=900,
+            what=Expectation(
+                f"matrix-synapse {artifact.version} installed in {VENV}",
+                f"pip's message above names the missing wheel; check {WHEELS} and python3-venv on the host",
+            ),
+        )
+    return Result(host=task.host, changed=True, diff=f"synapse {installed or 'none'} → {artifact.version}")
+
+
+def synapse(task: Task, settings: Settings) -> Result:
+    """Native Synapse: packages, venv, config, signing key, unit; restart only when something changed."""
+    host = settings.hosts[task.host.name]
+    task.run(task=packages, names=["python3-venv", "python3-psycopg2"], severity_level=10)
+    service_user(task, USER)
+    installed = task.run(task=install_synapse, settings=settings, severity_level=10)[0].changed
+    text = render(task, "synapse/homeserver.yaml.j2", **homeserver_config(settings, host.private_ip))
+    log = render(task, "synapse/log.yaml.j2")
+    unit = render(task, "synapse/synapse.service.j2", venv=VENV, config=CONFIG, data=DATA, user=USER)
+    unit_changed = task.run(task=unit_file, unit=UNIT, content=unit, severity_level=10)[0].changed
+    files = task.run(
+        task=put_files,
+        specs=[
+            FileSpec(CONFIG, text, group=USER, mode=0o640),
+            FileSpec(LOG_CONFIG, log),
+            FileSpec(SIGNING_KEY, settings.secrets["synapse_signing_key"] + "\n", USER, USER, 0o600, secret=True),
+        ],
+        severity_level=10,
+    )[0]
+    if mode(task) is Mode.APPLY:
+        run(task, f"install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media", what=Expectation("data folders"))
+    changed = installed or unit_changed or files.changed
+    task.run(task=service, unit=UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
+    return Result(host=task.host, changed=changed, diff=files.diff)
+
+
+def synapse_healthy(task: Task, settings: Settings) -> Result:
+    """Health gate: /health on Synapse (the first start creates the schema), then the client API via the VIP."""
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result="not checked in this mode")
+    ip = settings.hosts[task.host.name].private_ip
+    wait_for_http(task, f"http://{ip}:{HTTP_PORT}/health", timeout=300)
+    # Then as clients see it: HAProxy has marked Synapse up again (rise 2 × inter 2s).
+    url = f"https://{settings.config.homeserver_fqdn}/_matrix/client/versions"
+    return wait_for_http(task, url, timeout=60)
+
+
+# Registers the admin with the shared secret on the local listener; an existing user is
+# left alone. Secret and password arrive on stdin.
+REGISTER_ADMIN = r"""
+import hashlib, hmac, json, sys, urllib.error, urllib.request
+secret, password = sys.stdin.readline().strip(), sys.stdin.readline().strip()
+base, user = sys.argv[1], sys.argv[2]
+nonce = json.load(urllib.request.urlopen(base + "/_synapse/admin/v1/register", timeout=30))["nonce"]
+fields = [nonce, user, password, "admin"]
+mac = hmac.new(secret.encode(), "\0".join(fields).encode(), hashlib.sha1).hexdigest()
+body = {"nonce": nonce, "username": user, "password": password, "admin": True, "mac": mac}
+request = urllib.request.Request(base + "/_synapse/admin/v1/register", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(request, timeout=30)
+    print("created")
+except urllib.error.HTTPError as error:
+    if json.load(error).get("errcode") != "M_USER_IN_USE":
+        raise
+    print("exists")
+"""
+
+
+def admin_user(task: Task, settings: Settings) -> Result:
+    """Deployment step 15: the first admin user, created once (its password is in the secrets file)."""
+    user = settings.config.synapse.admin_user
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=f"would make sure @{user}:{settings.config.domain} exists")
+    base = f"http://{settings.hosts[task.host.name].private_ip}:{HTTP_PORT}"
+    secrets = settings.secrets
+    out = run(
+        task,
+        f"python3 -c {shlex.quote(REGISTER_ADMIN)} {shlex.quote(base)} {shlex.quote(user)}",
+        stdin=f"{secrets['synapse_registration_shared_secret']}\n{secrets['synapse_admin_password']}\n",
+        what=Expectation(f"@{user} registered or already there", f"journalctl -u {UNIT} on the host"),
+    )
+    created = out.stdout.strip() == "created"
+    return Result(host=task.host, changed=created, diff=f"@{user}:{settings.config.domain} created" if created else "")

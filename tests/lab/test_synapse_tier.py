@@ -1,0 +1,98 @@
+"""Synapse (native mode) in the lab, used the way clients use it: through the VIP over HTTPS."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+
+import pytest
+
+from core.settings import Settings
+from lab.lab import Lab
+from tests.lab.conftest import patroni_cluster, ssh
+
+# Runs on monitoring1 (the lab's admin network): registers two users with the shared
+# secret (read from stdin), then talks Matrix through https://chat.lab.example like a client.
+CLIENT = r"""
+import hashlib, hmac, json, sys, urllib.request, uuid
+secret, password = sys.stdin.readline().strip(), sys.stdin.readline().strip()
+base = "https://chat.lab.example"
+
+def call(method, path, body=None, token=None, raw=None, content_type="application/json"):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", content_type)
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        payload = answer.read()
+        return payload if raw is not None or method == "GET" and "/download/" in path else json.loads(payload)
+
+def register(user):
+    nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
+    mac = hmac.new(secret.encode(), b"\0".join([nonce.encode(), user.encode(), password.encode(), b"notadmin"]),
+                   hashlib.sha1).hexdigest()
+    call("POST", "/_synapse/admin/v1/register",
+         {"nonce": nonce, "username": user, "password": password, "admin": False, "mac": mac})
+
+def login(user):
+    return call("POST", "/_matrix/client/v3/login",
+                {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+                 "password": password})["access_token"]
+
+suffix = uuid.uuid4().hex[:8]
+alice, bob = "alice" + suffix, "bob" + suffix
+register(alice); register(bob)
+a, b = login(alice), login(bob)
+room = call("POST", "/_matrix/client/v3/createRoom", {"invite": ["@%s:lab.example" % bob]}, a)["room_id"]
+text = "hello from " + alice
+call("PUT", "/_matrix/client/v3/rooms/%s/send/m.room.message/%s" % (room, suffix),
+     {"msgtype": "m.text", "body": text}, a)
+call("POST", "/_matrix/client/v3/join/" + room, {}, b)
+messages = call("GET", "/_matrix/client/v3/rooms/%s/messages?dir=b&limit=20" % room, token=b)["chunk"]
+content = b"media probe " + suffix.encode()
+uri = call("POST", "/_matrix/media/v3/upload?filename=probe.txt", token=a, raw=content,
+           content_type="text/plain")
+uri = json.loads(uri)["content_uri"]
+server, media_id = uri[len("mxc://"):].split("/")
+request = urllib.request.Request(base + "/_matrix/client/v1/media/download/%s/%s" % (server, media_id))
+request.add_header("Authorization", "Bearer " + b)
+downloaded = urllib.request.urlopen(request, timeout=30).read()
+print(json.dumps({"room": room, "bodies": [m["content"].get("body") for m in messages if m["type"] == "m.room.message"],
+                  "sent": text, "media_ok": downloaded == content}))
+"""
+
+
+@pytest.fixture(scope="module")
+def conversation(deployed: None, lab: Lab, lab_settings: Settings) -> dict:
+    password = secrets.token_urlsafe(16)
+    stdin = f"{lab_settings.secrets['synapse_registration_shared_secret']}\n{password}\n"
+    out = ssh(lab, "monitoring1", "python3 -c " + shlex.quote(CLIENT), input=stdin).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_client_versions_through_the_vip(deployed: None, lab: Lab) -> None:
+    program = (
+        "import json, urllib.request; "
+        "print(json.load(urllib.request.urlopen('https://chat.lab.example/_matrix/client/versions'))['versions'][-1])"
+    )
+    assert ssh(lab, "coturn2", f'python3 -c "{program}"').stdout.strip().startswith("v1.")
+
+
+def test_a_message_sent_by_one_user_is_read_by_another(conversation: dict) -> None:
+    assert conversation["sent"] in conversation["bodies"]
+
+
+def test_media_uploaded_is_downloaded_intact(conversation: dict) -> None:
+    assert conversation["media_ok"] is True
+
+
+def test_the_room_is_on_a_patroni_replica(conversation: dict, lab: Lab) -> None:
+    """Synapse wrote through PgBouncer to the primary; a streaming replica has the events."""
+    cluster = patroni_cluster(lab)
+    replica = next(m["name"] for m in cluster["members"] if m["role"] != "leader")
+    query = f"SELECT count(*) FROM events WHERE room_id = '{conversation['room']}' AND type = 'm.room.message'"
+    count = ssh(lab, replica, f'sudo -u postgres psql -XAtq -d synapse -c "{query}"').stdout.strip()
+    assert count == "1"
