@@ -132,6 +132,16 @@ def obtain_hint(item: ArtifactFile) -> str:
 def problems(artifact: Artifact) -> list[InputProblem]:
     """What is missing, unpinned or altered in the cache for `artifact`."""
     found = []
+    if not artifact.files:
+        found.append(
+            InputProblem(
+                str(MANIFEST.relative_to(REPO)),
+                artifact.name,
+                "no files pinned (its lock file is missing or empty)",
+                f"restore the lock file from git, or pin it: python runbooks/artifacts.py lock {artifact.name} "
+                "'<requirement>'",
+            )
+        )
     for item in artifact.files:
         fix = obtain_hint(item)
         if item.sha256 is None:

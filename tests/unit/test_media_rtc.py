@@ -36,6 +36,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         f"      sha256: {digest}\n      target: /usr/local/bin/tool\n"
         "unpinned:\n  version: '2.0'\n  files:\n    - name: other-2.0\n      source: url:https://vendor.invalid/other\n"
         "      checksums: https://vendor.invalid/other.sha256sum\n      sha256: null\n"
+        "wheels:\n  version: '3.0'\n  lock: absent.lock\n"
     )
     monkeypatch.setattr(artifacts, "MANIFEST", manifest)
     monkeypatch.setattr(artifacts, "REPO", tmp_path)
@@ -77,6 +78,11 @@ def test_unpinned_artifact_is_never_used(cache: Path) -> None:
         artifacts.import_file(stray)
     with pytest.raises(InputError):
         artifacts.fetch(artifacts.manifest()["unpinned"])  # no download without a pin
+
+
+def test_a_wheel_set_without_its_lock_file_is_refused(cache: Path) -> None:
+    (problem,) = artifacts.problems(artifacts.manifest()["wheels"])
+    assert "lock file is missing" in problem.message and "artifacts.py lock wheels" in problem.fix
 
 
 def test_minio_env_is_one_erasure_set_with_ec4(settings: Settings) -> None:
