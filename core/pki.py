@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_LIFETIME = datetime.timedelta(days=3650)
-_LOCK = threading.Lock()  # hosts run in threads; a certificate is issued once per run
+# Hosts run in threads: without this, each would make its own root on a fresh site.
+_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,9 @@ class InternalCA:
         return self.folder / "ca.crt"
 
     def ca_pem(self) -> str:
-        self._ensure_root()
-        return self.cert_path.read_text()
+        with _LOCK:
+            self._ensure_root()
+            return self.cert_path.read_text()
 
     def server(self, name: str, names: list[str], lifetime_days: int, renew_before_days: int) -> ServerCertificate:
         """The certificate `name` for `names` (DNS names or IPs), issued anew only when needed."""

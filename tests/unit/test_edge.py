@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,14 @@ def test_ca_issues_a_verifiable_certificate_and_keeps_its_key_private(tmp_path: 
     )
     public = root.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
+
+
+def test_hosts_asking_at_once_on_a_fresh_site_get_one_ca(tmp_path: Path) -> None:
+    """The deploy's threads all ask for the CA; a fresh site must still end up with exactly one."""
+    ca = InternalCA(tmp_path / "ca", "lab")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = set(pool.map(lambda _: ca.ca_pem(), range(32)))
+    assert answers == {ca.cert_path.read_text()}
 
 
 def test_ca_reuses_a_certificate_until_names_change_or_expiry_nears(tmp_path: Path) -> None:
