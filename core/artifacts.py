@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from core.errors import InputError, InputProblem
 
+_UNPACK_LOCK = threading.Lock()
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "artifacts" / "manifest.yaml"
 CACHE = REPO / "artifacts" / "cache"
@@ -195,13 +197,20 @@ def deliverables(artifact: Artifact) -> list[Path]:
 
 
 def binary(item: ArtifactFile) -> Path:
-    """The file a server gets for `item`: the cached file, or its `member` unpacked beside it."""
+    """The file a server gets for `item`: the cached file, or its `member` unpacked beside it.
+
+    Hosts run in threads: one unpacks (into a scratch folder, then renamed) while the
+    others wait, so no host ever reads a half-written binary.
+    """
     if item.member is None:
         return item.path
     unpacked = CACHE / "unpacked" / item.name / item.member
-    if not unpacked.exists():
-        with tarfile.open(item.path) as archive:
-            archive.extract(item.member, unpacked.parent, filter="data")
+    with _UNPACK_LOCK:
+        if not unpacked.exists():
+            unpacked.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=unpacked.parent) as scratch, tarfile.open(item.path) as archive:
+                archive.extract(item.member, scratch, filter="data")
+                (Path(scratch) / item.member).replace(unpacked)
     return unpacked
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -95,7 +95,7 @@ def test_livekit_redis_answers_with_its_password_only(deployed: None, lab: Lab, 
     assert ssh(lab, "livekit1", "systemctl is-enabled redis-server", check=False).stdout.strip() == "disabled"
 
 
-def test_tiers_without_their_binaries_are_skipped_not_passed(deploy_lab) -> None:  # type: ignore[no-untyped-def]
+def test_tiers_without_their_binaries_are_skipped_not_passed(deploy_lab: Callable[..., tuple[int, str]]) -> None:
     """MinIO and livekit-server are not obtainable here: the deploy says so per tier and carries on."""
     missing = [name for name in ("minio", "mc", "livekit-server") if artifacts.problems(artifacts.manifest()[name])]
     if not missing:

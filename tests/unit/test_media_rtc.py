@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,22 @@ def test_unpinned_artifact_is_never_used(cache: Path) -> None:
 def test_a_wheel_set_without_its_lock_file_is_refused(cache: Path) -> None:
     (problem,) = artifacts.problems(artifacts.manifest()["wheels"])
     assert "lock file is missing" in problem.message and "artifacts.py lock wheels" in problem.fix
+
+
+def test_a_binary_inside_an_archive_is_unpacked_once_for_all_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(artifacts, "CACHE", tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    inner = tmp_path / "livekit-server"
+    inner.write_bytes(b"\x7fELF" + b"x" * 4096)
+    with tarfile.open(tmp_path / "cache" / "lk.tar.gz", "w:gz") as archive:
+        archive.add(inner, arcname="livekit-server")
+    item = artifacts.ArtifactFile("lk.tar.gz", "url:x", "0" * 64, member="livekit-server")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        paths = set(pool.map(lambda _: artifacts.binary(item), range(16)))
+    (path,) = paths
+    assert path.read_bytes() == inner.read_bytes()
 
 
 def test_minio_env_is_one_erasure_set_with_ec4(settings: Settings) -> None:
