@@ -12,7 +12,7 @@ back is a deliberate operator act (restart keepalived on the current holder).
 
 from __future__ import annotations
 
-from ipaddress import ip_interface
+from ipaddress import ip_address, ip_interface
 
 from nornir.core.task import Result, Task
 
@@ -48,8 +48,9 @@ def keepalived(task: Task, settings: Settings) -> Result:
     """Install Keepalived, render its VRRP instance for the VIP, reload it on change."""
     task.run(task=packages, names=["keepalived"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
-    if mode(task) is Mode.PLAN:
-        interface, prefix = "<interface of " + host.private_ip + ">", 24
+    if mode(task) is Mode.PLAN:  # no host to ask: the private network the address is in
+        network = next(n for n in settings.defaults.data.private_networks if ip_address(host.private_ip) in n)
+        interface, prefix = "<interface of " + host.private_ip + ">", network.prefixlen
     else:
         out = run(task, "ip -o -4 addr show", what=Expectation("the host's IPv4 addresses"))
         interface, prefix = interface_of(out.stdout, host.private_ip)

@@ -82,7 +82,8 @@ def install_synapse(task: Task, settings: Settings) -> Result:
     if mode(task) is Mode.APPLY:
         run(
             task,
-            f"set -e; [ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
+            f"set -e; install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; "
+            f"[ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
             f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} "
             f"{shlex.quote(f'matrix-synapse[redis]=={artifact.version}')}",
             timeout=900,
@@ -113,8 +114,6 @@ def synapse(task: Task, settings: Settings) -> Result:
         ],
         severity_level=10,
     )[0]
-    if mode(task) is Mode.APPLY:
-        run(task, f"install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media", what=Expectation("data folders"))
     changed = installed or unit_changed or files.changed
     task.run(task=service, unit=UNIT, restart=changed, daemon_reload=unit_changed, severity_level=10)
     return Result(host=task.host, changed=changed, diff=files.diff)
