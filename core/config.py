@@ -68,6 +68,9 @@ class WorkerCounts(Section):
         None, ge=0, le=16, description="federation senders, e.g. 4 (null: from scale)"
     )
     event_persister: int | None = Field(None, ge=0, le=8, description="event persisters, e.g. 2 (null: from scale)")
+    media_repository: int = Field(
+        1, ge=0, le=1, description="1 for a dedicated media worker (uploads, downloads, thumbnails), 0 for none"
+    )
 
 
 class Synapse(Section):
@@ -93,6 +96,31 @@ class Synapse(Section):
     workers: WorkerCounts = WorkerCounts()
     database_cp_min: int = Field(5, ge=1, le=50, description="minimum DB connections per Synapse process, e.g. 5")
     database_cp_max: int = Field(10, ge=1, le=100, description="maximum DB connections per Synapse process, e.g. 10")
+
+
+class Playbook(Section):
+    """Where and how matrix-docker-ansible-deploy runs (synapse.mode: playbook)."""
+
+    directory: str = Field(
+        "../matrix-docker-ansible-deploy",
+        description="checkout of matrix-docker-ansible-deploy at versions.playbook with its roles fetched "
+        "('just roles') during the internet phase; relative to config.yaml, e.g. ../matrix-docker-ansible-deploy",
+    )
+    ansible_playbook: str = Field(
+        "ansible-playbook", description="the ansible-playbook command on the controller, e.g. ansible-playbook"
+    )
+    registry_prefix: str = Field(
+        "",
+        pattern=r"^$|^[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._-]+)*/$",
+        description="air gap: local container registry holding every image, ending in '/', "
+        "e.g. registry.internal:5000/ (empty: the images' own registries, internet phase only)",
+    )
+    synapse_image: str = Field(
+        "",
+        description="air gap with MinIO: a prebuilt Synapse image that already has synapse-s3-storage-provider, "
+        "e.g. registry.internal:5000/synapse-s3:v1.157.1 (empty: the playbook builds it on the host with pip, "
+        "which needs the internet)",
+    )
 
 
 class Database(Section):
@@ -197,6 +225,7 @@ class Config(Section):
     )
     versions: Versions
     synapse: Synapse
+    playbook: Playbook = Playbook()
     database: Database = Database()
     pgbouncer: PgBouncer = PgBouncer()
     turn: Turn = Turn()

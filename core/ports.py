@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import Config
+from core.sizing import workers_for
+from core.workers import REDIS_PORT, REPLICATION_PORT, port_ranges
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,18 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
         ]
     if group == "synapse":
         synapse = ("synapse", "python3", "python", "docker-proxy", "traefik")
-        return [
+        uses = [
             _tcp("synapse-client", 8008, synapse, fixed),
-            _tcp("synapse-replication", 9093, synapse, fixed),
+            _tcp("synapse-replication", REPLICATION_PORT, synapse, fixed),
             _tcp("synapse-metrics", config.synapse.metrics_port, synapse, "config.yaml synapse.metrics_port"),
         ]
+        if config.synapse.mode == "native":
+            counts = "config.yaml synapse.workers (or the scale)"
+            workers = workers_for(config)
+            uses += [PortUse(label, first, last, "tcp", synapse, counts) for label, first, last in port_ranges(workers)]
+            if workers.total:
+                uses.append(_tcp("synapse-redis", REDIS_PORT, ("redis-server",), fixed))
+        return uses
     if group == "monitoring":
         return [
             _tcp("prometheus", 9090, ("prometheus",), fixed),

@@ -69,6 +69,9 @@ class Step:
     # Whether the settings use this step at all (e.g. Synapse's native mode); its
     # docstring is the note shown when it does not. Artifacts are then not required.
     applies: Callable[[Settings], bool] | None = None
+    # What the controller itself must have for this step (e.g. the playbook checkout),
+    # checked with the artifacts before any host is touched.
+    requires: Callable[[Settings], list[InputProblem]] | None = None
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
@@ -164,6 +167,7 @@ class Runbook:
                 for name in sorted({a for s in options.steps if s.used(settings) for a in s.artifacts})
                 for p in artifacts.problems(artifacts.manifest()[name])
             ]
+            missing += [p for s in options.steps if s.used(settings) and s.requires for p in s.requires(settings)]
             if missing and options.mode is not Mode.PLAN:
                 raise InputError(missing)
             warnings += [f"{p.key}: {p.message} ({p.fix})" for p in missing]

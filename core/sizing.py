@@ -29,10 +29,12 @@ class Workers:
     generic: int
     federation_sender: int
     event_persister: int
+    media_repository: int = 1
 
     @property
     def total(self) -> int:
-        return self.sync + self.generic + self.federation_sender + self.event_persister
+        """Every worker process: each opens its own database pool."""
+        return self.sync + self.generic + self.federation_sender + self.event_persister + self.media_repository
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,11 @@ class Sizing:
 
     @property
     def connection_budget(self) -> int:
-        """Synapse's worst case: main pool + every worker's pool + a reserve (Large: 210)."""
+        """Synapse's worst case: main pool + every worker's pool + a reserve.
+
+        Large: SPEC's 10 + 18 × 10 + 20 = 210 counts sync, generic, federation-sender and
+        event-persister workers; the media worker opens a pool too, so 220.
+        """
         return self.main_pool + self.workers.total * self.cp_max + self.reserved_connections
 
     @property
@@ -90,6 +96,19 @@ def derive_workers(ccu: int) -> Workers:
     )
 
 
+def chosen_workers(ccu: int, overrides: dict[str, int | None]) -> Workers:
+    """The derived counts with the explicit ones (config.yaml synapse.workers) put over them."""
+    derived = derive_workers(ccu)
+    chosen = {name: overrides.get(name) for name in ("sync", "generic", "federation_sender", "event_persister")}
+    counts = {name: getattr(derived, name) if value is None else value for name, value in chosen.items()}
+    media = overrides.get("media_repository")
+    return Workers(**counts, media_repository=1 if media is None else media)
+
+
+def workers_for(config: Config) -> Workers:
+    return chosen_workers(config.ccu or SCALE_CCU[config.scale], config.synapse.workers.model_dump())
+
+
 def size(
     ccu: int,
     *,
@@ -100,13 +119,10 @@ def size(
     pgbouncer_pool: int,
     pgbouncer_reserve: int,
 ) -> Sizing:
-    derived = derive_workers(ccu)
-    chosen = {name: overrides.get(name) for name in ("sync", "generic", "federation_sender", "event_persister")}
-    workers = Workers(**{name: getattr(derived, name) if value is None else value for name, value in chosen.items()})
     return Sizing(
         ccu=ccu,
         ideal_sync_workers=ccu / 200,
-        workers=workers,
+        workers=chosen_workers(ccu, overrides),
         cp_max=cp_max,
         reserved_connections=reserved_connections,
         pgbouncer_hosts=pgbouncer_hosts,

@@ -25,6 +25,7 @@ from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answ
 from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
+from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
 from tasks.preflight import duplicate_hostnames, preflight
 from tasks.synapse import admin_user, native, synapse, synapse_healthy
 
@@ -147,6 +148,15 @@ RUNBOOK = Runbook(
             check=synapse_healthy,
             artifacts=("synapse",),
             applies=native,
+        ),
+        Step(
+            "synapse-playbook",
+            "Synapse, workers, Element and Ketesa via matrix-docker-ansible-deploy (playbook mode)",
+            run_playbook,
+            groups=("synapse",),
+            check=playbook_healthy,
+            applies=playbook,
+            requires=requirements,
         ),
         Step(
             "admin-user",

@@ -16,11 +16,13 @@ from nornir.core.task import Result, Task
 
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
+from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
 from tasks.files import FileSpec, put_files, render
 from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
 from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
+from tasks.synapse import workers
 from tasks.systemd import service
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
@@ -65,6 +67,7 @@ class Backend:
     balance: str = "roundrobin"
     strip_authorization: bool = False  # static files never need the user's access token
     prefix: str = ""  # a public path prefix routed here and removed before forwarding
+    paths: tuple[str, ...] = ()  # path regexes routed here (Synapse workers), before every other rule
 
 
 def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None:
@@ -93,6 +96,7 @@ def backends(settings: Settings) -> dict[str, Backend]:
         "federation": Backend("synapse_federation", servers(federation), "/_matrix/federation/v1/version"),
         "static": Backend("static_files", servers(web), "/_matrix/client/versions", strip_authorization=True),
     }
+    found.update(worker_backends(settings))
     if settings.config.livekit.enabled:
 
         def livekit(name: str, port: int, check: str, prefix: str) -> Backend:
@@ -101,6 +105,34 @@ def backends(settings: Settings) -> dict[str, Backend]:
 
         found["sfu"] = livekit("livekit_sfu", LIVEKIT_HTTP_PORT, "/", SFU_PATH)
         found["jwt"] = livekit("livekit_jwt", JWT_PORT, "/healthz", JWT_PATH)
+    return found
+
+
+def worker_backends(settings: Settings) -> dict[str, Backend]:
+    """Native mode: the worker pools and the paths Synapse's workers documentation routes to them.
+
+    A user's sync requests stay on one sync worker (hashed on the access token, consistent
+    so a worker more or less moves few users); inbound federation is balanced by the
+    sending server's address; the rest round robin. Playbook mode routes inside the
+    Synapse host (its Traefik), so there it is empty.
+    """
+    processes = workers(settings)
+    ip = settings.members("synapse")[0].private_ip if processes else ""
+
+    def pool(kind: str) -> list[dict[str, object]]:
+        return [{"name": w.name, "ip": ip, "port": w.http_port} for w in of_kind(processes, kind)]
+
+    found = {}
+    if pool("sync"):
+        found["sync"] = Backend("synapse_sync", pool("sync"), "/health", balance="hdr(Authorization)", paths=SYNC_PATHS)
+    if pool("generic"):
+        found["workers"] = Backend("synapse_workers", pool("generic"), "/health", paths=CLIENT_PATHS)
+        if settings.config.synapse.federation:
+            found["federation_workers"] = Backend(
+                "synapse_federation_workers", pool("generic"), "/health", balance="source", paths=FEDERATION_PATHS
+            )
+    if pool("media"):
+        found["media"] = Backend("synapse_media", pool("media"), "/health", paths=MEDIA_PATHS)
     return found
 
 

@@ -12,24 +12,15 @@ server step is skipped (the Redis step still runs).
 
 from __future__ import annotations
 
-import shlex
-
 from nornir.core.task import Result, Task
 
 from core import artifacts
 from core.settings import HostInfo, Settings
-from tasks.files import FileSpec, put_files, render
-from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, binary_service, service, service_user
-from tasks.waits import wait_for_port
+from tasks.files import FileSpec, render
+from tasks.redis import RedisInstance, redis_instance, redis_pong
+from tasks.systemd import binary_service, service_user
 
 REDIS_PORT = 6379
-REDIS_CONFIG = "/etc/redis/redis-livekit.conf"
-REDIS_UNIT = "redis-server@livekit.service"
-# Debian's template unit asks for 65535 open files; a container host may allow fewer,
-# and LiveKit's handful of connections need far less.
-REDIS_LIMITS = f"{UNIT_DIR}/{REDIS_UNIT}.d/limits.conf"
 CONFIG = "/etc/livekit/livekit.yaml"
 UNIT = "livekit-server.service"
 HTTP_PORT = 7880
@@ -70,57 +61,26 @@ def redis_host(settings: Settings) -> HostInfo:
     return settings.members("livekit")[0]
 
 
-def ping_script(address: str) -> str:
-    """PING with the password from stdin (REDISCLI_AUTH), never on the command line."""
-    return (
-        "IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; "
-        f"redis-cli --no-auth-warning -h {shlex.quote(address)} -p {REDIS_PORT} ping"
+def mesh_redis(settings: Settings) -> RedisInstance:
+    return RedisInstance(
+        "livekit", "the LiveKit mesh's room and node state", redis_host(settings).private_ip, REDIS_PORT
     )
 
 
 def livekit_redis(task: Task, settings: Settings) -> Result:
-    """Redis for the LiveKit mesh on the first livekit host; Debian's default instance stays off."""
-    host = settings.hosts[task.host.name]
+    """Redis for the LiveKit mesh on the first livekit host."""
     if not settings.config.livekit.enabled:
         return Result(host=task.host, result="livekit.enabled is false in config.yaml")
-    if host.name != redis_host(settings).name:
+    if task.host.name != redis_host(settings).name:
         return Result(host=task.host, result=f"the mesh's Redis runs on {redis_host(settings).name}")
-    task.run(task=packages, names=["redis-server", "redis-tools"], autostart=False, severity_level=10)
-    task.run(task=service, unit="redis-server.service", running=False, enabled=False, severity_level=10)
-    text = render(
-        task,
-        "livekit/redis.conf.j2",
-        host_name=host.name,
-        ip=host.private_ip,
-        port=REDIS_PORT,
-        password=settings.secrets["livekit_redis_password"],
-    )
-    limits = task.run(
-        task=put_files, specs=[FileSpec(REDIS_LIMITS, "[Service]\nLimitNOFILE=16384\n")], severity_level=10
-    )[0]
-    spec = FileSpec(REDIS_CONFIG, text, group="redis", mode=0o640)
-    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
-    changed = result.changed or limits.changed
-    task.run(task=service, unit=REDIS_UNIT, restart=changed, daemon_reload=limits.changed, severity_level=10)
-    task.run(task=wait_for_port, port=REDIS_PORT, address=host.private_ip, severity_level=10)
-    return Result(host=task.host, changed=changed, diff="\n".join(d for d in (limits.diff, result.diff) if d))
+    return redis_instance(task, mesh_redis(settings), settings.secrets["livekit_redis_password"])
 
 
 def redis_answers(task: Task, settings: Settings) -> Result:
     """Health check: the mesh's Redis answers PONG to an authenticated client."""
-    if (
-        not settings.config.livekit.enabled
-        or mode(task) is not Mode.APPLY
-        or task.host.name != redis_host(settings).name
-    ):
+    if not settings.config.livekit.enabled or task.host.name != redis_host(settings).name:
         return Result(host=task.host, result="not checked here")
-    out = run(
-        task,
-        ping_script(redis_host(settings).private_ip),
-        stdin=settings.secrets["livekit_redis_password"] + "\n",
-        what=Expectation("PONG", f"journalctl -u {REDIS_UNIT} on the host"),
-    )
-    return Result(host=task.host, result=out.stdout.strip())
+    return redis_pong(task, mesh_redis(settings), settings.secrets["livekit_redis_password"])
 
 
 def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:

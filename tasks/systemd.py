@@ -68,32 +68,81 @@ def service(
     daemon_reload: bool = False,
 ) -> Result:
     """Ensure `unit` is (not) running and (not) enabled; restart it when asked."""
+    wanted = {unit: Wanted(running=running, enabled=enabled, restart=restart, reload=reload)}
+    return services(task, wanted, daemon_reload=daemon_reload)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The state one unit should be left in."""
+
+    running: bool = True
+    enabled: bool = True
+    restart: bool = False
+    reload: bool = False
+
+
+def parse_show_many(stdout: str) -> dict[str, ServiceFact]:
+    """`systemctl show -p Id …` of several units: blocks separated by blank lines, keyed by Id."""
+    facts = {}
+    for block in stdout.strip().split("\n\n"):
+        values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" in values:
+            facts[values["Id"]] = parse_show(block)
+    return facts
+
+
+VERB_ORDER = ("enable", "disable", "stop", "start", "restart", "reload")
+
+
+def services(task: Task, *waves: dict[str, Wanted], daemon_reload: bool = False) -> Result:
+    """Converge the units of one component: one `systemctl show`, then one command for all actions.
+
+    Waves change in order (a main process before its workers); the units of one wave are
+    peers that systemd starts or restarts together. `result` lists the actions taken.
+    """
+    wanted = {unit: want for wave in waves for unit, want in wave.items()}
     if mode(task) is Mode.PLAN:
-        wanted = ("running" if running else "stopped") + (", restarted" if restart else "")
-        return Result(host=task.host, result=[], changed=restart, diff=f"{unit}: {wanted}")
-    quoted = shlex.quote(unit)
+        diffs = [
+            f"{unit}: {'running' if want.running else 'stopped'}{', restarted' if want.restart else ''}"
+            for unit, want in wanted.items()
+        ]
+        return Result(host=task.host, result=[], changed=any(w.restart for w in wanted.values()), diff="\n".join(diffs))
     if daemon_reload and mode(task) is Mode.APPLY:
         run(task, "systemctl daemon-reload", what=Expectation("unit files reloaded"))
+    names = " ".join(shlex.quote(unit) for unit in wanted)
     out = run(
         task,
-        f"systemctl show -p LoadState -p ActiveState -p UnitFileState -- {quoted}",
-        what=Expectation(f"the state of {unit}", "check that the host runs systemd"),
+        f"systemctl show -p Id -p LoadState -p ActiveState -p UnitFileState -- {names}",
+        what=Expectation(f"the state of {', '.join(wanted)}", "check that the host runs systemd"),
     )
-    fact = parse_show(out.stdout)
-    verbs = actions(fact, running=running, enabled=enabled, restart=restart, reload=reload)
-    if not verbs:
-        return Result(host=task.host, result=[], changed=False)
-    if mode(task) is Mode.APPLY:
+    facts = parse_show_many(out.stdout)
+    commands: list[str] = []
+    taken: list[str] = []
+    diffs: list[str] = []
+    for wave in waves:
+        by_verb: dict[str, list[str]] = {}
+        for unit, want in wave.items():
+            fact = facts.get(unit, ServiceFact("", "", ""))
+            verbs = actions(fact, running=want.running, enabled=want.enabled, restart=want.restart, reload=want.reload)
+            for verb in verbs:
+                by_verb.setdefault(verb, []).append(unit)
+            if verbs:
+                diffs.append(f"{unit}: {'running' if fact.active else 'stopped'} → {', '.join(verbs)}")
+        for verb in VERB_ORDER:
+            if verb in by_verb:
+                commands.append(f"systemctl {verb} -- {' '.join(shlex.quote(u) for u in by_verb[verb])}")
+                taken += [f"{verb} {unit}" for unit in by_verb[verb]]
+    if commands and mode(task) is Mode.APPLY:
         run(
             task,
-            " && ".join(f"systemctl {verb} -- {quoted}" for verb in verbs),
+            " && ".join(commands),
             what=Expectation(
-                f"{unit}: {', '.join(verbs)}",
-                f"look at 'journalctl -u {unit} -n 50' on the host for why the unit failed",
+                "; ".join(diffs),
+                "look at 'journalctl -u <unit> -n 50' on the host for why the unit failed",
             ),
         )
-    before = "running" if fact.active else "stopped"
-    return Result(host=task.host, result=verbs, changed=True, diff=f"{unit}: {before} → {', '.join(verbs)}")
+    return Result(host=task.host, result=taken, changed=bool(taken), diff="\n".join(diffs))
 
 
 def unit_file(task: Task, unit: str, content: str) -> Result:

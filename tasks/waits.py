@@ -17,25 +17,28 @@ def port_script(port: int, address: str, timeout: float) -> str:
     return f"timeout {timeout} bash -c 'until (exec 3<>/dev/tcp/{address}/{port}) 2>/dev/null; do sleep 0.3; done'"
 
 
-def http_script(url: str, status: int, timeout: float, host_header: str | None) -> str:
+def http_script(urls: list[str], status: int, timeout: float, host_header: str | None) -> str:
+    """Poll every URL until each has answered `status` once; name the ones that never did."""
     headers = {"Host": host_header} if host_header else {}
     program = (
         "import ssl,sys,time,urllib.request,urllib.error\n"
-        f"url,want,deadline={url!r},{status},time.monotonic()+{timeout}\n"
+        f"pending,want,deadline={urls!r},{status},time.monotonic()+{timeout}\n"
         "ctx=ssl.create_default_context()\n"
-        "last='no answer'\n"
-        "while time.monotonic()<deadline:\n"
-        f"    req=urllib.request.Request(url,headers={headers!r})\n"
-        "    try:\n"
-        "        code=urllib.request.urlopen(req,timeout=3,context=ctx).status\n"
-        "    except urllib.error.HTTPError as e:\n"
-        "        code=e.code\n"
-        "    except Exception as e:\n"
-        "        code,last=None,str(e)\n"
-        "    if code==want: sys.exit(0)\n"
-        "    if code is not None: last=f'HTTP {code}'\n"
-        "    time.sleep(0.5)\n"
-        "print(last,file=sys.stderr); sys.exit(1)\n"
+        "last={u:'no answer' for u in pending}\n"
+        "while pending and time.monotonic()<deadline:\n"
+        "    for url in list(pending):\n"
+        f"        req=urllib.request.Request(url,headers={headers!r})\n"
+        "        try:\n"
+        "            code=urllib.request.urlopen(req,timeout=3,context=ctx).status\n"
+        "        except urllib.error.HTTPError as e:\n"
+        "            code=e.code\n"
+        "        except Exception as e:\n"
+        "            code,last[url]=None,str(e)\n"
+        "        if code==want: pending.remove(url)\n"
+        "        elif code is not None: last[url]=f'HTTP {code}'\n"
+        "    if pending: time.sleep(0.5)\n"
+        "for url in pending: print(url, last[url], file=sys.stderr)\n"
+        "sys.exit(1 if pending else 0)\n"
     )
     return f"python3 -c {shlex.quote(program)}"
 
@@ -85,11 +88,19 @@ def wait_for_http(
     task: Task, url: str, status: int = 200, timeout: float = 30, host_header: str | None = None
 ) -> Result:
     """Wait until `url`, fetched from the host, answers with `status`."""
+    return wait_for_urls(task, [url], status, timeout, host_header)
+
+
+def wait_for_urls(
+    task: Task, urls: list[str], status: int = 200, timeout: float = 30, host_header: str | None = None
+) -> Result:
+    """Wait until every URL, fetched from the host, has answered with `status` (one remote command)."""
+    what = urls[0] if len(urls) == 1 else f"{len(urls)} URLs ({urls[0]} …)"
     return _wait(
         task,
-        http_script(url, status, timeout, host_header),
-        f"{url} answering {status}",
-        f"fetch {url} on the host (curl -v) and read the service's log",
+        http_script(urls, status, timeout, host_header),
+        f"{what} answering {status}",
+        "the URLs that never answered are listed above; fetch them on the host (curl -v) and read the service's log",
         timeout,
     )
 

@@ -8,6 +8,7 @@ that must never be contacted, whatever a bug in the code under test might do.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import socket
 from collections.abc import Callable
@@ -69,6 +70,11 @@ class Site:
         text = path.read_text()
         assert old in text, f"{old!r} not in {relative}: the test is out of date"
         path.write_text(text.replace(old, new, 1))
+
+    def accept_examples(self) -> None:
+        """Delete every CHANGE_TO_… marker: the example values then count as the operator's own."""
+        for path in [self.config, *self.inventory.glob("*.yaml")]:
+            path.write_text(re.sub(r"\s*# CHANGE_TO_[A-Z0-9_]+:.*$", "", path.read_text(), flags=re.MULTILINE))
 
     def args(self, *extra: str) -> list[str]:
         return ["--config", str(self.config), "--inventory", str(self.inventory), *extra]

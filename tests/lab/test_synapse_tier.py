@@ -10,6 +10,8 @@ import pytest
 
 from core.settings import Settings
 from lab.lab import Lab
+from tasks import synapse
+from tests.conftest import load_runbook
 from tests.lab.conftest import patroni_cluster, ssh
 
 # Runs on monitoring1 (the lab's admin network): registers two users with the shared
@@ -52,6 +54,7 @@ call("PUT", "/_matrix/client/v3/rooms/%s/send/m.room.message/%s" % (room, suffix
      {"msgtype": "m.text", "body": text}, a)
 call("POST", "/_matrix/client/v3/join/" + room, {}, b)
 messages = call("GET", "/_matrix/client/v3/rooms/%s/messages?dir=b&limit=20" % room, token=b)["chunk"]
+synced = call("GET", "/_matrix/client/v3/sync?timeout=0", token=b)["rooms"]["join"]
 content = b"media probe " + suffix.encode()
 uri = call("POST", "/_matrix/media/v3/upload?filename=probe.txt", token=a, raw=content,
            content_type="text/plain")
@@ -61,7 +64,7 @@ request = urllib.request.Request(base + "/_matrix/client/v1/media/download/%s/%s
 request.add_header("Authorization", "Bearer " + b)
 downloaded = urllib.request.urlopen(request, timeout=30).read()
 print(json.dumps({"room": room, "bodies": [m["content"].get("body") for m in messages if m["type"] == "m.room.message"],
-                  "sent": text, "media_ok": downloaded == content}))
+                  "sent": text, "media_ok": downloaded == content, "synced": room in synced}))
 """
 
 
@@ -87,6 +90,75 @@ def test_a_message_sent_by_one_user_is_read_by_another(conversation: dict) -> No
 
 def test_media_uploaded_is_downloaded_intact(conversation: dict) -> None:
     assert conversation["media_ok"] is True
+
+
+def test_sync_shows_the_joined_room(conversation: dict) -> None:
+    assert conversation["synced"] is True
+
+
+# Runs on monitoring1 (Prometheus's host): fetches every given URL, prints status or error.
+FETCH = r"""
+import json, sys, urllib.request
+answers = {}
+for url in sys.argv[1:]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answers[url] = [answer.status, answer.read().decode()]
+    except Exception as error:
+        answers[url] = [None, str(error)]
+print(json.dumps(answers))
+"""
+
+
+def fetch(lab: Lab, host: str, urls: list[str]) -> dict[str, list]:
+    out = ssh(lab, host, "python3 -c " + shlex.quote(FETCH) + " " + " ".join(shlex.quote(u) for u in urls)).stdout
+    return json.loads(out)
+
+
+def servlets(metrics: str) -> dict[str, float]:
+    """Requests each servlet of a process received, from its Prometheus text."""
+    counts: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("synapse_http_server_requests_received_total{"):
+            labels, value = line.rsplit(" ", 1)
+            servlet = labels.split('servlet="', 1)[1].split('"', 1)[0]
+            counts[servlet] = counts.get(servlet, 0) + float(value)
+    return counts
+
+
+def test_every_worker_answers_health_and_metrics(deployed: None, lab: Lab, lab_settings: Settings) -> None:
+    ip = lab_settings.members("synapse")[0].private_ip
+    processes = synapse.workers(lab_settings)
+    assert len(processes) == 7
+    metrics = [f"http://{ip}:{port}/_synapse/metrics" for port in [9100, *(w.metrics_port for w in processes)]]
+    health = [f"http://{ip}:{w.http_port}/health" for w in processes if not w.replication]
+    answers = fetch(lab, "monitoring1", metrics + health)
+    # Event persisters take replication on loopback only: asked on the Synapse host itself.
+    answers |= fetch(lab, "synapse1", [f"http://127.0.0.1:{w.http_port}/health" for w in processes if w.replication])
+    assert {url: status for url, (status, _) in answers.items()} == dict.fromkeys(answers, 200)
+    assert all("synapse_http_server_requests_received_total" in answers[url][1] for url in metrics)
+
+
+def test_haproxy_sends_requests_to_the_workers_that_serve_them(
+    conversation: dict, lab: Lab, lab_settings: Settings
+) -> None:
+    ip = lab_settings.members("synapse")[0].private_ip
+    by_worker = {w.name: f"http://{ip}:{w.metrics_port}/_synapse/metrics" for w in synapse.workers(lab_settings)}
+    answers = fetch(lab, "monitoring1", list(by_worker.values()))
+    served = {name: servlets(answers[url][1]) for name, url in by_worker.items()}
+    assert served["sync1"].get("SyncRestServlet", 0) + served["sync2"].get("SyncRestServlet", 0) >= 1, served
+    assert served["generic1"].get("LoginRestServlet", 0) >= 2, served["generic1"]
+    assert served["generic1"].get("RoomSendEventRestServlet", 0) >= 1, served["generic1"]
+    assert sum(count for servlet, count in served["media1"].items() if "Upload" in servlet) >= 1, served["media1"]
+
+
+def test_a_rerun_restarts_no_synapse_process(deployed: None, lab: Lab, lab_settings: Settings) -> None:
+    units = ["synapse.service", *(synapse.worker_unit(w.name) for w in synapse.workers(lab_settings))]
+    show = "systemctl show -p MainPID --value " + " ".join(units)
+    before = ssh(lab, "synapse1", show).stdout.split()
+    assert len(before) == len(units) and "0" not in before
+    assert load_runbook("deploy").RUNBOOK.main(["--lab"]) == 0
+    assert ssh(lab, "synapse1", show).stdout.split() == before
 
 
 def test_the_room_is_on_a_patroni_replica(conversation: dict, lab: Lab) -> None:

@@ -43,6 +43,7 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "livekit-jwt",
         "hosts-file",
         "synapse",
+        "synapse-playbook",
         "admin-user",
     ]
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
@@ -50,6 +51,9 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     assert set(skipped) == {"minio", "minio-bucket", "livekit", "livekit-jwt", "synapse", "admin-user"}
     assert all("no sha256 pinned" in skipped[s] for s in ("minio", "minio-bucket", "livekit", "livekit-jwt"))
     assert skipped["synapse"].startswith("used in native mode only")
+    playbook = next(s for s in data["steps"] if s["name"] == "synapse-playbook")
+    assert "setup-all,ensure-matrix-users-created,start" in json.dumps(playbook)
+    assert "not a matrix-docker-ansible-deploy checkout" in out  # warned, not refused, in plan mode
     patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
     assert "synchronous_mode: true" in patroni and "max_connections: 350" in patroni
     assert "<secret:postgres_superuser_password>" in patroni

@@ -22,7 +22,7 @@ from tasks.files import FileFact, FileSpec, facts_script, file_changes, parse_fa
 from tasks.hosts_file import wrong_resolutions
 from tasks.packages import install_script, missing, query_script
 from tasks.remote import Expectation, failure_message
-from tasks.systemd import ServiceFact, actions, parse_show
+from tasks.systemd import ServiceFact, actions, parse_show, parse_show_many
 from tasks.waits import command_script, http_script, port_script
 
 
@@ -127,6 +127,20 @@ def test_systemctl_show_parsing() -> None:
     assert fact.active and fact.enabled
 
 
+def test_systemctl_show_of_several_units_is_keyed_by_unit() -> None:
+    out = (
+        "Id=synapse.service\nLoadState=loaded\nActiveState=active\nUnitFileState=enabled\n\n"
+        "Id=synapse-worker@sync1.service\nLoadState=not-found\nActiveState=inactive\nUnitFileState=\n"
+    )
+    facts = parse_show_many(out)
+    assert facts["synapse.service"].active and facts["synapse.service"].enabled
+    assert not facts["synapse-worker@sync1.service"].active
+    assert actions(facts["synapse-worker@sync1.service"], running=True, enabled=True, restart=False) == [
+        "enable",
+        "start",
+    ]
+
+
 # waits
 
 
@@ -145,9 +159,10 @@ def test_http_wait_wants_the_status() -> None:
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/"
-        assert bash(http_script(url, 200, 5, None)).returncode == 0
-        failed = bash(http_script(url + "missing", 200, 1, "chat.example.org"))
-        assert failed.returncode == 1 and "HTTP 404" in failed.stderr
+        assert bash(http_script([url], 200, 5, None)).returncode == 0
+        failed = bash(http_script([url, url + "missing"], 200, 1, "chat.example.org"))
+        # Only the URL that never answered is named.
+        assert failed.returncode == 1 and failed.stderr.strip() == f"{url}missing HTTP 404"
     finally:
         server.shutdown()
 

@@ -38,10 +38,11 @@ def large(**overrides: int | None) -> object:
     )
 
 
-def test_large_connection_budget_is_210_and_max_connections_in_range() -> None:
+def test_large_connection_budget_is_210_plus_the_media_worker_and_max_connections_in_range() -> None:
     sizing = large()
-    assert sizing.workers.total == 18
-    assert sizing.connection_budget == 10 + 18 * 10 + 20 == 210
+    assert sizing.workers.total == 18 + 1
+    assert sizing.connection_budget == 10 + 18 * 10 + 20 + 10 == 210 + 10
+    assert large(media_repository=0).connection_budget == 210
     assert 300 <= sizing.max_connections <= 500
     assert sizing.max_connections >= sizing.pgbouncer_server_connections + sizing.reserved_connections
 
@@ -49,4 +50,4 @@ def test_large_connection_budget_is_210_and_max_connections_in_range() -> None:
 def test_explicit_worker_counts_override_the_derived_ones() -> None:
     sizing = large(sync=12, event_persister=None)
     assert sizing.workers.sync == 12 and sizing.workers.event_persister == 2
-    assert sizing.connection_budget == 10 + 22 * 10 + 20
+    assert sizing.connection_budget == 10 + 23 * 10 + 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks import synapse
 from tasks.files import JINJA
+from tasks.haproxy import edge
 from tests.conftest import Site
 
 
@@ -31,8 +33,15 @@ def lab_settings() -> Settings:
 def test_homeserver_config_for_the_lab(lab_settings: Settings) -> None:
     config = rendered(lab_settings)
     assert config["server_name"] == "lab.example" and config["public_baseurl"] == "https://chat.lab.example/"
-    client, metrics = config["listeners"]
+    client, metrics, replication = config["listeners"]
     assert client["bind_addresses"] == ["198.18.1.61"] and client["x_forwarded"] is True
+    # Workers reach the main process on loopback only; all of them live on this host.
+    assert replication == {
+        "port": 9093,
+        "bind_addresses": ["127.0.0.1"],
+        "type": "http",
+        "resources": [{"names": ["replication"]}],
+    }
     assert client["resources"][0]["names"] == ["client", "federation"]
     assert metrics == {"port": 9100, "bind_addresses": ["198.18.1.61"], "type": "metrics"}
     args = config["database"]["args"]
@@ -40,6 +49,61 @@ def test_homeserver_config_for_the_lab(lab_settings: Settings) -> None:
     assert config["trusted_key_servers"] == [] and config["report_stats"] is False  # air gap
     assert "turn:198.18.1.41:3478?transport=udp" in config["turn_uris"]
     assert "federation_domain_whitelist" not in config
+
+
+def test_lab_workers_share_redis_and_the_instance_map(lab_settings: Settings) -> None:
+    config = rendered(lab_settings)
+    assert config["redis"] == {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "port": 6380,
+        "password": lab_settings.secrets["synapse_redis_password"],
+    }
+    assert config["instance_map"] == {
+        "main": {"host": "127.0.0.1", "port": 9093},
+        "event_persister1": {"host": "127.0.0.1", "port": 25011},
+        "event_persister2": {"host": "127.0.0.1", "port": 25012},
+    }
+    assert config["stream_writers"] == {"events": ["event_persister1", "event_persister2"]}
+    assert config["federation_sender_instances"] == ["federation_sender1"]
+    assert config["enable_media_repo"] is False and config["media_instance_running_background_jobs"] == "media1"
+    assert config["worker_replication_secret"] == lab_settings.secrets["synapse_replication_secret"]
+
+
+def worker_config(settings: Settings, name: str) -> dict:
+    host = settings.members("synapse")[0]
+    worker = next(w for w in synapse.workers(settings) if w.name == name)
+    text = JINJA.get_template("synapse/worker.yaml.j2").render(
+        worker=worker, ip=host.private_ip, loopback="127.0.0.1", log_config=synapse.LOG_CONFIG
+    )
+    return yaml.safe_load(text)
+
+
+def test_worker_configs_listen_where_haproxy_and_prometheus_reach_them(lab_settings: Settings) -> None:
+    assert [w.name for w in synapse.workers(lab_settings)] == [
+        "sync1",
+        "sync2",
+        "generic1",
+        "federation_sender1",
+        "event_persister1",
+        "event_persister2",
+        "media1",
+    ]
+    sync = worker_config(lab_settings, "sync2")
+    assert sync["worker_app"] == "synapse.app.generic_worker" and sync["worker_name"] == "sync2"
+    http, metrics = sync["worker_listeners"]
+    assert http["port"] == 28212 and http["bind_addresses"] == ["198.18.1.61"]
+    assert http["resources"][0]["names"] == ["client"]
+    assert metrics == {"type": "metrics", "port": 29212, "bind_addresses": ["198.18.1.61"]}
+    persister = worker_config(lab_settings, "event_persister1")["worker_listeners"][0]
+    assert persister["bind_addresses"] == ["127.0.0.1"] and persister["resources"][0]["names"] == ["replication"]
+    media = worker_config(lab_settings, "media1")
+    assert media["enable_media_repo"] is True and "enable_media_repo" not in worker_config(lab_settings, "generic1")
+
+
+def test_playbook_mode_runs_no_native_workers(site: Site) -> None:
+    settings = load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+    assert settings.config.synapse.mode == "playbook" and synapse.workers(settings) == []
 
 
 def test_federation_off_keeps_openid_and_allows_no_server(site: Site) -> None:
@@ -53,3 +117,46 @@ def test_signing_key_has_signedjson_format() -> None:
     algorithm, key_id, seed = GENERATORS["synapse_signing_key"]().split()
     assert algorithm == "ed25519" and key_id.startswith("a_") and len(key_id) == 6
     assert len(base64.b64decode(seed + "=" * (-len(seed) % 4))) == 32 and not seed.endswith("=")
+
+
+def routed(haproxy_cfg: str, path: str) -> str:
+    """Where the rendered frontend's path_reg rules send `path` (first match wins, as in HAProxy)."""
+    acls: dict[str, list[str]] = {}
+    for line in haproxy_cfg.splitlines():
+        words = line.split()
+        if words[:1] == ["acl"] and words[2] == "path_reg":
+            acls.setdefault(words[1], []).append(words[3])
+        elif (
+            words[:1] == ["use_backend"]
+            and words[2:3] == ["if"]
+            and any(re.search(regex, path) for regex in acls.get(words[3], []))
+        ):
+            return words[1]
+    return "main"
+
+
+def test_haproxy_routes_worker_paths_as_synapse_documents(lab_settings: Settings) -> None:
+    host = lab_settings.hosts["haproxy1"]
+    text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
+        host_name=host.name,
+        postgres_primary=None,
+        edge=edge(lab_settings, host),
+        stats_password="x",
+        server_state_file="/tmp/state",
+    )
+    expected = {
+        "/_matrix/client/v3/sync": "synapse_sync",
+        "/_matrix/client/v3/rooms/!r:lab.example/send/m.room.message/t1": "synapse_workers",
+        "/_matrix/client/v3/login": "synapse_workers",
+        "/_matrix/federation/v1/send/123": "synapse_federation_workers",
+        "/_matrix/media/v3/upload": "synapse_media",
+        "/_matrix/client/v1/media/download/lab.example/abc": "synapse_media",
+        # Pagination must stay on one process per room; stream writers' endpoints on main.
+        "/_matrix/client/v3/rooms/!r:lab.example/messages": "main",
+        "/_matrix/client/v3/rooms/!r:lab.example/typing/@a:lab.example": "main",
+        "/_synapse/admin/v1/register": "main",
+    }
+    assert {path: routed(text, path) for path in expected} == expected
+    sync = text.split("backend synapse_sync\n")[1].split("\nbackend ")[0]
+    assert "balance hdr(Authorization)" in sync and "hash-type consistent" in sync
+    assert "server sync1 198.18.1.61:28211 check" in sync and "server sync2 198.18.1.61:28212 check" in sync

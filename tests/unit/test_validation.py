@@ -175,8 +175,8 @@ BROKEN = [
         "max_client_conn: 100",
         (
             "pgbouncer.max_client_conn",
-            "below Synapse's connection budget of 210",
-            "at least 210",
+            "below Synapse's connection budget of 220",
+            "at least 220",
         ),
         id="client-connections-below-budget",
     ),

@@ -1,0 +1,369 @@
+"""Deployment step 11, playbook mode: Synapse, its workers, Element and Ketesa through
+matrix-docker-ansible-deploy, run from the controller.
+
+The framework writes the playbook's `inventory/hosts` and the Synapse host's
+`inventory/host_vars/<fqdn>/vars.yml` from config.yaml, the sizing and the secrets file,
+then runs ansible-playbook with the tags the change needs: `setup-all` when services or
+the worker topology changed (adding event persisters restarts every worker),
+`setup-synapse,start` when only Synapse's own settings changed, `install-all`
+otherwise; nothing at all when vars.yml is as last applied. What the playbook would
+otherwise run itself is the platform's: PostgreSQL (Patroni behind PgBouncer), Coturn,
+TLS (HAProxy terminates it; Traefik listens on the private address without TLS).
+
+Only variable names checked against the pinned playbook are written
+(tasks/playbook_variables.yaml); `matrix_synapse_admin_*` names, which the playbook
+rejects since the admin UI became Ketesa, are never among them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from nornir.core.task import Result, Task
+
+from core.errors import HostError, InputProblem
+from core.settings import Settings
+from tasks.coturn import turn_uris
+from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
+from tasks.livekit import JWT_PATH
+from tasks.remote import Mode, mode, redactor
+from tasks.waits import wait_for_http
+
+# The playbook refuses to run when vars.yml does not confirm its migration notes up to
+# this release (roles/custom/matrix_playbook_migration/defaults/main.yml at the pinned commit).
+MIGRATION_VERSION = "v2026.05.18.0"
+CHECKED = Path(__file__).with_name("playbook_variables.yaml")
+ELEMENT_PATH = "/element"
+APPLIED = ".matrix-platform-applied.json"  # per variable, the hash of the value last applied
+# A change to one of these adds or removes containers: setup-all.
+TOPOLOGY = re.compile(r"(_count|_enabled|_preset)$")
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+
+def playbook(settings: Settings) -> bool:
+    """used in playbook mode only (synapse.mode: playbook); native mode runs Synapse from a venv"""
+    return settings.config.synapse.mode == "playbook"
+
+
+def directory(settings: Settings) -> Path:
+    return (settings.config_path.parent / settings.config.playbook.directory).resolve()
+
+
+def vars_path(settings: Settings) -> Path:
+    return directory(settings) / "inventory" / "host_vars" / settings.config.homeserver_fqdn / "vars.yml"
+
+
+def playbook_vars(settings: Settings) -> dict[str, object]:
+    """vars.yml of the Synapse host: the settings in the playbook's variable names."""
+    config, secrets, sizing = settings.config, settings.secrets, settings.sizing
+    synapse_ip = settings.members("synapse")[0].private_ip
+    haproxy = [f"{h.private_ip}/32" for h in settings.members("haproxy")]
+    workers = sizing.workers
+    values: dict[str, object] = {
+        "matrix_playbook_migration_validated_version": MIGRATION_VERSION,
+        "matrix_domain": config.domain,
+        "matrix_server_fqn_matrix": config.homeserver_fqdn,
+        "matrix_homeserver_implementation": "synapse",
+        "matrix_homeserver_generic_secret_key": secrets["playbook_generic_secret_key"],
+        "matrix_homeserver_federation_enabled": config.synapse.federation,
+        # HAProxy terminates TLS and forwards to Traefik on the private address
+        # (docs/configuring-playbook-own-webserver.md, "fronting the integrated reverse-proxy").
+        "matrix_playbook_reverse_proxy_type": "playbook-managed-traefik",
+        "matrix_playbook_ssl_enabled": True,
+        "traefik_config_entrypoint_web_secure_enabled": False,
+        "traefik_container_web_host_bind_port": f"{synapse_ip}:{TRAEFIK_WEB_PORT}",
+        "traefik_config_entrypoint_web_forwardedHeaders_trustedIPs": haproxy,
+        "matrix_playbook_public_matrix_federation_api_traefik_entrypoint_host_bind_port": (
+            f"{synapse_ip}:{TRAEFIK_FEDERATION_PORT}"
+        ),
+        "matrix_playbook_public_matrix_federation_api_traefik_entrypoint_config_http3_enabled": False,
+        "matrix_playbook_public_matrix_federation_api_traefik_entrypoint_config_custom": {
+            "forwardedHeaders": {"trustedIPs": haproxy}
+        },
+        "matrix_synapse_tls_federation_listener_enabled": False,
+        # Our Patroni cluster through every PgBouncer (libpq tries the hosts in order).
+        "postgres_enabled": False,
+        "matrix_synapse_database_host": ",".join(h.private_ip for h in settings.members("pgbouncer")),
+        "matrix_synapse_database_port": config.pgbouncer.port,
+        "matrix_synapse_database_user": config.database.user,
+        "matrix_synapse_database_password": secrets["synapse_db_password"],
+        "matrix_synapse_database_database": config.database.name,
+        "matrix_synapse_database_cp_min": config.synapse.database_cp_min,
+        "matrix_synapse_database_cp_max": config.synapse.database_cp_max,
+        # Our sizing in the specialized-workers preset: sync workers as sized, the
+        # generic share as room workers (room-scoped client and federation requests),
+        # one client reader and one federation reader for the rest.
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "specialized-workers",
+        "matrix_synapse_workers_sync_workers_count": workers.sync,
+        "matrix_synapse_workers_room_workers_count": workers.generic,
+        "matrix_synapse_workers_client_reader_workers_count": 1,
+        "matrix_synapse_workers_federation_reader_workers_count": 1 if config.synapse.federation else 0,
+        "matrix_synapse_workers_federation_sender_workers_count": workers.federation_sender,
+        "matrix_synapse_workers_stream_writer_events_stream_workers_count": workers.event_persister,
+        "matrix_synapse_workers_media_repository_workers_count": workers.media_repository,
+        "matrix_synapse_metrics_enabled": True,
+        "matrix_synapse_metrics_port": config.synapse.metrics_port,
+        # Metrics published on the private address for our Prometheus: the main process
+        # on metrics_port, each worker on its port of the playbook's ranges.
+        "matrix_synapse_container_metrics_api_host_bind_port": f"{synapse_ip}:{config.synapse.metrics_port}",
+        "matrix_synapse_workers_container_host_bind_address": synapse_ip,
+        # Coturn is ours: Synapse hands out time-limited credentials for it.
+        "coturn_enabled": False,
+        "matrix_synapse_turn_uris": turn_uris(settings),
+        "matrix_synapse_turn_shared_secret": secrets["turn_shared_secret"],
+        # Element Web at /element on the homeserver name: the edge certificate covers it.
+        "matrix_client_element_hostname": config.homeserver_fqdn,
+        "matrix_client_element_path_prefix": ELEMENT_PATH,
+        "matrix_client_element_configuration_extension_json": json.dumps(element_extension(settings)),
+        # Ketesa behind HAProxy: HAProxy enforces synapse.admin_allowlist on the client's
+        # address; Traefik sees HAProxy's, so it admits only the HAProxy hosts.
+        "matrix_ketesa_enabled": True,
+        "matrix_ketesa_container_labels_traefik_path_prefix": config.synapse.admin_path,
+        "matrix_ketesa_container_labels_traefik_ipallowlist_sourcerange": haproxy,
+        "matrix_user_creator_users_additional": [
+            {
+                "username": config.synapse.admin_user,
+                "initial_password": secrets["synapse_admin_password"],
+                "initial_type": "admin",
+            }
+        ],
+    }
+    if config.domain != config.homeserver_fqdn:
+        # The base domain's /.well-known/matrix/* point clients and servers at the homeserver name.
+        values["matrix_static_files_container_labels_base_domain_enabled"] = True
+    if config.playbook.registry_prefix:
+        values["matrix_container_global_registry_prefix_override"] = config.playbook.registry_prefix
+    if config.minio.enabled:
+        values |= s3_vars(settings)
+    if config.livekit.enabled:
+        values |= rtc_vars(settings)
+    return values
+
+
+def rtc_vars(settings: Settings) -> dict[str, object]:
+    """Group calls on our LiveKit mesh and JWT service instead of the playbook's own.
+
+    `matrix_rtc_enabled` turns on what Synapse and Element need for MatrixRTC (delayed
+    events, MSC4222/4354, Element's call features); the playbook's LiveKit server stays
+    off (and its JWT service with it); Synapse and the client well-known point at ours.
+    """
+    config = settings.config
+    foci = [{"type": "livekit", "livekit_service_url": f"https://{config.homeserver_fqdn}{JWT_PATH}"}]
+    values: dict[str, object] = {
+        "matrix_rtc_enabled": True,
+        "livekit_server_enabled": False,
+        "matrix_synapse_matrix_rtc_transports_custom": foci,
+        "matrix_static_files_file_matrix_client_property_org_matrix_msc4143_rtc_foci_enabled": True,
+        "matrix_static_files_file_matrix_client_property_org_matrix_msc4143_rtc_foci_custom": foci,
+    }
+    if not config.synapse.federation:
+        # The JWT service checks users through Synapse's OpenID endpoint, which the
+        # playbook only keeps without federation for its own JWT service.
+        values["matrix_synapse_federation_port_openid_resource_required"] = True
+    return values
+
+
+def s3_vars(settings: Settings) -> dict[str, object]:
+    """Media in the MinIO bucket through synapse-s3-storage-provider (migration timer daily at 05:00)."""
+    config, secrets = settings.config, settings.secrets
+    prefix = "matrix_synapse_ext_synapse_s3_storage_provider"
+    values: dict[str, object] = {
+        f"{prefix}_enabled": True,
+        f"{prefix}_config_bucket": config.minio.bucket,
+        f"{prefix}_config_region_name": "us-east-1",  # MinIO's default region
+        f"{prefix}_config_endpoint_url": f"http://{settings.members('minio')[0].private_ip}:9000",
+        f"{prefix}_config_access_key_id": secrets["minio_synapse_access_key"],
+        f"{prefix}_config_secret_access_key": secrets["minio_synapse_secret_key"],
+        f"{prefix}_periodic_migration_schedule": "*-*-* 05:00:00",
+    }
+    if config.playbook.synapse_image:
+        # Air gap: the module is already in the image; the playbook must not pip-install it on the host.
+        values["matrix_synapse_container_image_customizations_s3_storage_provider_installation_enabled"] = False
+        values["matrix_synapse_container_image"] = config.playbook.synapse_image
+    return values
+
+
+def element_extension(settings: Settings) -> dict[str, object]:
+    """Element Web's config.json additions: our homeserver only, no guests."""
+    config = settings.config
+    return {
+        "default_server_config": {
+            "m.homeserver": {"base_url": f"https://{config.homeserver_fqdn}", "server_name": config.domain}
+        },
+        "disable_custom_urls": True,
+        "disable_guests": True,
+    }
+
+
+def inventory_text(settings: Settings) -> str:
+    """The playbook's inventory/hosts: the Synapse host under the homeserver name, as our SSH user."""
+    host = settings.members("synapse")[0]
+    fields = [settings.config.homeserver_fqdn, f"ansible_host={host.address}", f"ansible_port={host.port}"]
+    fields.append(f"ansible_ssh_user={host.username}")
+    if host.username != "root":
+        fields += ["ansible_become=true", "ansible_become_user=root"]
+    return (
+        "# Written by matrix-platform from inventory/ (edit that instead).\n[matrix_servers]\n"
+        + " ".join(fields)
+        + "\n"
+    )
+
+
+def checked_variables() -> frozenset[str]:
+    return frozenset(yaml.safe_load(CHECKED.read_text())["variables"])
+
+
+def unchecked(values: dict[str, object]) -> list[str]:
+    """Emitted names that were not checked against the pinned playbook."""
+    checked = checked_variables()
+    return sorted(name for name in values if name not in checked or name.startswith("matrix_synapse_admin_"))
+
+
+def fingerprints(values: dict[str, object]) -> dict[str, str]:
+    """Per variable, a hash of its value: what changed is known without keeping a secret."""
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in values.items()}
+
+
+def tags_for(applied: dict[str, str] | None, values: dict[str, object]) -> tuple[str | None, list[str]]:
+    """The tags a run needs (None: nothing to do) and the variables that changed."""
+    current = fingerprints(values)
+    if applied is None:
+        return "setup-all,ensure-matrix-users-created,start", sorted(current)
+    changed = sorted(k for k in current.keys() | applied.keys() if current.get(k) != applied.get(k))
+    if not changed:
+        return None, []
+    if any(TOPOLOGY.search(k) for k in changed):
+        return "setup-all,ensure-matrix-users-created,start", changed
+    if all(k.startswith("matrix_synapse_") for k in changed):
+        return "setup-synapse,start", changed
+    return "install-all,ensure-matrix-users-created,start", changed
+
+
+@dataclass(frozen=True)
+class Recap:
+    host: str
+    ok: int
+    changed: int
+    unreachable: int
+    failed: int
+
+    def __str__(self) -> str:
+        return f"{self.host}: ok={self.ok} changed={self.changed} unreachable={self.unreachable} failed={self.failed}"
+
+
+def parse_recap(output: str) -> list[Recap]:
+    """The PLAY RECAP lines of an ansible-playbook run."""
+    recap = output.rsplit("PLAY RECAP", 1)[-1] if "PLAY RECAP" in output else ""
+    return [Recap(m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in RECAP.finditer(recap)]
+
+
+def requirements(settings: Settings) -> list[InputProblem]:
+    """What the controller needs before the playbook step may start (checked before any host is touched)."""
+    config = settings.config
+    where = directory(settings)
+    key = "playbook.directory"
+    if not (where / "setup.yml").is_file():
+        return [
+            InputProblem(
+                str(settings.config_path),
+                key,
+                f"{where} is not a matrix-docker-ansible-deploy checkout (no setup.yml)",
+                f"during the internet phase: git clone the playbook there, git checkout {config.versions.playbook}, "
+                "then 'just roles'",
+            )
+        ]
+    problems = []
+    if not (where / "roles" / "galaxy").is_dir():
+        problems.append(
+            InputProblem(
+                str(settings.config_path), key, f"{where}/roles/galaxy is missing", f"run 'just roles' in {where}"
+            )
+        )
+    head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head.startswith(config.versions.playbook):
+        problems.append(
+            InputProblem(
+                str(settings.config_path),
+                "versions.playbook",
+                f"the checkout in {where} is at {head or 'an unknown commit'}, not {config.versions.playbook}",
+                f"git -C {where} checkout {config.versions.playbook} (the version the variables were checked against)",
+            )
+        )
+    if shutil.which(config.playbook.ansible_playbook) is None:
+        problems.append(
+            InputProblem(
+                str(settings.config_path),
+                "playbook.ansible_playbook",
+                f"'{config.playbook.ansible_playbook}' is not on the controller's PATH",
+                "install Ansible on the controller (pip install ansible) or set the command's full path",
+            )
+        )
+    return problems
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Write `text` to `path` (0600) unless it is already there; True when written."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def run_playbook(task: Task, settings: Settings) -> Result:
+    """Write the playbook's inventory and vars.yml, then run ansible-playbook with the tags the change needs."""
+    values = playbook_vars(settings)
+    wrong = unchecked(values)
+    if wrong:  # a programming error, caught by the unit tests; never run the playbook with it
+        raise HostError(f"variables not checked against the pinned playbook: {', '.join(wrong)}")
+    record = vars_path(settings).with_name(APPLIED)
+    applied = json.loads(record.read_text()) if record.exists() else None
+    tags, changed = tags_for(applied, values)
+    if tags is None:
+        return Result(host=task.host, result="vars.yml as last applied")
+    shown = ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
+    summary = f"ansible-playbook --tags={tags} ({len(changed)} variables changed: {shown})"
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, changed=True, diff=f"would run {summary}")
+    where = directory(settings)
+    write_private(where / "inventory" / "hosts", inventory_text(settings))
+    write_private(vars_path(settings), yaml.safe_dump(values, sort_keys=True))
+    command = [settings.config.playbook.ansible_playbook, "-i", "inventory/hosts", "setup.yml", f"--tags={tags}"]
+    done = subprocess.run(
+        command, cwd=where, capture_output=True, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}
+    )
+    output = redactor(task)(done.stdout + done.stderr)
+    recaps = parse_recap(output)
+    if done.returncode != 0 or not recaps or any(r.failed or r.unreachable for r in recaps):
+        tail = "\n".join(output.strip().splitlines()[-25:])
+        raise HostError(
+            f"{shlex.join(command)} in {where} exited with status {done.returncode}\n"
+            f"  play recap: {'; '.join(map(str, recaps)) or 'none'}\n{tail}\n"
+            "  fix the cause and re-run the deploy: the same tags run again until a run succeeds"
+        )
+    write_private(record, json.dumps(fingerprints(values), indent=1, sort_keys=True))
+    return Result(host=task.host, changed=True, diff=f"{summary}\n" + "\n".join(f"  {r}" for r in recaps))
+
+
+def playbook_healthy(task: Task, settings: Settings) -> Result:
+    """Health gate: Traefik answers the client API on the private address, then clients do via the VIP."""
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result="not checked in this mode")
+    ip = settings.hosts[task.host.name].private_ip
+    fqdn = settings.config.homeserver_fqdn
+    wait_for_http(task, f"http://{ip}:{TRAEFIK_WEB_PORT}/_matrix/client/versions", timeout=300, host_header=fqdn)
+    return wait_for_http(task, f"https://{fqdn}/_matrix/client/versions", timeout=60)

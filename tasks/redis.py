@@ -1,0 +1,94 @@
+"""Private Redis instances (Debian's redis-server@<name> template unit), one per purpose.
+
+The LiveKit mesh and Synapse's worker replication each get their own instance with
+its own password and address, so neither can evict or read the other's keys. The
+password is only in the 0640 config file and reaches clients on stdin, never on a
+command line.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from nornir.core.task import Result, Task
+
+from tasks.files import FileSpec, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import UNIT_DIR, Wanted, services
+from tasks.waits import wait_for_port
+
+
+@dataclass(frozen=True)
+class RedisInstance:
+    name: str  # the systemd instance: redis-server@<name>
+    purpose: str  # the config file's first comment says what it serves
+    address: str
+    port: int
+    maxmemory: str = "256mb"
+
+    @property
+    def unit(self) -> str:
+        return f"redis-server@{self.name}.service"
+
+    @property
+    def config(self) -> str:
+        return f"/etc/redis/redis-{self.name}.conf"
+
+    @property
+    def limits(self) -> str:
+        # Debian's template unit asks for 65535 open files; a container host may allow
+        # fewer, and a handful of platform clients need far less.
+        return f"{UNIT_DIR}/{self.unit}.d/limits.conf"
+
+
+def redis_instance(task: Task, instance: RedisInstance, password: str) -> Result:
+    """Install Redis, converge one instance's config and start it; restart only on change."""
+    task.run(task=packages, names=["redis-server", "redis-tools"], autostart=False, severity_level=10)
+    text = render(
+        task,
+        "redis/instance.conf.j2",
+        instance=instance.name,
+        purpose=instance.purpose,
+        host_name=task.host.name,
+        ip=instance.address,
+        port=instance.port,
+        password=password,
+        maxmemory=instance.maxmemory,
+    )
+    specs = [
+        FileSpec(instance.limits, "[Service]\nLimitNOFILE=16384\n"),
+        FileSpec(instance.config, text, group="redis", mode=0o640),
+    ]
+    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    daemon_reload = instance.limits in (result.result or [])
+    # Debian's default instance stays off: each purpose has its own.
+    wanted = {
+        "redis-server.service": Wanted(running=False, enabled=False),
+        instance.unit: Wanted(restart=result.changed),
+    }
+    services(task, wanted, daemon_reload=daemon_reload)
+    task.run(task=wait_for_port, port=instance.port, address=instance.address, severity_level=10)
+    return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+def ping_script(address: str, port: int) -> str:
+    """PING with the password from stdin (REDISCLI_AUTH), never on the command line."""
+    return (
+        "IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; "
+        f"redis-cli --no-auth-warning -h {shlex.quote(address)} -p {port} ping"
+    )
+
+
+def redis_pong(task: Task, instance: RedisInstance, password: str) -> Result:
+    """Health check: the instance answers PONG to an authenticated client."""
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result="not checked in this mode")
+    out = run(
+        task,
+        ping_script(instance.address, instance.port),
+        stdin=password + "\n",
+        what=Expectation("PONG", f"journalctl -u {instance.unit} on the host"),
+    )
+    return Result(host=task.host, result=out.stdout.strip())
