@@ -69,7 +69,10 @@ def service(
 ) -> Result:
     """Ensure `unit` is (not) running and (not) enabled; restart it when asked."""
     wanted = {unit: Wanted(running=running, enabled=enabled, restart=restart, reload=reload)}
-    return services(task, wanted, daemon_reload=daemon_reload)
+    done = services(task, wanted, daemon_reload=daemon_reload)
+    # One unit: `result` lists the verbs alone ("start", "reload").
+    verbs = [action.split(" ", 1)[0] for action in done.result]
+    return Result(host=task.host, result=verbs, changed=done.changed, diff=done.diff)
 
 
 @dataclass(frozen=True)
