@@ -20,6 +20,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   timeout 900 apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# promtool and amtool check the monitoring configuration in the tests: taken from Debian's
+# packages without installing (and starting) Prometheus or Alertmanager on the controller.
+tool_package() {  # tool_package PACKAGE TOOL
+  [ -x ".tools/$2" ] && return
+  local tmp
+  tmp=$(mktemp -d)
+  chmod 0755 "$tmp"  # apt-get download writes as _apt
+  (cd "$tmp" && { timeout 600 apt-get download -q "$1" || { timeout 600 apt-get update -q && timeout 600 apt-get download -q "$1"; }; })
+  dpkg-deb -x "$tmp/$1"_*.deb "$tmp/root"
+  install -D -m 0755 "$tmp/root/usr/bin/$2" ".tools/$2"
+  rm -rf "$tmp"
+}
+tool_package prometheus promtool
+tool_package prometheus-alertmanager amtool
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 # The artifact cache (pinned, checksummed): what servers get from the controller, never

@@ -173,6 +173,16 @@ class Monitoring(Section):
     node_exporter_port: Port = Field(
         9101, description="node-exporter port on every server, e.g. 9101 (9100 is Synapse's metrics port)"
     )
+    scrape_interval_seconds: int = Field(
+        30, ge=1, le=300, description="how often Prometheus scrapes every target and evaluates the rules, e.g. 30"
+    )
+    retention_days: int = Field(30, ge=1, le=3650, description="days of metrics Prometheus keeps, e.g. 30")
+    alert_webhook: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="URL Alertmanager posts alerts to (your chat or paging bridge), e.g. http://10.0.6.5:8065/hooks/x; "
+        "null: alerts show in Alertmanager only",
+    )
 
 
 class Firewall(Section):

@@ -14,6 +14,23 @@ from core.config import Config
 from core.sizing import workers_for
 from core.workers import REDIS_PORT, REPLICATION_PORT, port_ranges
 
+# Exporters and monitoring services (fixed: Prometheus's scrape config follows them).
+POSTGRES_EXPORTER_PORT = 9187
+LIVEKIT_REDIS_EXPORTER_PORT = 9121
+SYNAPSE_REDIS_EXPORTER_PORT = 9122
+PROMETHEUS_PORT = 9090
+ALERTMANAGER_PORT = 9093
+BLACKBOX_PORT = 9115
+GRAFANA_PORT = 3000
+
+
+def comm(program: str) -> str:
+    """The name `ss -p` shows for a program: the kernel keeps 15 characters."""
+    return program[:15]
+
+
+REDIS_EXPORTER = comm("prometheus-redis-exporter")
+
 
 @dataclass(frozen=True)
 class PortUse:
@@ -57,6 +74,7 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
             _tcp("patroni-rest", 8008, ("patroni",), fixed),
             _tcp("etcd-client", 2379, ("etcd",), fixed),
             _tcp("etcd-peer", 2380, ("etcd",), fixed),
+            _tcp("postgres-exporter", POSTGRES_EXPORTER_PORT, (comm("prometheus-postgres-exporter"),), fixed),
         ]
     if group == "pgbouncer":
         return [_tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), "config.yaml pgbouncer.port")]
@@ -99,6 +117,7 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
                 public=True,
             ),
             _tcp("livekit-redis", 6379, ("redis-server",), fixed),
+            _tcp("livekit-redis-exporter", LIVEKIT_REDIS_EXPORTER_PORT, (REDIS_EXPORTER,), fixed),
         ]
     if group == "synapse":
         synapse = ("synapse", "python3", "python", "docker-proxy", "traefik")
@@ -113,12 +132,14 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
             uses += [PortUse(label, first, last, "tcp", synapse, counts) for label, first, last in port_ranges(workers)]
             if workers.total:
                 uses.append(_tcp("synapse-redis", REDIS_PORT, ("redis-server",), fixed))
+                uses.append(_tcp("synapse-redis-exporter", SYNAPSE_REDIS_EXPORTER_PORT, (REDIS_EXPORTER,), fixed))
         return uses
     if group == "monitoring":
         return [
-            _tcp("prometheus", 9090, ("prometheus",), fixed),
-            _tcp("alertmanager", 9093, ("prometheus-ale", "alertmanager"), fixed),
-            _tcp("grafana", 3000, ("grafana", "grafana-server"), fixed),
+            _tcp("prometheus", PROMETHEUS_PORT, ("prometheus",), fixed),
+            _tcp("alertmanager", ALERTMANAGER_PORT, (comm("prometheus-alertmanager"), "alertmanager"), fixed),
+            _tcp("blackbox-exporter", BLACKBOX_PORT, (comm("prometheus-blackbox-exporter"),), fixed),
+            _tcp("grafana", GRAFANA_PORT, ("grafana", "grafana-server"), fixed),
         ]
     return []
 
@@ -130,7 +151,7 @@ def host_ports(config: Config, groups: list[str], ssh_port: int) -> list[PortUse
         _tcp(
             "node-exporter",
             config.monitoring.node_exporter_port,
-            ("prometheus-nod", "node_exporter"),
+            (comm("prometheus-node-exporter"), "node_exporter"),
             "config.yaml monitoring.node_exporter_port",
         ),
     ]

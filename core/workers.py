@@ -71,6 +71,70 @@ def plan(workers: Workers) -> list[Worker]:
     return found
 
 
+def playbook_counts(workers: Workers, federation: bool) -> dict[str, int]:
+    """Our sizing in the playbook's specialized-workers preset (its matrix_synapse_workers_<key>).
+
+    Sync workers as sized; the generic share as room workers (room-scoped client and
+    federation requests); one client reader and, with federation, one federation reader
+    for the rest. Pusher, appservice, user-directory, background and the single-writer
+    streams keep the preset's one each.
+    """
+    return {
+        "sync_workers_count": workers.sync,
+        "room_workers_count": workers.generic,
+        "client_reader_workers_count": 1,
+        "federation_reader_workers_count": 1 if federation else 0,
+        "federation_sender_workers_count": workers.federation_sender,
+        "stream_writer_events_stream_workers_count": workers.event_persister,
+        "media_repository_workers_count": workers.media_repository,
+    }
+
+
+# The playbook's single-writer streams after the event persisters (roles/custom/
+# matrix-synapse/defaults/main.yml, matrix_synapse_workers_stream_writers), all one index.
+PLAYBOOK_STREAMS = (
+    "typing",
+    "to_device",
+    "account_data",
+    "receipts",
+    "presence",
+    "push_rules",
+    "device_lists",
+    "quarantined_media_changes",
+)
+
+
+def playbook_plan(workers: Workers, federation: bool) -> list[Worker]:
+    """The workers the playbook creates for our counts, with their metrics ports.
+
+    Mirrors roles/custom/matrix-synapse/tasks/synapse/workers/init.yml at the pinned
+    commit: ids "<type>-<index>", ports = the type's range start + index (one index
+    across all stream writers), in the playbook's order.
+    """
+    counts = playbook_counts(workers, federation)
+    found: list[Worker] = []
+
+    def add(count: int, prefix: str, kind: str, http_start: int, metrics_start: int) -> None:
+        for index in range(count):
+            http = http_start + index if http_start else 0
+            found.append(Worker(f"{prefix}-{index}", kind, (), http, metrics_start + index))
+
+    add(counts["room_workers_count"], "room-worker", "room", 28111, 29111)
+    add(counts["sync_workers_count"], "sync-worker", "sync", 28211, 29211)
+    add(counts["client_reader_workers_count"], "client-reader", "client_reader", 28311, 29311)
+    add(counts["federation_reader_workers_count"], "federation-reader", "federation_reader", 28411, 29411)
+    streams = ["events"] * counts["stream_writer_events_stream_workers_count"] + list(PLAYBOOK_STREAMS)
+    for index, stream in enumerate(streams):
+        found.append(Worker(f"stream-writer-{index}-{stream}", "stream_writer", (), 20011 + index, 19211 + index))
+    add(counts["federation_sender_workers_count"], "federation-sender", "federation_sender", 0, 19400)
+    add(1, "pusher", "pusher", 0, 19200)
+    add(1, "appservice", "appservice", 0, 19300)
+    add(1, "user-dir", "user_dir", 18661, 19661)
+    add(counts["media_repository_workers_count"], "media-repository", "media_repository", 18551, 19551)
+    add(1, "background", "background", 0, 19700)
+    return found
+
+
 def of_kind(workers: list[Worker], kind: str) -> list[Worker]:
     return [w for w in workers if w.kind == kind]
 

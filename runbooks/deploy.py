@@ -23,6 +23,7 @@ from tasks.hosts_file import hosts_file
 from tasks.keepalived import keepalived, vip_answers
 from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answers
 from tasks.minio import minio, minio_bucket, minio_healthy
+from tasks.monitoring import grafana, monitoring_server, node_exporter, postgres_exporter, targets_up
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
@@ -45,6 +46,11 @@ RUNBOOK = Runbook(
             firewall,
         ),
         Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
+        Step(
+            "node-exporter",
+            "node-exporter on every server's private address, with the textfile collector",
+            node_exporter,
+        ),
         Step(
             "etcd",
             "etcd members, static bootstrap; every member healthy",
@@ -76,6 +82,12 @@ RUNBOOK = Runbook(
             "synapse-database",
             "database synapse (UTF8, C collation) and its role, on the leader",
             synapse_database,
+            groups=("patroni",),
+        ),
+        Step(
+            "postgres-exporter",
+            "postgres-exporter beside each PostgreSQL, as the read-only pg_monitor role",
+            postgres_exporter,
             groups=("patroni",),
         ),
         Step(
@@ -164,6 +176,20 @@ RUNBOOK = Runbook(
             admin_user,
             groups=("synapse",),
             applies=native,
+        ),
+        Step(
+            "monitoring",
+            "Prometheus (targets from the inventory, alert rules), Alertmanager, blackbox probes; every target UP",
+            monitoring_server,
+            groups=("monitoring",),
+            check=targets_up,
+        ),
+        Step(
+            "grafana",
+            "Grafana from the artifact cache, its datasource and the platform's dashboards provisioned from files",
+            grafana,
+            groups=("monitoring",),
+            needs=("grafana",),
         ),
     ],
 )

@@ -25,6 +25,9 @@ ROLE_SETTINGS = {
     "default_transaction_isolation": "repeatable read",
 }
 PSQL = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d postgres"
+# postgres-exporter logs in as this role over the local socket (peer authentication:
+# the exporter runs as the OS user of the same name), with pg_monitor's read-only rights.
+MONITOR_ROLE = "prometheus"
 
 
 def literal(text: str) -> str:
@@ -40,7 +43,9 @@ def facts_sql(database: str, user: str, verifier: str) -> str:
                                         'ctype', datctype, 'owner', pg_get_userbyid(datdba))
                FROM pg_database WHERE datname = {literal(database)}),
   'settings', (SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
-               WHERE r.rolname = {literal(user)} AND s.setdatabase = 0));
+               WHERE r.rolname = {literal(user)} AND s.setdatabase = 0),
+  'monitor', EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {literal(MONITOR_ROLE)}
+                     AND pg_has_role(rolname, 'pg_monitor', 'MEMBER')));
 """
 
 
@@ -71,11 +76,18 @@ def statements(facts: dict, database: str, user: str, verifier: str) -> tuple[li
         if current.get(name) != value:
             sql.append(f'ALTER ROLE "{user}" SET {name} = {literal(value)}')
             changes.append(f"role {user}: {name} = {value}")
+    if not facts["monitor"]:
+        sql.append(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {literal(MONITOR_ROLE)}) "
+            f'THEN CREATE ROLE "{MONITOR_ROLE}" LOGIN; END IF; END $$'
+        )
+        sql.append(f'GRANT pg_monitor TO "{MONITOR_ROLE}"')
+        changes.append(f"role {MONITOR_ROLE} (pg_monitor) for postgres-exporter created")
     return sql, changes
 
 
 def synapse_database(task: Task, settings: Settings) -> Result:
-    """On the Patroni leader: ensure the role, its settings and the database; replicas follow."""
+    """On the Patroni leader: ensure the roles, their settings and the database; replicas follow."""
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, result="database and role are converged on the leader at deploy time")
     status, _ = rest_get(task, "/primary", settings.hosts[task.host.name].private_ip)

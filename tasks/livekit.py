@@ -15,6 +15,7 @@ from __future__ import annotations
 from nornir.core.task import Result, Task
 
 from core import artifacts
+from core.ports import LIVEKIT_REDIS_EXPORTER_PORT
 from core.settings import HostInfo, Settings
 from tasks.files import FileSpec, render
 from tasks.redis import RedisInstance, redis_instance, redis_pong
@@ -62,8 +63,9 @@ def redis_host(settings: Settings) -> HostInfo:
 
 
 def mesh_redis(settings: Settings) -> RedisInstance:
+    address = redis_host(settings).private_ip
     return RedisInstance(
-        "livekit", "the LiveKit mesh's room and node state", redis_host(settings).private_ip, REDIS_PORT
+        "livekit", "the LiveKit mesh's room and node state", address, REDIS_PORT, LIVEKIT_REDIS_EXPORTER_PORT
     )
 
 
@@ -73,7 +75,8 @@ def livekit_redis(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, result="livekit.enabled is false in config.yaml")
     if task.host.name != redis_host(settings).name:
         return Result(host=task.host, result=f"the mesh's Redis runs on {redis_host(settings).name}")
-    return redis_instance(task, mesh_redis(settings), settings.secrets["livekit_redis_password"])
+    address = redis_host(settings).private_ip
+    return redis_instance(task, mesh_redis(settings), settings.secrets["livekit_redis_password"], address)
 
 
 def redis_answers(task: Task, settings: Settings) -> Result:

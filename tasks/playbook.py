@@ -32,6 +32,7 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError, InputProblem
 from core.settings import Settings
+from core.workers import playbook_counts
 from tasks.coturn import turn_uris
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
@@ -67,7 +68,6 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
     config, secrets, sizing = settings.config, settings.secrets, settings.sizing
     synapse_ip = settings.members("synapse")[0].private_ip
     haproxy = [f"{h.private_ip}/32" for h in settings.members("haproxy")]
-    workers = sizing.workers
     values: dict[str, object] = {
         "matrix_playbook_migration_validated_version": MIGRATION_VERSION,
         "matrix_domain": config.domain,
@@ -99,18 +99,12 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
         "matrix_synapse_database_database": config.database.name,
         "matrix_synapse_database_cp_min": config.synapse.database_cp_min,
         "matrix_synapse_database_cp_max": config.synapse.database_cp_max,
-        # Our sizing in the specialized-workers preset: sync workers as sized, the
-        # generic share as room workers (room-scoped client and federation requests),
-        # one client reader and one federation reader for the rest.
         "matrix_synapse_workers_enabled": True,
         "matrix_synapse_workers_preset": "specialized-workers",
-        "matrix_synapse_workers_sync_workers_count": workers.sync,
-        "matrix_synapse_workers_room_workers_count": workers.generic,
-        "matrix_synapse_workers_client_reader_workers_count": 1,
-        "matrix_synapse_workers_federation_reader_workers_count": 1 if config.synapse.federation else 0,
-        "matrix_synapse_workers_federation_sender_workers_count": workers.federation_sender,
-        "matrix_synapse_workers_stream_writer_events_stream_workers_count": workers.event_persister,
-        "matrix_synapse_workers_media_repository_workers_count": workers.media_repository,
+        **{
+            f"matrix_synapse_workers_{key}": count
+            for key, count in playbook_counts(sizing.workers, config.synapse.federation).items()
+        },
         "matrix_synapse_metrics_enabled": True,
         "matrix_synapse_metrics_port": config.synapse.metrics_port,
         # Metrics published on the private address for our Prometheus: the main process

@@ -19,6 +19,8 @@ from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, services
 from tasks.waits import wait_for_port
 
+EXPORTER_TEMPLATE = "redis-exporter@.service"
+
 
 @dataclass(frozen=True)
 class RedisInstance:
@@ -26,6 +28,7 @@ class RedisInstance:
     purpose: str  # the config file's first comment says what it serves
     address: str
     port: int
+    exporter_port: int  # its Prometheus exporter, on the host's private address
     maxmemory: str = "256mb"
 
     @property
@@ -37,15 +40,24 @@ class RedisInstance:
         return f"/etc/redis/redis-{self.name}.conf"
 
     @property
+    def exporter_unit(self) -> str:
+        return f"{EXPORTER_TEMPLATE.removesuffix('@.service')}@{self.name}.service"
+
+    @property
+    def exporter_env(self) -> str:
+        return f"/etc/default/redis-exporter-{self.name}"
+
+    @property
     def limits(self) -> str:
         # Debian's template unit asks for 65535 open files; a container host may allow
         # fewer, and a handful of platform clients need far less.
         return f"{UNIT_DIR}/{self.unit}.d/limits.conf"
 
 
-def redis_instance(task: Task, instance: RedisInstance, password: str) -> Result:
-    """Install Redis, converge one instance's config and start it; restart only on change."""
-    task.run(task=packages, names=["redis-server", "redis-tools"], autostart=False, severity_level=10)
+def redis_instance(task: Task, instance: RedisInstance, password: str, exporter_ip: str) -> Result:
+    """Install Redis and its exporter, converge one instance and its exporter; restart only on change."""
+    names = ["redis-server", "redis-tools", "prometheus-redis-exporter"]
+    task.run(task=packages, names=names, autostart=False, severity_level=10)
     text = render(
         task,
         "redis/instance.conf.j2",
@@ -57,18 +69,30 @@ def redis_instance(task: Task, instance: RedisInstance, password: str) -> Result
         password=password,
         maxmemory=instance.maxmemory,
     )
+    exporter_env = render(
+        task,
+        "redis/exporter.env.j2",
+        address=f"redis://{instance.address}:{instance.port}",
+        password=password,
+        listen=f"{exporter_ip}:{instance.exporter_port}",
+    )
+    units = [instance.limits, f"{UNIT_DIR}/{EXPORTER_TEMPLATE}"]
     specs = [
-        FileSpec(instance.limits, "[Service]\nLimitNOFILE=16384\n"),
+        FileSpec(units[0], "[Service]\nLimitNOFILE=16384\n"),
+        FileSpec(units[1], render(task, "redis/redis-exporter@.service.j2")),
         FileSpec(instance.config, text, group="redis", mode=0o640),
+        FileSpec(instance.exporter_env, exporter_env, group="prometheus", mode=0o640, secret=True),
     ]
     result = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    daemon_reload = instance.limits in (result.result or [])
-    # Debian's default instance stays off: each purpose has its own.
+    written = set(result.result or [])
+    # Debian's default instances stay off: each purpose has its own.
     wanted = {
         "redis-server.service": Wanted(running=False, enabled=False),
-        instance.unit: Wanted(restart=result.changed),
+        "prometheus-redis-exporter.service": Wanted(running=False, enabled=False),
+        instance.unit: Wanted(restart=bool(written & {instance.limits, instance.config})),
     }
-    services(task, wanted, daemon_reload=daemon_reload)
+    exporter = {instance.exporter_unit: Wanted(restart=bool(written - {instance.limits, instance.config}))}
+    services(task, wanted, exporter, daemon_reload=bool(written & set(units)))
     task.run(task=wait_for_port, port=instance.port, address=instance.address, severity_level=10)
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 

@@ -21,6 +21,7 @@ import shlex
 from nornir.core.task import Result, Task
 
 from core import artifacts
+from core.ports import SYNAPSE_REDIS_EXPORTER_PORT
 from core.settings import Settings
 from core.sizing import workers_for
 from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan
@@ -44,7 +45,9 @@ UNIT = "synapse.service"
 WORKER_UNIT = "synapse-worker@.service"
 HTTP_PORT = 8008
 USER = "synapse"
-REDIS = RedisInstance("synapse", "Synapse's worker replication streams", LOOPBACK, REDIS_PORT)
+REDIS = RedisInstance(
+    "synapse", "Synapse's worker replication streams", LOOPBACK, REDIS_PORT, SYNAPSE_REDIS_EXPORTER_PORT
+)
 
 
 def worker_unit(name: str) -> str:
@@ -135,7 +138,7 @@ def synapse(task: Task, settings: Settings) -> Result:
     service_user(task, USER)
     installed = task.run(task=install_synapse, settings=settings, severity_level=10)[0].changed
     if processes:
-        redis_instance(task, REDIS, settings.secrets["synapse_redis_password"])
+        redis_instance(task, REDIS, settings.secrets["synapse_redis_password"], host.private_ip)
     context = {"venv": VENV, "config": CONFIG, "data": DATA, "user": USER, "workers_dir": WORKERS_DIR}
     shared = [
         FileSpec(

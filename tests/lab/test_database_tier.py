@@ -145,15 +145,17 @@ def test_rerun_changes_nothing_and_restarts_nothing(deployed: None, lab: Lab, de
 def test_restart_needing_change_rolls_through_the_cluster(
     deployed: None, lab: Lab, lab_settings: Settings, tmp_path: Path
 ) -> None:
-    """More users → a larger max_connections: replicas restart one by one, then a switchover, then the old leader."""
+    """A larger max_connections (bigger pools): replicas restart one by one, a switchover, then the old leader."""
 
     def deploy_with(config: Path) -> int:
         return load_runbook("deploy").RUNBOOK.main(["--lab", "--config", str(config), "--step", "patroni-config"])
 
-    # A config with 20000 concurrent users beside the same secrets as the lab's.
+    # A config whose PgBouncers may open more server connections (2 × (120 + 10) + 20 reserved,
+    # × 1.5 → 450), beside the same secrets as the lab's. (The lab's worker counts are
+    # explicit, so more users alone would not change the budget.)
     shutil.copytree(REPO / ".secrets", tmp_path / ".secrets")
     bigger = tmp_path / "config.yaml"
-    bigger.write_text(LAB_CONFIG.read_text() + "ccu: 20000\n")
+    bigger.write_text(LAB_CONFIG.read_text() + "pgbouncer:\n  default_pool_size: 120\n")
     leader_before = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
     started = {h: sql(lab, h, "SELECT pg_postmaster_start_time()") for h in PATRONI}
     try:

@@ -49,14 +49,15 @@ def test_memory_tuning_from_ram() -> None:
     assert memory.work_mem_mb == 11 and memory.maintenance_work_mem_mb == 1024
 
 
-FRESH = {"role": False, "password_current": False, "database": None, "settings": None}
+FRESH = {"role": False, "password_current": False, "database": None, "settings": None, "monitor": False}
 
 
 def test_fresh_server_gets_role_password_database_and_settings() -> None:
     sql, changes = statements(FRESH, "synapse", "synapse", "SCRAM-SHA-256$4096:x$y:z")
     assert sql[0] == 'CREATE ROLE "synapse" LOGIN'
     assert "TEMPLATE template0" in sql[2] and "LC_COLLATE 'C'" in sql[2]
-    assert len(sql) == 3 + len(ROLE_SETTINGS) and len(changes) == len(sql)
+    assert sql[-1] == 'GRANT pg_monitor TO "prometheus"'  # postgres-exporter's read-only role
+    assert len(sql) == 3 + len(ROLE_SETTINGS) + 2 and len(changes) == len(sql) - 1
 
 
 def test_converged_server_needs_nothing() -> None:
@@ -65,6 +66,7 @@ def test_converged_server_needs_nothing() -> None:
         "password_current": True,
         "database": {"encoding": "UTF8", "collate": "C", "ctype": "C", "owner": "synapse"},
         "settings": [f"{k}={v}" for k, v in ROLE_SETTINGS.items()],
+        "monitor": True,
     }
     assert statements(facts, "synapse", "synapse", "v") == ([], [])
 

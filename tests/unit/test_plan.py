@@ -27,11 +27,13 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "preflight",
         "firewall",
         "ca-trust",
+        "node-exporter",
         "etcd",
         "patroni",
         "patroni-config",
         "pgbouncer",
         "synapse-database",
+        "postgres-exporter",
         "database-access",
         "minio",
         "minio-bucket",
@@ -45,11 +47,14 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "synapse",
         "synapse-playbook",
         "admin-user",
+        "monitoring",
+        "grafana",
     ]
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
     # Vendor binaries not pinned in the manifest; Synapse itself comes from the playbook in production.
-    assert set(skipped) == {"minio", "minio-bucket", "livekit", "livekit-jwt", "synapse", "admin-user"}
-    assert all("no sha256 pinned" in skipped[s] for s in ("minio", "minio-bucket", "livekit", "livekit-jwt"))
+    assert set(skipped) == {"minio", "minio-bucket", "livekit", "livekit-jwt", "synapse", "admin-user", "grafana"}
+    vendor = ("minio", "minio-bucket", "livekit", "livekit-jwt", "grafana")
+    assert all("no sha256 pinned" in skipped[s] for s in vendor)
     assert skipped["synapse"].startswith("used in native mode only")
     playbook = next(s for s in data["steps"] if s["name"] == "synapse-playbook")
     assert "setup-all,ensure-matrix-users-created,start" in json.dumps(playbook)
@@ -100,7 +105,7 @@ def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. etcd") < text.index("18. hosts-file")
+    assert text.index("1. preflight") < text.index("2. firewall") < text.index("5. etcd") < text.index("20. hosts-file")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:

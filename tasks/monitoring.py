@@ -1,0 +1,279 @@
+"""Deployment step 12: node-exporter everywhere, postgres-exporter on the database nodes,
+and Prometheus, Alertmanager and the blackbox exporter on the monitoring host.
+
+The scrape targets come from core/targets.py (the inventory plus what the deploy runs),
+so a new worker or host is scraped after the next deploy without editing anything.
+Every file is checked on the host before it is installed (promtool, amtool, the
+blackbox exporter's own check). Prometheus and Alertmanager reload on a changed config;
+the step's gate waits until Prometheus reports every expected target UP.
+
+Redis exporters live with their Redis instances (tasks/redis.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from nornir.core.task import Result, Task
+
+from core import artifacts
+from core.dashboards import DASHBOARDS, DATASOURCE_UID
+from core.dashboards import render as dashboard_json
+from core.errors import HostError
+from core.ports import ALERTMANAGER_PORT, BLACKBOX_PORT, GRAFANA_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT
+from core.settings import Settings
+from core.targets import jobs
+from tasks.database import MONITOR_ROLE
+from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import UNIT_DIR, Wanted, service_user, services
+from tasks.waits import wait_for_http
+
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's built-in default, stated explicitly
+RULES_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "monitoring" / "platform.rules.yml"
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+RULES = "/etc/prometheus/rules/platform.rules.yml"
+ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
+BLACKBOX_CONFIG = "/etc/prometheus/blackbox.yml"
+HAPROXY_PASSWORD_FILE = "/etc/prometheus/haproxy-stats.password"
+PROMETHEUS_UNIT = "prometheus.service"
+ALERTMANAGER_UNIT = "prometheus-alertmanager.service"
+BLACKBOX_UNIT = "prometheus-blackbox-exporter.service"
+GRAFANA_UNIT = "grafana.service"
+GRAFANA_USER = "grafana"
+GRAFANA_INI = "/etc/grafana/grafana.ini"
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+GRAFANA_DASHBOARDS = "/var/lib/grafana/dashboards"
+
+
+def defaults_file(args: str, extra: str = "") -> str:
+    """A Debian /etc/default/prometheus-* file: the daemon's arguments (and environment)."""
+    return f"# Managed by matrix-platform.\n{extra}ARGS={shlex.quote(args)}\n"
+
+
+def node_exporter(task: Task, settings: Settings) -> Result:
+    """node-exporter on the private address, with the textfile directory our checks write metrics to."""
+    host = settings.hosts[task.host.name]
+    task.run(task=packages, names=["prometheus-node-exporter"], autostart=False, severity_level=10)
+    port = settings.config.monitoring.node_exporter_port
+    args = f"--web.listen-address={host.private_ip}:{port} --collector.textfile.directory={TEXTFILE_DIR}"
+    spec = FileSpec("/etc/default/prometheus-node-exporter", defaults_file(args))
+    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
+    services(task, {"prometheus-node-exporter.service": Wanted(restart=result.changed)})
+    return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+def postgres_exporter(task: Task, settings: Settings) -> Result:
+    """postgres-exporter beside each PostgreSQL, logging in over the socket as the pg_monitor role."""
+    host = settings.hosts[task.host.name]
+    task.run(task=packages, names=["prometheus-postgres-exporter"], autostart=False, severity_level=10)
+    dsn = f"host=/var/run/postgresql user={MONITOR_ROLE} dbname=postgres sslmode=disable"
+    args = f"--web.listen-address={host.private_ip}:{POSTGRES_EXPORTER_PORT}"
+    text = defaults_file(args, f"DATA_SOURCE_NAME={shlex.quote(dsn)}\n")
+    spec = FileSpec("/etc/default/prometheus-postgres-exporter", text)
+    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
+    services(task, {"prometheus-postgres-exporter.service": Wanted(restart=result.changed)})
+    return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+def scrape_context(settings: Settings, rules: str = RULES) -> dict[str, object]:
+    """Template data of prometheus.yml."""
+    monitoring = settings.members("monitoring")[0]
+    return {
+        "site": settings.site,
+        "interval": settings.config.monitoring.scrape_interval_seconds,
+        "alertmanager": f"{monitoring.private_ip}:{ALERTMANAGER_PORT}",
+        "blackbox": f"{monitoring.private_ip}:{BLACKBOX_PORT}",
+        "rules": rules,
+        "jobs": jobs(settings, HAPROXY_PASSWORD_FILE),
+    }
+
+
+def monitoring_server(task: Task, settings: Settings) -> Result:
+    """Prometheus, Alertmanager and the blackbox exporter; each reloads or restarts only when its files changed."""
+    host = settings.hosts[task.host.name]
+    monitoring = settings.config.monitoring
+    names = ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"]
+    task.run(task=packages, names=names, autostart=False, severity_level=10)
+    context = {"interval": monitoring.scrape_interval_seconds, "webhook": monitoring.alert_webhook}
+    prometheus_args = (
+        f"--web.listen-address={host.private_ip}:{PROMETHEUS_PORT} "
+        f"--storage.tsdb.retention.time={monitoring.retention_days}d"
+    )
+    alertmanager_args = (
+        f"--web.listen-address={host.private_ip}:{ALERTMANAGER_PORT} --cluster.listen-address= "
+        f"--web.external-url=http://{host.private_ip}:{ALERTMANAGER_PORT}/"
+    )
+    blackbox_args = f"--web.listen-address={host.private_ip}:{BLACKBOX_PORT} --config.file={BLACKBOX_CONFIG}"
+    readable = {"group": "prometheus", "mode": 0o640}
+    prometheus_files = [
+        FileSpec(RULES, RULES_SOURCE.read_text(), check="promtool check rules {path}"),
+        FileSpec(HAPROXY_PASSWORD_FILE, settings.secrets["haproxy_stats_password"], secret=True, **readable),
+        FileSpec(
+            PROMETHEUS_CONFIG,
+            render(task, "monitoring/prometheus.yml.j2", **scrape_context(settings)),
+            check="promtool check config {path}",
+            **readable,
+        ),
+        FileSpec("/etc/default/prometheus", defaults_file(prometheus_args)),
+    ]
+    alertmanager_files = [
+        FileSpec(
+            ALERTMANAGER_CONFIG,
+            render(task, "monitoring/alertmanager.yml.j2", **context),
+            check="amtool check-config {path}",
+            **readable,
+        ),
+        FileSpec("/etc/default/prometheus-alertmanager", defaults_file(alertmanager_args)),
+    ]
+    blackbox_files = [
+        FileSpec(
+            BLACKBOX_CONFIG,
+            render(task, "monitoring/blackbox.yml.j2"),
+            check="prometheus-blackbox-exporter --config.check --config.file={path}",
+        ),
+        FileSpec("/etc/default/prometheus-blackbox-exporter", defaults_file(blackbox_args)),
+    ]
+    result = task.run(
+        task=put_files, specs=[*prometheus_files, *alertmanager_files, *blackbox_files], severity_level=10
+    )[0]
+    written = set(result.result or [])
+
+    def changed(specs: list[FileSpec]) -> bool:
+        return any(spec.path in written for spec in specs)
+
+    # Arguments change only with a restart; configs and rules reload.
+    wanted = {
+        PROMETHEUS_UNIT: Wanted(restart=changed(prometheus_files), reload=not changed(prometheus_files[-1:])),
+        ALERTMANAGER_UNIT: Wanted(restart=changed(alertmanager_files), reload=not changed(alertmanager_files[-1:])),
+        BLACKBOX_UNIT: Wanted(restart=changed(blackbox_files)),
+    }
+    services(task, wanted)
+    return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+# Polls Prometheus until every expected (job, instance) from stdin is up or the deadline
+# passes; prints [job, instance, health, last error] of every active target.
+TARGETS = r"""
+import json, sys, time, urllib.request
+base, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+expected = {tuple(pair) for pair in json.load(sys.stdin)}
+while True:
+    try:
+        data = json.load(urllib.request.urlopen(base + "/api/v1/targets?state=active", timeout=10))
+        targets = [[t["labels"]["job"], t["labels"]["instance"], t["health"], t.get("lastError", "")]
+                   for t in data["data"]["activeTargets"]]
+    except OSError as error:
+        targets = [["prometheus", base, "down", str(error)]]
+    if expected <= {(j, i) for j, i, health, _ in targets if health == "up"} or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+print(json.dumps(targets))
+"""
+
+
+def expected_targets(settings: Settings) -> set[tuple[str, str]]:
+    """(job, instance) of every target the platform should have."""
+    return {(job.name, target.address) for job in jobs(settings, HAPROXY_PASSWORD_FILE) for target in job.targets}
+
+
+def targets_up(task: Task, settings: Settings) -> Result:
+    """Gate: Prometheus is ready and reports every expected target UP (waits a few scrape intervals)."""
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result="not checked in this mode")
+    base = f"http://{settings.hosts[task.host.name].private_ip}:{PROMETHEUS_PORT}"
+    wait_for_http(task, f"{base}/-/ready", timeout=60)
+    expected = expected_targets(settings)
+    timeout = max(30, 4 * settings.config.monitoring.scrape_interval_seconds)
+    out = run(
+        task,
+        f"python3 -c {shlex.quote(TARGETS)} {base} {timeout}",
+        stdin=json.dumps(sorted(expected)),
+        timeout=timeout + 30,
+        what=Expectation("Prometheus's targets as JSON"),
+    )
+    health = json.loads(out.stdout)
+    up = {(job, instance) for job, instance, state, _ in health if state == "up"}
+    down = sorted(expected - up)
+    if down:
+        errors = {(job, instance): error for job, instance, _, error in health}
+        raise HostError(
+            f"{task.host.name}: Prometheus reports {len(down)} of {len(expected)} targets not up: "
+            + "; ".join(f"{j} {i} ({errors.get((j, i)) or 'not scraped yet'})" for j, i in down)
+            + ". Check the exporter on that host (systemctl status, journalctl) and the firewall"
+        )
+    return Result(host=task.host, result=f"{len(expected)} targets up")
+
+
+def grafana_home(settings: Settings) -> str:
+    return f"/opt/grafana-{artifacts.manifest()['grafana'].version}"
+
+
+def grafana(task: Task, settings: Settings) -> Result:
+    """Grafana from the artifact cache, with the Prometheus datasource and the platform's dashboards as files.
+
+    Grafana is not in the reachable package repositories: its standalone archive is
+    pushed, unpacked once per version (a new version is a new directory, switched by the
+    unit), and started on the private address. Nothing is fetched at run time.
+    """
+    host = settings.hosts[task.host.name]
+    home = grafana_home(settings)
+    (archive,) = artifacts.deliverables(artifacts.manifest()["grafana"])
+    service_user(task, GRAFANA_USER)
+    staged = f"/opt/grafana-archives/{archive.name}"
+    pushed = task.run(task=put_artifacts, specs=[ArtifactSpec(staged, archive, mode=0o644)], severity_level=10)[0]
+    if mode(task) is Mode.APPLY:
+        run(
+            task,
+            f"test -x {home}/bin/grafana || {{ rm -rf {home}.new && mkdir -p {home}.new && "
+            f"tar -xzf {staged} -C {home}.new --strip-components=1 && mv {home}.new {home}; }}",
+            what=Expectation(f"Grafana unpacked in {home}", f"check {staged} on the host (tar -tzf)"),
+        )
+    monitoring = settings.members("monitoring")[0]
+    readable = {"group": GRAFANA_USER, "mode": 0o640}
+    specs = [
+        FileSpec(
+            GRAFANA_INI,
+            render(
+                task,
+                "monitoring/grafana.ini.j2",
+                ip=host.private_ip,
+                port=GRAFANA_PORT,
+                provisioning=GRAFANA_PROVISIONING,
+                admin_password=settings.secrets["grafana_admin_password"],
+            ),
+            secret=True,
+            **readable,
+        ),
+        FileSpec(
+            f"{GRAFANA_PROVISIONING}/datasources/platform.yml",
+            render(
+                task,
+                "monitoring/grafana-datasource.yml.j2",
+                uid=DATASOURCE_UID,
+                url=f"http://{monitoring.private_ip}:{PROMETHEUS_PORT}",
+            ),
+            **readable,
+        ),
+        FileSpec(
+            f"{GRAFANA_PROVISIONING}/dashboards/platform.yml",
+            render(task, "monitoring/grafana-dashboards.yml.j2", path=GRAFANA_DASHBOARDS),
+            **readable,
+        ),
+        *(FileSpec(f"{GRAFANA_DASHBOARDS}/{d.uid}.json", dashboard_json(d), **readable) for d in DASHBOARDS),
+        FileSpec(
+            f"{UNIT_DIR}/{GRAFANA_UNIT}",
+            render(task, "monitoring/grafana.service.j2", home=home, config=GRAFANA_INI, user=GRAFANA_USER),
+        ),
+    ]
+    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    unit_changed = f"{UNIT_DIR}/{GRAFANA_UNIT}" in (result.result or [])
+    changed = result.changed or pushed.changed
+    services(task, {GRAFANA_UNIT: Wanted(restart=changed)}, daemon_reload=unit_changed)
+    task.run(
+        task=wait_for_http, url=f"http://{host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120, severity_level=10
+    )
+    return Result(host=task.host, changed=changed, diff=result.diff)
