@@ -193,6 +193,22 @@ class Firewall(Section):
 
 
 class Certificates(Section):
+    source: Literal["internal", "import"] = Field(
+        "internal",
+        description="'internal': the site CA issues every certificate; 'import': HAProxy serves the certificate "
+        "in import_dir (obtained by ACME while the servers had internet), the rest stays internal",
+    )
+    import_dir: str | None = Field(
+        None,
+        description="with source 'import': folder holding fullchain.pem and privkey.pem for the homeserver name, "
+        "e.g. /etc/letsencrypt/live/chat.example.org (relative to config.yaml)",
+    )
+    min_days_left: int = Field(
+        14,
+        ge=1,
+        le=365,
+        description="certificates.py check fails when a served certificate has fewer days left, e.g. 14",
+    )
     lifetime_days: int = Field(
         365, ge=1, le=825, description="validity of server certificates the internal CA issues, in days, e.g. 365"
     )

@@ -100,6 +100,19 @@ class InternalCA:
                 self._issue(cert_path, key_path, names, lifetime_days)
             return ServerCertificate(name, cert_path.read_text(), key_path.read_text(), self.cert_path.read_text())
 
+    def retire(self, name: str) -> bool:
+        """Drop the certificate `name` so that the next use issues a new one (renew); False if none."""
+        with _LOCK:
+            cert_path = self.folder / f"{name}.crt"
+            if not cert_path.exists():
+                return False
+            cert_path.unlink()
+            return True
+
+    def issued(self) -> list[str]:
+        """Names of the server certificates this CA has issued and keeps."""
+        return sorted(p.stem for p in self.folder.glob("*.crt") if p.stem != "ca")
+
     def _needs_new(self, cert_path: Path, names: list[str], renew_before_days: int) -> bool:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         root = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
@@ -165,3 +178,71 @@ class InternalCA:
         )
         _write_private(key_path, _pem_key(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """What matters about a certificate for checks: its names, issuer and validity end."""
+
+    subject: str
+    issuer: str
+    names: tuple[str, ...]
+    not_after: datetime.datetime
+
+    @property
+    def days_left(self) -> float:
+        return (self.not_after - _now()).total_seconds() / 86400
+
+
+def facts(certificate: x509.Certificate) -> CertificateFacts:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(str(n.value) for n in san)
+    except x509.ExtensionNotFound:
+        names = ()
+    return CertificateFacts(
+        certificate.subject.rfc4514_string(),
+        certificate.issuer.rfc4514_string(),
+        names,
+        certificate.not_valid_after_utc,
+    )
+
+
+def imported(directory: Path, required_names: list[str]) -> tuple[ServerCertificate | None, list[str]]:
+    """An ACME certificate set (certbot's fullchain.pem + privkey.pem) and what is wrong with it.
+
+    Refused: a missing or unreadable file, a key that does not belong to the certificate,
+    a name clients use that the certificate does not cover, an expired certificate.
+    """
+    chain_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
+    missing = [str(p) for p in (chain_path, key_path) if not p.is_file()]
+    if missing:
+        return None, [f"{' and '.join(missing)} not found"]
+    try:
+        chain = x509.load_pem_x509_certificates(chain_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as error:
+        return None, [f"cannot read the certificate set in {directory}: {error}"]
+    leaf = chain[0]
+    problems = []
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, public) != leaf.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ):
+        problems.append(f"{key_path} is not the key of the certificate in {chain_path}")
+    found = facts(leaf)
+    uncovered = [name for name in required_names if not _covers(found.names, name)]
+    if uncovered:
+        problems.append(f"{chain_path} does not cover {', '.join(uncovered)} (its names: {', '.join(found.names)})")
+    if found.days_left <= 0:
+        problems.append(f"{chain_path} expired on {found.not_after:%Y-%m-%d}")
+    if problems:
+        return None, problems
+    ca = chain[-1].public_bytes(serialization.Encoding.PEM).decode() if len(chain) > 1 else ""
+    cert_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+    return ServerCertificate("imported", cert_pem, key_path.read_text(), ca), []
+
+
+def _covers(names: tuple[str, ...], name: str) -> bool:
+    """Whether a SAN list covers `name`, a wildcard covering one label."""
+    return name in names or any(n.startswith("*.") and name.split(".", 1)[-1] == n[2:] for n in names)

@@ -72,6 +72,8 @@ class Step:
     # What the controller itself must have for this step (e.g. the playbook checkout),
     # checked with the artifacts before any host is touched.
     requires: Callable[[Settings], list[InputProblem]] | None = None
+    # A table or summary printed after the step from all hosts' results (e.g. expiry dates).
+    report: Callable[[AggregatedResult, Settings], str] | None = None
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
@@ -343,6 +345,8 @@ class Runbook:
             name: progress.outcomes.get(name) or host_outcome(multi, 0.0, redact) for name, multi in result.items()
         }
         outcome = StepOutcome(step.name, "ok", hosts=hosts)
+        if step.report and not result.failed:
+            self.console.print(escape(redact(step.report(result, settings))), highlight=False)
         if result.failed:
             outcome.status = "failed"
             outcome.note = f"{len(result.failed_hosts)} host(s) failed"

@@ -18,7 +18,7 @@ from tasks.coturn import coturn
 from tasks.database import synapse_database
 from tasks.etcd import etcd, etcd_healthy
 from tasks.firewall import firewall
-from tasks.haproxy import haproxy
+from tasks.haproxy import haproxy, import_problems
 from tasks.hosts_file import hosts_file
 from tasks.keepalived import keepalived, vip_answers
 from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answers
@@ -116,6 +116,7 @@ RUNBOOK = Runbook(
             "HAProxy: TLS on 443/8448, routing to Synapse, admin allowlist, stats on 8404",
             haproxy,
             groups=("haproxy",),
+            requires=import_problems,
         ),
         Step(
             "keepalived",

@@ -1,15 +1,27 @@
-"""Certificates on the servers: the site CA in every trust store.
+"""Certificates on the servers: the site CA in every trust store, and what each TLS endpoint serves.
 
 Every server trusts the internal CA (core/pki.py), so services and tools on one server
-verify the TLS of another (the VIP, Coturn, MinIO) without extra options.
+verify the TLS of another (the VIP, Coturn) without extra options. The served
+certificates are checked over the network from the monitoring host, the way clients
+see them: chain, name and days left; their expiry goes to node-exporter's textfile
+directory there, so Prometheus alerts before a certificate runs out.
 """
 
 from __future__ import annotations
 
-from nornir.core.task import Result, Task
+import base64
+import json
+import shlex
+from dataclasses import dataclass
 
+from cryptography import x509
+from nornir.core.task import AggregatedResult, Result, Task
+
+from core import pki
+from core.errors import InputProblem
 from core.settings import Settings
 from tasks.files import FileSpec, put_files
+from tasks.monitoring import TEXTFILE_DIR
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
 
@@ -26,3 +38,181 @@ def ca_trust(task: Task, settings: Settings) -> Result:
     if result.changed and mode(task) is Mode.APPLY:
         run(task, "update-ca-certificates --fresh >/dev/null", what=Expectation("the trust store rebuilt"))
     return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A TLS listener clients or other servers use, and the name they ask for."""
+
+    label: str  # what the tables and the metric call it
+    address: str
+    port: int
+    server_name: str
+
+
+def endpoints(settings: Settings) -> list[Endpoint]:
+    """Every TLS endpoint of the platform: the VIP (443, 8448), each HAProxy host, each Coturn (5349)."""
+    config = settings.config
+    fqdn = config.homeserver_fqdn
+    found = [Endpoint(f"{fqdn}:443 (VIP)", settings.vip, 443, fqdn)]
+    if config.synapse.federation:
+        found.append(Endpoint(f"{fqdn}:8448 (VIP)", settings.vip, 8448, fqdn))
+    found += [Endpoint(f"{h.name}:443", h.private_ip, 443, fqdn) for h in settings.members("haproxy")]
+    found += [Endpoint(f"{h.name}:5349", h.private_ip, 5349, h.private_ip) for h in settings.members("coturn")]
+    return found
+
+
+# On the checking host: for each endpoint, the served certificate (DER, base64) and whether
+# it verifies against the host's trust store for the name clients use.
+SERVED = r"""
+import base64, json, socket, ssl, sys
+out = []
+for label, address, port, name in json.load(sys.stdin):
+    entry = {"label": label, "der": None, "verified": False, "error": ""}
+    try:
+        loose = ssl.create_default_context()
+        loose.check_hostname, loose.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection((address, port), timeout=5) as raw:
+            with loose.wrap_socket(raw, server_hostname=name) as tls:
+                entry["der"] = base64.b64encode(tls.getpeercert(binary_form=True)).decode()
+        with socket.create_connection((address, port), timeout=5) as raw:
+            with ssl.create_default_context().wrap_socket(raw, server_hostname=name):
+                entry["verified"] = True
+    except (OSError, ssl.SSLError) as error:
+        entry["error"] = str(error)
+    out.append(entry)
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class Served:
+    endpoint: Endpoint
+    facts: pki.CertificateFacts | None
+    verified: bool
+    error: str
+
+
+def checking_host(settings: Settings) -> str:
+    """Where the served certificates are checked from: the monitoring host (another host than the servers)."""
+    return settings.members("monitoring")[0].name
+
+
+def served_certificates(task: Task, settings: Settings) -> Result:
+    """On the monitoring host: fetch and verify the certificate of every endpoint over the network."""
+    if mode(task) is not Mode.APPLY and mode(task) is not Mode.CHECK:
+        return Result(host=task.host, result=[])
+    points = endpoints(settings)
+    out = run(
+        task,
+        f"python3 -c {shlex.quote(SERVED)}",
+        stdin=json.dumps([[e.label, e.address, e.port, e.server_name] for e in points]),
+        what=Expectation("one JSON entry per TLS endpoint"),
+    )
+    served = []
+    for endpoint, entry in zip(points, json.loads(out.stdout), strict=True):
+        der = entry["der"]
+        found = pki.facts(x509.load_der_x509_certificate(base64.b64decode(der))) if der else None
+        served.append(Served(endpoint, found, entry["verified"], entry["error"]))
+    return Result(host=task.host, result=served)
+
+
+def served_of(result: AggregatedResult) -> list[Served]:
+    return [item for multi in result.values() for item in (multi[0].result or [])]
+
+
+def expiry_table(result: AggregatedResult, settings: Settings) -> str:
+    """Every endpoint, fewest days left first."""
+    rows = sorted(served_of(result), key=lambda s: s.facts.days_left if s.facts else -1e9)
+    width = max((len(s.endpoint.label) for s in rows), default=10)
+    lines = [f"  {'endpoint':{width}}  {'days left':>9}  {'expires':10}  verified  subject / error"]
+    for s in rows:
+        if s.facts is None:
+            lines.append(f"  {s.endpoint.label:{width}}  {'-':>9}  {'-':10}  no        {s.error}")
+            continue
+        verified = "yes" if s.verified else "NO"
+        detail = s.facts.subject if s.verified else f"{s.facts.subject}: {s.error}"
+        expires = f"{s.facts.not_after:%Y-%m-%d}"
+        lines.append(f"  {s.endpoint.label:{width}}  {s.facts.days_left:9.1f}  {expires:10}  {verified:8}  {detail}")
+    return "\n".join(lines)
+
+
+def unverified(result: AggregatedResult, settings: Settings) -> list[str]:
+    """Gate: every endpoint serves a certificate that verifies for the name clients use."""
+    return [
+        f"{s.endpoint.label}: {s.error or 'no certificate'} (expected a chain to the site CA or the imported one)"
+        for s in served_of(result)
+        if not s.verified
+    ]
+
+
+def expiring(result: AggregatedResult, settings: Settings) -> list[str]:
+    """Gate of `check`: unverified endpoints, and those with fewer than certificates.min_days_left days."""
+    limit = settings.config.certificates.min_days_left
+    return unverified(result, settings) + [
+        f"{s.endpoint.label}: {s.facts.days_left:.1f} days left, fewer than certificates.min_days_left ({limit}): "
+        "python runbooks/certificates.py renew"
+        for s in served_of(result)
+        if s.facts and s.facts.days_left < limit
+    ]
+
+
+def metrics_text(served: list[Served]) -> str:
+    """node-exporter textfile: each endpoint's expiry (a timestamp) and whether it verifies."""
+    lines = [
+        "# HELP matrix_platform_certificate_expiry_timestamp_seconds When the certificate an endpoint serves expires.",
+        "# TYPE matrix_platform_certificate_expiry_timestamp_seconds gauge",
+    ]
+    lines += [
+        f'matrix_platform_certificate_expiry_timestamp_seconds{{endpoint="{s.endpoint.label}"}} '
+        f"{s.facts.not_after.timestamp():.0f}"
+        for s in served
+        if s.facts
+    ]
+    lines += [
+        "# HELP matrix_platform_certificate_verified 1 when the endpoint's chain verifies for its name.",
+        "# TYPE matrix_platform_certificate_verified gauge",
+    ]
+    lines += [
+        f'matrix_platform_certificate_verified{{endpoint="{s.endpoint.label}"}} {int(s.verified)}' for s in served
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def expiry_check(task: Task, settings: Settings) -> Result:
+    """Fetch every served certificate and write their expiry for Prometheus (node-exporter's textfile)."""
+    served = task.run(task=served_certificates, settings=settings, severity_level=10)[0].result
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=served)
+    spec = FileSpec(f"{TEXTFILE_DIR}/certificates.prom", metrics_text(served))
+    written = task.run(task=put_files, specs=[spec], severity_level=10)[0]
+    return Result(host=task.host, result=served, changed=written.changed, diff=written.diff)
+
+
+def chosen(settings: Settings, names: tuple[str, ...]) -> list[str]:
+    return settings.ca.issued() if "all" in names else list(names)
+
+
+def unknown_names(settings: Settings, names: tuple[str, ...]) -> list[InputProblem]:
+    """`renew --name` values the site CA has not issued (refused before any host is touched)."""
+    unknown = sorted(set(chosen(settings, names)) - set(settings.ca.issued()))
+    if not unknown:
+        return []
+    return [
+        InputProblem(
+            "--name",
+            ", ".join(unknown),
+            "no certificate of the site CA has this name",
+            f"use 'all' or one of: {', '.join(settings.ca.issued())}",
+        )
+    ]
+
+
+def reissue(task: Task, settings: Settings, names: tuple[str, ...]) -> Result:
+    """Internal CA: retire the named certificates so that the distribution steps issue and push new ones."""
+    wanted = chosen(settings, names)
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, changed=True, diff=f"would issue anew: {', '.join(wanted)}")
+    for name in wanted:
+        settings.ca.retire(name)
+    return Result(host=task.host, changed=True, diff=f"to be issued anew: {', '.join(wanted)}")

@@ -11,9 +11,12 @@ connections.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from nornir.core.task import Result, Task
 
+from core import pki
+from core.errors import InputError, InputProblem
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
@@ -182,8 +185,36 @@ def haproxy(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 
+def import_dir(settings: Settings) -> Path:
+    return settings.config_path.parent / (settings.config.certificates.import_dir or "")
+
+
+def import_problems(settings: Settings) -> list[InputProblem]:
+    """With certificates.source 'import': what is wrong with the imported set (checked before any host)."""
+    certificates = settings.config.certificates
+    if certificates.source != "import":
+        return []
+    label = str(settings.config_path)
+    if not certificates.import_dir:
+        return [
+            InputProblem(
+                label, "certificates.import_dir", "not set", "name the folder with fullchain.pem and privkey.pem"
+            )
+        ]
+    _, problems = pki.imported(import_dir(settings), [settings.config.homeserver_fqdn])
+    fix = (
+        "import a certificate set for the homeserver name that is valid and whose key matches (certbot's live/<name>/)"
+    )
+    return [InputProblem(label, "certificates.import_dir", problem, fix) for problem in problems]
+
+
 def edge_certificate(settings: Settings) -> ServerCertificate:
-    """The certificate HAProxy serves: the homeserver name and the server name."""
+    """The certificate HAProxy serves: imported (ACME), or the site CA's for the homeserver and server names."""
     config = settings.config
+    if config.certificates.source == "import":
+        certificate, _ = pki.imported(import_dir(settings), [config.homeserver_fqdn])
+        if certificate is None:  # refused before any host was touched (import_problems)
+            raise InputError(import_problems(settings))
+        return certificate
     names = list(dict.fromkeys([config.homeserver_fqdn, config.domain]))
     return settings.ca.server("edge", names, config.certificates.lifetime_days, config.certificates.renew_before_days)

@@ -56,8 +56,10 @@ def test_probes_of_turn_and_the_vip_succeed(deployed: None, lab: Lab) -> None:
 def test_a_stopped_exporter_goes_down_and_fires_its_alert(deployed: None, lab: Lab) -> None:
     target = ("node", "198.18.1.42:9101")  # coturn2's node-exporter
     ssh(lab, "coturn2", "sudo systemctl stop prometheus-node-exporter")
+    stopped = time.monotonic()
     try:
         wait_until(lambda: health(lab)[target] == "down", 30, "coturn2's node target DOWN")
+        print(f"\nnode target DOWN after {time.monotonic() - stopped:.1f} s")
 
         def firing() -> list[dict]:
             alerts = get(lab, f"{ALERTMANAGER}/api/v2/alerts?active=true")
@@ -71,6 +73,7 @@ def test_a_stopped_exporter_goes_down_and_fires_its_alert(deployed: None, lab: L
 
         # The rule waits 1 minute (for: 1m) before it fires.
         (alert,) = wait_until(firing, 150, "TargetDown for coturn2 in Alertmanager")
+        print(f"TargetDown active in Alertmanager after {time.monotonic() - stopped:.1f} s (rule: for 1m)")
         assert alert["labels"]["severity"] == "critical" and alert["status"]["state"] == "active"
     finally:
         ssh(lab, "coturn2", "sudo systemctl start prometheus-node-exporter")

@@ -1,0 +1,91 @@
+"""Certificates: distribute, check, renew.
+
+    python runbooks/certificates.py                    # distribute: CA trust, HAProxy, Coturn; verify what is served
+    python runbooks/certificates.py check              # days left of every served certificate; fails under
+                                                       # certificates.min_days_left; writes the expiry metric
+    python runbooks/certificates.py renew [--name N]   # issue anew (internal CA; N from the table, default all)
+                                                       # or re-read certificates.import_dir, then distribute
+
+Every consumer reloads or restarts only when its own certificate changed. The runbook
+options (--plan, --check, --limit, --lab, …) follow the subcommand.
+"""
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runbook import Runbook, Step
+from core.settings import Settings
+from tasks.certificates import ca_trust, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
+from tasks.coturn import coturn
+from tasks.haproxy import haproxy, import_problems
+
+DISTRIBUTION = [
+    Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
+    Step(
+        "haproxy",
+        "the edge certificate (internal or imported) on every HAProxy host; reload when it changed",
+        haproxy,
+        groups=("haproxy",),
+        requires=import_problems,
+    ),
+    Step("coturn", "each Coturn's certificate for TLS on 5349; restart when it changed", coturn, groups=("coturn",)),
+    Step(
+        "served",
+        "from the monitoring host: every TLS endpoint serves a chain that verifies for its name",
+        expiry_check,
+        groups=("monitoring",),
+        gate=unverified,
+        report=expiry_table,
+    ),
+]
+
+CHECK = Step(
+    "expiry",
+    "from the monitoring host: days left of every served certificate, written for Prometheus",
+    expiry_check,
+    groups=("monitoring",),
+    gate=expiring,
+    report=expiry_table,
+)
+
+
+def internal(settings: Settings) -> bool:
+    """used with the internal CA only; an imported set is renewed by importing it again (certificates.import_dir)"""
+    return settings.config.certificates.source == "internal"
+
+
+def renew_step(names: tuple[str, ...]) -> Step:
+    return Step(
+        "reissue",
+        f"the site CA retires {', '.join(names)}; the next steps issue and distribute new ones",
+        partial(reissue, names=names),
+        groups=("monitoring",),
+        applies=internal,
+        requires=partial(unknown_names, names=names),
+    )
+
+
+def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
+    """The runbook for the subcommand in `argv`, and the options left for it."""
+    command = argv[0] if argv and argv[0] in ("distribute", "check", "renew") else "distribute"
+    rest = argv[1:] if argv and argv[0] == command else argv
+    if command == "check":
+        return Runbook(
+            "certificates", f"check: chain, name and days left of every served certificate.\n{__doc__}", [CHECK]
+        ), rest
+    if command == "renew":
+        names = argparse.ArgumentParser(add_help=False)
+        names.add_argument("--name", action="append", default=[])
+        known, rest = names.parse_known_args(rest)
+        steps = [renew_step(tuple(known.name or ["all"])), *DISTRIBUTION]
+        return Runbook("certificates", f"renew: issue anew and distribute.\n{__doc__}", steps), rest
+    return Runbook("certificates", f"distribute, and verify what is served.\n{__doc__}", DISTRIBUTION), rest
+
+
+if __name__ == "__main__":
+    chosen, options = runbook(sys.argv[1:])
+    sys.exit(chosen.main(options))

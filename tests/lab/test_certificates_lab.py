@@ -1,0 +1,105 @@
+"""certificates.py against the lab: served chains verify from another host, a re-run reloads
+nothing, renewing one certificate restarts exactly its consumer, and check fails on a
+certificate about to expire."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lab import LAB_CONFIG
+from lab.lab import Lab
+from tests.conftest import REPO, load_runbook
+from tests.lab.conftest import ssh
+
+Run = Callable[..., tuple[int, str]]
+
+# From a host that serves none of them: the chain of each endpoint verifies for its name.
+VERIFY = r"""
+import socket, ssl, sys
+for address, port, name in (a.split(",") for a in sys.argv[1:]):
+    with socket.create_connection((address, int(port)), timeout=5) as raw:
+        with ssl.create_default_context().wrap_socket(raw, server_hostname=name) as tls:
+            print(address, port, tls.getpeercert()["serialNumber"])
+"""
+
+
+@pytest.fixture
+def certificates(lab: Lab, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `python runbooks/certificates.py [ARGS] --lab` in-process; returns (exit code, output)."""
+    module = load_runbook("certificates")
+
+    def run(*argv: str) -> tuple[int, str]:
+        chosen, rest = module.runbook([*argv, "--lab"])
+        code = chosen.main(rest)
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    return run
+
+
+def serials(lab: Lab) -> dict[str, str]:
+    targets = ["198.18.0.10,443,chat.lab.example", "198.18.1.41,5349,198.18.1.41", "198.18.1.42,5349,198.18.1.42"]
+    out = ssh(lab, "patroni1", f"python3 -c {shlex.quote(VERIFY)} {' '.join(targets)}").stdout
+    return {f"{a}:{p}": serial for a, p, serial in (line.split() for line in out.splitlines())}
+
+
+def pids(lab: Lab) -> dict[str, str]:
+    units = {"haproxy1": "haproxy", "haproxy2": "haproxy", "coturn1": "coturn", "coturn2": "coturn"}
+    return {h: ssh(lab, h, f"systemctl show -p MainPID --value {u}").stdout.strip() for h, u in units.items()}
+
+
+def test_distribution_verifies_and_a_rerun_reloads_nothing(deployed: None, lab: Lab, certificates: Run) -> None:
+    code, out = certificates()
+    assert code == 0, out
+    assert "chat.lab.example:443 (VIP)" in out and "coturn2:5349" in out  # the table of served certificates
+    before_pids, before_serials = pids(lab), serials(lab)  # verified from patroni1, which serves none of them
+    code, out = certificates()
+    assert code == 0 and "certificates: no changes" in out, out
+    assert pids(lab) == before_pids and serials(lab) == before_serials
+
+
+def test_renewing_one_certificate_restarts_exactly_its_consumer(deployed: None, lab: Lab, certificates: Run) -> None:
+    assert certificates()[0] == 0
+    before_pids, before_serials = pids(lab), serials(lab)
+    code, out = certificates("renew", "--name", "turn-coturn1")
+    assert code == 0, out
+    after_pids, after_serials = pids(lab), serials(lab)
+    assert after_serials["198.18.1.41:5349"] != before_serials["198.18.1.41:5349"]
+    assert {k: v for k, v in after_serials.items() if k != "198.18.1.41:5349"} == {
+        k: v for k, v in before_serials.items() if k != "198.18.1.41:5349"
+    }
+    assert after_pids["coturn1"] != before_pids["coturn1"]
+    assert {h: after_pids[h] for h in ("haproxy1", "haproxy2", "coturn2")} == {
+        h: before_pids[h] for h in ("haproxy1", "haproxy2", "coturn2")
+    }
+
+
+def test_check_reports_every_endpoint_and_fails_on_an_expiring_certificate(
+    deployed: None, lab: Lab, certificates: Run, tmp_path: Path
+) -> None:
+    code, out = certificates("check")
+    assert code == 0, out
+    for label in ("chat.lab.example:8448 (VIP)", "haproxy2:443", "coturn1:5349"):
+        assert label in out
+    metric = ssh(lab, "monitoring1", "cat /var/lib/prometheus/node-exporter/certificates.prom").stdout
+    assert 'matrix_platform_certificate_verified{endpoint="coturn2:5349"} 1' in metric
+    # A site whose CA issues 5-day certificates (same secrets and CA, copied), checked against 14 days.
+    shutil.copytree(REPO / ".secrets", tmp_path / ".secrets")
+    short = tmp_path / "config.yaml"
+    short.write_text(
+        LAB_CONFIG.read_text() + "certificates:\n  lifetime_days: 5\n  renew_before_days: 0\n  min_days_left: 14\n"
+    )
+    try:
+        code, out = certificates("renew", "--name", "turn-coturn2", "--config", str(short))
+        assert code == 0, out
+        code, out = certificates("check", "--config", str(short))
+        assert code == 1, out
+        assert "coturn2:5349: 5.0 days left" in out or "coturn2:5349: 4.9 days left" in out, out
+    finally:
+        assert certificates()[0] == 0  # the lab's own certificate back on coturn2
+    assert certificates("check")[0] == 0
