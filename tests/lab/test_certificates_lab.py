@@ -84,6 +84,7 @@ def test_check_reports_every_endpoint_and_fails_on_an_expiring_certificate(
 ) -> None:
     code, out = certificates("check")
     assert code == 0, out
+    print("\n" + out.split("▶ 1/1 expiry")[1].split("Summary")[0])  # the table, for the record
     for label in ("chat.lab.example:8448 (VIP)", "haproxy2:443", "coturn1:5349"):
         assert label in out
     metric = ssh(lab, "monitoring1", "cat /var/lib/prometheus/node-exporter/certificates.prom").stdout
