@@ -192,6 +192,21 @@ class Firewall(Section):
     )
 
 
+class Backup(Section):
+    stanza: str = Field("matrix", pattern=r"^[a-z][a-z0-9_-]*$", description="pgBackRest stanza name, e.g. matrix")
+    retention_full: int = Field(2, ge=1, le=52, description="full database backups kept (with their WAL), e.g. 2")
+    full_schedule: str = Field(
+        "Sun *-*-* 01:30:00", description="systemd OnCalendar of the weekly full backup, e.g. 'Sun *-*-* 01:30:00'"
+    )
+    diff_schedule: str = Field(
+        "Mon..Sat *-*-* 01:30:00",
+        description="systemd OnCalendar of the daily differential backup, e.g. 'Mon..Sat *-*-* 01:30:00'",
+    )
+    max_age_hours: int = Field(
+        26, ge=1, le=24 * 14, description="a backup older than this many hours is reported (check, alert), e.g. 26"
+    )
+
+
 class Certificates(Section):
     source: Literal["internal", "import"] = Field(
         "internal",
@@ -259,6 +274,7 @@ class Config(Section):
     minio: MinIO = MinIO()
     monitoring: Monitoring = Monitoring()
     firewall: Firewall
+    backup: Backup = Backup()
     certificates: Certificates = Certificates()
     preflight: Preflight = Preflight()
     ssh: Ssh = Ssh()

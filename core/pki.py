@@ -75,6 +75,11 @@ def _san(names: list[str]) -> list[x509.GeneralName]:
     return entries
 
 
+def _usages(client: bool) -> list[x509.ObjectIdentifier]:
+    server = [ExtendedKeyUsageOID.SERVER_AUTH]
+    return [*server, ExtendedKeyUsageOID.CLIENT_AUTH] if client else server
+
+
 class InternalCA:
     """The CA of one site; `folder` holds ca.key, ca.crt and one key/cert pair per service."""
 
@@ -91,13 +96,21 @@ class InternalCA:
             self._ensure_root()
             return self.cert_path.read_text()
 
-    def server(self, name: str, names: list[str], lifetime_days: int, renew_before_days: int) -> ServerCertificate:
-        """The certificate `name` for `names` (DNS names or IPs), issued anew only when needed."""
+    def server(
+        self, name: str, names: list[str], lifetime_days: int, renew_before_days: int, client: bool = False
+    ) -> ServerCertificate:
+        """The certificate `name` for `names` (DNS names or IPs), issued anew only when needed.
+
+        `client`: also good for TLS client authentication (pgBackRest's hosts are both).
+        """
+        usages = _usages(client)
         with _LOCK:
             self._ensure_root()
             cert_path, key_path = self.folder / f"{name}.crt", self.folder / f"{name}.key"
-            if not (cert_path.exists() and key_path.exists()) or self._needs_new(cert_path, names, renew_before_days):
-                self._issue(cert_path, key_path, names, lifetime_days)
+            if not (cert_path.exists() and key_path.exists()) or self._needs_new(
+                cert_path, names, renew_before_days, usages
+            ):
+                self._issue(cert_path, key_path, names, lifetime_days, usages)
             return ServerCertificate(name, cert_path.read_text(), key_path.read_text(), self.cert_path.read_text())
 
     def retire(self, name: str) -> bool:
@@ -113,16 +126,20 @@ class InternalCA:
         """Names of the server certificates this CA has issued and keeps."""
         return sorted(p.stem for p in self.folder.glob("*.crt") if p.stem != "ca")
 
-    def _needs_new(self, cert_path: Path, names: list[str], renew_before_days: int) -> bool:
+    def _needs_new(
+        self, cert_path: Path, names: list[str], renew_before_days: int, usages: list[x509.ObjectIdentifier]
+    ) -> bool:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         root = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             return True
         return (
             cert.issuer != root.subject
             or set(san) != set(_san(names))
+            or set(eku) != set(usages)
             or cert.not_valid_after_utc - _now() < datetime.timedelta(days=renew_before_days)
         )
 
@@ -155,7 +172,9 @@ class InternalCA:
         _write_private(key_path, _pem_key(key))
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def _issue(self, cert_path: Path, key_path: Path, names: list[str], lifetime_days: int) -> None:
+    def _issue(
+        self, cert_path: Path, key_path: Path, names: list[str], lifetime_days: int, usages: list[x509.ObjectIdentifier]
+    ) -> None:
         ca_key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), password=None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         root = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
@@ -171,7 +190,7 @@ class InternalCA:
             .not_valid_after(now + datetime.timedelta(days=lifetime_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())

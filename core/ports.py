@@ -22,6 +22,7 @@ PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 BLACKBOX_PORT = 9115
 GRAFANA_PORT = 3000
+PGBACKREST_PORT = 8432  # pgBackRest's TLS server between the database hosts and the repository
 
 
 def comm(program: str) -> str:
@@ -75,6 +76,7 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
             _tcp("etcd-client", 2379, ("etcd",), fixed),
             _tcp("etcd-peer", 2380, ("etcd",), fixed),
             _tcp("postgres-exporter", POSTGRES_EXPORTER_PORT, (comm("prometheus-postgres-exporter"),), fixed),
+            _tcp("pgbackrest-server", PGBACKREST_PORT, ("pgbackrest",), fixed),
         ]
     if group == "pgbouncer":
         return [_tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), "config.yaml pgbouncer.port")]
@@ -134,6 +136,8 @@ def group_ports(config: Config, group: str) -> list[PortUse]:
                 uses.append(_tcp("synapse-redis", REDIS_PORT, ("redis-server",), fixed))
                 uses.append(_tcp("synapse-redis-exporter", SYNAPSE_REDIS_EXPORTER_PORT, (REDIS_EXPORTER,), fixed))
         return uses
+    if group == "backup":
+        return [_tcp("pgbackrest-server", PGBACKREST_PORT, ("pgbackrest",), fixed)]
     if group == "monitoring":
         return [
             _tcp("prometheus", PROMETHEUS_PORT, ("prometheus",), fixed),

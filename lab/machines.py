@@ -51,13 +51,27 @@ def lab_cgroups() -> list[Path]:
     return [root / CGROUP_FOLDER for root in cgroup_roots() if (root / CGROUP_FOLDER).exists()]
 
 
-def remove_cgroups() -> None:
-    """Remove the lab's cgroups (empty once the hosts are stopped), deepest first."""
-    for top in lab_cgroups():
-        folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for folder in [*folders, top]:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+def remove_cgroups(timeout: float = 15) -> None:
+    """Remove the lab's cgroups, deepest first, killing what is left in them.
+
+    A host's services can still be exiting when its nspawn is gone (seen: patroni and
+    postgres of one host): their cgroup is busy for a moment, so removal is retried
+    until every folder is gone or `timeout` passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for top in lab_cgroups():
+            for procs in top.rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            for folder in [*folders, top]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        if not lab_cgroups() or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def boot(host: str, root: Path, log: Path) -> int:

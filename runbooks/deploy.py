@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
+from tasks.backup import backup_check, pgbackrest_database, pgbackrest_repository
 from tasks.certificates import ca_trust
 from tasks.coturn import coturn
 from tasks.database import synapse_database
@@ -46,6 +47,7 @@ RUNBOOK = Runbook(
             firewall,
         ),
         Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
+        Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
         Step(
             "node-exporter",
             "node-exporter on every server's private address, with the textfile collector",
@@ -71,6 +73,19 @@ RUNBOOK = Runbook(
             "cluster-wide Patroni settings in etcd match the template (reported: pending restarts)",
             patroni_dynamic_config,
             groups=("patroni",),
+        ),
+        Step(
+            "pgbackrest",
+            "pgBackRest on each database host: WAL to the backup host's repository, TLS server for backups",
+            pgbackrest_database,
+            groups=("patroni",),
+        ),
+        Step(
+            "backup-repository",
+            "the encrypted pgBackRest repository on the backup host, its stanza, full/diff backup timers",
+            pgbackrest_repository,
+            groups=("backup",),
+            check=backup_check,
         ),
         Step(
             "pgbouncer",
@@ -152,7 +167,6 @@ RUNBOOK = Runbook(
             groups=("livekit",),
             needs=("lk-jwt-service",),
         ),
-        Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
         Step(
             "synapse",
             "Synapse (native mode: pinned wheels in a venv, systemd); answers /health",

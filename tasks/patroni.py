@@ -88,6 +88,15 @@ def memory_mb(task: Task, settings: Settings) -> int:
     return int(out.stdout.strip())
 
 
+def data_dir(settings: Settings) -> str:
+    return f"/var/lib/postgresql/{settings.config.versions.postgresql}/main"
+
+
+def archive_command(settings: Settings) -> str:
+    """WAL archiving through Patroni (so it follows the primary): pgBackRest pushes to the backup host."""
+    return f"pgbackrest --stanza={settings.config.backup.stanza} archive-push %p"
+
+
 def patroni_config(task: Task, settings: Settings) -> str:
     host = settings.hosts[task.host.name]
     secrets = settings.secrets
@@ -106,6 +115,8 @@ def patroni_config(task: Task, settings: Settings) -> str:
         loop_wait=LOOP_WAIT,
         max_connections=memory.max_connections,
         pg_version=settings.config.versions.postgresql,
+        data_dir=data_dir(settings),
+        archive_command=archive_command(settings),
         superuser_password=secrets["postgres_superuser_password"],
         replication_password=secrets["postgres_replication_password"],
         rewind_password=secrets["postgres_rewind_password"],

@@ -155,3 +155,16 @@ def test_lab_endpoints_and_the_expiry_metric() -> None:
     )
     assert 'matrix_platform_certificate_verified{endpoint="coturn2:5349"} 0' in text
     assert 'expiry_timestamp_seconds{endpoint="coturn2:5349"}' not in text  # nothing served, no date
+
+
+def test_a_certificate_for_client_use_gets_client_auth_and_is_reissued_for_it(tmp_path: Path) -> None:
+    ca = pki.InternalCA(tmp_path / "ca", "test")
+    server_only = ca.server("pgbackrest-patroni1", ["patroni1.internal", "10.0.2.11"], 365, 30)
+    both = ca.server("pgbackrest-patroni1", ["patroni1.internal", "10.0.2.11"], 365, 30, client=True)
+    assert both.cert_pem != server_only.cert_pem  # the usage changed: a new certificate
+    usages = x509.load_pem_x509_certificate(both.cert_pem.encode()).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    )
+    assert set(usages.value) == {x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert ca.server("pgbackrest-patroni1", ["patroni1.internal", "10.0.2.11"], 365, 30, client=True) == both
+    assert ca.issued() == ["pgbackrest-patroni1"] and ca.retire("pgbackrest-patroni1")

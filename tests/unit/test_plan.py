@@ -27,10 +27,13 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "preflight",
         "firewall",
         "ca-trust",
+        "hosts-file",
         "node-exporter",
         "etcd",
         "patroni",
         "patroni-config",
+        "pgbackrest",
+        "backup-repository",
         "pgbouncer",
         "synapse-database",
         "postgres-exporter",
@@ -43,7 +46,6 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "livekit-redis",
         "livekit",
         "livekit-jwt",
-        "hosts-file",
         "synapse",
         "synapse-playbook",
         "admin-user",
@@ -62,6 +64,10 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
     assert "synchronous_mode: true" in patroni and "max_connections: 350" in patroni
     assert "<secret:postgres_superuser_password>" in patroni
+    assert 'archive_command: "pgbackrest --stanza=matrix archive-push %p"' in patroni  # WAL follows the primary
+    repo = (plan / "backup1" / "etc" / "pgbackrest" / "pgbackrest.conf").read_text()
+    assert "backup-standby=y" in repo and "repo1-cipher-pass=<secret:pgbackrest_cipher_pass>" in repo
+    assert "tls-server-auth=patroni3.internal=matrix" in repo and "pg3-host=patroni3.internal" in repo
     pgbouncer = (plan / "haproxy1" / "etc" / "pgbouncer" / "pgbouncer.ini").read_text()
     assert "pool_mode = transaction" in pgbouncer
     assert data["commands"] == {}  # no host was contacted
@@ -105,7 +111,7 @@ def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. firewall") < text.index("5. etcd") < text.index("20. hosts-file")
+    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. hosts-file") < text.index("6. etcd")
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:
