@@ -202,9 +202,6 @@ class Backup(Section):
         "Mon..Sat *-*-* 01:30:00",
         description="systemd OnCalendar of the daily differential backup, e.g. 'Mon..Sat *-*-* 01:30:00'",
     )
-    max_age_hours: int = Field(
-        26, ge=1, le=24 * 14, description="a backup older than this many hours is reported (check, alert), e.g. 26"
-    )
 
 
 class Certificates(Section):

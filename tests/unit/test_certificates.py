@@ -96,7 +96,8 @@ def test_a_bad_acme_set_is_refused(tmp_path: Path, make: Callable[[Path], Path],
 
 def import_site(site: Site, folder: Path) -> None:
     site.accept_examples()
-    site.edit("config.yaml", "certificates:", f"certificates:\n  source: import\n  import_dir: {folder}")
+    site.edit("config.yaml", "source: internal", "source: import")
+    site.edit("config.yaml", "import_dir: null", f"import_dir: {folder}")
 
 
 @pytest.mark.parametrize("runbook", ["deploy", "certificates"])
