@@ -261,6 +261,15 @@ def parse_recap(output: str) -> list[Recap]:
     return [Recap(m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in RECAP.finditer(recap)]
 
 
+def checkout_commit(where: Path) -> str:
+    """The commit the playbook checkout is at ('' when git or the repository is missing)."""
+    try:
+        done = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
 def requirements(settings: Settings) -> list[InputProblem]:
     """What the controller needs before the playbook step may start (checked before any host is touched)."""
     config = settings.config
@@ -283,7 +292,7 @@ def requirements(settings: Settings) -> list[InputProblem]:
                 str(settings.config_path), key, f"{where}/roles/galaxy is missing", f"run 'just roles' in {where}"
             )
         )
-    head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = checkout_commit(where)
     if not head.startswith(config.versions.playbook):
         problems.append(
             InputProblem(
