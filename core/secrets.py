@@ -141,11 +141,11 @@ def load_or_create(path: Path) -> Secrets:
     missing = [name for name in GENERATORS if name not in values]
     if missing:
         values.update({name: GENERATORS[name]() for name in missing})
-        _write_private(path, yaml.safe_dump(values, sort_keys=True))
+        write_private(path, yaml.safe_dump(values, sort_keys=True))
     return Secrets(path, values)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` atomically to a file only the owner can read, in a 0700 folder."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

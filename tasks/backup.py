@@ -12,6 +12,7 @@ backup; each success is written for Prometheus (BackupTooOld).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
@@ -60,15 +61,22 @@ def tls_files(settings: Settings, host: HostInfo) -> list[FileSpec]:
     ]
 
 
-def converge(task: Task, config: FileSpec, extra: list[FileSpec], settings: Settings) -> tuple[Result, set[str]]:
-    """pgBackRest, its TLS files and config (+ `extra` files); restart its TLS server when they changed."""
+def converge(
+    task: Task, settings: Settings, config: FileSpec, extra: Sequence[FileSpec] = (), units: Sequence[str] = ()
+) -> Result:
+    """pgBackRest, its TLS files and config (+ `extra` files and their `units`, kept running).
+
+    Its TLS server restarts when its files changed; one `systemctl show` covers every unit.
+    """
     host = settings.hosts[task.host.name]
     task.run(task=packages, names=["pgbackrest"], autostart=False, severity_level=10)
     server = [*tls_files(settings, host), config]
     result = task.run(task=put_files, specs=[*server, *extra], severity_level=10)[0]
     written = set(result.result or [])
-    services(task, {SERVER_UNIT: Wanted(restart=bool(written & {spec.path for spec in server}))})
-    return result, written
+    wanted = {SERVER_UNIT: Wanted(restart=bool(written & {spec.path for spec in server}))}
+    wanted |= {unit: Wanted() for unit in units}
+    services(task, wanted, daemon_reload=any(path.startswith(UNIT_DIR) for path in written))
+    return result
 
 
 def pgbackrest_database(task: Task, settings: Settings) -> Result:
@@ -86,7 +94,7 @@ def pgbackrest_database(task: Task, settings: Settings) -> Result:
         stanza=settings.config.backup.stanza,
         data_dir=data_dir(settings),
     )
-    result, _ = converge(task, FileSpec(CONFIG, text, group="postgres", mode=0o640), [], settings)
+    result = converge(task, settings, FileSpec(CONFIG, text, group="postgres", mode=0o640))
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 
@@ -131,10 +139,8 @@ def pgbackrest_repository(task: Task, settings: Settings) -> Result:
     ]
     # Debian's package makes REPO_PATH (postgres, 0750) on install.
     config = FileSpec(CONFIG, text, group="postgres", mode=0o640, secret=True)
-    result, written = converge(task, config, extra, settings)
-    units_changed = any(path.startswith(UNIT_DIR) for path in written)
-    timer_units = {f"matrix-backup-database-{kind}.timer": Wanted() for kind in KINDS}
-    services(task, timer_units, daemon_reload=units_changed)
+    timer_units = tuple(f"matrix-backup-database-{kind}.timer" for kind in KINDS)
+    result = converge(task, settings, config, extra, timer_units)
     created = task.run(task=stanza, settings=settings, severity_level=10)[0]
     diff = "\n".join(d for d in (result.diff, created.diff) if d)
     return Result(host=task.host, changed=result.changed or created.changed, diff=diff)

@@ -31,6 +31,7 @@ import yaml
 from nornir.core.task import Result, Task
 
 from core.errors import HostError, InputProblem
+from core.secrets import write_private
 from core.settings import Settings
 from core.workers import playbook_counts
 from tasks.coturn import turn_uris
@@ -312,19 +313,6 @@ def requirements(settings: Settings) -> list[InputProblem]:
             )
         )
     return problems
-
-
-def write_private(path: Path, text: str) -> bool:
-    """Write `text` to `path` (0600) unless it is already there; True when written."""
-    if path.exists() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return True
 
 
 def run_playbook(task: Task, settings: Settings) -> Result:

@@ -41,7 +41,7 @@ class RedisInstance:
 
     @property
     def exporter_unit(self) -> str:
-        return f"{EXPORTER_TEMPLATE.removesuffix('@.service')}@{self.name}.service"
+        return f"redis-exporter@{self.name}.service"
 
     @property
     def exporter_env(self) -> str:
