@@ -202,6 +202,23 @@ class Backup(Section):
         "Mon..Sat *-*-* 01:30:00",
         description="systemd OnCalendar of the daily differential backup, e.g. 'Mon..Sat *-*-* 01:30:00'",
     )
+    files_schedule: str = Field(
+        "*-*-* 03:00:00",
+        description="systemd OnCalendar of the media pull and key archive, e.g. '*-*-* 03:00:00' (daily)",
+    )
+    media_bwlimit_kbps: int = Field(
+        50000,
+        ge=100,
+        description="rsync --bwlimit of the media pull in KiB/s, so it never saturates a link, e.g. 50000",
+    )
+    media_snapshots: int = Field(14, ge=1, le=365, description="dated media snapshots kept (hard-linked), e.g. 14")
+    key_archives: int = Field(30, ge=1, le=365, description="distinct key/config archives kept, e.g. 30")
+    max_age_hours: float = Field(
+        26,
+        gt=0,
+        description="backup_setup.py check and the BackupTooOld alert fire when the newest database backup, "
+        "media snapshot or key archive is older, in hours, e.g. 26",
+    )
 
 
 class Certificates(Section):

@@ -413,7 +413,7 @@ def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) ->
     logging.getLogger("nornir").addHandler(logging.NullHandler())
     logging.getLogger("nornir").propagate = False
     inventory = settings.inventory_dir
-    return InitNornir(
+    nornir = InitNornir(
         runner={"plugin": "threaded", "options": {"num_workers": max(1, min(len(settings.hosts), MAX_THREADS))}},
         inventory={
             "plugin": "SimpleInventory",
@@ -433,3 +433,7 @@ def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) ->
             "command_timeout": settings.config.ssh.command_timeout,
         },
     )
+    # A step that needs a fact from a peer host reaches it through every host (and its
+    # connection), also from the filtered copy a step runs on.
+    nornir.config.user_defined["hosts"] = nornir.inventory.hosts
+    return nornir

@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_ssh_private_key,
+)
 
 from core.errors import InputError, InputProblem
 
@@ -44,6 +52,18 @@ def _signing_key() -> str:
     seed = random.token_bytes(32)
     key_id = "a_" + "".join(random.choice(string.ascii_letters) for _ in range(4))
     return f"ed25519 {key_id} {base64.b64encode(seed).decode().rstrip('=')}"
+
+
+def _ssh_key() -> str:
+    """An Ed25519 private key in OpenSSH format (its public half is derived where it is authorised)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+
+
+def ssh_public_key(private: str, comment: str) -> str:
+    """The authorized_keys form of an OpenSSH private key made by `_ssh_key`."""
+    key = load_ssh_private_key(private.encode(), None)
+    return f"{key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()} {comment}"
 
 
 # Every secret the platform uses, with how to make a fresh one.
@@ -75,6 +95,8 @@ GENERATORS = {
     "haproxy_stats_password": _token,
     "grafana_admin_password": _token,
     "pgbackrest_cipher_pass": _token,
+    # The backup host's key for pulling media and keys from the Synapse host (forced command there).
+    "backup_ssh_key": _ssh_key,
 }
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
 from tasks.backup import backup_check, pgbackrest_database, pgbackrest_repository
+from tasks.backup_files import backup_files, backup_source
 from tasks.certificates import ca_trust
 from tasks.coturn import coturn
 from tasks.database import synapse_database
@@ -191,6 +192,18 @@ RUNBOOK = Runbook(
             admin_user,
             groups=("synapse",),
             applies=native,
+        ),
+        Step(
+            "backup-source",
+            "on the Synapse host: the matrix-backup account the backup host pulls media and keys as",
+            backup_source,
+            groups=("synapse",),
+        ),
+        Step(
+            "backup-files",
+            "on the backup host: the daily pull of local media (hard-link snapshots) and the key archive",
+            backup_files,
+            groups=("backup",),
         ),
         Step(
             "monitoring",

@@ -12,10 +12,12 @@ backup; each success is written for Prometheus (BackupTooOld).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
-from nornir.core.task import Result, Task
+from nornir.core.task import AggregatedResult, Result, Task
 
 from core.errors import HostError
 from core.ports import PGBACKREST_PORT
@@ -121,7 +123,13 @@ def pgbackrest_repository(task: Task, settings: Settings) -> Result:
     timers = [
         FileSpec(
             f"{UNIT_DIR}/matrix-backup-database-{kind}.timer",
-            render(task, "backup/backup.timer.j2", kind=kind, schedule=schedules[kind]),
+            render(
+                task,
+                "backup/backup.timer.j2",
+                description=f"{kind} backup of the Synapse database (matrix-platform)",
+                schedule=schedules[kind],
+                unit=f"matrix-backup-database@{kind}.service",
+            ),
         )
         for kind in KINDS
     ]
@@ -185,3 +193,77 @@ def backup_check(task: Task, settings: Settings) -> Result:
     if facts["status"]["code"] not in (0, 2):
         raise HostError(f"{task.host.name}: pgbackrest info: {facts['status']['message']}")
     return Result(host=task.host, result=facts)
+
+
+BACKUP_KINDS = ("database", "media", "keys")
+SUCCESS = re.compile(r'^matrix_platform_backup_last_success_timestamp_seconds\{kind="(\w+)"\} (\S+)$', re.M)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """When one kind of backup last succeeded, as seen on the backup host."""
+
+    kind: str
+    newest: float | None  # Unix time; None: never
+    age_hours: float | None
+
+
+def backup_ages(task: Task, settings: Settings) -> Result:
+    """Fact: the newest database backup (pgBackRest's own record) and the last media/key pulls.
+
+    One command: the host's clock, `pgbackrest info` and the pull's success metric.
+    """
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result=[])
+    stanza = settings.config.backup.stanza
+    out = run(
+        task,
+        f"date +%s; runuser -u postgres -- pgbackrest --stanza={stanza} --output=json info; "
+        f"cat {TEXTFILE_DIR}/backup-files.prom 2>/dev/null || true",
+        what=Expectation("the host's time, pgbackrest info and the file pull's metric"),
+    ).stdout
+    now_line, rest = out.split("\n", 1)
+    now = float(now_line)
+    decoder = json.JSONDecoder()
+    info_json, end = decoder.raw_decode(rest.lstrip())
+    stops = [b["timestamp"]["stop"] for b in info_json[0]["backup"]]
+    newest: dict[str, float | None] = {kind: None for kind in BACKUP_KINDS}
+    newest["database"] = max(stops, default=None)
+    newest |= {kind: float(value) for kind, value in SUCCESS.findall(rest.lstrip()[end:])}
+    ages = [
+        Freshness(kind, stamp, None if stamp is None else round((now - stamp) / 3600, 3))
+        for kind, stamp in newest.items()
+    ]
+    return Result(host=task.host, result=[asdict(a) for a in ages])
+
+
+def freshness_of(result: AggregatedResult) -> list[Freshness]:
+    return [Freshness(**row) for host in result.values() for row in (host[0].result or [])]
+
+
+def too_old(result: AggregatedResult, settings: Settings) -> list[str]:
+    """Gate of `backup_setup.py check`: every kind has a backup younger than backup.max_age_hours."""
+    limit = settings.config.backup.max_age_hours
+    problems = []
+    for row in freshness_of(result):
+        if row.age_hours is None:
+            problems.append(f"{row.kind}: no successful backup yet (run its timer's service, see the README)")
+        elif row.age_hours > limit:
+            problems.append(
+                f"{row.kind}: the newest backup is {row.age_hours:.2f} h old, older than backup.max_age_hours "
+                f"({limit}); check its timer: systemctl status matrix-backup-*"
+            )
+    return problems
+
+
+def freshness_table(result: AggregatedResult, settings: Settings) -> str:
+    limit = settings.config.backup.max_age_hours
+    lines = [f"  {'backup':9} {'newest (UTC)':20} {'age (h)':>8}  state (limit {limit} h)"]
+    for row in freshness_of(result):
+        if row.newest is None or row.age_hours is None:
+            lines.append(f"  {row.kind:9} {'-':20} {'-':>8}  none")
+            continue
+        when = datetime.fromtimestamp(row.newest, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        state = "ok" if row.age_hours <= limit else "TOO OLD"
+        lines.append(f"  {row.kind:9} {when:20} {row.age_hours:8.2f}  {state}")
+    return "\n".join(lines)

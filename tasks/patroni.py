@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import yaml
@@ -97,7 +97,20 @@ def archive_command(settings: Settings) -> str:
     return f"pgbackrest --stanza={settings.config.backup.stanza} archive-push %p"
 
 
-def patroni_config(task: Task, settings: Settings) -> str:
+@dataclass(frozen=True)
+class Recovery:
+    """Bootstrap a new cluster from the newest backup (disaster recovery) instead of initdb.
+
+    `time`: restore to this moment (pgBackRest's form, UTC) instead of the end of the archive.
+    """
+
+    time: str | None = None
+
+
+RESTORE_SCRIPT = "/usr/local/sbin/matrix-bootstrap-from-backup"
+
+
+def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = None) -> str:
     host = settings.hosts[task.host.name]
     secrets = settings.secrets
     memory = Memory(memory_mb(task, settings), settings.sizing.max_connections)
@@ -127,6 +140,9 @@ def patroni_config(task: Task, settings: Settings) -> str:
         maintenance_work_mem_mb=memory.maintenance_work_mem_mb,
         replication_addresses=[h.private_ip for h in patroni_hosts],
         client_addresses=sorted({h.private_ip for h in settings.hosts.values()}),
+        recovery=recovery,
+        restore_script=RESTORE_SCRIPT,
+        stanza=settings.config.backup.stanza,
     )
 
 
@@ -166,19 +182,34 @@ def install_patroni(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result=version, changed=True, diff=f"patroni {before} → {version}")
 
 
-def patroni(task: Task, settings: Settings) -> Result:
-    """Install PostgreSQL and Patroni, write the config and unit, start Patroni; wait for PostgreSQL."""
-    pg = f"postgresql-{settings.config.versions.postgresql}"
+def postgresql_server(task: Task, settings: Settings, extra: Sequence[str] = ()) -> None:
+    """PostgreSQL's server package (and `extra` packages) without the cluster Debian would create and start."""
     task.run(
         task=put_files,
         specs=[FileSpec("/etc/postgresql-common/createcluster.d/00-matrix-platform.conf", NO_MAIN_CLUSTER)],
         severity_level=10,
     )
-    task.run(task=packages, names=[pg, *PYTHON_PACKAGES], autostart=False, severity_level=10)
+    pg = f"postgresql-{settings.config.versions.postgresql}"
+    task.run(task=packages, names=[pg, *extra], autostart=False, severity_level=10)
+
+
+def patroni(task: Task, settings: Settings, recovery: Recovery | None = None) -> Result:
+    """Install PostgreSQL and Patroni, write the config and unit, start Patroni; wait for PostgreSQL.
+
+    With `recovery`, a cluster bootstrapped now (no cluster in etcd, empty data directories)
+    starts from the newest backup: the member that wins the bootstrap restores it, the
+    others are cloned from that member.
+    """
+    postgresql_server(task, settings, PYTHON_PACKAGES)
     installed = task.run(task=install_patroni, settings=settings, severity_level=10)[0].changed
+    if recovery:
+        script = render(
+            task, "patroni/bootstrap-from-backup.sh.j2", stanza=settings.config.backup.stanza, recovery=recovery
+        )
+        task.run(task=put_files, specs=[FileSpec(RESTORE_SCRIPT, script, mode=0o755)], severity_level=10)
     config = FileSpec(
         CONFIG,
-        patroni_config(task, settings),
+        patroni_config(task, settings, recovery),
         "postgres",
         "postgres",
         0o600,

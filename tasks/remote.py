@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from nornir.core.inventory import Host
 from nornir.core.task import Task
 
 from core.connection import CONNECTION, FabricConnection, Output
@@ -29,10 +30,26 @@ def redactor(task: Task) -> Redactor:
     return task.nornir.config.user_defined.get("redact") or Redactor(None)
 
 
-def shell(task: Task) -> FabricConnection:
-    """The host's connection plugin, opened on first use and then reused."""
-    task.host.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
-    return task.host.connections[CONNECTION]
+def inventory_host(task: Task, name: str | None) -> Host:
+    """The task's host, or any inventory host by name (a step's Nornir holds only its groups)."""
+    return task.nornir.config.user_defined["hosts"][name] if name else task.host
+
+
+def shell(task: Task, host: str | None = None) -> FabricConnection:
+    """A host's connection plugin (the task's own by default), opened on first use and then reused.
+
+    Another inventory host's connection serves a step that needs a fact from a peer, such
+    as the backup host reading the database's row counts from a replica.
+    """
+    target = inventory_host(task, host)
+    target.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
+    return target.connections[CONNECTION]
+
+
+def host_key(task: Task, host: str) -> str:
+    """`<type> <base64>` of the SSH host key the controller verified for `host` (known_hosts material)."""
+    key = shell(task, host).connection.client.get_transport().get_remote_server_key()
+    return f"{key.get_name()} {key.get_base64()}"
 
 
 class CommandFailed(HostError):
@@ -56,13 +73,15 @@ def run(
     cwd: str = "/",
     ok_codes: tuple[int, ...] = (0,),
     timeout: int | None = None,
+    host: str | None = None,
 ) -> Output:
-    """Run `script` on the task's host; raise CommandFailed unless its exit status is in `ok_codes`."""
-    conn = shell(task)
+    """Run `script` on the task's host (or on `host`); raise CommandFailed unless its exit status is in `ok_codes`."""
+    conn = shell(task, host)
+    target = inventory_host(task, host)
     output = conn.run(script, stdin=stdin, cwd=cwd, expect=what.expect, on_failure=what.on_failure, timeout=timeout)
     if output.exit_code not in ok_codes:
         raise CommandFailed(
-            failure_message(task.host.name, task.host.hostname, conn.username, conn.sudo, cwd, script, output, what)
+            failure_message(target.name, target.hostname, conn.username, conn.sudo, cwd, script, output, what)
         )
     return output
 

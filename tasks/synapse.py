@@ -148,7 +148,7 @@ def synapse(task: Task, settings: Settings) -> Result:
             mode=0o640,
         ),
         FileSpec(LOG_CONFIG, render(task, "synapse/log.yaml.j2")),
-        FileSpec(SIGNING_KEY, settings.secrets["synapse_signing_key"] + "\n", USER, USER, 0o600, secret=True),
+        FileSpec(SIGNING_KEY, settings.secrets["synapse_signing_key"] + "\n", USER, USER, 0o640, secret=True),
     ]
     units = [
         FileSpec(f"{UNIT_DIR}/{UNIT}", render(task, "synapse/synapse.service.j2", **context)),

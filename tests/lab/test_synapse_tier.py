@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import shlex
 
 import pytest
@@ -13,37 +12,9 @@ from lab.lab import Lab
 from tasks import synapse
 from tests.conftest import load_runbook
 from tests.lab.conftest import patroni_cluster, ssh
+from tests.lab.matrix_client import run_client
 
-# Runs on monitoring1 (the lab's admin network): registers two users with the shared
-# secret (read from stdin), then talks Matrix through https://chat.lab.example like a client.
-CLIENT = r"""
-import hashlib, hmac, json, sys, urllib.request, uuid
-secret, password = sys.stdin.readline().strip(), sys.stdin.readline().strip()
-base = "https://chat.lab.example"
-
-def call(method, path, body=None, token=None, raw=None, content_type="application/json"):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", content_type)
-    if token:
-        request.add_header("Authorization", "Bearer " + token)
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        payload = answer.read()
-        return payload if raw is not None or method == "GET" and "/download/" in path else json.loads(payload)
-
-def register(user):
-    nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
-    mac = hmac.new(secret.encode(), b"\0".join([nonce.encode(), user.encode(), password.encode(), b"notadmin"]),
-                   hashlib.sha1).hexdigest()
-    call("POST", "/_synapse/admin/v1/register",
-         {"nonce": nonce, "username": user, "password": password, "admin": False, "mac": mac})
-
-def login(user):
-    return call("POST", "/_matrix/client/v3/login",
-                {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
-                 "password": password})["access_token"]
-
+CONVERSATION = r"""
 suffix = uuid.uuid4().hex[:8]
 alice, bob = "alice" + suffix, "bob" + suffix
 register(alice); register(bob)
@@ -70,10 +41,7 @@ print(json.dumps({"room": room, "bodies": [m["content"].get("body") for m in mes
 
 @pytest.fixture(scope="module")
 def conversation(deployed: None, lab: Lab, lab_settings: Settings) -> dict:
-    password = secrets.token_urlsafe(16)
-    stdin = f"{lab_settings.secrets['synapse_registration_shared_secret']}\n{password}\n"
-    out = ssh(lab, "monitoring1", "python3 -c " + shlex.quote(CLIENT), input=stdin).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_client(lab, lab_settings, CONVERSATION)
 
 
 def test_client_versions_through_the_vip(deployed: None, lab: Lab) -> None:

@@ -49,6 +49,8 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "synapse",
         "synapse-playbook",
         "admin-user",
+        "backup-source",
+        "backup-files",
         "monitoring",
         "grafana",
     ]

@@ -1,0 +1,99 @@
+"""Disaster recovery: a new database cluster from the backups, then the rest of the platform.
+
+    python runbooks/disaster_recovery.py                  # new servers: restore the newest backup
+    python runbooks/disaster_recovery.py --time 2026-11-28T03:00:00+00:00   # … to a point in time
+    python runbooks/disaster_recovery.py --wipe           # replace an existing (broken) cluster; its
+                                                          # data directories are moved aside, not deleted
+
+Synapse is stopped; Patroni bootstraps the cluster from the backup host's repository (the
+member that wins restores and replays the archived WAL, the others are cloned from it);
+e2e_one_time_keys_json is emptied before Synapse starts again; every other deploy step
+follows. Needs the secrets file of the lost site (the repository's cipher pass, the
+signing key). Media: copy the newest snapshot back (README, "Disaster recovery").
+The runbook options (--lab, --check, --yes, …) follow.
+"""
+
+import argparse
+import sys
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runbook import Runbook, Step
+from runbooks.deploy import RUNBOOK as DEPLOY
+from tasks.disaster_recovery import (
+    cluster_state,
+    forget_cluster,
+    forget_one_time_keys,
+    occupied,
+    set_aside,
+    stop_synapse,
+)
+from tasks.patroni import Recovery, patroni
+from tasks.restore_drill import pgbackrest_time, target_time_problems
+
+INFRASTRUCTURE = ("firewall", "ca-trust", "hosts-file", "node-exporter", "etcd")
+
+
+def steps(wipe: bool, time: str | None) -> list[Step]:
+    """The deploy's steps around a Patroni step that bootstraps from the backup."""
+    recovery = Recovery(pgbackrest_time(time) if time and not target_time_problems(time) else None)
+    before = [
+        Step(
+            "cluster-state",
+            "whether Patroni runs and data directories hold a cluster (refused without --wipe)",
+            cluster_state,
+            groups=("patroni",),
+            gate=None if wipe else occupied,
+            requires=lambda settings: target_time_problems(time),
+        ),
+        Step(
+            "stop-synapse",
+            "Synapse and its workers stopped until the database is back",
+            stop_synapse,
+            groups=("synapse",),
+        ),
+    ]
+    if wipe:
+        before += [
+            Step(
+                "set-aside", "Patroni stopped, each data directory moved aside (dated)", set_aside, groups=("patroni",)
+            ),
+            Step("forget-cluster", "the cluster's keys removed from etcd", forget_cluster, groups=("patroni",)),
+        ]
+    deploy = {s.name: s for s in DEPLOY.steps}
+    infrastructure = [deploy[name] for name in INFRASTRUCTURE]
+    database = [
+        deploy["pgbackrest"],  # the restore reads pgBackRest's config on the database hosts
+        replace(
+            deploy["patroni"],
+            summary="Patroni bootstraps the cluster from the newest backup (custom bootstrap with pgBackRest)",
+            task=partial(patroni, recovery=recovery),
+        ),
+    ]
+    keys = Step(
+        "forget-one-time-keys",
+        "on the new leader: e2e_one_time_keys_json emptied before Synapse starts",
+        forget_one_time_keys,
+        groups=("patroni",),
+    )
+    rest: list[Step] = []
+    for step in DEPLOY.steps:
+        if step.name not in ("preflight", *INFRASTRUCTURE, "pgbackrest", "patroni"):
+            rest += [step, keys] if step.name == "synapse-database" else [step]
+    return [deploy["preflight"], *before, *infrastructure, *database, *rest]
+
+
+def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--wipe", action="store_true")
+    own.add_argument("--time", default=None)
+    known, rest = own.parse_known_args(argv)
+    return Runbook("disaster_recovery", __doc__ or "", steps(known.wipe, known.time), confirm=True), rest
+
+
+if __name__ == "__main__":
+    chosen, options = runbook(sys.argv[1:])
+    sys.exit(chosen.main(options))

@@ -1,0 +1,153 @@
+"""Media and key backups: pulled by the backup host from the Synapse host, never pushed.
+
+The backup host logs in to the Synapse host as `matrix-backup` with its own key (the
+secret backup_ssh_key), accepted only from the backup host's address and only for one
+forced command: an rsync server confined read-only to the media store (rrsync), or a
+tar of Synapse's config, worker configs and signing key. A daily timer on the backup
+host pulls `local_content` and `local_thumbnails` (never `remote_*` or `url_cache*`,
+which other servers hold) into dated hard-link snapshots, archives the keys with the
+platform's secrets file, and writes each success for Prometheus (BackupTooOld).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nornir.core.task import Result, Task
+
+from core.secrets import ssh_public_key
+from core.settings import Settings
+from tasks.files import FileSpec, put_files, render
+from tasks.monitoring import TEXTFILE_DIR
+from tasks.packages import packages
+from tasks.remote import Expectation, Mode, host_key, mode, run
+from tasks.synapse import CONFIG_DIR, DATA, USER, native
+from tasks.systemd import UNIT_DIR, Wanted, services
+
+ACCOUNT = "matrix-backup"  # on the Synapse host
+SERVE = "/usr/local/sbin/matrix-backup-serve"
+PULL = "/usr/local/sbin/matrix-backup-files"
+PULL_UNIT = "matrix-backup-files.service"
+PULL_TIMER = "matrix-backup-files.timer"
+KEY_DIR = "/etc/matrix-backup"  # on the backup host: its SSH key, known_hosts, the platform secrets
+ROOT = "/var/backups/matrix"  # media/<host>/<snapshot>, keys/<host>/keys-<time>.tar
+MEDIA_KINDS = ("local_content", "local_thumbnails")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where Synapse keeps what the backup pulls, and the group that may read it."""
+
+    media: str
+    config: str  # relative to / for tar
+    group: str
+
+
+def layout(settings: Settings) -> Layout:
+    """Native: this project's paths. Playbook mode: the playbook's /matrix/synapse tree
+    (read from matrix-docker-ansible-deploy's defaults, not exercised here)."""
+    if native(settings):
+        return Layout(f"{DATA}/media", CONFIG_DIR.lstrip("/"), USER)
+    return Layout("/matrix/synapse/storage/media-store", "matrix/synapse/config", "matrix")
+
+
+def backup_source(task: Task, settings: Settings) -> Result:
+    """On the Synapse host: the `matrix-backup` account, its one authorised key and its forced command."""
+    where = layout(settings)
+    backup = settings.members("backup")[0]
+    task.run(task=packages, names=["rsync"], severity_level=10)
+    if mode(task) is Mode.APPLY:
+        user, group = ACCOUNT, where.group
+        run(
+            task,
+            f"id -u {user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/{user} "
+            f"--shell /bin/sh {user}; id -nG {user} | grep -qw {group} || usermod -aG {group} {user}",
+            what=Expectation(f"system user {user} in group {group}"),
+        )
+    public = ssh_public_key(settings.secrets["backup_ssh_key"], f"{ACCOUNT}@{backup.name}")
+    specs = [
+        FileSpec(
+            SERVE,
+            render(task, "backup/backup-serve.sh.j2", media=where.media, config=where.config, kinds=MEDIA_KINDS),
+            mode=0o755,
+        ),
+        FileSpec(
+            f"/var/lib/{ACCOUNT}/.ssh/authorized_keys",
+            f'from="{backup.private_ip}",restrict,command="{SERVE}" {public}\n',
+        ),
+    ]
+    return task.run(task=put_files, specs=specs, severity_level=10)[0]
+
+
+def known_hosts(task: Task, settings: Settings) -> str:
+    """The Synapse hosts' keys as the controller verified them, so the pull never trusts on first use."""
+    lines = []
+    for source in settings.members("synapse"):
+        key = (
+            "(read from the controller's verified connection)"
+            if mode(task) is Mode.PLAN
+            else host_key(task, source.name)
+        )
+        lines.append(f"{source.private_ip},{settings.service_name(source)} {key}\n")
+    return "".join(lines)
+
+
+def backup_files(task: Task, settings: Settings) -> Result:
+    """On the backup host: the pull script, its key and known_hosts, the secrets copy, the daily timer."""
+    backup = settings.config.backup
+    sources = [{"name": h.name, "ip": h.private_ip} for h in settings.members("synapse")]
+    script = render(
+        task,
+        "backup/backup-files.sh.j2",
+        root=ROOT,
+        key_dir=KEY_DIR,
+        account=ACCOUNT,
+        sources=sources,
+        kinds=MEDIA_KINDS,
+        includes=" ".join(f"'--include=/{kind}/***'" for kind in MEDIA_KINDS),
+        bwlimit=backup.media_bwlimit_kbps,
+        snapshots=backup.media_snapshots,
+        archives=backup.key_archives,
+        textfile_dir=TEXTFILE_DIR,
+    )
+    specs = [
+        FileSpec(PULL, script, mode=0o755),
+        FileSpec(f"{KEY_DIR}/id_ed25519", settings.secrets["backup_ssh_key"], mode=0o600, secret=True),
+        FileSpec(f"{KEY_DIR}/known_hosts", known_hosts(task, settings)),
+        # Every secret of the platform, archived with the keys (the repository's cipher pass
+        # included: keep one copy of this file off-site as well).
+        FileSpec(f"{KEY_DIR}/platform-secrets.yaml", settings.secrets.path.read_text(), mode=0o600, secret=True),
+        FileSpec(
+            f"{UNIT_DIR}/{PULL_UNIT}",
+            render(task, "backup/backup-files.service.j2", script=PULL),
+        ),
+        FileSpec(
+            f"{UNIT_DIR}/{PULL_TIMER}",
+            render(
+                task,
+                "backup/backup.timer.j2",
+                description="media pull and key archive (matrix-platform)",
+                schedule=backup.files_schedule,
+                unit=PULL_UNIT,
+            ),
+        ),
+        policy_metric(settings),
+    ]
+    task.run(task=packages, names=["rsync", "openssh-client"], severity_level=10)
+    written = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    reload = any(path.startswith(UNIT_DIR) for path in written.result or [])
+    started = services(task, {PULL_TIMER: Wanted()}, daemon_reload=reload)
+    diff = "\n".join(d for d in (written.diff, started.diff) if d)
+    return Result(host=task.host, changed=written.changed or started.changed, diff=diff)
+
+
+def policy_metric(settings: Settings) -> FileSpec:
+    """The configured maximum backup age, beside the success times, so the alert compares the two."""
+    seconds = round(settings.config.backup.max_age_hours * 3600)
+    text = (
+        "# HELP matrix_platform_backup_max_age_seconds Age after which a backup counts as missing "
+        "(config.yaml backup.max_age_hours).\n"
+        "# TYPE matrix_platform_backup_max_age_seconds gauge\n"
+        f"matrix_platform_backup_max_age_seconds {seconds}\n"
+    )
+    return FileSpec(f"{TEXTFILE_DIR}/backup-policy.prom", text)
