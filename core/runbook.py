@@ -278,11 +278,12 @@ class Runbook:
                 if outcome.status == "failed":
                     blocked_by = step.name
         finally:
-            for host in nr.inventory.hosts.values():
+            # Every host, not only --limit's: a step may have read a fact from a peer.
+            for host in nr.config.user_defined["hosts"].values():
                 conn = host.connections.get(CONNECTION)
                 if conn is not None:
                     commands[host.name] = list(conn.log)
-            nr.close_connections(on_good=True, on_failed=True)
+                host.close_connections()
         elapsed = time.monotonic() - started
         self.console.print(summary_table(outcomes))
         failed = any(o.status == "failed" for o in outcomes)
