@@ -129,14 +129,10 @@ def restore_drill(task: Task, settings: Settings, time: str | None = None, keep:
     files = task.run(task=drill_files, settings=settings, severity_level=10)[0]
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, changed=files.changed, diff=files.diff, result={})
-    source = None
-    if time:
-        target = {"type": "time", "value": time}
-    else:
-        source = source_point(task, settings)
-        # WAL through the replica's position reaches the repository (pgBackRest switches the segment).
-        pgbackrest(task, f"--stanza={settings.config.backup.stanza} --archive-timeout=180 check", timeout=300)
-        target = {"type": "lsn", "value": source.lsn}
+    source = None if time else source_point(task, settings)
+    # WAL through the target reaches the repository (pgBackRest switches the WAL segment).
+    pgbackrest(task, f"--stanza={settings.config.backup.stanza} --archive-timeout=180 check", timeout=300)
+    target = {"type": "lsn", "value": source.lsn} if source else {"type": "time", "value": time}
     request = json.dumps({"target": target, "counts_sql": counts_sql(), "keep": keep})
     out = run(
         task,

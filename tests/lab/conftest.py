@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
@@ -120,10 +121,20 @@ def only(result: AggregatedResult, host: str):  # type: ignore[no-untyped-def]
     return result[host][0]
 
 
+PATRONI_CLUSTER = """import sys, urllib.request
+for address in sys.argv[1:]:
+    try:
+        print(urllib.request.urlopen(f"http://{address}:8008/cluster", timeout=3).read().decode())
+        break
+    except OSError:
+        continue
+"""
+
+
 def patroni_cluster(lab: Lab) -> dict:
-    """Patroni's /cluster document (members, roles, states), read on patroni1."""
-    program = "import urllib.request; print(urllib.request.urlopen('http://198.18.1.11:8008/cluster').read().decode())"
-    return json.loads(ssh(lab, "patroni1", f'python3 -c "{program}"').stdout)
+    """Patroni's /cluster document (members, roles, states), from the first member that answers."""
+    command = f"python3 -c {shlex.quote(PATRONI_CLUSTER)} 198.18.1.11 198.18.1.12 198.18.1.13"
+    return json.loads(ssh(lab, "monitoring1", command).stdout)
 
 
 TLS_CLIENT = """import socket, ssl, sys

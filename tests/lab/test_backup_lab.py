@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -170,19 +171,55 @@ def test_the_restore_drill_reproduces_the_source(backed_up: dict, lab: Lab, caps
         assert "e2e_one_time_keys_json after TRUNCATE: 0 rows" in out
         assert re.search(r"restored to replica patroni\d at \S+ in [\d.]+ s", out)
         # The kept scratch instance, asked directly: alice is there, her one-time keys are not.
-        psql = "sudo -u postgres psql -h /var/lib/matrix-restore/run -p 5439 -d synapse -XAtc"
         user = f"@{backed_up['alice']}:lab.example"
-        found = ssh(lab, "backup1", f"{psql} \"SELECT count(*) FROM users WHERE name = '{user}'\"").stdout.strip()
-        keys = ssh(lab, "backup1", f"{psql} 'SELECT count(*) FROM e2e_one_time_keys_json'").stdout.strip()
-        assert (found, keys) == ("1", "0")
+        found = scratch_sql(lab, f"SELECT count(*) FROM users WHERE name = '{user}'")
+        assert (found, scratch_sql(lab, "SELECT count(*) FROM e2e_one_time_keys_json")) == ("1", "0")
     finally:
-        ssh(
-            lab,
-            "backup1",
-            "sudo -u postgres /usr/lib/postgresql/15/bin/pg_ctl -D /var/lib/matrix-restore/data "
-            "-m fast -w stop; sudo rm -rf /var/lib/matrix-restore",
-            check=False,
-        )
+        drop_scratch(lab)
+
+
+def scratch_sql(lab: Lab, sql: str) -> str:
+    """One query on the drill's kept scratch instance on backup1."""
+    psql = "sudo -u postgres psql -h /var/lib/matrix-restore/run -p 5439 -d synapse -XAt -c"
+    return ssh(lab, "backup1", f"{psql} {shlex.quote(sql)}").stdout.strip()
+
+
+def drop_scratch(lab: Lab) -> None:
+    ssh(
+        lab,
+        "backup1",
+        "sudo -u postgres /usr/lib/postgresql/15/bin/pg_ctl -D /var/lib/matrix-restore/data "
+        "-m fast -w stop; sudo rm -rf /var/lib/matrix-restore",
+        check=False,
+    )
+
+
+LATE_USER = r"""
+user = "dave" + uuid.uuid4().hex[:8]
+register(user)
+print(json.dumps({"user": user}))
+"""
+
+
+def test_a_point_in_time_restore_stops_at_the_time(
+    backed_up: dict, lab: Lab, lab_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user registered after the chosen time is not in the copy; one registered before is."""
+    moment = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(1.5)
+    late = run_client(lab, lab_settings, LATE_USER)["user"]
+    drill, rest = load_runbook("restore_drill").runbook(["--lab", "--keep", "--time", moment.isoformat()])
+    try:
+        code = drill.main(rest)
+        out = capsys.readouterr().out
+        print(out)
+        assert code == 0, out
+        assert f"restored to time {moment:%Y-%m-%d %H:%M:%S}+00" in out
+        users = scratch_sql(lab, "SELECT name FROM users").split()
+        assert f"@{backed_up['alice']}:lab.example" in users and f"@{late}:lab.example" not in users
+        assert scratch_sql(lab, "SELECT count(*) FROM e2e_one_time_keys_json") == "0"
+    finally:
+        drop_scratch(lab)
 
 
 def test_an_old_backup_is_reported_by_the_check_and_the_alert(

@@ -15,7 +15,6 @@ from core.dashboards import DASHBOARDS, DATASOURCE_UID, expressions
 from core.dashboards import render as render_dashboard
 from core.settings import Settings, load_settings
 from core.targets import jobs
-from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.files import JINJA
 from tasks.monitoring import HAPROXY_PASSWORD_FILE, RULES_SOURCE, expected_targets, scrape_context
 from tests.conftest import REPO, Site
@@ -26,11 +25,6 @@ TOOLS = REPO / ".tools"
 def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run promtool/amtool (setup.sh puts them in .tools/)."""
     return subprocess.run([str(TOOLS / name), *args], capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def lab_settings() -> Settings:
-    return load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)[0]
 
 
 def test_alert_rules_pass_promtool_check() -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import re
 
-import pytest
 import yaml
 
 from core.secrets import GENERATORS
 from core.settings import Settings, load_settings
-from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks import synapse
 from tasks.files import JINJA
 from tasks.haproxy import edge
@@ -23,11 +21,6 @@ def rendered(settings: Settings) -> dict:
         **synapse.homeserver_config(settings, host.private_ip)
     )
     return yaml.safe_load(text)
-
-
-@pytest.fixture
-def lab_settings() -> Settings:
-    return load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)[0]
 
 
 def test_homeserver_config_for_the_lab(lab_settings: Settings) -> None:

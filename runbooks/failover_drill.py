@@ -1,0 +1,95 @@
+"""Failover drills: a real fault under load, measured, undone, and the cluster checked after.
+
+    python runbooks/failover_drill.py patroni [--variant stop|kill|partition] [--runs N]
+    python runbooks/failover_drill.py vip [--variant haproxy|keepalived]
+    python runbooks/failover_drill.py etcd [--variant member|quorum]
+    python runbooks/failover_drill.py all        # patroni (each variant), vip, etcd member
+
+Each drill first checks the platform is healthy and refuses otherwise, having touched
+nothing. A write probe on the Synapse host inserts numbered rows through PgBouncer every
+50 ms (the VIP drill requests the VIP over HTTPS every 50 ms); afterwards every
+acknowledged write must be on the primary. Prints a table per run and writes its JSON
+record and timeline PNG to drills/<site>/. Exit 1 when a verdict fails or the platform is
+left unhealthy. The runbook options (--lab, --yes, …) follow. Coturn, MinIO and LiveKit
+drills come with their tiers' probes.
+"""
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runbook import Runbook, Step
+from tasks.drills import (
+    drill_report,
+    etcd_drill,
+    failed_verdicts,
+    healthy,
+    patroni_drill,
+    refuse_unless_healthy,
+    still_healthy,
+    vip_drill,
+)
+
+DRILLS = {
+    "patroni": (patroni_drill, ("stop", "kill", "partition")),
+    "vip": (vip_drill, ("haproxy", "keepalived")),
+    "etcd": (etcd_drill, ("member", "quorum")),
+}
+ALL = [("patroni", "stop"), ("patroni", "kill"), ("patroni", "partition"), ("vip", "haproxy"), ("etcd", "member")]
+
+
+def steps(runs: list[tuple[str, str]]) -> list[Step]:
+    chosen = [
+        Step(
+            "healthy",
+            "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder",
+            healthy,
+            groups=("synapse",),
+            gate=refuse_unless_healthy,
+        )
+    ]
+    for index, (drill, variant) in enumerate(runs, 1):
+        task, _ = DRILLS[drill]
+        chosen += [
+            Step(
+                f"{drill}-{variant}-{index}",
+                f"{drill} drill ({variant}) under load; the fault undone whatever happens",
+                partial(task, variant=variant),
+                groups=("synapse",),
+                gate=failed_verdicts,
+                report=drill_report,
+            ),
+            Step(
+                f"healthy-after-{index}",
+                "the platform is healthy again",
+                healthy,
+                groups=("synapse",),
+                gate=still_healthy,
+            ),
+        ]
+    return chosen
+
+
+def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("drill", nargs="?", choices=[*DRILLS, "all"], default="all")
+    own.add_argument("--variant", default=None)
+    own.add_argument("--runs", type=int, default=1)
+    known, rest = own.parse_known_args(argv)
+    if known.drill == "all":
+        runs = ALL * known.runs
+    else:
+        variants = DRILLS[known.drill][1]
+        variant = known.variant or variants[0]
+        if variant not in variants:
+            own.error(f"--variant {variant}: the {known.drill} drill has {', '.join(variants)}")
+        runs = [(known.drill, variant)] * known.runs
+    return Runbook("failover_drill", __doc__ or "", steps(runs), confirm=True), rest
+
+
+if __name__ == "__main__":
+    chosen, options = runbook(sys.argv[1:])
+    sys.exit(chosen.main(options))

@@ -1,0 +1,119 @@
+"""What the failover drills measure with: a write probe through PgBouncer and the HTTPS probe.
+
+The write probe runs on the Synapse host (where the database's real client lives) as a
+transient systemd unit: one numbered INSERT every 50 ms through PgBouncer, each attempt
+logged with its time; only rows whose commit was acknowledged count. Afterwards the run's
+rows are read back from the (new) primary, so a lost acknowledged write shows by number.
+The password reaches the host as a 0600 file through stdin, never on a command line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shlex
+from dataclasses import dataclass, field
+
+from nornir.core.task import Task
+
+from core.settings import Settings
+from tasks.files import FileSpec, put_files, render
+from tasks.packages import packages
+from tasks.remote import Expectation, run
+
+DIR = "/run/matrix-drill"
+SCRIPT = f"{DIR}/write-probe.py"
+PASSWORD = f"{DIR}/db.pass"
+LOG = f"{DIR}/writes.log"
+UNIT = "matrix-drill-probe"
+TABLE = "matrix_platform_drill_writes"
+INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Attempt:
+    at: float  # Unix time on the probe host
+    ok: bool
+    detail: str  # the row number, or the error
+
+
+@dataclass
+class WriteLog:
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def acknowledged(self) -> list[int]:
+        return [int(a.detail) for a in self.attempts if a.ok]
+
+    def outage(self, after: float = 0.0) -> tuple[float, float] | None:
+        """The longest time between two acknowledged writes from `after` on: (last before, first after)."""
+        times = [a.at for a in self.attempts if a.ok and a.at >= after]
+        return max(itertools.pairwise(times), key=lambda pair: pair[1] - pair[0], default=None)
+
+
+def parse(text: str) -> WriteLog:
+    attempts = []
+    for line in text.splitlines():
+        at, outcome, detail = ([*line.split(" ", 2), ""])[:3]
+        attempts.append(Attempt(float(at), outcome == "ok", detail))
+    return WriteLog(attempts)
+
+
+def _connection_file(settings: Settings) -> str:
+    config = settings.config
+    hosts = ",".join(h.private_ip for h in settings.members("pgbouncer"))
+    return json.dumps(
+        {
+            "host": hosts,
+            "port": config.pgbouncer.port,
+            "dbname": config.database.name,
+            "user": config.database.user,
+            "password": settings.secrets["synapse_db_password"],
+        }
+    )
+
+
+def start(task: Task, settings: Settings, run_id: str) -> None:
+    """Put the probe and its connection file on the host and start it."""
+    task.run(task=packages, names=["python3-psycopg2"], severity_level=10)
+    script = render(task, "drills/write-probe.py.j2", run=run_id, table=TABLE, interval=INTERVAL, log_file=LOG)
+    specs = [
+        FileSpec(SCRIPT, script, mode=0o700),
+        FileSpec(PASSWORD, _connection_file(settings), mode=0o600, secret=True),
+    ]
+    task.run(task=put_files, specs=specs, severity_level=10)
+    run(
+        task,
+        f"rm -f {LOG}; systemctl reset-failed {UNIT} 2>/dev/null; "
+        f"systemd-run --unit={UNIT} --property=KillSignal=SIGTERM python3 {SCRIPT} {PASSWORD}",
+        what=Expectation("the write probe started as a transient unit"),
+    )
+
+
+def stop(task: Task) -> WriteLog:
+    """Stop the probe; its log."""
+    out = run(
+        task,
+        f"systemctl stop {UNIT}; cat {LOG}",
+        what=Expectation("the write probe stopped and its log read"),
+    )
+    return parse(out.stdout)
+
+
+def stored(task: Task, run_id: str) -> set[int]:
+    """The numbers of this run's rows on the primary (through PgBouncer)."""
+    out = run(
+        task,
+        f"python3 {SCRIPT} {PASSWORD} --read {shlex.quote(run_id)}",
+        what=Expectation(f"the rows of drill run {run_id} read back through PgBouncer"),
+    )
+    return set(json.loads(out.stdout))
+
+
+def cleanup(task: Task) -> None:
+    """Drop the probe's table and remove its files (the password file first)."""
+    run(
+        task,
+        f"python3 {SCRIPT} {PASSWORD} --drop; systemctl stop {UNIT} 2>/dev/null; rm -rf {DIR}",
+        what=Expectation("the drill's table dropped and its files removed"),
+    )

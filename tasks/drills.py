@@ -1,0 +1,417 @@
+"""Failover drills (runbooks/failover_drill.py): a real fault under load, measured and undone.
+
+Every drill runs from the first Synapse host, the database's real client: it checks the
+platform is healthy (else refuses, having changed nothing), starts the probes, causes the
+fault on the host concerned through the controller's connection to it, watches the
+cluster recover, undoes the fault in a `finally` whatever happened, waits for the faulty
+member to rejoin and then compares every acknowledged write with what the primary holds.
+Times are Unix times; the probe host's clock and the controller's are assumed in sync
+(preflight checks the skew).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from nornir.core.task import AggregatedResult, Result, Task
+
+from core import timeline
+from core.errors import HostError
+from core.probe import HttpsProbe
+from core.settings import Settings
+from tasks import drill_probes
+from tasks.patroni import rest_get
+from tasks.remote import Expectation, Mode, mode, run
+
+POLL = 0.5
+PARTITION_TABLE = "matrix_drill_partition"
+HEAL_UNIT = "matrix-drill-heal"
+MAX_LAG = 1 << 20  # bytes a healthy replica may be behind
+
+
+@dataclass
+class Record:
+    """One drill run: what was done, what was measured, the verdict."""
+
+    drill: str
+    variant: str
+    target: str  # the host the fault hit
+    fault: str
+    fault_at: float = 0.0
+    detected_at: float | None = None  # new leader / VIP on the peer
+    recovered_at: float | None = None  # first acknowledged write / answer after the fault
+    restored_at: float | None = None  # the fault undone
+    rejoined_at: float | None = None  # the faulty member back in service
+    write_gap: float | None = None
+    writes_acknowledged: int = 0
+    writes_lost: list[int] = field(default_factory=list)
+    http_gap: float | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    samples: list[tuple[float, bool, str]] = field(default_factory=list)  # (time, ok, probe) for the timeline
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if self.problems else "PASS"
+
+    def seconds(self, moment: float | None) -> float | None:
+        return None if moment is None else round(moment - self.fault_at, 2)
+
+    def summary(self) -> dict:
+        return {
+            "drill": self.drill,
+            "variant": self.variant,
+            "target": self.target,
+            "fault": self.fault,
+            "detection_s": self.seconds(self.detected_at),
+            "recovery_s": self.seconds(self.recovered_at),
+            "rejoined_s": self.seconds(self.rejoined_at),
+            "write_gap_s": None if self.write_gap is None else round(self.write_gap, 2),
+            "http_gap_s": None if self.http_gap is None else round(self.http_gap, 2),
+            "writes_acknowledged": self.writes_acknowledged,
+            "writes_lost": len(self.writes_lost),
+            "verdict": self.verdict,
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+def anchor(task: Task, settings: Settings) -> bool:
+    """Drills run once, from the first Synapse host."""
+    return task.host.name == settings.members("synapse")[0].name
+
+
+# --- facts -------------------------------------------------------------------------
+
+
+def cluster(task: Task, settings: Settings, skip: str = "") -> dict:
+    """Patroni's /cluster document, asked of the first member that answers (not `skip`)."""
+    for host in settings.members("patroni"):
+        if host.name == skip:
+            continue
+        status, body = rest_get(task, "/cluster", host.private_ip)
+        if status == 200:
+            return json.loads(body)
+    return {"members": []}
+
+
+def leader_of(state: dict) -> str | None:
+    return next((m["name"] for m in state["members"] if m["role"] == "leader" and m["state"] == "running"), None)
+
+
+def database_problems(state: dict, settings: Settings) -> list[str]:
+    """What keeps the database tier from being healthy: one running leader, every replica streaming and current."""
+    members = {m["name"]: m for m in state["members"]}
+    problems = [
+        f"{name}: not in the Patroni cluster"
+        for name in sorted({h.name for h in settings.members("patroni")} - set(members))
+    ]
+    leaders = [m for m in members.values() if m["role"] == "leader"]
+    if len(leaders) != 1 or leaders[0]["state"] != "running":
+        problems.append(f"Patroni has {len(leaders)} leader(s) {[m['name'] for m in leaders]} (expected one, running)")
+    for member in members.values():
+        if member["role"] == "leader":
+            continue
+        lag = member.get("lag", 0)
+        if member["state"] != "streaming":
+            problems.append(f"{member['name']}: {member['state']}, not streaming")
+        elif not isinstance(lag, int) or lag > MAX_LAG:
+            problems.append(f"{member['name']}: {lag} bytes behind the leader")
+    if settings.config.database.synchronous_mode and not any(m["role"] == "sync_standby" for m in members.values()):
+        problems.append("no synchronous standby (synchronous_mode is on)")
+    return problems
+
+
+def etcd_problems(task: Task, settings: Settings) -> list[str]:
+    members = settings.members("patroni")
+    endpoints = ",".join(f"http://{h.private_ip}:2379" for h in members)
+    out = run(
+        task,
+        f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --command-timeout=3s endpoint health 2>&1",
+        ok_codes=(0, 1),
+        host=members[0].name,
+        what=Expectation("etcd's health, every member"),
+    )
+    return [f"etcd: {line.strip()}" for line in out.stdout.splitlines() if "is unhealthy" in line]
+
+
+def vip_holders(task: Task, settings: Settings) -> list[str]:
+    holders = []
+    for host in settings.members("haproxy"):
+        out = run(task, "ip -o -4 addr show", host=host.name, what=Expectation("the host's IPv4 addresses"))
+        if f"inet {settings.vip}/" in out.stdout:
+            holders.append(host.name)
+    return holders
+
+
+def platform_problems(task: Task, settings: Settings) -> list[str]:
+    problems = database_problems(cluster(task, settings), settings) + etcd_problems(task, settings)
+    holders = vip_holders(task, settings)
+    if len(holders) != 1:
+        problems.append(f"the VIP {settings.vip} is held by {holders or 'no host'} (expected exactly one)")
+    return problems
+
+
+def healthy(task: Task, settings: Settings) -> Result:
+    """Fact: what is unhealthy now (an empty list: ready for a drill)."""
+    if not anchor(task, settings) or mode(task) is Mode.PLAN:
+        return Result(host=task.host, result=[])
+    return Result(host=task.host, result=platform_problems(task, settings))
+
+
+def refuse_unless_healthy(result: AggregatedResult, settings: Settings) -> list[str]:
+    return [
+        f"refusing to start the drill, nothing was touched: {p}" for h in result.values() for p in h[0].result or []
+    ]
+
+
+def still_healthy(result: AggregatedResult, settings: Settings) -> list[str]:
+    return [f"after the drill: {p}" for h in result.values() for p in h[0].result or []]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> float | None:
+    """Poll `condition`; the time it first held, or None after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return time.time()
+        time.sleep(POLL)
+    return None
+
+
+class Load:
+    """The probes of a drill: numbered writes through PgBouncer (on the Synapse host) and HTTPS
+    requests through the VIP (from the controller), started together and read into the record."""
+
+    def __init__(self, task: Task, settings: Settings) -> None:
+        self.task, self.settings = task, settings
+        self.run_id = uuid.uuid4().hex[:12]
+        self.https = HttpsProbe(settings.vip, settings.config.homeserver_fqdn, settings.ca.cert_path)
+
+    def __enter__(self) -> Load:
+        drill_probes.start(self.task, self.settings, self.run_id)
+        self.https.__enter__()
+        time.sleep(3)  # a baseline before the fault
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.https.__exit__()
+        if kind is not None:  # the drill broke off: leave no probe, table or password behind
+            drill_probes.cleanup(self.task)
+
+    def measure(self, record: Record) -> None:
+        """Stop the writes, compare them with the primary's rows, and fill the record in."""
+        writes = drill_probes.stop(self.task)
+        present = drill_probes.stored(self.task, self.run_id)
+        drill_probes.cleanup(self.task)
+        acknowledged = writes.acknowledged
+        record.writes_acknowledged = len(acknowledged)
+        record.writes_lost = sorted(set(acknowledged) - present)
+        outage = writes.outage(after=record.fault_at - 1)
+        if outage:
+            record.write_gap = outage[1] - outage[0]
+            record.recovered_at = outage[1]  # the write that ended the longest unavailability
+        offset = time.time() - time.monotonic()  # the HTTPS probe keeps monotonic times
+        record.http_gap = self.https.longest_gap()
+        record.samples = [(a.at, a.ok, "writes") for a in writes.attempts]
+        record.samples += [(s.at + offset, s.ok, "https") for s in self.https.samples]
+        if record.writes_lost:
+            record.problems.append(f"{len(record.writes_lost)} acknowledged writes lost: {record.writes_lost[:10]}")
+        if not acknowledged:
+            record.problems.append("the write probe got no write acknowledged at all")
+
+
+# --- the Patroni drill ----------------------------------------------------------------
+
+FAULTS = {
+    "stop": "systemctl stop patroni.service",
+    # SIGKILL to Patroni and PostgreSQL (one cgroup); stopping the unit cancels the
+    # automatic restart, as if the host had died.
+    "kill": "systemctl kill --signal=SIGKILL patroni.service; sleep 0.2; systemctl stop patroni.service",
+}
+
+
+def partition_script(seconds: int) -> str:
+    """Drop all traffic but SSH on this host; a transient timer heals it by itself after `seconds`."""
+    rules = (
+        f"table inet {PARTITION_TABLE} {{\n"
+        "  chain input { type filter hook input priority -10; policy drop; iif lo accept; tcp dport 22 accept; }\n"
+        "  chain output { type filter hook output priority -10; policy drop; oif lo accept; tcp sport 22 accept; }\n"
+        "}\n"
+    )
+    return (
+        f"systemd-run --unit={HEAL_UNIT} --on-active={seconds} nft delete table inet {PARTITION_TABLE} >/dev/null && "
+        f"nft -f - <<'EOF'\n{rules}EOF"
+    )
+
+
+def heal_script() -> str:
+    return f"nft delete table inet {PARTITION_TABLE} 2>/dev/null; systemctl stop {HEAL_UNIT}.timer 2>/dev/null; true"
+
+
+def patroni_drill(task: Task, settings: Settings, variant: str = "stop", cut_seconds: int = 40) -> Result:
+    """Fault the primary (stop, kill -9, or cut its network) under a steady write load."""
+    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=None)
+    before = cluster(task, settings)
+    old = leader_of(before)
+    if old is None:
+        raise HostError("no running Patroni leader to fault; run the drill on a healthy cluster")
+    fault = FAULTS.get(variant, f"network cut for {cut_seconds} s (nftables, SSH kept)")
+    record = Record("patroni", variant, old, f"{fault} on {old}")
+    undo = heal_script() if variant == "partition" else "systemctl start patroni.service"
+    with Load(task, settings) as load:
+        record.fault_at = time.time()
+        try:
+            script = partition_script(cut_seconds + 30) if variant == "partition" else FAULTS[variant]
+            run(task, script, host=old, what=Expectation(f"the fault applied on {old}"))
+            record.detected_at = wait_until(lambda: leader_of(cluster(task, settings, skip=old)) not in (None, old), 90)
+            # The old primary stays down a while after the new leader is known: returning while
+            # the new leader's end-of-recovery checkpoint still runs can make Patroni skip a needed
+            # pg_rewind (patroni/patroni#3367), which a real failed host would not hit either. The
+            # network cut lasts `cut_seconds` whatever.
+            hold = cut_seconds if variant == "partition" else (record.detected_at or time.time()) - record.fault_at + 10
+            time.sleep(max(0.0, record.fault_at + hold - time.time()))
+        finally:
+            run(task, undo, host=old, what=Expectation(f"the fault undone on {old}"))
+            record.restored_at = time.time()
+        # Rejoined: the old primary streams again and every other replica follows the new leader.
+        record.rejoined_at = wait_until(lambda: not database_problems(cluster(task, settings), settings), 180)
+        time.sleep(5)  # writes go on against the new leader after the old one is back
+    load.measure(record)
+    new = leader_of(cluster(task, settings))
+    record.notes.append(f"leader {old} → {new}")
+    if record.detected_at is None or new in (None, old):
+        record.problems.append(f"no new leader within 90 s of the fault (leader now: {new})")
+    if record.rejoined_at is None:
+        left = "; ".join(database_problems(cluster(task, settings), settings))
+        record.problems.append(f"the cluster was not whole again within 180 s of the restore: {left}")
+    return Result(host=task.host, changed=True, result=asdict(record))
+
+
+# --- the VIP drill -----------------------------------------------------------------------
+
+VIP_FAULTS = {"haproxy": "systemctl stop haproxy.service", "keepalived": "systemctl stop keepalived.service"}
+
+
+def vip_drill(task: Task, settings: Settings, variant: str = "haproxy") -> Result:
+    """Stop HAProxy (or Keepalived) on the VIP holder: the VIP moves, and stays when it returns."""
+    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=None)
+    holder = vip_holders(task, settings)[0]
+    peer = next(h.name for h in settings.members("haproxy") if h.name != holder)
+    unit = f"{variant}.service"
+    record = Record("vip", variant, holder, f"{VIP_FAULTS[variant]} on {holder}")
+    with Load(task, settings) as load:
+        record.fault_at = time.time()
+        try:
+            run(task, VIP_FAULTS[variant], host=holder, what=Expectation(f"{unit} stopped on {holder}"))
+            record.detected_at = wait_until(lambda: vip_holders(task, settings) == [peer], 30)
+            time.sleep(2)
+        finally:
+            run(task, f"systemctl start {unit}", host=holder, what=Expectation(f"{unit} started on {holder}"))
+            record.restored_at = time.time()
+        time.sleep(8)  # longer than Keepalived's rise + adverts: a preempting holder would take it back now
+    load.measure(record)
+    https = [(at, ok) for at, ok, probe in record.samples if probe == "https"]
+    failures = [at for at, ok in https if not ok]
+    record.recovered_at = next((at for at, ok in https if ok and failures and at > failures[-1]), None)
+    record.rejoined_at = record.restored_at
+    holders = vip_holders(task, settings)
+    record.notes.append(f"VIP {holder} → {peer}; after the return: {holders}")
+    if record.detected_at is None:
+        record.problems.append(f"the VIP did not move to {peer} within 30 s")
+    if holders != [peer]:
+        record.problems.append(f"the VIP moved again after {holder} returned (now on {holders}): flapping")
+    if [at for at in failures if at > record.restored_at]:
+        record.problems.append(f"requests through the VIP failed after {holder} returned")
+    return Result(host=task.host, changed=True, result=asdict(record))
+
+
+# --- the etcd drill ----------------------------------------------------------------------
+
+
+def etcd_drill(task: Task, settings: Settings, variant: str = "member") -> Result:
+    """Stop etcd on one member (`member`: nothing may change) or two (`quorum`: report Patroni's reaction)."""
+    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=None)
+    state = cluster(task, settings)
+    leader = leader_of(state)
+    others = [h.name for h in settings.members("patroni") if h.name != leader]
+    targets = others[:1] if variant == "member" else others[:2]
+    record = Record("etcd", variant, ",".join(targets), f"systemctl stop etcd on {', '.join(targets)}")
+    with Load(task, settings) as load:
+        record.fault_at = time.time()
+        try:
+            for target in targets:
+                run(task, "systemctl stop etcd.service", host=target, what=Expectation(f"etcd stopped on {target}"))
+            time.sleep(30)  # longer than Patroni's ttl: a lost leader key would show
+            record.notes.append(f"with etcd down on {', '.join(targets)}: leader {leader_of(cluster(task, settings))}")
+        finally:
+            for target in targets:
+                run(task, "systemctl start etcd.service", host=target, what=Expectation(f"etcd started on {target}"))
+            record.restored_at = time.time()
+        record.rejoined_at = wait_until(lambda: not etcd_problems(task, settings), 60)
+        time.sleep(5)
+    load.measure(record)
+    after = leader_of(cluster(task, settings))
+    record.notes.append(f"leader before {leader}, after {after}")
+    if variant == "member" and (after != leader or (record.write_gap or 0) > 1):
+        record.problems.append("losing one etcd member disturbed the database (leader change or failed writes)")
+    if record.rejoined_at is None:
+        record.problems.append("etcd did not become healthy within 60 s of the restart")
+    return Result(host=task.host, changed=True, result=asdict(record))
+
+
+def records_of(result: AggregatedResult) -> list[Record]:
+    records = []
+    for host in result.values():
+        data = host[0].result
+        if data:
+            data = dict(data)
+            data["samples"] = [tuple(s) for s in data["samples"]]
+            records.append(Record(**data))
+    return records
+
+
+def failed_verdicts(result: AggregatedResult, settings: Settings) -> list[str]:
+    return [f"{r.drill}/{r.variant}: {p}" for r in records_of(result) for p in r.problems]
+
+
+def drill_report(result: AggregatedResult, settings: Settings) -> str:
+    """The table of each run, and its JSON record and timeline PNG under drills/<site>/."""
+    folder = settings.config_path.parent / "drills" / settings.site
+    lines = [
+        f"  {'drill':18} {'target':10} {'detect s':>8} {'recover s':>9} {'write gap s':>11} "
+        f"{'http gap s':>10} {'acked':>6} {'lost':>5}  verdict"
+    ]
+    for record in records_of(result):
+        row = record.summary()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(record.fault_at))
+        base = folder / f"{stamp}-{record.drill}-{record.variant}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        base.with_suffix(".json").write_text(json.dumps(row | {"fault_at": record.fault_at}, indent=2) + "\n")
+        marks = {
+            "fault": record.fault_at,
+            "detected": record.detected_at,
+            "recovered": record.recovered_at,
+            "restored": record.restored_at,
+        }
+        title = f"{record.drill}/{record.variant}: {record.fault} - {record.verdict}"  # the bitmap font is ASCII
+        timeline.render(base.with_suffix(".png"), title, record.samples, marks, record.fault_at)
+
+        def cell(value: object) -> str:
+            return "-" if value is None else str(value)
+
+        lines.append(
+            f"  {record.drill + '/' + record.variant:18} {record.target:10} {cell(row['detection_s']):>8} "
+            f"{cell(row['recovery_s']):>9} {cell(row['write_gap_s']):>11} {cell(row['http_gap_s']):>10} "
+            f"{row['writes_acknowledged']:>6} {row['writes_lost']:>5}  {record.verdict}"
+        )
+        lines += [f"    {note}" for note in record.notes] + [f"    problem: {p}" for p in record.problems]
+        lines.append(f"    record: {base.with_suffix('.json')}  timeline: {base.with_suffix('.png')}")
+    return "\n".join(lines)

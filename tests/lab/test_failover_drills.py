@@ -1,0 +1,78 @@
+"""Failover drills in the lab: refused on an unhealthy cluster; under load, no acknowledged write lost."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from lab import LAB_CONFIG
+from lab.lab import Lab
+from tests.conftest import load_runbook
+from tests.lab.conftest import patroni_cluster, ssh
+
+
+def drill(*argv: str) -> int:
+    chosen, rest = load_runbook("failover_drill").runbook([*argv, "--lab", "--yes"])
+    return chosen.main(rest)
+
+
+def records_since(moment: float) -> list[dict]:
+    records = [json.loads(path.read_text()) for path in sorted((LAB_CONFIG.parent / "drills" / "lab").glob("*.json"))]
+    return [r for r in records if r["fault_at"] >= moment]
+
+
+def test_a_drill_on_an_unhealthy_cluster_refuses_without_touching_anything(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] != "leader")
+    leader = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
+    ssh(lab, replica, "sudo systemctl stop patroni")
+    try:
+        capsys.readouterr()
+        assert drill("patroni") == 1
+        out = capsys.readouterr().out
+        assert f"refusing to start the drill, nothing was touched: {replica}:" in out, out
+        assert ssh(lab, replica, "systemctl is-active patroni", check=False).stdout.strip() == "inactive"
+        assert next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader") == leader
+        probe = ssh(lab, "synapse1", "systemctl is-active matrix-drill-probe", check=False).stdout.strip()
+        assert probe == "inactive" and ssh(lab, "synapse1", "test -e /run/matrix-drill", check=False).returncode == 1
+    finally:
+        ssh(lab, replica, "sudo systemctl start patroni")
+    deadline = time.monotonic() + 90
+    while any(m["state"] not in ("running", "streaming") for m in patroni_cluster(lab)["members"]):
+        assert time.monotonic() < deadline, patroni_cluster(lab)
+        time.sleep(1)
+
+
+def test_patroni_vip_and_etcd_drills_lose_no_acknowledged_write(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three consecutive Patroni drills (stop, kill -9, network cut), the VIP and one etcd member."""
+    started = time.time()
+    code = drill("all")
+    out = capsys.readouterr().out
+    print(out)
+    assert code == 0, out
+    records = records_since(started)
+    assert [(r["drill"], r["variant"]) for r in records] == [
+        ("patroni", "stop"),
+        ("patroni", "kill"),
+        ("patroni", "partition"),
+        ("vip", "haproxy"),
+        ("etcd", "member"),
+    ]
+    for record in records:
+        assert record["verdict"] == "PASS" and record["writes_lost"] == 0, record
+    for record in records[:3]:
+        assert record["writes_acknowledged"] > 100 and 0 < record["write_gap_s"] < 60, record
+        assert record["detection_s"] is not None and record["rejoined_s"] is not None
+    assert 0 < records[3]["http_gap_s"] < 10
+    folder = LAB_CONFIG.parent / "drills" / "lab"
+    timelines = [p for p in folder.glob("*.png") if p.stat().st_mtime >= started]
+    assert len(timelines) == 5 and all(Image.open(p).size[0] == 1200 for p in timelines)
+    members = patroni_cluster(lab)["members"]
+    assert sorted(m["state"] for m in members) == ["running", "streaming", "streaming"]
+    assert ssh(lab, "synapse1", "test -e /run/matrix-drill", check=False).returncode == 1  # cleaned up

@@ -1,0 +1,87 @@
+"""Drill arithmetic and inputs offline: the write log's gaps, the health verdict on Patroni's
+/cluster document, the partition rules, the timeline PNG and the runbook's arguments."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core import timeline
+from core.settings import Settings
+from tasks.drill_probes import parse
+from tasks.drills import database_problems, partition_script
+from tests.conftest import load_runbook
+
+LOG = """1000.000 ok 1
+1000.050 ok 2
+1000.100 fail server closed the connection unexpectedly
+1002.000 fail connection refused
+1004.500 ok 3
+1004.550 ok 4
+"""
+
+
+def test_the_write_log_gives_the_gap_and_the_first_write_after_the_fault() -> None:
+    writes = parse(LOG)
+    assert writes.acknowledged == [1, 2, 3, 4]
+    assert writes.outage() == (1000.05, 1004.5)  # from the last write before to the first after
+    assert writes.outage(after=1004.5) == (1004.5, 1004.55)
+    assert writes.outage(after=1004.55) is None  # a single write: no interval
+
+
+def member(name: str, role: str, state: str, lag: object = 0) -> dict:
+    return {"name": name, "role": role, "state": state, "lag": lag}
+
+
+def test_a_healthy_cluster_has_no_problems(lab_settings: Settings) -> None:
+    state = {
+        "members": [
+            member("patroni1", "leader", "running"),
+            member("patroni2", "sync_standby", "streaming"),
+            member("patroni3", "replica", "streaming", 1024),
+        ]
+    }
+    assert database_problems(state, lab_settings) == []
+
+
+def test_unhealthy_clusters_are_named(lab_settings: Settings) -> None:
+    state = {
+        "members": [
+            member("patroni1", "leader", "running"),
+            member("patroni2", "replica", "stopped", "unknown"),
+        ]
+    }
+    problems = database_problems(state, lab_settings)
+    assert "patroni3: not in the Patroni cluster" in problems
+    assert "patroni2: stopped, not streaming" in problems
+    assert "no synchronous standby (synchronous_mode is on)" in problems
+
+
+def test_the_partition_keeps_ssh_and_heals_itself() -> None:
+    script = partition_script(70)
+    assert script.startswith("systemd-run --unit=matrix-drill-heal --on-active=70 nft delete table inet ")
+    rules = script.split("<<'EOF'\n", 1)[1].rsplit("EOF", 1)[0]
+    assert "tcp dport 22 accept" in rules and "tcp sport 22 accept" in rules and "policy drop" in rules
+    checked = subprocess.run(["nft", "-c", "-f", "-"], input=rules, capture_output=True, text=True)  # syntax only
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_timeline_is_a_png(tmp_path: Path) -> None:
+    writes = parse(LOG)
+    samples = [(a.at, a.ok, "writes") for a in writes.attempts]
+    path = tmp_path / "t.png"
+    timeline.render(path, "patroni/stop", samples, {"fault": 1000.08, "detected": 1003.0, "restored": None}, 1000.08)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] == 1200
+        colours = {colour for _, colour in image.getcolors(maxcolors=1 << 16)}
+    assert timeline.OK in colours and timeline.FAILED in colours
+
+
+@pytest.mark.parametrize("argv", [["raid"], ["patroni", "--variant", "haproxy"], ["vip", "--runs", "x"]])
+def test_unknown_drills_and_variants_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        load_runbook("failover_drill").runbook(argv)
+    assert exit.value.code == 2
