@@ -43,7 +43,7 @@ class Record:
     fault: str
     fault_at: float = 0.0
     detected_at: float | None = None  # new leader / VIP on the peer
-    recovered_at: float | None = None  # first acknowledged write / answer after the fault
+    recovered_at: float | None = None  # end of the longest write gap (VIP: first answer after the last failure)
     restored_at: float | None = None  # the fault undone
     rejoined_at: float | None = None  # the faulty member back in service
     write_gap: float | None = None
