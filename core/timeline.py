@@ -1,5 +1,5 @@
 """A drill's timeline as a PNG: each probe's successes and failures over time, with the
-fault, the detection, the recovery and the restoration marked."""
+fault, the detection, the recovery, the restoration and the rejoining marked."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 WIDTH, ROW, MARGIN, TOP = 1200, 40, 110, 80
 OK, FAILED = (46, 160, 67), (207, 34, 46)
-MARKERS = {"fault": (207, 34, 46), "detected": (219, 140, 0), "recovered": (31, 111, 235), "restored": (110, 64, 170)}
+MARKERS = {
+    "fault": (207, 34, 46),
+    "detected": (219, 140, 0),
+    "recovered": (31, 111, 235),
+    "restored": (110, 64, 170),
+    "rejoined": (0, 128, 128),
+}
 
 
 def render(

@@ -3,15 +3,17 @@
     python runbooks/failover_drill.py patroni [--variant stop|kill|partition] [--runs N]
     python runbooks/failover_drill.py vip [--variant haproxy|keepalived]
     python runbooks/failover_drill.py etcd [--variant member|quorum]
-    python runbooks/failover_drill.py all        # patroni (each variant), vip, etcd member
+    python runbooks/failover_drill.py coturn [--variant stop|partition]
+    python runbooks/failover_drill.py all        # patroni (each variant), vip, etcd member, coturn
 
 Each drill first checks the platform is healthy and refuses otherwise, having touched
-nothing. A write probe on the Synapse host inserts numbered rows through PgBouncer every
-50 ms (the VIP drill requests the VIP over HTTPS every 50 ms); afterwards every
-acknowledged write must be on the primary. Prints a table per run and writes its JSON
-record and timeline PNG to drills/<site>/. Exit 1 when a verdict fails or the platform is
-left unhealthy. The runbook options (--lab, --yes, …) follow. Coturn, MinIO and LiveKit
-drills come with their tiers' probes.
+nothing. Throughout every drill a write probe on the Synapse host inserts numbered rows
+through PgBouncer every 50 ms, the controller requests the VIP over HTTPS every 50 ms and
+allocates a TURN relay on each Coturn host every 250 ms; afterwards every acknowledged
+write must be on the primary. Prints a table per run and writes its JSON record and
+timeline PNG to drills/<site>/. Exit 1 when a verdict fails or the platform is left
+unhealthy. The runbook options (--lab, --yes, …) follow. MinIO and LiveKit drills come
+when their binaries can be deployed (artifacts/manifest.yaml).
 """
 
 import argparse
@@ -23,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
 from tasks.drills import (
+    coturn_drill,
     drill_report,
     etcd_drill,
     failed_verdicts,
+    has_coturn,
     healthy,
     patroni_drill,
     refuse_unless_healthy,
@@ -37,18 +41,27 @@ DRILLS = {
     "patroni": (patroni_drill, ("stop", "kill", "partition")),
     "vip": (vip_drill, ("haproxy", "keepalived")),
     "etcd": (etcd_drill, ("member", "quorum")),
+    "coturn": (coturn_drill, ("stop", "partition")),
 }
-ALL = [("patroni", "stop"), ("patroni", "kill"), ("patroni", "partition"), ("vip", "haproxy"), ("etcd", "member")]
+ALL = [
+    ("patroni", "stop"),
+    ("patroni", "kill"),
+    ("patroni", "partition"),
+    ("vip", "haproxy"),
+    ("etcd", "member"),
+    ("coturn", "stop"),
+]
 
 
 def steps(runs: list[tuple[str, str]]) -> list[Step]:
     chosen = [
         Step(
             "healthy",
-            "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder",
+            "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder, TURN on every host",
             healthy,
             groups=("synapse",),
             gate=refuse_unless_healthy,
+            blocks=True,
         )
     ]
     for index, (drill, variant) in enumerate(runs, 1):
@@ -61,6 +74,7 @@ def steps(runs: list[tuple[str, str]]) -> list[Step]:
                 groups=("synapse",),
                 gate=failed_verdicts,
                 report=drill_report,
+                applies=has_coturn if drill == "coturn" else None,
             ),
             Step(
                 f"healthy-after-{index}",
@@ -68,6 +82,7 @@ def steps(runs: list[tuple[str, str]]) -> list[Step]:
                 healthy,
                 groups=("synapse",),
                 gate=still_healthy,
+                blocks=True,
             ),
         ]
     return chosen

@@ -16,21 +16,25 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from nornir.core.task import AggregatedResult, Result, Task
 
 from core import timeline
 from core.errors import HostError
 from core.probe import HttpsProbe
-from core.settings import Settings
+from core.settings import HostInfo, Settings
+from core.turn import TurnClient, TurnError, TurnProbe
 from tasks import drill_probes
-from tasks.patroni import rest_get
+from tasks.coturn import rest_credential
+from tasks.patroni import LOOP_WAIT, TTL, rest_get
 from tasks.remote import Expectation, Mode, mode, run
 
 POLL = 0.5
 PARTITION_TABLE = "matrix_drill_partition"
 HEAL_UNIT = "matrix-drill-heal"
 MAX_LAG = 1 << 20  # bytes a healthy replica may be behind
+REJOIN_STABLE = 3 * LOOP_WAIT + 2  # seconds: three of Patroni's cycles and a poll's margin
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Record:
     writes_acknowledged: int = 0
     writes_lost: list[int] = field(default_factory=list)
     http_gap: float | None = None
+    turn_gap: float | None = None  # no TURN server allocating
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     samples: list[tuple[float, bool, str]] = field(default_factory=list)  # (time, ok, probe) for the timeline
@@ -72,6 +77,7 @@ class Record:
             "rejoined_s": self.seconds(self.rejoined_at),
             "write_gap_s": None if self.write_gap is None else round(self.write_gap, 2),
             "http_gap_s": None if self.http_gap is None else round(self.http_gap, 2),
+            "turn_gap_s": None if self.turn_gap is None else round(self.turn_gap, 2),
             "writes_acknowledged": self.writes_acknowledged,
             "writes_lost": len(self.writes_lost),
             "verdict": self.verdict,
@@ -113,12 +119,16 @@ def database_problems(state: dict, settings: Settings) -> list[str]:
     leaders = [m for m in members.values() if m["role"] == "leader"]
     if len(leaders) != 1 or leaders[0]["state"] != "running":
         problems.append(f"Patroni has {len(leaders)} leader(s) {[m['name'] for m in leaders]} (expected one, running)")
+    timeline = leaders[0].get("timeline") if len(leaders) == 1 else None
     for member in members.values():
         if member["role"] == "leader":
             continue
         lag = member.get("lag", 0)
         if member["state"] != "streaming":
             problems.append(f"{member['name']}: {member['state']}, not streaming")
+        elif timeline is not None and member.get("timeline") != timeline:
+            # An old primary may stream its old timeline for a moment before Patroni rewinds it.
+            problems.append(f"{member['name']}: on timeline {member.get('timeline')}, the leader on {timeline}")
         elif not isinstance(lag, int) or lag > MAX_LAG:
             problems.append(f"{member['name']}: {lag} bytes behind the leader")
     if settings.config.database.synchronous_mode and not any(m["role"] == "sync_standby" for m in members.values()):
@@ -148,12 +158,27 @@ def vip_holders(task: Task, settings: Settings) -> list[str]:
     return holders
 
 
+def turn_credential(settings: Settings) -> Callable[[], tuple[str, str]]:
+    return partial(rest_credential, settings.secrets["turn_shared_secret"], "matrix-drill")
+
+
+def turn_problems(settings: Settings) -> list[str]:
+    """One relay allocated and released on each Coturn host, from the controller."""
+    problems = []
+    for host in settings.members("coturn"):
+        try:
+            TurnClient(host.private_ip).allocate(turn_credential(settings))
+        except TurnError as exc:
+            problems.append(f"{host.name}: no TURN allocation on {host.private_ip}:3478 ({exc})")
+    return problems
+
+
 def platform_problems(task: Task, settings: Settings) -> list[str]:
     problems = database_problems(cluster(task, settings), settings) + etcd_problems(task, settings)
     holders = vip_holders(task, settings)
     if len(holders) != 1:
         problems.append(f"the VIP {settings.vip} is held by {holders or 'no host'} (expected exactly one)")
-    return problems
+    return problems + turn_problems(settings)
 
 
 def healthy(task: Task, settings: Settings) -> Result:
@@ -173,35 +198,49 @@ def still_healthy(result: AggregatedResult, settings: Settings) -> list[str]:
     return [f"after the drill: {p}" for h in result.values() for p in h[0].result or []]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> float | None:
-    """Poll `condition`; the time it first held, or None after `timeout` seconds."""
+def wait_until(condition: Callable[[], bool], timeout: float, stable: float = 0.0) -> float | None:
+    """Poll `condition`; the time from which it held for `stable` seconds on end, or None after `timeout`."""
     deadline = time.time() + timeout
+    since = None
     while time.time() < deadline:
-        if condition():
-            return time.time()
+        if not condition():
+            since = None
+        elif (since := since or time.time()) <= time.time() - stable:
+            return since
         time.sleep(POLL)
     return None
 
 
 class Load:
-    """The probes of a drill: numbered writes through PgBouncer (on the Synapse host) and HTTPS
-    requests through the VIP (from the controller), started together and read into the record."""
+    """The probes of a drill, started together and read into the record: numbered writes
+    through PgBouncer (on the Synapse host), HTTPS requests through the VIP and TURN
+    allocations on every Coturn host (both from the controller)."""
 
     def __init__(self, task: Task, settings: Settings) -> None:
         self.task, self.settings = task, settings
         self.run_id = uuid.uuid4().hex[:12]
         self.https = HttpsProbe(settings.vip, settings.config.homeserver_fqdn, settings.ca.cert_path)
+        self.turn_hosts = {host.private_ip: host.name for host in settings.members("coturn")}
+        self.turn = TurnProbe(list(self.turn_hosts), turn_credential(settings))
 
     def __enter__(self) -> Load:
         drill_probes.start(self.task, self.settings, self.run_id)
         self.https.__enter__()
+        self.turn.__enter__()
         time.sleep(3)  # a baseline before the fault
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.https.__exit__()
+        self.turn.__exit__()
         if kind is not None:  # the drill broke off: leave no probe, table or password behind
             drill_probes.cleanup(self.task)
+
+    def turn_latest(self, host: HostInfo, since: float) -> bool | None:
+        """Whether the latest allocation on `host` started after `since` (Unix time) succeeded."""
+        since -= time.time() - time.monotonic()
+        latest = [s.ok for s in self.turn.samples[host.private_ip] if s.at >= since]
+        return latest[-1] if latest else None
 
     def measure(self, record: Record) -> None:
         """Stop the writes, compare them with the primary's rows, and fill the record in."""
@@ -219,6 +258,10 @@ class Load:
         record.http_gap = self.https.longest_gap()
         record.samples = [(a.at, a.ok, "writes") for a in writes.attempts]
         record.samples += [(s.at + offset, s.ok, "https") for s in self.https.samples]
+        if self.turn_hosts:
+            record.turn_gap = self.turn.none_serving()
+            for server, samples in self.turn.samples.items():
+                record.samples += [(s.at + offset, s.ok, f"turn {self.turn_hosts[server]}") for s in samples]
         if record.writes_lost:
             record.problems.append(f"{len(record.writes_lost)} acknowledged writes lost: {record.writes_lost[:10]}")
         if not acknowledged:
@@ -279,8 +322,11 @@ def patroni_drill(task: Task, settings: Settings, variant: str = "stop", cut_sec
         finally:
             run(task, undo, host=old, what=Expectation(f"the fault undone on {old}"))
             record.restored_at = time.time()
-        # Rejoined: the old primary streams again and every other replica follows the new leader.
-        record.rejoined_at = wait_until(lambda: not database_problems(cluster(task, settings), settings), 180)
+        # Rejoined: the old primary streams the new timeline and every other replica follows the
+        # new leader, for REJOIN_STABLE seconds on end (Patroni may still decide to rewind it).
+        record.rejoined_at = wait_until(
+            lambda: not database_problems(cluster(task, settings), settings), 180, REJOIN_STABLE
+        )
         time.sleep(5)  # writes go on against the new leader after the old one is back
     load.measure(record)
     new = leader_of(cluster(task, settings))
@@ -335,6 +381,15 @@ def vip_drill(task: Task, settings: Settings, variant: str = "haproxy") -> Resul
 # --- the etcd drill ----------------------------------------------------------------------
 
 
+def primary_state(task: Task, settings: Settings, name: str) -> str:
+    """What a member's REST API says of itself: its role and whether failsafe mode holds it up."""
+    status, body = rest_get(task, "/patroni", settings.hosts[name].private_ip)
+    if status != 200:
+        return f"no answer from its REST API (HTTP {status})"
+    facts = json.loads(body)
+    return f"role {facts.get('role')}, failsafe mode active: {bool(facts.get('failsafe_mode_is_active'))}"
+
+
 def etcd_drill(task: Task, settings: Settings, variant: str = "member") -> Result:
     """Stop etcd on one member (`member`: nothing may change) or two (`quorum`: report Patroni's reaction)."""
     if not anchor(task, settings) or mode(task) is not Mode.APPLY:
@@ -349,8 +404,10 @@ def etcd_drill(task: Task, settings: Settings, variant: str = "member") -> Resul
         try:
             for target in targets:
                 run(task, "systemctl stop etcd.service", host=target, what=Expectation(f"etcd stopped on {target}"))
-            time.sleep(30)  # longer than Patroni's ttl: a lost leader key would show
+            time.sleep(TTL + 10)  # longer than Patroni's ttl: a lost leader key would show
             record.notes.append(f"with etcd down on {', '.join(targets)}: leader {leader_of(cluster(task, settings))}")
+            if variant == "quorum" and leader:
+                record.notes.append(f"{leader} says: {primary_state(task, settings, leader)}")
         finally:
             for target in targets:
                 run(task, "systemctl start etcd.service", host=target, what=Expectation(f"etcd started on {target}"))
@@ -360,10 +417,64 @@ def etcd_drill(task: Task, settings: Settings, variant: str = "member") -> Resul
     load.measure(record)
     after = leader_of(cluster(task, settings))
     record.notes.append(f"leader before {leader}, after {after}")
+    if variant == "quorum":
+        start, end = record.fault_at + TTL, record.restored_at or record.fault_at
+        late = [at for at, ok, probe in record.samples if probe == "writes" and ok and start < at < end]
+        record.notes.append(
+            f"{len(late)} writes acknowledged from Patroni's ttl ({TTL} s) into the quorum loss to its end: "
+            + ("the primary stayed writable" if late else "the primary took no writes (demoted or read-only)")
+        )
     if variant == "member" and (after != leader or (record.write_gap or 0) > 1):
         record.problems.append("losing one etcd member disturbed the database (leader change or failed writes)")
     if record.rejoined_at is None:
         record.problems.append("etcd did not become healthy within 60 s of the restart")
+    return Result(host=task.host, changed=True, result=asdict(record))
+
+
+# --- the Coturn drill ---------------------------------------------------------------------
+
+COTURN_HOLD = 20  # seconds the TURN server stays lost
+
+
+def has_coturn(settings: Settings) -> bool:
+    """no coturn hosts in the inventory: no TURN drill"""
+    return bool(settings.members("coturn"))
+
+
+def coturn_drill(task: Task, settings: Settings, variant: str = "stop") -> Result:
+    """Stop Coturn on one host (or cut its network): allocations go on succeeding on the
+    others throughout, and the host allocates again once it is back."""
+    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=None)
+    target = settings.members("coturn")[0]
+    faults = {"stop": "systemctl stop coturn.service", "partition": partition_script(COTURN_HOLD + 30)}
+    shown = "systemctl stop coturn.service" if variant == "stop" else f"network cut for {COTURN_HOLD} s"
+    record = Record("coturn", variant, target.name, f"{shown} on {target.name}")
+    undo = "systemctl start coturn.service" if variant == "stop" else heal_script()
+    with Load(task, settings) as load:
+        record.fault_at = time.time()
+        try:
+            run(task, faults[variant], host=target.name, what=Expectation(f"the fault applied on {target.name}"))
+            record.detected_at = wait_until(lambda: load.turn_latest(target, record.fault_at) is False, 30)
+            time.sleep(max(0.0, record.fault_at + COTURN_HOLD - time.time()))
+        finally:
+            run(task, undo, host=target.name, what=Expectation(f"the fault undone on {target.name}"))
+            record.restored_at = time.time()
+        record.rejoined_at = wait_until(lambda: load.turn_latest(target, record.restored_at) is True, 60)
+        time.sleep(2)
+    load.measure(record)
+    record.recovered_at = None  # callers never lost TURN: the other servers answered throughout
+    others = {f"turn {h.name}" for h in settings.members("coturn") if h.name != target.name}
+    failed = sorted({probe for at, ok, probe in record.samples if probe in others and not ok})
+    if record.detected_at is None:
+        record.problems.append(f"allocations on {target.name} kept succeeding: the fault did not take")
+    if failed:
+        record.problems.append(f"allocations failed on {', '.join(p.split()[1] for p in failed)} during the drill")
+    if record.turn_gap:
+        record.problems.append(f"no TURN server allocated for {record.turn_gap:.2f} s")
+    if record.rejoined_at is None:
+        record.problems.append(f"{target.name} allocated no relay within 60 s of the restore")
+    record.notes.append(f"TURN servers serving throughout: {', '.join(sorted(p.split()[1] for p in others))}")
     return Result(host=task.host, changed=True, result=asdict(record))
 
 
@@ -386,8 +497,8 @@ def drill_report(result: AggregatedResult, settings: Settings) -> str:
     """The table of each run, and its JSON record and timeline PNG under drills/<site>/."""
     folder = settings.config_path.parent / "drills" / settings.site
     lines = [
-        f"  {'drill':18} {'target':10} {'detect s':>8} {'recover s':>9} {'write gap s':>11} "
-        f"{'http gap s':>10} {'acked':>6} {'lost':>5}  verdict"
+        f"  {'drill':18} {'target':10} {'detect s':>8} {'recover s':>9} {'rejoin s':>8} {'write gap s':>11} "
+        f"{'http gap s':>10} {'turn gap s':>10} {'acked':>6} {'lost':>5}  verdict"
     ]
     for record in records_of(result):
         row = record.summary()
@@ -400,6 +511,7 @@ def drill_report(result: AggregatedResult, settings: Settings) -> str:
             "detected": record.detected_at,
             "recovered": record.recovered_at,
             "restored": record.restored_at,
+            "rejoined": record.rejoined_at,
         }
         title = f"{record.drill}/{record.variant}: {record.fault} - {record.verdict}"  # the bitmap font is ASCII
         timeline.render(base.with_suffix(".png"), title, record.samples, marks, record.fault_at)
@@ -409,7 +521,8 @@ def drill_report(result: AggregatedResult, settings: Settings) -> str:
 
         lines.append(
             f"  {record.drill + '/' + record.variant:18} {record.target:10} {cell(row['detection_s']):>8} "
-            f"{cell(row['recovery_s']):>9} {cell(row['write_gap_s']):>11} {cell(row['http_gap_s']):>10} "
+            f"{cell(row['recovery_s']):>9} {cell(row['rejoined_s']):>8} {cell(row['write_gap_s']):>11} "
+            f"{cell(row['http_gap_s']):>10} {cell(row['turn_gap_s']):>10} "
             f"{row['writes_acknowledged']:>6} {row['writes_lost']:>5}  {record.verdict}"
         )
         lines += [f"    {note}" for note in record.notes] + [f"    problem: {p}" for p in record.problems]

@@ -30,6 +30,7 @@ WHEELS = "/opt/patroni/wheels"
 CONFIG = "/etc/patroni/patroni.yml"
 REST_PORT = 8008
 LOOP_WAIT = 2  # seconds; the template's loop_wait
+TTL = 20  # seconds a leader key lives without renewal; the template's ttl
 # Compiled dependencies come from Debian, so no wheel has to match the host's Python.
 PYTHON_PACKAGES = [
     "python3-venv",
@@ -126,6 +127,7 @@ def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = N
         etcd_hosts=[f"{h.private_ip}:2379" for h in patroni_hosts],
         synchronous_mode=settings.config.database.synchronous_mode,
         loop_wait=LOOP_WAIT,
+        ttl=TTL,
         max_connections=memory.max_connections,
         pg_version=settings.config.versions.postgresql,
         data_dir=data_dir(settings),

@@ -47,10 +47,10 @@ def test_a_drill_on_an_unhealthy_cluster_refuses_without_touching_anything(
         time.sleep(1)
 
 
-def test_patroni_vip_and_etcd_drills_lose_no_acknowledged_write(
+def test_every_drill_loses_no_acknowledged_write_and_leaves_the_platform_healthy(
     deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Three consecutive Patroni drills (stop, kill -9, network cut), the VIP and one etcd member."""
+    """Three consecutive Patroni drills (stop, kill -9, network cut), the VIP, one etcd member, one Coturn."""
     started = time.time()
     code = drill("all")
     out = capsys.readouterr().out
@@ -63,16 +63,30 @@ def test_patroni_vip_and_etcd_drills_lose_no_acknowledged_write(
         ("patroni", "partition"),
         ("vip", "haproxy"),
         ("etcd", "member"),
+        ("coturn", "stop"),
     ]
     for record in records:
         assert record["verdict"] == "PASS" and record["writes_lost"] == 0, record
+        assert record["turn_gap_s"] == 0, record  # some TURN server allocated throughout every drill
     for record in records[:3]:
         assert record["writes_acknowledged"] > 100 and 0 < record["write_gap_s"] < 60, record
         assert record["detection_s"] is not None and record["rejoined_s"] is not None
     assert 0 < records[3]["http_gap_s"] < 10
+    assert records[5]["detection_s"] < 5 and records[5]["rejoined_s"] is not None  # coturn1 failed, then served
     folder = LAB_CONFIG.parent / "drills" / "lab"
     timelines = [p for p in folder.glob("*.png") if p.stat().st_mtime >= started]
-    assert len(timelines) == 5 and all(Image.open(p).size[0] == 1200 for p in timelines)
+    assert len(timelines) == 6 and all(Image.open(p).size[0] == 1200 for p in timelines)
     members = patroni_cluster(lab)["members"]
     assert sorted(m["state"] for m in members) == ["running", "streaming", "streaming"]
     assert ssh(lab, "synapse1", "test -e /run/matrix-drill", check=False).returncode == 1  # cleaned up
+
+
+def test_a_coturn_host_cut_off_leaves_the_other_serving(deployed: None, capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.time()
+    code = drill("coturn", "--variant", "partition")
+    out = capsys.readouterr().out
+    print(out)
+    assert code == 0, out
+    (record,) = records_since(started)
+    assert record["target"] == "coturn1" and record["turn_gap_s"] == 0 and record["verdict"] == "PASS", record
+    assert record["detection_s"] < 10 and record["rejoined_s"] is not None, record  # 3 × 1 s unanswered

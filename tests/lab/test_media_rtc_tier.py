@@ -10,6 +10,7 @@ import pytest
 
 from core import artifacts
 from core.settings import Settings
+from core.turn import TurnClient, TurnError
 from lab.lab import Lab
 from tasks.coturn import rest_credential
 from tests.lab.conftest import ssh, tls_handshake
@@ -67,6 +68,21 @@ def test_turn_does_not_relay_into_the_private_network(echo_peer: None, lab: Lab,
     user, password = rest_credential(lab_settings.secrets["turn_shared_secret"], "labtest")
     report = relay(lab, "coturn2", "198.18.1.41", user, password, peer="198.18.1.61")  # synapse1
     assert "error 403 (Forbidden IP)" in report and "tot_recv_msgs=5" not in report, report
+
+
+@pytest.mark.parametrize("server", ["198.18.1.41", "198.18.1.42"])
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_the_drills_turn_client_allocates_and_is_refused_a_forged_credential(
+    deployed: None, lab_settings: Settings, server: str, transport: str
+) -> None:
+    """The failover drills' TURN probe (core/turn.py) against the real Coturn, from the controller."""
+    client = TurnClient(server, transport=transport)
+    relay = client.allocate(lambda: rest_credential(lab_settings.secrets["turn_shared_secret"], "drill"))
+    address, port = relay.rsplit(":", 1)
+    turn = lab_settings.config.turn
+    assert address == server and turn.relay_min_port <= int(port) <= turn.relay_max_port, relay
+    with pytest.raises(TurnError, match="Allocate refused: 401"):
+        client.allocate(lambda: rest_credential("not-the-secret", "drill"))
 
 
 def test_turns_serves_a_certificate_the_other_hosts_trust(deployed: None, lab: Lab) -> None:

@@ -1,18 +1,23 @@
-"""Drill arithmetic and inputs offline: the write log's gaps, the health verdict on Patroni's
-/cluster document, the partition rules, the timeline PNG and the runbook's arguments."""
+"""Drill arithmetic and inputs offline: the write log's gaps, the TURN probe's outage, the
+health verdict on Patroni's /cluster document, the partition rules, the timeline PNG and the
+runbook's arguments."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from core import timeline
+from core.probe import Sample
 from core.settings import Settings
+from core.turn import TurnProbe
+from tasks import drills
 from tasks.drill_probes import parse
-from tasks.drills import database_problems, partition_script
+from tasks.drills import database_problems, partition_script, wait_until
 from tests.conftest import load_runbook
 
 LOG = """1000.000 ok 1
@@ -30,6 +35,22 @@ def test_the_write_log_gives_the_gap_and_the_first_write_after_the_fault() -> No
     assert writes.outage() == (1000.05, 1004.5)  # from the last write before to the first after
     assert writes.outage(after=1004.5) == (1004.5, 1004.55)
     assert writes.outage(after=1004.55) is None  # a single write: no interval
+
+
+def turn_samples(outcomes: str, start: float) -> list[Sample]:
+    """One allocation a second from `start`: "+" answered, "-" failed."""
+    return [Sample(start + i, mark == "+", "", 0.01) for i, mark in enumerate(outcomes)]
+
+
+def test_turn_is_out_only_while_every_server_fails() -> None:
+    probe = TurnProbe(["a", "b"], credential=lambda: ("u", "p"))
+    probe.samples = {"a": turn_samples("++----++", 0.0), "b": turn_samples("++++--++", 0.5)}
+    # b fails at 4.5 while a has failed since 2.0; a answers again at 6.0
+    assert probe.none_serving() == 1.5
+    probe.samples["b"] = turn_samples("++++++++", 0.5)
+    assert probe.none_serving() == 0.0
+    probe.samples = {"a": turn_samples("+---", 0.0), "b": turn_samples("---", 0.5)}
+    assert probe.none_serving() == 2.0  # out from 1.0 and still at the last sample (3.0)
 
 
 def member(name: str, role: str, state: str, lag: object = 0) -> dict:
@@ -58,6 +79,32 @@ def test_unhealthy_clusters_are_named(lab_settings: Settings) -> None:
     assert "patroni3: not in the Patroni cluster" in problems
     assert "patroni2: stopped, not streaming" in problems
     assert "no synchronous standby (synchronous_mode is on)" in problems
+
+
+def test_a_replica_still_on_the_old_timeline_is_not_back(lab_settings: Settings) -> None:
+    state = {
+        "members": [
+            member("patroni1", "leader", "running") | {"timeline": 4},
+            member("patroni2", "sync_standby", "streaming") | {"timeline": 4},
+            member("patroni3", "replica", "streaming") | {"timeline": 3},  # the old primary, not rewound yet
+        ]
+    }
+    assert database_problems(state, lab_settings) == ["patroni3: on timeline 3, the leader on 4"]
+
+
+def test_waiting_for_a_stable_state_starts_over_when_it_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(drills, "POLL", 0.01)
+    answers = iter([True, False] + [True] * 1000)
+    polls: list[float] = []
+
+    def condition() -> bool:
+        polls.append(time.time())
+        return next(answers)
+
+    since = wait_until(condition, timeout=5, stable=0.1)
+    assert since is not None and polls[2] <= since < polls[3]  # the first True was followed by a False
+    assert polls[-1] - since >= 0.1
+    assert wait_until(lambda: False, timeout=0.05) is None
 
 
 def test_the_partition_keeps_ssh_and_heals_itself() -> None:
