@@ -37,6 +37,8 @@ class StepOutcome:
     seconds: float = 0.0
     hosts: dict[str, HostOutcome] = field(default_factory=dict)
     note: str = ""
+    problems: list[str] = field(default_factory=list)  # the health gate's
+    report: str = ""  # what the step's report printed
 
 
 def flatten(multi: MultiResult) -> list[Result]:
@@ -126,6 +128,40 @@ class Progress:
 
 def _indent(text: str) -> str:
     return "\n".join(f"      {line}" for line in text.splitlines())
+
+
+VERDICTS = {"ok": "PASS", "changed": "PASS", "failed": "FAIL", "skipped": "SKIP", "not run": "SKIP"}
+
+
+def evidence(step: StepOutcome) -> str:
+    """What a check saw: the gate's problems or the failed hosts' messages; else its report or host answers."""
+    if step.status == "failed":
+        lines = step.problems or [
+            line if line.startswith(f"{name}:") else f"{name}: {line}"
+            for name, host in step.hosts.items()
+            if host.message and (line := host.message.splitlines()[0])
+        ]
+        return "\n".join(lines) or step.note
+    if step.report:
+        return step.report.strip()
+    answers: dict[str, list[str]] = {}
+    for name, host in step.hosts.items():
+        if host.message:
+            answers.setdefault(host.message, []).append(name)
+    lines = [f"{', '.join(names) if len(names) < 4 else f'{len(names)} hosts'}: {m}" for m, names in answers.items()]
+    return "\n".join(lines) or step.note
+
+
+def checklist_table(steps: list[StepOutcome]) -> Table:
+    """validate.py's summary: each check's verdict with its evidence."""
+    table = Table(title="Checklist", show_lines=True)
+    for column in ("check", "verdict", "evidence", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
+    for step in steps:
+        verdict = VERDICTS.get(step.status, "SKIP")
+        style = {"PASS": "green", "FAIL": "red"}.get(verdict, "dim")
+        table.add_row(step.name, f"[{style}]{verdict}[/{style}]", escape(evidence(step)), f"{step.seconds:.1f}")
+    return table
 
 
 def summary_table(steps: list[StepOutcome]) -> Table:

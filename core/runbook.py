@@ -31,7 +31,7 @@ from rich.markup import escape
 
 from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection
-from core.display import Progress, StepOutcome, failure_text, host_outcome, summary_table
+from core.display import Progress, StepOutcome, checklist_table, failure_text, host_outcome, summary_table
 from core.errors import InputError, InputProblem
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
@@ -74,6 +74,9 @@ class Step:
     requires: Callable[[Settings], list[InputProblem]] | None = None
     # A table or summary printed after the step from all hosts' results (e.g. expiry dates).
     report: Callable[[AggregatedResult, Settings], str] | None = None
+    # In a checklist (validate.py) a failed step stops the rest only if it blocks: a drill's
+    # health check, since the drill must not start on an unhealthy cluster.
+    blocks: bool = False
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
@@ -93,11 +96,15 @@ class Options:
 
 
 class Runbook:
-    def __init__(self, name: str, description: str, steps: list[Step], *, confirm: bool = False) -> None:
+    def __init__(
+        self, name: str, description: str, steps: list[Step], *, confirm: bool = False, checklist: bool = False
+    ) -> None:
         self.name = name
         self.description = description
         self.steps = steps
         self.confirm = confirm
+        # A checklist (validate.py) runs every step whatever failed before: each is a check of its own.
+        self.checklist = checklist
         self.console = Console(highlight=False, soft_wrap=True)
 
     def parser(self) -> argparse.ArgumentParser:
@@ -275,7 +282,9 @@ class Runbook:
                     continue
                 outcome = self._run_step(nr, step, index, len(options.steps), settings, options, progress, redact)
                 outcomes.append(outcome)
-                if outcome.status == "failed":
+                # Nornir leaves failed hosts out of later runs; each check of a checklist asks them again.
+                nr.data.reset_failed_hosts()
+                if outcome.status == "failed" and (step.blocks or not self.checklist):
                     blocked_by = step.name
         finally:
             # Every host, not only --limit's: a step may have read a fact from a peer.
@@ -285,7 +294,7 @@ class Runbook:
                     commands[host.name] = list(conn.log)
                 host.close_connections()
         elapsed = time.monotonic() - started
-        self.console.print(summary_table(outcomes))
+        self.console.print(checklist_table(outcomes) if self.checklist else summary_table(outcomes))
         failed = any(o.status == "failed" for o in outcomes)
         changed = any(o.status == "changed" for o in outcomes)
         verdict = (
@@ -347,7 +356,8 @@ class Runbook:
         }
         outcome = StepOutcome(step.name, "ok", hosts=hosts)
         if step.report and not result.failed:
-            self.console.print(escape(redact(step.report(result, settings))), highlight=False)
+            outcome.report = redact(step.report(result, settings))
+            self.console.print(escape(outcome.report), highlight=False)
         if result.failed:
             outcome.status = "failed"
             outcome.note = f"{len(result.failed_hosts)} host(s) failed"
@@ -355,6 +365,7 @@ class Runbook:
             problems = self._health(step, targets, result, settings) if options.mode is Mode.APPLY else []
             if problems:
                 outcome.status, outcome.note = "failed", "health gate"
+                outcome.problems = [redact(p) for p in problems]
                 self.console.print("[bold red]  health gate failed:[/bold red]")
                 for problem in problems:
                     self.console.print(f"    {escape(redact(problem))}", style="red")

@@ -1,0 +1,101 @@
+"""Validate: the post-deployment checklist, each check PASS, FAIL or SKIP with its evidence.
+
+    python runbooks/validate.py                  # every check below; changes nothing on the servers
+    python runbooks/validate.py --drills         # also a Patroni and a VIP failover drill (under load)
+    python runbooks/validate.py --restore        # also the restore drill of the newest backup
+
+Checks: login, send/receive, media upload/download and TURN allocations over UDP and
+TCP with the credentials Synapse hands out (as the admin user, through the VIP, from
+this machine); LiveKit (when deployed); the admin UI from an allowed address and a
+refused one; federation (8448 answers when on, is closed when off); every Prometheus
+target UP; clocks; /etc/hosts on every server; the served certificates. The client checks
+leave one uploaded file and a left, forgotten room behind. Exit 0 when nothing FAILed,
+else 1. The runbook options (--lab, --limit, --report, …) follow.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runbook import Runbook, Step
+from runbooks import failover_drill, restore_drill
+from tasks.certificates import expiring, expiry_table, served_certificates
+from tasks.hosts_file import verify_resolution
+from tasks.monitoring import targets_up
+from tasks.validate import (
+    admin_allowlist,
+    checks_report,
+    client_checks,
+    clock,
+    clocks_report,
+    failed_checks,
+    federation,
+    group_call,
+)
+
+STEPS = [
+    Step(
+        "matrix-client",
+        "login, a message, a file, TURN relays over UDP and TCP: as the admin user through the VIP",
+        client_checks,
+        groups=("synapse",),
+        gate=failed_checks,
+        report=checks_report,
+    ),
+    Step(
+        "group-call",
+        "LiveKit answers on every SFU host",
+        group_call,
+        groups=("synapse",),
+        gate=failed_checks,
+        report=checks_report,
+        needs=("livekit-server", "lk-jwt-service"),
+    ),
+    Step(
+        "admin-allowlist",
+        "the admin UI through the VIP: served to an allowed address, 403 to another",
+        admin_allowlist,
+        groups=("synapse",),
+        gate=failed_checks,
+        report=checks_report,
+    ),
+    Step(
+        "federation",
+        "federation on: 8448 answers the federation API; off: 8448 is closed",
+        federation,
+        groups=("synapse",),
+        gate=failed_checks,
+        report=checks_report,
+    ),
+    Step("prometheus-targets", "every expected Prometheus target is UP", targets_up, groups=("monitoring",)),
+    Step("clocks", "every server's clock agrees with this machine's", clock, report=clocks_report),
+    Step("hosts-file", "every platform name resolves to its address on every server", verify_resolution),
+    Step(
+        "certificates",
+        "from the monitoring host: every served certificate verifies, with its days left",
+        served_certificates,
+        groups=("monitoring",),
+        gate=expiring,
+        report=expiry_table,
+    ),
+]
+
+
+def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--drills", action="store_true")
+    own.add_argument("--restore", action="store_true")
+    known, rest = own.parse_known_args(argv)
+    steps = list(STEPS)
+    if known.drills:
+        steps += failover_drill.steps([("patroni", "stop"), ("vip", "haproxy")])
+    if known.restore:
+        steps += restore_drill.runbook([])[0].steps
+    return Runbook("validate", __doc__ or "", steps, confirm=known.drills, checklist=True), rest
+
+
+if __name__ == "__main__":
+    chosen, options = runbook(sys.argv[1:])
+    sys.exit(chosen.main(options))
