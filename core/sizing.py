@@ -142,3 +142,111 @@ def for_config(config: Config, pgbouncer_hosts: int) -> Sizing:
         pgbouncer_pool=config.pgbouncer.default_pool_size,
         pgbouncer_reserve=config.pgbouncer.reserve_pool_size,
     )
+
+
+# SPEC "Sizing", storage: per 10k users; users are taken as the concurrent users here.
+DATABASE_GB_PER_10K = (100, 500)
+MEDIA_GB_PER_DAY_PER_10K = (200, 500)
+PLANNING_MONTHS = (3, 6)
+DAYS_PER_MONTH = 30.4
+
+
+@dataclass(frozen=True)
+class Line:
+    """One row of the sizing table: what, the figure, and how it was reached."""
+
+    what: str
+    value: str
+    formula: str
+
+
+def per_10k(ccu: int, low_high: tuple[int, int], factor: float = 1.0) -> str:
+    """A range scaled from SPEC's per-10k-users figures, in GB (TB from 1000 GB on)."""
+    low, high = (ccu / 10_000 * x * factor for x in low_high)
+    if high < 1000:
+        return f"{low:,.0f}–{high:,.0f} GB"
+    return f"{low / 1000:,.1f}–{high / 1000:,.1f} TB"
+
+
+def explain(sizing: Sizing, overridden: set[str], max_client_conn: int) -> list[Line]:
+    """The derived table with its formulas; `overridden` names the worker counts config.yaml sets."""
+    ccu, workers, cp = sizing.ccu, sizing.workers, sizing.cp_max
+
+    def count(name: str, rule: str) -> Line:
+        label = name.replace("_", " ")
+        how = f"config.yaml synapse.workers.{name} (derived: {getattr(derive_workers(ccu), name)})"
+        return Line(f"{label} workers", str(getattr(workers, name)), how if name in overridden else rule)
+
+    curve = ", ".join(f"{x:,}→{y}" for x, y in SYNC_CURVE)
+    core_workers = workers.total - workers.media_repository
+    spec_budget = sizing.main_pool + core_workers * cp + sizing.reserved_connections
+    demand = max(sizing.connection_budget, sizing.pgbouncer_server_connections + sizing.reserved_connections)
+    lines = [
+        Line(
+            "concurrent users (CCU)",
+            f"{ccu:,}",
+            "--ccu, config.yaml ccu, or the scale (small 1k, medium 5k, large 10k)",
+        ),
+        count(
+            "sync",
+            f"CCU/200 = {sizing.ideal_sync_workers:g} is the ideal; practical: linear between {curve} (2..12)",
+        ),
+        count("generic", f"⌈sync/2⌉ = ⌈{workers.sync}/2⌉"),
+        count("federation_sender", "2 up to 1k CCU, 3 up to 5k, else 4"),
+        count("event_persister", "1 up to 1k CCU, else 2"),
+        Line("media repository workers", str(workers.media_repository), "config.yaml synapse.workers.media_repository"),
+        Line("worker processes", str(workers.total), "the sum of the counts above"),
+        Line("connections per process", str(cp), "config.yaml synapse.database_cp_max (Synapse's cp_max)"),
+        Line(
+            "Synapse connections (SPEC's count)",
+            str(spec_budget),
+            f"main {sizing.main_pool} + {core_workers} workers × {cp} + reserve {sizing.reserved_connections}"
+            " (sync, generic, federation senders, event persisters)",
+        ),
+        Line(
+            "Synapse connections (all processes)",
+            str(sizing.connection_budget),
+            f"the above + {workers.media_repository} media worker(s) × {cp}",
+        ),
+        Line(
+            "PgBouncer pools",
+            f"{sizing.pgbouncer_pool} + {sizing.pgbouncer_reserve} reserve per PgBouncer",
+            "config.yaml pgbouncer.default_pool_size + reserve_pool_size (transaction pooling)",
+        ),
+        Line(
+            "PgBouncer server connections",
+            str(sizing.pgbouncer_server_connections),
+            f"{sizing.pgbouncer_hosts} PgBouncer host(s) × ({sizing.pgbouncer_pool} + {sizing.pgbouncer_reserve})",
+        ),
+        Line(
+            "PgBouncer max_client_conn",
+            f"{max_client_conn}{'' if max_client_conn >= sizing.connection_budget else '  (TOO LOW)'}",
+            f"config.yaml pgbouncer.max_client_conn; must be ≥ the {sizing.connection_budget} Synapse connections",
+        ),
+        Line(
+            "PostgreSQL max_connections",
+            str(sizing.max_connections),
+            f"max({MAX_CONNECTIONS_FLOOR}, ⌈{CONNECTION_HEADROOM} × max(Synapse {sizing.connection_budget}, "
+            f"PgBouncer {sizing.pgbouncer_server_connections} + reserve {sizing.reserved_connections}) = "
+            f"{CONNECTION_HEADROOM * demand:g}⌉ in steps of 50)",
+        ),
+        Line(
+            "database storage",
+            per_10k(ccu, DATABASE_GB_PER_10K),
+            f"CCU/10k × {DATABASE_GB_PER_10K[0]}–{DATABASE_GB_PER_10K[1]} GB (SPEC, per 10k users)",
+        ),
+        Line(
+            "media per day",
+            per_10k(ccu, MEDIA_GB_PER_DAY_PER_10K),
+            f"CCU/10k × {MEDIA_GB_PER_DAY_PER_10K[0]}–{MEDIA_GB_PER_DAY_PER_10K[1]} GB/day (SPEC)",
+        ),
+    ]
+    lines += [
+        Line(
+            f"media after {months} months",
+            per_10k(ccu, MEDIA_GB_PER_DAY_PER_10K, months * DAYS_PER_MONTH),
+            f"per day × {months} × {DAYS_PER_MONTH} days (MinIO usable space, before erasure-coding overhead)",
+        )
+        for months in PLANNING_MONTHS
+    ]
+    return lines
