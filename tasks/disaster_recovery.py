@@ -60,12 +60,14 @@ def set_aside(task: Task, settings: Settings) -> Result:
     aside = f"{directory}.before-recovery-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result=f"{directory} would move to {aside}")
-    run(
+    out = run(
         task,
-        f"systemctl stop patroni.service; if [ -e {directory} ]; then mv {directory} {aside}; fi",
+        f"systemctl stop patroni.service 2>/dev/null; "
+        f"if [ -e {directory} ]; then mv {directory} {aside} && echo moved; fi",
         what=Expectation(f"Patroni stopped, {directory} moved to {aside}"),
     )
-    return Result(host=task.host, changed=True, diff=f"patroni stopped; {directory} → {aside}")
+    where = f"→ {aside}" if out.stdout.strip() == "moved" else "absent"
+    return Result(host=task.host, changed=True, diff=f"patroni stopped; {directory} {where}")
 
 
 def forget_cluster(task: Task, settings: Settings) -> Result:
@@ -77,10 +79,13 @@ def forget_cluster(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, result=f"etcd keys under {prefix} would be removed")
     out = run(
         task,
-        f"ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 del --prefix {prefix}",
+        # New hosts (the old ones lost) have no etcd yet, so no keys to remove.
+        f"if command -v etcdctl >/dev/null; then "
+        f"ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 del --prefix {prefix}; fi",
         what=Expectation(f"the keys under {prefix} removed from etcd", "check `etcdctl endpoint health` here"),
     )
-    return Result(host=task.host, changed=True, diff=f"etcd: {out.stdout.strip() or 0} keys under {prefix} removed")
+    removed = int(out.stdout.strip() or 0)
+    return Result(host=task.host, changed=bool(removed), diff=f"etcd: {removed} keys under {prefix} removed")
 
 
 def forget_one_time_keys(task: Task, settings: Settings) -> Result:

@@ -98,11 +98,27 @@ def deploy_lab(lab: Lab, capsys: pytest.CaptureFixture[str]) -> Callable[..., tu
     return run
 
 
+FAILED_UNITS = (
+    "for unit in $(systemctl list-units --failed --no-legend --plain | awk '{print $1}'); do "
+    'echo "== $unit"; journalctl -u "$unit" -n 15 --no-pager -o cat; done'
+)
+
+
+def failed_units(lab: Lab) -> str:
+    """Every lab host's failed units with the end of their journal: what a red CI run needs to be read."""
+    report = []
+    for host in lab.hosts:
+        out = ssh(lab, host.name, f"sudo sh -c {shlex.quote(FAILED_UNITS)}", check=False).stdout.strip()
+        if out:
+            report.append(f"--- {host.name}\n{out}")
+    return "\n".join(report) or "no failed units on any lab host"
+
+
 @pytest.fixture(scope="module")
 def deployed(lab: Lab) -> None:
     """The platform deployed into the lab (a no-op re-run when an earlier module deployed it)."""
     code = load_runbook("deploy").RUNBOOK.main(["--lab"])
-    assert code == 0
+    assert code == 0, failed_units(lab)
 
 
 def ssh(

@@ -20,7 +20,7 @@ from lab import LAB_CONFIG
 from lab.lab import Lab
 from tasks.restore_drill import KEY_TABLES, counts_sql
 from tests.conftest import REPO, load_runbook
-from tests.lab.conftest import patroni_cluster, ssh
+from tests.lab.conftest import failed_units, patroni_cluster, ssh
 from tests.lab.matrix_client import run_client
 
 INFO = "sudo -u postgres pgbackrest --stanza=matrix --output=json info"
@@ -310,7 +310,7 @@ def test_disaster_recovery_rebuilds_the_cluster_from_the_backups(
     code = wiped.main(rest)
     out = capsys.readouterr().out
     print(out)
-    assert code == 0, out
+    assert code == 0, f"{out}\n{failed_units(lab)}"
     after = patroni_cluster(lab)
     new_leader = leader(lab)
     assert next(m["timeline"] for m in after["members"] if m["role"] == "leader") > timeline
