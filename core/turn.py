@@ -1,10 +1,11 @@
-"""A TURN client that keeps allocating relays, to measure what callers see during a fault.
+"""A TURN client that allocates relays, to measure what callers see during a fault.
 
-Runs on the controller, one thread per TURN server: every `interval` seconds an
-Allocate (RFC 8656; over UDP, or TCP for `validate.py`) with a TURN REST credential as Synapse issues it, answered by a
-relayed address, then released at once (Refresh, lifetime 0) so the probe never fills
-Coturn's per-user quota. A refused port, silence after the retransmissions, or an error
-response is a failure. Nothing but the standard library: the controller needs no
+Runs on the controller. `TurnClient.allocate` makes one Allocate (RFC 8656, over UDP or
+TCP) with a TURN REST credential as Synapse issues it, gets a relayed address and releases
+it at once (Refresh, lifetime 0) so a probe never fills Coturn's per-user quota; a refused
+port, silence after the retransmissions or an error response raises. `TurnProbe` does so
+every `interval` seconds on every server, one thread each, for the failover drills;
+validate.py allocates once per URI. Standard library only: the controller needs no
 turnutils, and the shared secret never leaves this process.
 """
 

@@ -130,7 +130,10 @@ def client_checks(task: Task, settings: Settings) -> Result:
         except MatrixError as exc:
             checks.append(Check("turn", FAIL, str(exc)))
     finally:
-        matrix.logout()
+        try:
+            matrix.logout()  # removes the session's device again
+        except MatrixError as exc:
+            checks.append(Check("logout", FAIL, str(exc)))
     return Result(host=task.host, result=[asdict(c) for c in checks])
 
 
