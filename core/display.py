@@ -144,12 +144,22 @@ def evidence(step: StepOutcome) -> str:
         return "\n".join(lines) or step.note
     if step.report:
         return step.report.strip()
-    answers: dict[str, list[str]] = {}
-    for name, host in step.hosts.items():
-        if host.message:
-            answers.setdefault(host.message, []).append(name)
-    lines = [f"{', '.join(names) if len(names) < 4 else f'{len(names)} hosts'}: {m}" for m, names in answers.items()]
-    return "\n".join(lines) or step.note
+    return "\n".join(grouped({name: host.message for name, host in step.hosts.items()})) or step.note
+
+
+def grouped(messages: dict[str, str]) -> list[str]:
+    """One line per distinct message, with the hosts that gave it ("5 hosts" when many)."""
+    hosts: dict[str, list[str]] = {}
+    for name, message in messages.items():
+        if message:
+            hosts.setdefault(message, []).append(name)
+    return [f"{', '.join(names) if len(names) < 4 else f'{len(names)} hosts'}: {m}" for m, names in hosts.items()]
+
+
+def answers(result: AggregatedResult, settings: object) -> str:
+    """A step report: what the hosts answered, grouped (for facts such as default routes)."""
+    texts = {name: multi[0].result for name, multi in result.items() if isinstance(multi[0].result, str)}
+    return "\n".join(f"  {line}" for line in grouped(texts))
 
 
 def checklist_table(steps: list[StepOutcome]) -> Table:

@@ -55,16 +55,17 @@ def wrong_resolutions(getent_output: str, expected: dict[str, str]) -> list[str]
     ]
 
 
-def verify_resolution(task: Task, settings: Settings) -> Result:
-    """Gate: every platform name resolves to its address on this host."""
+def verify_resolution(task: Task, settings: Settings, files_only: bool = False) -> Result:
+    """Gate: every platform name resolves to its address on this host (`files_only`: from /etc/hosts
+    alone, as after the intranet transition when no DNS server may answer)."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="resolution not checked in this mode")
     expected = expected_names(settings)
     out = run(
         task,
-        "getent hosts " + " ".join(shlex.quote(n) for n in expected),
+        f"getent {'-s files ' if files_only else ''}hosts " + " ".join(shlex.quote(n) for n in expected),
         ok_codes=(0, 2),
-        what=Expectation("every name resolved"),
+        what=Expectation("every name resolved" + (" from /etc/hosts" if files_only else "")),
     )
     wrong = wrong_resolutions(out.stdout, expected)
     if wrong:
@@ -72,4 +73,13 @@ def verify_resolution(task: Task, settings: Settings) -> Result:
             f"{task.host.name}: names resolve wrongly: {'; '.join(wrong)}. Check /etc/nsswitch.conf "
             "(hosts: files first) and entries outside the managed block in /etc/hosts"
         )
-    return Result(host=task.host, result=f"{len(expected)} names resolve as expected")
+    source = " from /etc/hosts alone" if files_only else ""
+    return Result(host=task.host, result=f"{len(expected)} names resolve as expected{source}")
+
+
+def outbound_route(task: Task, settings: Settings) -> Result:
+    """Fact for the intranet transition: the host's default route, if any (the platform uses none)."""
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result="not read in this mode")
+    route = run(task, "ip -4 route show default", what=Expectation("the default route, if any")).stdout.strip()
+    return Result(host=task.host, result=f"default route: {route.splitlines()[0] if route else 'none'}")
