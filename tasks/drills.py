@@ -474,7 +474,7 @@ def coturn_drill(task: Task, settings: Settings, variant: str = "stop") -> Resul
         record.problems.append(f"no TURN server allocated for {record.turn_gap:.2f} s")
     if record.rejoined_at is None:
         record.problems.append(f"{target.name} allocated no relay within 60 s of the restore")
-    record.notes.append(f"TURN servers serving throughout: {', '.join(sorted(p.split()[1] for p in others))}")
+    record.notes.append(f"the other TURN servers: {', '.join(sorted(p.split()[1] for p in others))}")
     return Result(host=task.host, changed=True, result=asdict(record))
 
 
