@@ -16,6 +16,7 @@ stream writer map). The runbook options (--lab, --check, --plan, …) follow.
 
 import argparse
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -24,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.display import answers
 from core.runbook import Runbook, Step
 from runbooks.deploy import RUNBOOK as DEPLOY
+from runbooks.validate import FEDERATION
 from tasks.hosts_file import outbound_route, verify_resolution
-from tasks.validate import checks_report, failed_checks, federation
 
 DEPLOY_STEPS = {step.name: step for step in DEPLOY.steps}
 COMMANDS = {
@@ -34,16 +35,7 @@ COMMANDS = {
     "intranet": ["hosts-file"],
 }
 CHECKS = {
-    "federation": [
-        Step(
-            "federation-check",
-            "federation on: 8448 answers the federation API; off: 8448 is closed",
-            federation,
-            groups=("synapse",),
-            gate=failed_checks,
-            report=checks_report,
-        )
-    ],
+    "federation": [replace(FEDERATION, name="federation-check")],
     "intranet": [
         Step(
             "offline-names",

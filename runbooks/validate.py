@@ -15,9 +15,13 @@ else 1. The runbook options (--lab, --limit, --report, …) follow.
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nornir.core.task import Result
 
 from core.runbook import Runbook, Step
 from runbooks import failover_drill, restore_drill
@@ -35,40 +39,28 @@ from tasks.validate import (
     group_call,
 )
 
+
+def check_step(name: str, summary: str, task: Callable[..., Result], **extra: Any) -> Step:
+    """A step whose task returns Check results (tasks/validate.py), run once from the first Synapse host."""
+    return Step(name, summary, task, groups=("synapse",), gate=failed_checks, report=checks_report, **extra)
+
+
+FEDERATION = check_step("federation", "federation on: 8448 answers the federation API; off: 8448 is closed", federation)
 STEPS = [
-    Step(
+    check_step(
         "matrix-client",
         "login, a message, a file, TURN relays over UDP and TCP: as the admin user through the VIP",
         client_checks,
-        groups=("synapse",),
-        gate=failed_checks,
-        report=checks_report,
     ),
-    Step(
-        "group-call",
-        "LiveKit answers on every SFU host",
-        group_call,
-        groups=("synapse",),
-        gate=failed_checks,
-        report=checks_report,
-        needs=("livekit-server", "lk-jwt-service"),
+    check_step(
+        "group-call", "LiveKit answers on every SFU host", group_call, needs=("livekit-server", "lk-jwt-service")
     ),
-    Step(
+    check_step(
         "admin-allowlist",
         "the admin UI through the VIP: served to an allowed address, 403 to another",
         admin_allowlist,
-        groups=("synapse",),
-        gate=failed_checks,
-        report=checks_report,
     ),
-    Step(
-        "federation",
-        "federation on: 8448 answers the federation API; off: 8448 is closed",
-        federation,
-        groups=("synapse",),
-        gate=failed_checks,
-        report=checks_report,
-    ),
+    FEDERATION,
     Step("prometheus-targets", "every expected Prometheus target is UP", targets_up, groups=("monitoring",)),
     Step("clocks", "every server's clock agrees with this machine's", clock, report=clocks_report),
     Step("hosts-file", "every platform name resolves to its address on every server", verify_resolution),

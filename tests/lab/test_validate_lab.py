@@ -34,7 +34,7 @@ def test_validate_passes_on_the_deployed_lab(
         "PASS  send/receive: $",
         "PASS  media: mxc://",
     ):
-        assert line.split("$")[0] in out, line
+        assert line in out, line
     assert "PASS  turn udp: 198.18.1.41 → relay 198.18.1.41:" in out and "PASS  turn tcp: 198.18.1.41 → relay" in out
     assert "PASS  admin, allowed address: from monitoring1" in out and "server_version 200 (expected 200)" in out
     assert "PASS  admin, other address: from patroni1" in out and "server_version 403 (expected 403)" in out
