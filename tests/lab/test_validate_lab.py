@@ -11,6 +11,10 @@ import pytest
 from lab.lab import Lab
 from tests.conftest import load_runbook
 from tests.lab.conftest import ssh
+from tests.lab.test_edge_tier import wait_for
+from tests.lab.test_monitoring_tier import health
+
+EXPORTER = ("node", "198.18.1.81:9101")  # backup1's node-exporter
 
 
 def validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict[str, dict]]:
@@ -49,10 +53,13 @@ def test_a_stopped_component_fails_its_check_and_the_others_still_run(
     ssh(lab, "coturn1", "sudo systemctl stop coturn")
     ssh(lab, "backup1", "sudo systemctl stop prometheus-node-exporter")
     try:
+        # validate reports what Prometheus saw: wait for the scrape that finds the exporter gone.
+        wait_for(lambda: health(lab)[EXPORTER] == "down")
         code, out, steps = validate(tmp_path, capsys)
     finally:
         ssh(lab, "coturn1", "sudo systemctl start coturn")
         ssh(lab, "backup1", "sudo systemctl start prometheus-node-exporter")
+        wait_for(lambda: health(lab)[EXPORTER] == "up")
     assert code == 1, out
     client = steps["matrix-client"]
     assert client["status"] == "failed"
@@ -60,7 +67,7 @@ def test_a_stopped_component_fails_its_check_and_the_others_still_run(
     assert any(p.startswith("turn tcp: turn:198.18.1.41:3478?transport=tcp:") for p in client["problems"]), client
     assert "PASS  login:" in out and "PASS  media:" in out  # the rest of the client checks still passed
     targets = steps["prometheus-targets"]
-    assert targets["status"] == "failed" and "198.18.1.81:9101" in json.dumps(targets["hosts"]), targets
+    assert targets["status"] == "failed" and EXPORTER[1] in json.dumps(targets["hosts"]), targets
     # monitoring1 failed the targets check and is still asked by the later checks
     assert steps["hosts-file"]["status"] == "ok" and len(steps["hosts-file"]["hosts"]) == 16
     certificates = steps["certificates"]  # asked of monitoring1 too; Coturn's TLS port is down with it
