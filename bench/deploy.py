@@ -4,7 +4,8 @@
 
 Rebuilds the lab hosts from the cached base (down, up), runs `deploy.py --lab` twice and
 prints, per run: the wall time, each step's time, the critical path (the sum over steps
-of the slowest host) and the remote commands per host. Writes bench/results/deploy.json.
+of the slowest host) and the remote commands per host, in all and per step (component).
+Writes bench/results/deploy.json.
 Needs root and the artifact cache (python runbooks/artifacts.py fetch).
 """
 
@@ -38,12 +39,21 @@ def run_deploy(report: Path) -> dict:
     steps = {s["name"]: round(s["seconds"], 2) for s in data["steps"]}
     critical = sum(max((h["seconds"] for h in s["hosts"].values()), default=0.0) for s in data["steps"])
     commands = {host: len(records) for host, records in sorted(data["commands"].items())}
+    per_step: dict[str, dict[str, int]] = {}
+    for host, records in sorted(data["commands"].items()):
+        for record in records:
+            per_step.setdefault(record["step"], {}).setdefault(host, 0)
+            per_step[record["step"]][host] += 1
+    most = max(((n, step, host) for step, hosts in per_step.items() for host, n in hosts.items()), default=(0, "", ""))
     return {
         "exit_code": code,
         "wall_seconds": round(wall, 2),
         "steps_seconds": steps,
         "critical_path_seconds": round(critical, 2),
         "remote_commands_per_host": commands,
+        # A step is one component (etcd, patroni, haproxy, …): the issue's "per host per component".
+        "remote_commands_per_host_per_step": per_step,
+        "most_commands_on_one_host_in_one_step": {"commands": most[0], "step": most[1], "host": most[2]},
     }
 
 

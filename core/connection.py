@@ -50,6 +50,7 @@ class CommandRecord:
     on_failure: str
     exit_code: int
     seconds: float
+    step: str = ""  # the runbook step that ran it (benchmarks count commands per step)
 
 
 class FabricConnection:
@@ -61,6 +62,7 @@ class FabricConnection:
         self.log: list[CommandRecord] = []
         self.username = "root"
         self.command_timeout: int | None = None
+        self.options: dict[str, Any] = {}
 
     def open(
         self,
@@ -74,6 +76,7 @@ class FabricConnection:
     ) -> None:
         extras = extras or {}
         options = configuration.user_defined if configuration else {}
+        self.options = options  # the run's settings; `step` names the step running now
         connect_timeout = int(options.get("connect_timeout", 10))
         self.command_timeout = options.get("command_timeout")
         self.username = username or "root"
@@ -124,6 +127,10 @@ class FabricConnection:
         self.connection.close()
 
     @property
+    def step(self) -> str:
+        return self.options.get("step", "")
+
+    @property
     def sudo(self) -> bool:
         return self.username != "root"
 
@@ -164,7 +171,9 @@ class FabricConnection:
                 time.monotonic() - started,
             )
         self.log.append(
-            CommandRecord(self.username, self.sudo, cwd, script, expect, on_failure, output.exit_code, output.seconds)
+            CommandRecord(
+                self.username, self.sudo, cwd, script, expect, on_failure, output.exit_code, output.seconds, self.step
+            )
         )
         return output
 
@@ -187,6 +196,7 @@ class FabricConnection:
                 "",
                 0,
                 time.monotonic() - started,
+                self.step,
             )
         )
         target, tmp = shlex.quote(path), shlex.quote(f"{path}.mha-new")

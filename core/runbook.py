@@ -23,9 +23,11 @@ from typing import Any
 
 from nornir import InitNornir
 from nornir.core import Nornir
+from nornir.core.inventory import Host
 from nornir.core.plugins.connections import ConnectionPluginRegister
-from nornir.core.task import AggregatedResult, Result
-from nornir.plugins.runners import SerialRunner, ThreadedRunner
+from nornir.core.plugins.runners import RunnerPlugin
+from nornir.core.task import AggregatedResult, Result, Task
+from nornir.plugins.runners import ThreadedRunner
 from rich.console import Console
 from rich.markup import escape
 
@@ -43,6 +45,23 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 MAX_THREADS = 100
 
 Gate = Callable[[AggregatedResult, Settings], list[str]]
+
+
+class RollingRunner:
+    """One host at a time, in a step's order, stopping at the first host that fails: the
+    hosts after it are left untouched (a rolling restart must not go past a host that did
+    not come back healthy)."""
+
+    def __init__(self, key: Callable[[Host], Any]) -> None:
+        self.key = key
+
+    def run(self, task: Task, hosts: list[Host]) -> AggregatedResult:
+        result = AggregatedResult(task.name)
+        for host in sorted(hosts, key=self.key):
+            result[host.name] = task.copy().start(host)
+            if result[host.name].failed:
+                break
+        return result
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,9 @@ class Step:
     # In a checklist (validate.py) a failed step stops the rest only if it blocks: a drill's
     # health check, since the drill must not start on an unhealthy cluster.
     blocks: bool = False
+    # For a serial step (one host at a time, none after a failure): the order of its hosts,
+    # a sort key of (host name, settings); the inventory's order without it.
+    order: Callable[[str, Settings], Any] | None = None
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
@@ -344,7 +366,11 @@ class Runbook:
             for problem in absent:
                 self.console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
             return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}")
-        runner = SerialRunner() if step.serial else ThreadedRunner(num_workers=min(count, MAX_THREADS))
+        nr.config.user_defined["step"] = step.name  # the connections record it with each command
+        runner: RunnerPlugin = ThreadedRunner(num_workers=min(count, MAX_THREADS))
+        if step.serial:
+            order = step.order
+            runner = RollingRunner(lambda host: order(host.name, settings) if order else 0)
         started = time.monotonic()
         result = (
             targets.with_runner(runner)

@@ -74,8 +74,13 @@ def remove_cgroups(timeout: float = 15) -> None:
         time.sleep(0.2)
 
 
-def boot(host: str, root: Path, log: Path) -> int:
-    """Start the host's systemd in the background; returns the nspawn process id."""
+def boot(host: str, root: Path, log: Path) -> None:
+    """Start the host's systemd in the background.
+
+    A host that reboots (`systemctl reboot`) makes nspawn exit with status 133; the
+    supervisor starts it again, as systemd-nspawn@.service does (RestartForceExitStatus=133),
+    so rolling reboots run in the lab as on real servers. A poweroff or a signal ends it.
+    """
     folders = [cgroup_root / CGROUP_FOLDER / host for cgroup_root in cgroup_roots()]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,16 +100,16 @@ def boot(host: str, root: Path, log: Path) -> int:
         "--link-journal=no",
         "--console=read-only",
     ]
+    supervisor = ["sh", "-c", 'while "$@"; [ $? -eq 133 ]; do :; done', "nspawn-supervisor", *args]
     with log.open("ab") as out:
-        process = subprocess.Popen(
-            args,
+        subprocess.Popen(
+            supervisor,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=lambda: _join_cgroups(folders),
         )
-    return process.pid
 
 
 def nspawn_pids(state: Path) -> dict[int, str]:

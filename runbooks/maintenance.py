@@ -1,12 +1,22 @@
 """Maintenance: apply one kind of change and touch only what it concerns, each step gated.
 
+    python runbooks/maintenance.py update       # after pinning a new Synapse version (artifacts/manifest.yaml,
+                                                # native mode) or a new playbook commit (versions.playbook):
+                                                # native installs it beside the running one and restarts one
+                                                # process at a time behind HAProxy (drain, restart, health,
+                                                # ready + slowstart); playbook mode runs the playbook's tags
     python runbooks/maintenance.py workers      # after changing synapse.workers, scale or ccu in config.yaml:
                                                 # worker processes added/removed, HAProxy routing, firewall,
                                                 # Prometheus targets; other processes keep running
     python runbooks/maintenance.py federation   # after changing synapse.federation: Synapse, the 8448
                                                 # frontend and the firewall together, then 8448 checked
+    python runbooks/maintenance.py rolling-restart   # reboot every server (or --limit's), one at a time:
+                                                # least important first, the Patroni primary after a
+                                                # switchover, Synapse's host last; each must be back and the
+                                                # platform healthy before the next (asks first; --yes)
     python runbooks/maintenance.py intranet     # the network transition: /etc/hosts everywhere, every name
-                                                # resolved from /etc/hosts alone, default routes reported
+                                                # resolved from /etc/hosts alone, no time server or Synapse
+                                                # setting that needs the internet, default routes reported
 
 Each is a subset of the deploy's steps with their health gates, so a re-run that changes
 nothing says so. Adding a sync or generic worker starts only that worker; a change of
@@ -26,21 +36,61 @@ from core.display import answers
 from core.runbook import Runbook, Step
 from runbooks.deploy import RUNBOOK as DEPLOY
 from runbooks.validate import FEDERATION
-from tasks.hosts_file import outbound_route, verify_resolution
+from tasks.hosts_file import outbound_route, outside_dependencies, verify_resolution
+from tasks.reboots import reboot_order, rolling_reboot
+from tasks.rolling import rolling_update, stage
+from tasks.synapse import native, synapse_healthy
 
 DEPLOY_STEPS = {step.name: step for step in DEPLOY.steps}
+UPDATE = [
+    DEPLOY_STEPS["haproxy"],  # routing as the deploy wants it: every process and the main one as backup
+    Step(
+        "synapse-stage",
+        "the pinned Synapse version installed in its own venv, the units pointed at it; nothing restarts",
+        stage,
+        groups=("synapse",),
+        artifacts=("synapse",),
+        applies=native,
+    ),
+    Step(
+        "synapse-rolling",
+        "each Synapse process not on the pinned version restarted, one at a time, drained in HAProxy",
+        rolling_update,
+        groups=("synapse",),
+        serial=True,
+        check=synapse_healthy,
+        applies=native,
+    ),
+    DEPLOY_STEPS["synapse-playbook"],
+]
 COMMANDS = {
-    "workers": ["firewall", "synapse", "synapse-playbook", "haproxy", "monitoring"],
-    "federation": ["firewall", "synapse", "synapse-playbook", "haproxy"],
-    "intranet": ["hosts-file"],
-}
-CHECKS = {
-    "federation": [replace(FEDERATION, name="federation-check")],
+    "update": UPDATE,
+    "workers": [DEPLOY_STEPS[name] for name in ("firewall", "synapse", "synapse-playbook", "haproxy", "monitoring")],
+    "federation": [
+        *(DEPLOY_STEPS[name] for name in ("firewall", "synapse", "synapse-playbook", "haproxy")),
+        replace(FEDERATION, name="federation-check"),
+    ],
+    "rolling-restart": [
+        Step(
+            "rolling-restart",
+            "each server rebooted once the platform is healthy, then back and healthy before the next",
+            rolling_reboot,
+            serial=True,
+            order=reboot_order,
+        )
+    ],
     "intranet": [
+        DEPLOY_STEPS["hosts-file"],
         Step(
             "offline-names",
             "every platform name resolves from /etc/hosts alone (no DNS server needed)",
             partial(verify_resolution, files_only=True),
+            report=answers,
+        ),
+        Step(
+            "outside-dependencies",
+            "nothing on a server needs the internet: its time source, Synapse's outbound settings",
+            outside_dependencies,
             report=answers,
         ),
         Step(
@@ -59,8 +109,8 @@ def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
     own.add_argument("command", choices=COMMANDS)
     known, rest = own.parse_known_args(argv)
     command = known.command
-    steps = [DEPLOY_STEPS[name] for name in COMMANDS[command]] + CHECKS.get(command, [])
-    return Runbook("maintenance", f"{command}: {__doc__}", steps), rest
+    confirm = command == "rolling-restart"  # reboots: an outage of Synapse while its host is down
+    return Runbook("maintenance", f"{command}: {__doc__}", COMMANDS[command], confirm=confirm), rest
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ connections.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,20 +32,24 @@ from tasks.systemd import service
 CONFIG = "/etc/haproxy/haproxy.cfg"
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 SERVER_STATE_FILE = "/var/lib/haproxy/server-state"
+# Sends each line of stdin to HAProxy's admin socket as one command and prints the
+# answers; exit status 3 when HAProxy is not running (no socket to connect to).
+ADMIN = f"""
+import socket, sys
+for command in sys.stdin.read().splitlines():
+    try:
+        admin = socket.socket(socket.AF_UNIX)
+        admin.connect({ADMIN_SOCKET!r})
+    except OSError:
+        raise SystemExit(3)
+    admin.sendall(command.encode() + b"\\n")
+    sys.stdout.write(b"".join(iter(lambda: admin.recv(65536), b"")).decode())
+"""
 # `show servers state` from the running HAProxy into SERVER_STATE_FILE; nothing when it is not running.
-SAVE_STATE = f"""python3 - <<'EOF'
-import os, socket
-try:
-    admin = socket.socket(socket.AF_UNIX)
-    admin.connect({ADMIN_SOCKET!r})
-    admin.sendall(b"show servers state\\n")
-    state = b"".join(iter(lambda: admin.recv(65536), b""))
-except OSError:
-    raise SystemExit(0)
-with open({SERVER_STATE_FILE!r} + ".new", "wb") as out:
-    out.write(state)
-os.replace({SERVER_STATE_FILE!r} + ".new", {SERVER_STATE_FILE!r})
-EOF"""
+SAVE_STATE = (
+    f"echo 'show servers state' | python3 -c {shlex.quote(ADMIN)} > {SERVER_STATE_FILE}.new && "
+    f"mv {SERVER_STATE_FILE}.new {SERVER_STATE_FILE} || rm -f {SERVER_STATE_FILE}.new"
+)
 CERT_DIR = "/etc/haproxy/certs"
 POSTGRES_PRIMARY_PORT = 5433
 STATS_PORT = 8404
@@ -116,23 +121,35 @@ def worker_backends(settings: Settings) -> dict[str, Backend]:
 
     A user's sync requests stay on one sync worker (hashed on the access token, consistent
     so a worker more or less moves few users); inbound federation is balanced by the
-    sending server's address; the rest round robin. Playbook mode routes inside the
-    Synapse host (its Traefik), so there it is empty.
+    sending server's address; the rest round robin. The main process, which serves every
+    one of these requests too, is the sync and generic pools' backup: it answers while
+    the pool's only worker restarts (not for media: with a media worker the main process
+    has no media repository). Playbook mode routes inside the Synapse host (its
+    Traefik), so there it is empty.
     """
     processes = workers(settings)
-    ip = settings.members("synapse")[0].private_ip if processes else ""
+    if not processes:
+        return {}
+    host = settings.members("synapse")[0]
+    ip = host.private_ip
+    main = {"name": host.name, "ip": ip, "port": SYNAPSE_HTTP_PORT, "backup": True}
 
     def pool(kind: str) -> list[dict[str, object]]:
         return [{"name": w.name, "ip": ip, "port": w.http_port} for w in of_kind(processes, kind)]
 
+    def with_main(kind: str) -> list[dict[str, object]]:
+        return [*pool(kind), main]
+
     found = {}
     if pool("sync"):
-        found["sync"] = Backend("synapse_sync", pool("sync"), "/health", balance="hdr(Authorization)", paths=SYNC_PATHS)
+        found["sync"] = Backend(
+            "synapse_sync", with_main("sync"), "/health", balance="hdr(Authorization)", paths=SYNC_PATHS
+        )
     if pool("generic"):
-        found["workers"] = Backend("synapse_workers", pool("generic"), "/health", paths=CLIENT_PATHS)
+        found["workers"] = Backend("synapse_workers", with_main("generic"), "/health", paths=CLIENT_PATHS)
         if settings.config.synapse.federation:
             found["federation_workers"] = Backend(
-                "synapse_federation_workers", pool("generic"), "/health", balance="source", paths=FEDERATION_PATHS
+                "synapse_federation_workers", with_main("generic"), "/health", balance="source", paths=FEDERATION_PATHS
             )
     if pool("media"):
         found["media"] = Backend("synapse_media", pool("media"), "/health", paths=MEDIA_PATHS)

@@ -83,3 +83,63 @@ def outbound_route(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, result="not read in this mode")
     route = run(task, "ip -4 route show default", what=Expectation("the default route, if any")).stdout.strip()
     return Result(host=task.host, result=f"default route: {route.splitlines()[0] if route else 'none'}")
+
+
+# What on a host would reach beyond the intranet: the active time-sync daemon's servers
+# that /etc/hosts cannot resolve (addresses pass), and Synapse settings that call out.
+OUTSIDE = r"""
+servers=""
+if systemctl is-active -q systemd-timesyncd 2>/dev/null; then
+  echo "ntp timesyncd"
+  servers=$(timedatectl show-timesync -p SystemNTPServers --value 2>/dev/null)
+  [ -n "$servers" ] || servers=$(timedatectl show-timesync -p FallbackNTPServers --value 2>/dev/null)
+elif systemctl is-active -q chrony 2>/dev/null; then
+  echo "ntp chrony"
+  servers=$(cat /etc/chrony/chrony.conf /etc/chrony/sources.d/*.sources 2>/dev/null |
+            awk '$1 == "server" || $1 == "pool" {print $2}')
+fi
+for server in $servers; do
+  case $server in
+    *[!0-9.:]*) getent -s files hosts "$server" >/dev/null && echo "server $server" || echo "unresolved $server" ;;
+    *) echo "server $server" ;;
+  esac
+done
+for f in /etc/synapse/homeserver.yaml /matrix/synapse/config/homeserver.yaml; do
+  [ -r "$f" ] && grep -E '^(trusted_key_servers|report_stats|url_preview_enabled):' "$f" | sed 's/^/synapse /'
+done
+true
+"""
+SYNAPSE_OFFLINE = {"trusted_key_servers": "[]", "report_stats": "false", "url_preview_enabled": "false"}
+
+
+def outside_problems(stdout: str) -> tuple[str, list[str]]:
+    """The time source found and what needs the internet, from OUTSIDE's output."""
+    daemon, servers, problems = "", [], []
+    for line in stdout.splitlines():
+        kind, _, value = line.partition(" ")
+        if kind == "ntp":
+            daemon = value
+        elif kind == "server":
+            servers.append(value)
+        elif kind == "unresolved":
+            problems.append(
+                f"{daemon} asks {value} for the time, a name /etc/hosts does not resolve: point it at the "
+                "intranet's time server (NTP= in /etc/systemd/timesyncd.conf, or chrony's server lines)"
+            )
+        elif kind == "synapse":
+            key, _, setting = value.partition(":")
+            if setting.strip() != SYNAPSE_OFFLINE[key]:
+                problems.append(f"Synapse's {key} is {setting.strip()}: it calls out; set it to {SYNAPSE_OFFLINE[key]}")
+    source = f"time from {', '.join(servers)} ({daemon})" if servers else f"time: {daemon or 'no time-sync daemon'}"
+    return source, problems
+
+
+def outside_dependencies(task: Task, settings: Settings) -> Result:
+    """Fact and check for the intranet transition: nothing on the host needs the internet."""
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result="not read in this mode")
+    out = run(task, OUTSIDE, what=Expectation("the time source and Synapse's outbound settings"))
+    source, problems = outside_problems(out.stdout)
+    if problems:
+        raise HostError(f"{task.host.name}: needs the internet: {'; '.join(problems)}")
+    return Result(host=task.host, result=f"nothing needs the internet; {source}")

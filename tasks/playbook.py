@@ -6,7 +6,8 @@ The framework writes the playbook's `inventory/hosts` and the Synapse host's
 then runs ansible-playbook with the tags the change needs: `setup-all` when services or
 the worker topology changed (adding event persisters restarts every worker),
 `setup-synapse,start` when only Synapse's own settings changed, `install-all`
-otherwise; nothing at all when vars.yml is as last applied. What the playbook would
+otherwise — also when only the playbook checkout moved to a new commit (an update: new
+image versions); nothing at all when vars.yml and the checkout are as last applied. What the playbook would
 otherwise run itself is the platform's: PostgreSQL (Patroni behind PgBouncer), Coturn,
 TLS (HAProxy terminates it; Traefik listens on the private address without TLS).
 
@@ -46,6 +47,7 @@ MIGRATION_VERSION = "v2026.05.18.0"
 CHECKED = Path(__file__).with_name("playbook_variables.yaml")
 ELEMENT_PATH = "/element"
 APPLIED = ".matrix-platform-applied.json"  # per variable, the hash of the value last applied
+CHECKOUT = "playbook checkout"  # recorded with the variables: the commit last applied
 # A change to one of these adds or removes containers: setup-all.
 TOPOLOGY = re.compile(r"(_count|_enabled|_preset)$")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -323,14 +325,15 @@ def run_playbook(task: Task, settings: Settings) -> Result:
         raise HostError(f"variables not checked against the pinned playbook: {', '.join(wrong)}")
     record = vars_path(settings).with_name(APPLIED)
     applied = json.loads(record.read_text()) if record.exists() else None
-    tags, changed = tags_for(applied, values)
+    where = directory(settings)
+    state = {**values, CHECKOUT: checkout_commit(where)}
+    tags, changed = tags_for(applied, state)
     if tags is None:
         return Result(host=task.host, result="vars.yml as last applied")
     shown = ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
     summary = f"ansible-playbook --tags={tags} ({len(changed)} variables changed: {shown})"
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, changed=True, diff=f"would run {summary}")
-    where = directory(settings)
     write_private(where / "inventory" / "hosts", inventory_text(settings))
     write_private(vars_path(settings), yaml.safe_dump(values, sort_keys=True))
     command = [settings.config.playbook.ansible_playbook, "-i", "inventory/hosts", "setup.yml", f"--tags={tags}"]
@@ -346,7 +349,7 @@ def run_playbook(task: Task, settings: Settings) -> Result:
             f"  play recap: {'; '.join(map(str, recaps)) or 'none'}\n{tail}\n"
             "  fix the cause and re-run the deploy: the same tags run again until a run succeeds"
         )
-    write_private(record, json.dumps(fingerprints(values), indent=1, sort_keys=True))
+    write_private(record, json.dumps(fingerprints(state), indent=1, sort_keys=True))
     return Result(host=task.host, changed=True, diff=f"{summary}\n" + "\n".join(f"  {r}" for r in recaps))
 
 

@@ -12,11 +12,17 @@ Workers (core/workers.py, counts from the sizing) run from one template unit,
 on the host carries replication. Only the processes whose inputs changed restart: the
 shared config, the venv or the signing key restart all of them (adding an event
 persister must restart every worker), a worker's own file restarts that worker.
+
+Each Synapse version has its own venv (/opt/synapse/venvs/<version>) and the units name
+it: installing a new version never changes the code under a running process, so
+`maintenance.py update` can install first and restart one process at a time
+(tasks/rolling.py), while the deploy restarts them all together.
 """
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
@@ -33,7 +39,7 @@ from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, service_user, services
 from tasks.waits import wait_for_http, wait_for_urls
 
-VENV = "/opt/synapse/venv"
+VENVS = "/opt/synapse/venvs"
 WHEELS = "/opt/synapse/wheels"
 CONFIG_DIR = "/etc/synapse"
 CONFIG = f"{CONFIG_DIR}/homeserver.yaml"
@@ -48,6 +54,16 @@ USER = "synapse"
 REDIS = RedisInstance(
     "synapse", "Synapse's worker replication streams", LOOPBACK, REDIS_PORT, SYNAPSE_REDIS_EXPORTER_PORT
 )
+
+
+def venv(version: str) -> str:
+    """The venv of one Synapse version."""
+    return f"{VENVS}/{version}"
+
+
+def pinned_venv() -> str:
+    """The venv of the version artifacts/manifest.yaml pins."""
+    return venv(artifacts.manifest()["synapse"].version)
 
 
 def worker_unit(name: str) -> str:
@@ -104,30 +120,51 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
 
 
 def install_synapse(task: Task, settings: Settings) -> Result:
-    """Push the wheel set; (re)install into the venv when the installed version is not the pinned one."""
+    """Push the wheel set; install the pinned version into its own venv unless it is there already."""
     artifact = artifacts.manifest()["synapse"]
+    target = venv(artifact.version)
     specs = [ArtifactSpec(f"{WHEELS}/{p.name}", p, mode=0o644) for p in artifacts.deliverables(artifact)]
     pushed = task.run(task=put_artifacts, specs=specs, severity_level=10)[0]
     if mode(task) is Mode.PLAN:
-        return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} in {VENV}")
-    probe = f"{VENV}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null; true"
+        return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} in {target}")
+    probe = f"{target}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null; true"
     installed = run(task, probe).stdout.strip()
     if installed == artifact.version and not pushed.changed:
         return Result(host=task.host, result=installed)
     if mode(task) is Mode.APPLY:
         run(
             task,
-            f"set -e; install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; "
-            f"[ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
-            f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} "
+            f"set -e; install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; "
+            f"[ -x {target}/bin/pip ] || python3 -m venv --system-site-packages {target}; "
+            f"{target}/bin/pip install --quiet --no-index --find-links {WHEELS} "
             f"{shlex.quote(f'matrix-synapse[redis]=={artifact.version}')}",
             timeout=900,
             what=Expectation(
-                f"matrix-synapse {artifact.version} installed in {VENV}",
+                f"matrix-synapse {artifact.version} installed in {target}",
                 f"pip's message above names the missing wheel; check {WHEELS} and python3-venv on the host",
             ),
         )
-    return Result(host=task.host, changed=True, diff=f"synapse {installed or 'none'} → {artifact.version}")
+    return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} installed in {target}")
+
+
+def unit_files(task: Task) -> list[FileSpec]:
+    """The main process's unit and the workers' template unit, both running the pinned version's venv."""
+    context = {"venv": pinned_venv(), "config": CONFIG, "data": DATA, "user": USER, "workers_dir": WORKERS_DIR}
+    return [
+        FileSpec(f"{UNIT_DIR}/{UNIT}", render(task, "synapse/synapse.service.j2", **context)),
+        FileSpec(f"{UNIT_DIR}/{WORKER_UNIT}", render(task, "synapse/synapse-worker@.service.j2", **context)),
+    ]
+
+
+def prune_venvs(task: Task) -> None:
+    """Remove the venvs of old versions, keeping the pinned one and the newest other (to roll back to)."""
+    if mode(task) is Mode.APPLY:
+        keep = shlex.quote(artifacts.manifest()["synapse"].version)
+        run(
+            task,
+            f"cd {VENVS} && ls -1t | grep -vxF -- {keep} | tail -n +2 | xargs -r rm -rf --",
+            what=Expectation(f"old venvs removed from {VENVS}"),
+        )
 
 
 def synapse(task: Task, settings: Settings) -> Result:
@@ -139,7 +176,6 @@ def synapse(task: Task, settings: Settings) -> Result:
     installed = task.run(task=install_synapse, settings=settings, severity_level=10)[0].changed
     if processes:
         redis_instance(task, REDIS, settings.secrets["synapse_redis_password"], host.private_ip)
-    context = {"venv": VENV, "config": CONFIG, "data": DATA, "user": USER, "workers_dir": WORKERS_DIR}
     shared = [
         FileSpec(
             CONFIG,
@@ -150,10 +186,7 @@ def synapse(task: Task, settings: Settings) -> Result:
         FileSpec(LOG_CONFIG, render(task, "synapse/log.yaml.j2")),
         FileSpec(SIGNING_KEY, settings.secrets["synapse_signing_key"] + "\n", USER, USER, 0o640, secret=True),
     ]
-    units = [
-        FileSpec(f"{UNIT_DIR}/{UNIT}", render(task, "synapse/synapse.service.j2", **context)),
-        FileSpec(f"{UNIT_DIR}/{WORKER_UNIT}", render(task, "synapse/synapse-worker@.service.j2", **context)),
-    ]
+    units = unit_files(task)
     per_worker = {
         w.name: FileSpec(
             f"{WORKERS_DIR}/{w.name}.yaml",
@@ -170,34 +203,78 @@ def synapse(task: Task, settings: Settings) -> Result:
     all_restart = installed or any(spec.path in written for spec in shared)
     main_unit_changed = units[0].path in written
     worker_unit_changed = units[1].path in written
-    main = {UNIT: Wanted(restart=all_restart or main_unit_changed)}
+    running = host_processes(task)
+    stale = running.stale()  # left on an older version by an interrupted `maintenance.py update`
+    main = {UNIT: Wanted(restart=all_restart or main_unit_changed or UNIT in stale)}
     peers = {
-        worker_unit(name): Wanted(restart=all_restart or worker_unit_changed or spec.path in written)
+        worker_unit(name): Wanted(
+            restart=all_restart or worker_unit_changed or spec.path in written or worker_unit(name) in stale
+        )
         for name, spec in per_worker.items()
     }
-    retired = retired_workers(task, set(per_worker))
+    retired = sorted(running.configs - set(per_worker))
     peers |= {worker_unit(name): Wanted(running=False, enabled=False) for name in retired}
     # The main process first (its first start creates the schema), then every worker at once.
     started = services(task, main, peers, daemon_reload=main_unit_changed or worker_unit_changed)
     if retired and mode(task) is Mode.APPLY:
         paths = " ".join(shlex.quote(f"{WORKERS_DIR}/{name}.yaml") for name in retired)
         run(task, f"rm -f -- {paths}", what=Expectation(f"configs of retired workers {', '.join(retired)} removed"))
+    if main_unit_changed or stale:  # every process now runs the pinned venv
+        prune_venvs(task)
     changed = files.changed or installed or started.changed or bool(retired)
     diff = "\n".join(d for d in (files.diff, started.diff) if d)
     return Result(host=task.host, changed=changed, diff=diff)
 
 
-def retired_workers(task: Task, current: set[str]) -> list[str]:
-    """Workers with a config on the host that the sizing no longer has (the worker count went down)."""
+@dataclass(frozen=True)
+class Processes:
+    """A Synapse host's worker configs and, per running Synapse unit, the venv its process started from."""
+
+    configs: frozenset[str]
+    venvs: dict[str, str]
+
+    def stale(self) -> list[str]:
+        """Running units whose process runs another venv than the pinned version's, main process first."""
+        pinned = pinned_venv()
+        return sorted((u for u, v in self.venvs.items() if v != pinned), key=lambda u: (u != UNIT, u))
+
+
+# One command: the worker configs, then each running unit with its process's argv[0]
+# (<venv>/bin/python): the units' files may already name a newer venv than it runs.
+PROCESSES = rf"""ls -1 {WORKERS_DIR} 2>/dev/null | sed -n 's/^\(.*\)\.yaml$/config \1/p'
+systemctl list-units --plain --no-legend --state=running {UNIT} 'synapse-worker@*.service' |
+while read -r unit _; do
+  pid=$(systemctl show -p MainPID --value "$unit")
+  printf 'process %s %s\n' "$unit" "$(tr '\0' '\n' < /proc/$pid/cmdline 2>/dev/null | head -n 1)"
+done"""
+
+
+def parse_processes(stdout: str) -> Processes:
+    configs, venvs = set(), {}
+    for line in stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "config" and rest:
+            configs.add(rest)
+        elif kind == "process" and rest:
+            unit, _, argv0 = rest.partition(" ")
+            venvs[unit] = argv0.removesuffix("/bin/python")
+    return Processes(frozenset(configs), venvs)
+
+
+def host_processes(task: Task) -> Processes:
+    """What runs on the task's Synapse host (nothing is read in plan mode)."""
     if mode(task) is Mode.PLAN:
-        return []
-    out = run(
-        task,
-        f"ls -1 {WORKERS_DIR} 2>/dev/null || true",
-        what=Expectation(f"the worker configs in {WORKERS_DIR}"),
-    )
-    found = {line[: -len(".yaml")] for line in out.stdout.split() if line.endswith(".yaml")}
-    return sorted(found - current)
+        return Processes(frozenset(), {})
+    out = run(task, PROCESSES, what=Expectation("the Synapse worker configs and processes"))
+    return parse_processes(out.stdout)
+
+
+def health_urls(settings: Settings, ip: str) -> dict[str, str]:
+    """Each Synapse unit's /health (a worker with a replication listener answers on loopback), main process first."""
+    urls = {UNIT: f"http://{ip}:{HTTP_PORT}/health"}
+    for w in workers(settings):
+        urls[worker_unit(w.name)] = f"http://{LOOPBACK if w.replication else ip}:{w.http_port}/health"
+    return urls
 
 
 def synapse_healthy(task: Task, settings: Settings) -> Result:
@@ -208,10 +285,7 @@ def synapse_healthy(task: Task, settings: Settings) -> Result:
     """
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="not checked in this mode")
-    ip = settings.hosts[task.host.name].private_ip
-    urls = [f"http://{ip}:{HTTP_PORT}/health"]
-    urls += [f"http://{LOOPBACK if w.replication else ip}:{w.http_port}/health" for w in workers(settings)]
-    wait_for_urls(task, urls, timeout=300)
+    wait_for_urls(task, list(health_urls(settings, settings.hosts[task.host.name].private_ip).values()), timeout=300)
     # Then as clients see it: HAProxy has marked Synapse up again (rise 2 × inter 2s).
     url = f"https://{settings.config.homeserver_fqdn}/_matrix/client/versions"
     return wait_for_http(task, url, timeout=60)

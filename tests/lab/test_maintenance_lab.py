@@ -1,5 +1,7 @@
 """maintenance.py in the lab: a worker more and back touches only what it concerns; the
-federation toggle closes and reopens 8448; the intranet transition resolves from /etc/hosts."""
+federation toggle closes and reopens 8448; the intranet transition resolves from /etc/hosts;
+an update to another Synapse release (and back) restarts each process once while clients
+are served; a rolling restart reboots hosts one at a time, the Patroni primary handing over first."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from core import artifacts
+from core.matrix import MatrixClient
+from core.probe import HttpsProbe
+from core.settings import Settings
 from lab import LAB_CONFIG
 from lab.lab import Lab
+from tasks import synapse
 from tests.conftest import load_runbook
-from tests.lab.conftest import ssh
+from tests.lab.conftest import patroni_cluster, ssh
 from tests.lab.test_edge_tier import wait_for
 from tests.lab.test_monitoring_tier import health
 
@@ -84,4 +91,110 @@ def test_the_intranet_transition_resolves_from_the_hosts_file_alone(
     assert maintenance("intranet") == 0
     out = capsys.readouterr().out
     assert "names resolve as expected from /etc/hosts alone" in out and "default route: none" in out
+    assert out.count("nothing needs the internet") == 16
     assert "maintenance: no changes" in out
+
+
+PREVIOUS = "1.163.1"  # the patch release before the pinned one: same database schema
+
+
+@pytest.fixture
+def previous_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An artifact folder that pins PREVIOUS instead: a copy of the manifest, its wheel set
+    locked and fetched from the package index (the cache's files reused), used while the
+    fixture lasts."""
+    folder = tmp_path / "artifacts"
+    (folder / "cache").mkdir(parents=True)
+    pinned = artifacts.manifest()["synapse"].version
+    text = artifacts.MANIFEST.read_text()
+    (folder / "manifest.yaml").write_text(
+        text.replace(f"synapse:\n  version: {pinned}", f"synapse:\n  version: {PREVIOUS}")
+    )
+    for cached in artifacts.CACHE.glob("*.whl"):
+        (folder / "cache" / cached.name).symlink_to(cached)
+    monkeypatch.setattr(artifacts, "MANIFEST", folder / "manifest.yaml")
+    monkeypatch.setattr(artifacts, "CACHE", folder / "cache")
+    artifacts.lock("synapse", f"matrix-synapse[redis]=={PREVIOUS}")
+    artifacts.fetch(artifacts.manifest()["synapse"])
+    yield PREVIOUS
+
+
+def running_venvs(lab: Lab) -> dict[str, str]:
+    """Each running Synapse unit and the venv its process runs, as synapse1 reports them."""
+    return synapse.parse_processes(ssh(lab, "synapse1", "sudo sh", input=synapse.PROCESSES).stdout).venvs
+
+
+def not_ok(probe: HttpsProbe) -> list[str]:
+    return [s.detail for s in probe.samples if not s.detail.startswith("200 ")]
+
+
+def test_update_restarts_each_process_on_the_new_version_while_clients_are_served(
+    deployed: None, lab: Lab, lab_settings: Settings, previous_release: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real version change (to the previous patch release and back): each process is
+    restarted once, one at a time, and a client asking the worker-served
+    /_matrix/client/versions through the VIP every 50 ms gets 200 throughout."""
+    pinned = synapse.venv(previous_release)
+    units = list(running_venvs(lab))
+    database = {h: invocations(lab, h, ["patroni.service"]) for h in ("patroni1", "patroni2", "patroni3")}
+    ca = lab_settings.ca.cert_path
+    with (
+        HttpsProbe(lab_settings.vip, lab_settings.config.homeserver_fqdn, ca) as workers,
+        HttpsProbe(
+            lab_settings.vip,
+            lab_settings.config.homeserver_fqdn,
+            ca,
+            path="/_matrix/client/v3/profile/@admin:lab.example",
+        ) as main,
+    ):
+        assert maintenance("update") == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert running_venvs(lab) == dict.fromkeys(units, pinned)  # every process, none left behind
+    assert len(units) == 8 and all(f"{unit}: " in out for unit in units)
+    assert "drained in" in out and "UP in HAProxy after" in out
+    print(f"/_matrix/client/versions: {len(workers.samples)} requests, not 200: {not_ok(workers)}")
+    refused = [s.at for s in main.samples if not s.detail.startswith("200 ")]
+    span = f"{refused[-1] - refused[0]:.2f} s" if refused else "none"
+    print(f"main process (profile): {len(main.samples)} requests, {len(refused)} not 200 over {span}")
+    assert workers.samples and not_ok(workers) == []
+    assert {h: invocations(lab, h, ["patroni.service"]) for h in database} == database
+    federation = MatrixClient(lab_settings.vip, lab_settings.config.homeserver_fqdn, ca, port=8448)
+    assert federation.call("GET", "/_matrix/federation/v1/version")["server"]["version"] == previous_release
+
+
+def test_update_back_to_the_pinned_release_then_no_changes(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The previous test left every process on the previous release: back to the pinned one."""
+    assert maintenance("update") == 0
+    assert set(running_venvs(lab).values()) == {synapse.pinned_venv()}
+    kept = ssh(lab, "synapse1", f"ls {synapse.VENVS}").stdout.split()
+    assert sorted(kept) == sorted([PREVIOUS, artifacts.manifest()["synapse"].version])  # the one to roll back to
+    capsys.readouterr()
+    assert maintenance("update") == 0
+    assert "maintenance: no changes" in capsys.readouterr().out
+
+
+REBOOTED = ["coturn1", "haproxy1", "patroni1", "patroni2", "patroni3"]
+
+
+def boot_ids(lab: Lab) -> dict[str, str]:
+    return {h: ssh(lab, h, "cat /proc/sys/kernel/random/boot_id").stdout.strip() for h in REBOOTED}
+
+
+def test_rolling_restart_reboots_one_host_at_a_time_and_hands_the_primary_over_first(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = boot_ids(lab)
+    leader = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
+    assert maintenance("rolling-restart", "--yes", "--limit", ",".join(reversed(REBOOTED))) == 0
+    out = capsys.readouterr().out
+    print(out)
+    after = boot_ids(lab)
+    assert all(after[h] != before[h] for h in REBOOTED), (before, after)  # every host really rebooted
+    lines = [line.split()[1] for line in out.splitlines() if line.strip().startswith("changed ")]
+    assert lines == REBOOTED  # the rolling order, whatever --limit's order
+    assert "switched over to " in out.split(f"changed  {leader}")[1].splitlines()[1]  # the primary handed over first
+    members = patroni_cluster(lab)["members"]
+    assert sorted(m["state"] for m in members) == ["running", "streaming", "streaming"], members

@@ -150,6 +150,12 @@ def test_tags_follow_what_changed(site: Site) -> None:
     )
     changed = values | {"matrix_ketesa_container_labels_traefik_path_prefix": "/admin"}
     assert playbook.tags_for(applied, changed)[0] == "install-all,ensure-matrix-users-created,start"
+    # A new playbook commit (an update: new image versions) with the same variables.
+    moved = playbook.fingerprints(values | {playbook.CHECKOUT: "0123abc"})
+    assert playbook.tags_for(moved, values | {playbook.CHECKOUT: "4567def"}) == (
+        "install-all,ensure-matrix-users-created,start",
+        [playbook.CHECKOUT],
+    )
     # The record holds hashes, never a secret's value.
     assert settings_of(site).secrets["synapse_db_password"] not in json.dumps(applied)
 

@@ -152,4 +152,8 @@ def test_haproxy_routes_worker_paths_as_synapse_documents(lab_settings: Settings
     assert {path: routed(text, path) for path in expected} == expected
     sync = text.split("backend synapse_sync\n")[1].split("\nbackend ")[0]
     assert "balance hdr(Authorization)" in sync and "hash-type consistent" in sync
-    assert "server sync1 198.18.1.61:28211 check" in sync and "server sync2 198.18.1.61:28212 check" in sync
+    assert "server sync1 198.18.1.61:28211 check\n" in sync and "server sync2 198.18.1.61:28212 check\n" in sync
+    # The main process answers while the pool's only member restarts; media has no such backup.
+    assert "server synapse1 198.18.1.61:8008 check backup" in sync
+    media = text.split("backend synapse_media\n")[1].split("\nbackend ")[0]
+    assert " backup" not in media
