@@ -74,8 +74,12 @@ def remove_cgroups(timeout: float = 15) -> None:
         time.sleep(0.2)
 
 
-def boot(host: str, root: Path, log: Path) -> None:
-    """Start the host's systemd in the background.
+# A lightweight host (fan-out benchmarks): sshd alone under nspawn's stub init, no systemd.
+SSHD_ONLY = ["/bin/sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"]
+
+
+def boot(host: str, root: Path, log: Path, light: bool = False) -> None:
+    """Start the host's systemd (or, `light`, sshd alone) in the background.
 
     A host that reboots (`systemctl reboot`) makes nspawn exit with status 133; the
     supervisor starts it again, as systemd-nspawn@.service does (RestartForceExitStatus=133),
@@ -87,7 +91,7 @@ def boot(host: str, root: Path, log: Path) -> None:
     args = [
         "systemd-nspawn",
         "--quiet",
-        "--boot",
+        "--as-pid2" if light else "--boot",
         "--keep-unit",
         "--register=no",
         f"--directory={root}",
@@ -99,6 +103,7 @@ def boot(host: str, root: Path, log: Path) -> None:
         "--timezone=off",
         "--link-journal=no",
         "--console=read-only",
+        *(SSHD_ONLY if light else []),
     ]
     supervisor = ["sh", "-c", 'while "$@"; [ $? -eq 133 ]; do :; done', "nspawn-supervisor", *args]
     with log.open("ab") as out:

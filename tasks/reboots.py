@@ -69,9 +69,9 @@ def switchover(task: Task, settings: Settings) -> str:
     return f"switched over to {candidate}, "
 
 
-def member_problems(task: Task) -> list[str]:
+def member_problems(task: Task, settings: Settings) -> list[str]:
     """This host's Patroni, asked itself: the cluster's view may still hold its member key from before the reboot."""
-    status, body = rest_get(task, "/patroni")
+    status, body = rest_get(task, "/patroni", settings.hosts[task.host.name].private_ip)
     if status != 200:
         return [f"{task.host.name}: Patroni's REST API answers {status}"]
     me = json.loads(body)
@@ -132,7 +132,7 @@ def rolling_reboot(task: Task, settings: Settings) -> Result:
     member = "patroni" in settings.hosts[name].groups
 
     def problems() -> list[str]:
-        return (member_problems(task) if member else []) + platform_problems(task, settings)
+        return (member_problems(task, settings) if member else []) + platform_problems(task, settings)
 
     if wait_until(lambda: not problems(), HEALTHY_SECONDS, stable=REJOIN_STABLE) is None:
         raise HostError(

@@ -1,0 +1,144 @@
+"""Benchmark fan-out: one representative step on 10, 50 and 100 lightweight lab hosts.
+
+    python bench/fanout.py [--sizes 10 50 100]
+
+Lightweight hosts are lab hosts that run sshd alone (no systemd), in 198.18.4.0/24. The
+step is what the deploy's steps are made of, through the framework's own connection
+plugin and tasks: render a config from a template and converge it (`put_files`: one
+command reads the files' state, one writes what differs), then check that a service
+answers (sshd's process). At each size the step runs twice on fresh connections — the
+first run writes the file, the second changes nothing — with a thread per host.
+
+Takes the lab down first (its hosts share the lab's network and state) and leaves it
+down. Prints the figures, writes bench/results/fanout.json. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nornir import InitNornir
+from nornir.core import Nornir
+from nornir.core.plugins.connections import ConnectionPluginRegister
+from nornir.core.task import Result, Task
+
+from core.connection import CONNECTION, FabricConnection
+from core.runbook import REPO
+from core.settings import load_settings
+from lab import LAB_CONFIG, LAB_INVENTORY, rootfs
+from lab.lab import STATE, Lab, LabHost, lab_hosts
+from tasks.files import FileSpec, put_files, render
+from tasks.remote import Expectation, run
+
+FIRST = IPv4Address("198.18.4.1")
+CONFIG = "/etc/matrix-bench/fanout.conf"
+
+
+def light_hosts(count: int) -> list[LabHost]:
+    return [LabHost(f"fan{n:03}", FIRST + n) for n in range(count)]
+
+
+def inventory(folder: Path, hosts: list[LabHost]) -> Path:
+    """A Nornir inventory of `hosts`, with the lab's login user, key and known_hosts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = {h.name: {"hostname": str(h.address), "groups": ["fanout"]} for h in hosts}
+    (folder / "hosts.yaml").write_text(yaml.safe_dump(entries))
+    (folder / "groups.yaml").write_text(yaml.safe_dump({"fanout": {}}))
+    extras = {"key_filename": str(STATE / "ssh" / "id_ed25519"), "known_hosts": str(STATE / "ssh" / "known_hosts")}
+    defaults = {"username": rootfs.LAB_USER, "port": 22, "connection_options": {CONNECTION: {"extras": extras}}}
+    (folder / "defaults.yaml").write_text(yaml.safe_dump(defaults))
+    return folder
+
+
+def nornir(folder: Path, count: int) -> Nornir:
+    ConnectionPluginRegister.register(CONNECTION, FabricConnection)
+    logging.getLogger("nornir").addHandler(logging.NullHandler())
+    logging.getLogger("nornir").propagate = False
+    nr = InitNornir(
+        runner={"plugin": "threaded", "options": {"num_workers": count}},
+        inventory={
+            "plugin": "SimpleInventory",
+            "options": {
+                "host_file": str(folder / "hosts.yaml"),
+                "group_file": str(folder / "groups.yaml"),
+                "defaults_file": str(folder / "defaults.yaml"),
+            },
+        },
+        logging={"enabled": False},
+        user_defined={"mode": "apply", "connect_timeout": 10},
+    )
+    nr.config.user_defined["hosts"] = nr.inventory.hosts
+    return nr
+
+
+def representative_step(task: Task, revision: int) -> Result:
+    """Render and converge one config file, then check a service: the shape of a deploy step."""
+    text = render(task, "bench/fanout.conf.j2", server=task.host.name, address=task.host.hostname, revision=revision)
+    written = task.run(task=put_files, specs=[FileSpec(CONFIG, text)], severity_level=10)[0]
+    run(task, "pgrep -x sshd >/dev/null", what=Expectation("sshd running"))
+    return Result(host=task.host, changed=written.changed)
+
+
+def timed_run(folder: Path, count: int, revision: int) -> dict:
+    nr = nornir(folder, count)
+    started = time.monotonic()
+    result = nr.run(task=representative_step, revision=revision)
+    wall = time.monotonic() - started
+    commands = [len(h.connections[CONNECTION].log) for h in nr.inventory.hosts.values() if CONNECTION in h.connections]
+    nr.close_connections()
+    if result.failed:
+        failed = {name: str(r.exception) for name, r in result.failed_hosts.items()}
+        raise SystemExit(f"fan-out run on {count} hosts failed: {failed}")
+    return {
+        "wall_seconds": round(wall, 2),
+        "changed_hosts": sum(1 for r in result.values() if r.changed),
+        "remote_commands_per_host": max(commands, default=0),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100])
+    args = parser.parse_args()
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    Lab(lab_hosts(settings)).down()
+    figures: dict[str, object] = {}
+    revision = int(time.time())  # a new file content on each benchmark run
+    with tempfile.TemporaryDirectory() as scratch:
+        for count in args.sizes:
+            hosts = light_hosts(count)
+            lab = Lab(hosts, light=True)
+            try:
+                up = lab.up()
+                folder = inventory(Path(scratch) / str(count), hosts)
+                figures[str(count)] = {
+                    "lab_up_seconds": round(up.seconds, 2),
+                    "first_run": timed_run(folder, count, revision),
+                    "noop_rerun": timed_run(folder, count, revision),
+                }
+            finally:
+                lab.down()
+            print(f"{count} hosts: {json.dumps(figures[str(count)])}", flush=True)
+    sizes = [str(n) for n in args.sizes]
+    for run_name in ("first_run", "noop_rerun"):
+        times = [figures[n][run_name]["wall_seconds"] for n in sizes]  # type: ignore[index]
+        figures[f"{run_name}_largest_over_smallest"] = round(times[-1] / times[0], 2)
+    print(json.dumps(figures, indent=2))
+    out = REPO / "bench" / "results" / "fanout.json"
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
