@@ -111,13 +111,14 @@ def come_back(task: Task, before: str) -> None:
 def rolling_reboot(task: Task, settings: Settings) -> Result:
     """Reboot this host once the platform is healthy, and wait until it and the platform are healthy again."""
     name = task.host.name
+    member = "patroni" in settings.hosts[name].groups
     if mode(task) is not Mode.APPLY:
-        leader = " (after a switchover if it is the Patroni leader)" if "patroni" in settings.hosts[name].groups else ""
-        return Result(host=task.host, changed=True, diff=f"reboot{leader}")
-    problems = platform_problems(task, settings)
-    if problems:
-        raise HostError(f"{name}: not rebooted, the platform is not healthy: {'; '.join(problems)}")
-    handed = switchover(task, settings) if "patroni" in settings.hosts[name].groups else ""
+        note = " (after a switchover if it leads)" if member else ""
+        return Result(host=task.host, changed=True, diff=f"reboot{note}")
+    found = platform_problems(task, settings)
+    if found:
+        raise HostError(f"{name}: not rebooted, the platform is not healthy: {'; '.join(found)}")
+    handed = switchover(task, settings) if member else ""
     before = run(task, BOOT_ID, what=Expectation("the host's boot id")).stdout.strip()
     started = time.monotonic()
     run(
@@ -129,14 +130,13 @@ def rolling_reboot(task: Task, settings: Settings) -> Result:
     back = time.monotonic()
     if "synapse" in settings.hosts[name].groups and native(settings):
         wait_for_urls(task, list(health_urls(settings, settings.hosts[name].private_ip).values()), timeout=300)
-    member = "patroni" in settings.hosts[name].groups
 
-    def problems() -> list[str]:
+    def unhealthy() -> list[str]:
         return (member_problems(task, settings) if member else []) + platform_problems(task, settings)
 
-    if wait_until(lambda: not problems(), HEALTHY_SECONDS, stable=REJOIN_STABLE) is None:
+    if wait_until(lambda: not unhealthy(), HEALTHY_SECONDS, stable=REJOIN_STABLE) is None:
         raise HostError(
-            f"{name}: the platform is not healthy {HEALTHY_SECONDS} s after its reboot: {'; '.join(problems())}. "
+            f"{name}: the platform is not healthy {HEALTHY_SECONDS} s after its reboot: {'; '.join(unhealthy())}. "
             "The hosts after it are not rebooted"
         )
     healthy = time.monotonic() - back
