@@ -18,10 +18,11 @@
                                                 # resolved from /etc/hosts alone, no time server or Synapse
                                                 # setting that needs the internet, default routes reported
 
-Each is a subset of the deploy's steps with their health gates, so a re-run that changes
-nothing says so. Adding a sync or generic worker starts only that worker; a change of
-event persisters or federation senders restarts every Synapse process (they share the
-stream writer map). The runbook options (--lab, --check, --plan, …) follow.
+Each runs the deploy's steps for its change (update and rolling-restart add their own
+rolling steps) with their health gates, so a re-run that changes nothing says so. Adding
+a sync or generic worker starts only that worker; a change of event persisters or
+federation senders restarts every Synapse process (they share the stream writer map).
+The runbook options (--lab, --check, --plan, …) follow.
 """
 
 import argparse
