@@ -46,19 +46,21 @@ def reboot_order(name: str, settings: Settings) -> tuple[int, int]:
 def switchover(task: Task, settings: Settings) -> str:
     """If this host is the Patroni leader, hand over to a streaming standby first; what was done.
 
-    The standby is one rebooted before this host if there is one (so it is not the next
-    to need a switchover), a synchronous one first.
+    With synchronous_mode Patroni hands over only to the synchronous standby (it refuses
+    any other, 412); without it, a replica rebooted before this host comes first, so it
+    is not the next to need a switchover.
     """
     state = cluster(task, settings)
     if leader_of(state) != task.host.name:
         return ""
-    standbys = [m for m in state["members"] if m["role"] != "leader" and m["state"] == "streaming"]
+    wanted = ("sync_standby",) if settings.config.database.synchronous_mode else ("sync_standby", "replica")
+    standbys = [m for m in state["members"] if m["role"] in wanted and m["state"] == "streaming"]
     if not standbys:
-        raise HostError(f"{task.host.name}: the Patroni leader has no streaming standby to hand over to; not rebooted")
+        raise HostError(
+            f"{task.host.name}: the Patroni leader has no streaming {' or '.join(wanted)} to hand over to; not rebooted"
+        )
     here = reboot_order(task.host.name, settings)
-    candidate = min(
-        standbys, key=lambda m: (reboot_order(m["name"], settings) > here, m["role"] != "sync_standby", m["name"])
-    )["name"]
+    candidate = min(standbys, key=lambda m: (reboot_order(m["name"], settings) > here, m["name"]))["name"]
     leader = next(m for m in state["members"] if m["name"] == task.host.name)
     status, answer = rest_write(
         task, settings, "POST", api_base(leader) + "/switchover", {"leader": task.host.name, "candidate": candidate}
