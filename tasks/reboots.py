@@ -3,8 +3,8 @@
 The order (`reboot_rank`) goes from hosts whose loss nobody notices to the ones that
 matter most: monitoring and backup, then the redundant tiers one host at a time (Coturn,
 LiveKit, MinIO, HAProxy — Keepalived moves the VIP), the Patroni members (the primary
-hands over to its synchronous standby first, preferably one already rebooted, as
-autobase's rolling maintenance does), and the Synapse host last: it has no peer, so its
+hands over first — to the synchronous standby with synchronous_mode, else preferably to
+a replica already rebooted — as autobase's rolling maintenance does), and the Synapse host last: it has no peer, so its
 reboot is an outage of the homeserver until it is back.
 
 Before each reboot the platform must be healthy (the drills' check: one Patroni leader
