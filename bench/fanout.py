@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -28,13 +27,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nornir import InitNornir
 from nornir.core import Nornir
-from nornir.core.plugins.connections import ConnectionPluginRegister
 from nornir.core.task import Result, Task
 
-from core.connection import CONNECTION, FabricConnection
-from core.runbook import REPO
+from core.connection import CONNECTION
+from core.runbook import REPO, inventory_nornir
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, rootfs
 from lab.lab import STATE, Lab, LabHost, lab_hosts
@@ -62,24 +59,7 @@ def inventory(folder: Path, hosts: list[LabHost]) -> Path:
 
 
 def nornir(folder: Path, count: int) -> Nornir:
-    ConnectionPluginRegister.register(CONNECTION, FabricConnection)
-    logging.getLogger("nornir").addHandler(logging.NullHandler())
-    logging.getLogger("nornir").propagate = False
-    nr = InitNornir(
-        runner={"plugin": "threaded", "options": {"num_workers": count}},
-        inventory={
-            "plugin": "SimpleInventory",
-            "options": {
-                "host_file": str(folder / "hosts.yaml"),
-                "group_file": str(folder / "groups.yaml"),
-                "defaults_file": str(folder / "defaults.yaml"),
-            },
-        },
-        logging={"enabled": False},
-        user_defined={"mode": "apply", "connect_timeout": 10},
-    )
-    nr.config.user_defined["hosts"] = nr.inventory.hosts
-    return nr
+    return inventory_nornir(folder, count, {"mode": "apply", "connect_timeout": 10})
 
 
 def representative_step(task: Task, revision: int) -> Result:

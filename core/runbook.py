@@ -446,13 +446,26 @@ class Runbook:
 
 def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) -> Nornir:
     """A Nornir over the settings' inventory, with the run's mode, redactor and timeouts."""
+    inventory = settings.inventory_dir
+    options = {
+        "mode": mode.value,
+        "plan_dir": str(plan_dir) if plan_dir else "",
+        "redact": Redactor(settings.secrets),
+        "inventory_dir": str(inventory),
+        "connect_timeout": settings.config.ssh.connect_timeout,
+        "command_timeout": settings.config.ssh.command_timeout,
+    }
+    return inventory_nornir(inventory, max(1, min(len(settings.hosts), MAX_THREADS)), options)
+
+
+def inventory_nornir(inventory: Path, threads: int, options: dict[str, Any]) -> Nornir:
+    """A Nornir over the YAML inventory in `inventory`, with the framework's connection plugin."""
     ConnectionPluginRegister.register(CONNECTION, FabricConnection)
     # Failures reach the operator through the runbook's display, not as logged tracebacks.
     logging.getLogger("nornir").addHandler(logging.NullHandler())
     logging.getLogger("nornir").propagate = False
-    inventory = settings.inventory_dir
     nornir = InitNornir(
-        runner={"plugin": "threaded", "options": {"num_workers": max(1, min(len(settings.hosts), MAX_THREADS))}},
+        runner={"plugin": "threaded", "options": {"num_workers": threads}},
         inventory={
             "plugin": "SimpleInventory",
             "options": {
@@ -462,14 +475,7 @@ def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) ->
             },
         },
         logging={"enabled": False},
-        user_defined={
-            "mode": mode.value,
-            "plan_dir": str(plan_dir) if plan_dir else "",
-            "redact": Redactor(settings.secrets),
-            "inventory_dir": str(inventory),
-            "connect_timeout": settings.config.ssh.connect_timeout,
-            "command_timeout": settings.config.ssh.command_timeout,
-        },
+        user_defined=options,
     )
     # A step that needs a fact from a peer host reaches it through every host (and its
     # connection), also from the filtered copy a step runs on.
