@@ -368,10 +368,43 @@ def members_and_leader(task: Task, settings: Settings) -> tuple[dict[str, dict],
 
 
 def restart_all(task: Task, settings: Settings, members: list[dict]) -> list[str]:
-    """Restart each member's PostgreSQL in turn, each back to health before the next."""
+    """Restart each member's PostgreSQL in turn, each back to health before the next.
+
+    A replica first replays everything the leader has written: Patroni starts a replica with
+    max_connections and the like taken from its pg_controldata when those are higher, and
+    only replaying the leader's parameter-change record (written when the leader restarted
+    with a lower value) lowers them there. Restarted before that, it would come back with
+    the old value and still pending.
+    """
     for member in members:
+        if member["role"] != "leader":
+            await_replay(task, settings, member)
         restart_member(task, settings, member)
     return [f"{m['name']}: PostgreSQL restarted (pending restart)" for m in members]
+
+
+def await_replay(task: Task, settings: Settings, replica: dict, timeout: float = 60) -> None:
+    """Wait until `replica` has replayed the WAL up to the leader's current position."""
+    _members, leader = members_and_leader(task, settings)
+    target = wal_position(task, settings, leader, "location")
+    deadline = time.monotonic() + timeout
+    replayed = wal_position(task, settings, replica["name"], "replayed_location")
+    while replayed < target:
+        if time.monotonic() > deadline:
+            raise HostError(
+                f"{replica['name']} has replayed the WAL to {replayed}, not yet to the leader's {target}, "
+                f"after {timeout:g} s; run '{VENV}/bin/patronictl -c {CONFIG} list' (Lag in MB)"
+            )
+        time.sleep(0.5)
+        replayed = wal_position(task, settings, replica["name"], "replayed_location")
+
+
+def wal_position(task: Task, settings: Settings, member: str, key: str) -> int:
+    """A member's WAL position in bytes from its REST GET /patroni (`location` on a leader)."""
+    status, body = rest_get(task, "/patroni", settings.hosts[member].private_ip)
+    if status != 200:
+        raise HostError(f"{member}: Patroni REST /patroni answered {status}: {body.strip()[:200]}")
+    return int(json.loads(body).get("xlog", {}).get(key, 0))
 
 
 def api_base(member: dict) -> str:

@@ -168,3 +168,4 @@ def test_restart_needing_change_rolls_through_the_cluster(
     finally:
         assert deploy_with(LAB_CONFIG) == 0
     assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {str(lab_settings.sizing.max_connections)}
+    assert not any(m.get("pending_restart") for m in patroni_cluster(lab)["members"])
