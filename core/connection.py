@@ -1,5 +1,8 @@
 """Nornir connection plugin around `fabric.Connection`: real exit codes, sudo, stdin, SFTP.
 
+Commands go through one root shell per host (`core.root_shell`), started once through
+`sudo -n`, not a channel and a sudo each.
+
 Why fabric and not netmiko's `linux` driver: netmiko screen-scrapes an interactive shell
 and has no exit status; provisioning needs both the status and clean stdout/stderr.
 Host keys are verified against a known_hosts file (RejectPolicy): an unknown or changed
@@ -12,6 +15,7 @@ where and benchmarks can count remote commands per host.
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,10 +24,10 @@ from typing import Any
 
 import fabric
 import paramiko
-from invoke.exceptions import CommandTimedOut
 from nornir.core.configuration import Config
 
 from core.errors import HostError
+from core.root_shell import RootShell
 
 CONNECTION = "fabric"
 
@@ -63,6 +67,9 @@ class FabricConnection:
         self.username = "root"
         self.command_timeout: int | None = None
         self.options: dict[str, Any] = {}
+        self.root_shell: RootShell | None = None  # started by the first command
+        self.starting = threading.Lock()
+        self.where = ""
 
     def open(
         self,
@@ -122,8 +129,11 @@ class FabricConnection:
             ) from None
         conn.transport.set_keepalive(15)
         self.connection = conn
+        self.where = where
 
     def close(self) -> None:
+        if self.root_shell:
+            self.root_shell.close()
         self.connection.close()
 
     @property
@@ -144,32 +154,17 @@ class FabricConnection:
         on_failure: str = "",
         timeout: int | None = None,
     ) -> Output:
-        """Run `script` with bash as root (through `sudo -n` when not logged in as root).
+        """Run `script` with bash as root, in the host's root shell (`core.root_shell`).
 
         `stdin` carries file contents and secrets, which must never be on the command line.
         """
-        wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
-        line = f"bash -c {shlex.quote(wrapped)}"
-        if self.sudo:
-            line = f"sudo -n -H -- {line}"
         started = time.monotonic()
-        try:
-            result = self.connection.run(
-                line,
-                hide=True,
-                warn=True,
-                pty=False,
-                in_stream=_Stdin(stdin) if stdin is not None else False,
-                timeout=timeout or self.command_timeout,
-            )
-            output = Output(result.exited, result.stdout, result.stderr, time.monotonic() - started)
-        except CommandTimedOut as exc:
-            output = Output(
-                124,
-                exc.result.stdout,
-                exc.result.stderr + f"\n(timed out after {exc.timeout} s)",
-                time.monotonic() - started,
-            )
+        with self.starting:  # a peer's task may use this connection too
+            if self.root_shell is None:
+                self.root_shell = RootShell(self.connection.transport, self.where, sudo=self.sudo)
+        wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
+        exit_code, stdout, stderr = self.root_shell.run(wrapped, stdin, timeout or self.command_timeout)
+        output = Output(exit_code, stdout, stderr, time.monotonic() - started)
         self.log.append(
             CommandRecord(
                 self.username, self.sudo, cwd, script, expect, on_failure, output.exit_code, output.seconds, self.step
@@ -211,23 +206,6 @@ class FabricConnection:
                 f"{self.connection.host}: installing {path} failed (exit {output.exit_code}): "
                 f"{output.stderr.strip()[-300:]}. Check free space and that {owner}:{group} exist"
             )
-
-
-class _Stdin:
-    """A file-like stdin for invoke that hands over `text` and then reports end of file.
-
-    invoke asks for one byte per read (and naps 10 ms between reads) unless the stream is
-    a terminal; answering each read with a large chunk keeps a 10 kB file from taking 1 s.
-    """
-
-    CHUNK = 1 << 20
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-
-    def read(self, size: int) -> str:
-        chunk, self._text = self._text[: self.CHUNK], self._text[self.CHUNK :]
-        return chunk
 
 
 def _local_path(value: str | None, inventory_dir: str | None) -> str | None:

@@ -7,6 +7,7 @@ Debian mirrors to an empty backend list answered 503 here, LAB-NOTES).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -68,7 +69,8 @@ def start(state: Path) -> None:
 def stop(state: Path) -> None:
     pid = _pid(state)
     if pid:
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may be exiting already
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while _pid(state) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -47,6 +47,26 @@ def test_commands_run_as_root_through_sudo_with_real_exit_codes(nornir: MakeNorn
     assert record.user == "deploy" and record.sudo and record.cwd == "/"
 
 
+def test_stdin_streams_and_timeout_through_the_root_shell(nornir: MakeNornir) -> None:
+    """stdin arrives whole (then end of file), stdout and stderr stay apart, a hung command is killed."""
+    text = "".join(f"line {n} ünïcode\n" for n in range(20000))  # ~400 kB, more than one read
+
+    def probe(task: Task) -> Result:
+        echoed = run(task, "cat; echo done >&2", stdin=text)
+        big = run(task, "head -c 3000000 /dev/zero | tr '\\0' x")
+        hung = run(task, "sleep 31 & sleep 32", timeout=1, ok_codes=(124,))
+        left = run(task, "pgrep -f 'sleep 3[12]'", ok_codes=(0, 1)).stdout
+        return Result(host=task.host, result=(echoed, big, hung, left))
+
+    result = nornir(hosts=("patroni1",)).run(task=probe)
+    assert not result.failed, result["patroni1"][0].exception
+    echoed, big, hung, left = only(result, "patroni1").result
+    assert echoed.stdout == text and echoed.stderr == "done\n"
+    assert big.stdout == "x" * 3000000
+    assert hung.exit_code == 124 and "timed out after 1 s" in hung.stderr and hung.seconds < 5
+    assert left == ""  # the command and what it started in the background
+
+
 def test_failure_message_names_host_command_status_and_fix(nornir: MakeNornir) -> None:
     def failing(task: Task) -> Result:
         run(task, "echo 'E: disk on fire' >&2; exit 7", what=Expectation("exit status 0", "put the fire out"))
