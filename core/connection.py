@@ -69,6 +69,10 @@ class FabricConnection:
         self.options: dict[str, Any] = {}
         self.root_shell: RootShell | None = None  # started by the first command
         self.starting = threading.Lock()
+        # Facts read ahead for the step running now (tasks.facts), keyed "<kind>:<name>";
+        # emptied by any command not marked `reads_only`, as it may have changed them.
+        self.read_ahead: dict[str, Any] = {}
+        self.read_ahead_step = ""
         self.where = ""
 
     def open(
@@ -153,11 +157,15 @@ class FabricConnection:
         expect: str = "exit status 0",
         on_failure: str = "",
         timeout: int | None = None,
+        reads_only: bool = False,
     ) -> Output:
         """Run `script` with bash as root, in the host's root shell (`core.root_shell`).
 
         `stdin` carries file contents and secrets, which must never be on the command line.
+        A command not marked `reads_only` forgets the facts read ahead.
         """
+        if not reads_only:
+            self.read_ahead.clear()
         started = time.monotonic()
         with self.starting:  # a peer's task may use this connection too
             if self.root_shell is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -22,6 +22,7 @@ from nornir.core.task import AggregatedResult, Result, Task
 from core.errors import HostError
 from core.ports import PGBACKREST_PORT
 from core.settings import HostInfo, Settings
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.packages import packages
@@ -64,21 +65,34 @@ def tls_files(settings: Settings, host: HostInfo) -> list[FileSpec]:
 
 
 def converge(
-    task: Task, settings: Settings, config: FileSpec, extra: Sequence[FileSpec] = (), units: Sequence[str] = ()
-) -> Result:
+    task: Task,
+    settings: Settings,
+    config: FileSpec,
+    extra: Sequence[FileSpec] = (),
+    units: Sequence[str] = (),
+    commands: Mapping[str, str] | None = None,
+) -> tuple[Result, dict[str, str]]:
     """pgBackRest, its TLS files and config (+ `extra` files and their `units`, kept running).
 
-    Its TLS server restarts when its files changed; one `systemctl show` covers every unit.
+    Its TLS server restarts when its files changed. Everything is read ahead in one command,
+    with the read-only `commands`, whose outputs come back beside the result.
     """
     host = settings.hosts[task.host.name]
-    task.run(task=packages, names=["pgbackrest"], autostart=False, severity_level=10)
     server = [*tls_files(settings, host), config]
+    ahead = read_ahead(
+        task,
+        packages=["pgbackrest"],
+        files=[spec.path for spec in [*server, *extra]],
+        units=[SERVER_UNIT, *units],
+        commands=commands,
+    )
+    task.run(task=packages, names=["pgbackrest"], autostart=False, severity_level=10)
     result = task.run(task=put_files, specs=[*server, *extra], severity_level=10)[0]
     written = set(result.result or [])
     wanted = {SERVER_UNIT: Wanted(restart=bool(written & {spec.path for spec in server}))}
     wanted |= {unit: Wanted() for unit in units}
     services(task, wanted, daemon_reload=any(path.startswith(UNIT_DIR) for path in written))
-    return result
+    return result, ahead
 
 
 def pgbackrest_database(task: Task, settings: Settings) -> Result:
@@ -96,7 +110,7 @@ def pgbackrest_database(task: Task, settings: Settings) -> Result:
         stanza=settings.config.backup.stanza,
         data_dir=data_dir(settings),
     )
-    result = converge(task, settings, FileSpec(CONFIG, text, group="postgres", mode=0o640))
+    result, _ = converge(task, settings, FileSpec(CONFIG, text, group="postgres", mode=0o640))
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 
@@ -148,13 +162,16 @@ def pgbackrest_repository(task: Task, settings: Settings) -> Result:
     # Debian's package makes REPO_PATH (postgres, 0750) on install.
     config = FileSpec(CONFIG, text, group="postgres", mode=0o640, secret=True)
     timer_units = tuple(f"matrix-backup-database-{kind}.timer" for kind in KINDS)
-    result = converge(task, settings, config, extra, timer_units)
-    created = task.run(task=stanza, settings=settings, severity_level=10)[0]
+    result, ahead = converge(task, settings, config, extra, timer_units, {"info": info_command(settings)})
+    read = None if result.changed else ahead.get("info")  # read before any change
+    created = task.run(task=stanza, settings=settings, info_json=read, severity_level=10)[0]
     diff = "\n".join(d for d in (result.diff, created.diff) if d)
     return Result(host=task.host, changed=result.changed or created.changed, diff=diff)
 
 
-def pgbackrest(task: Task, command: str, ok_codes: tuple[int, ...] = (0,), timeout: int | None = None) -> str:
+def pgbackrest(
+    task: Task, command: str, ok_codes: tuple[int, ...] = (0,), timeout: int | None = None, reads_only: bool = False
+) -> str:
     """A pgBackRest command as postgres on this host; its output."""
     return run(
         task,
@@ -162,20 +179,26 @@ def pgbackrest(task: Task, command: str, ok_codes: tuple[int, ...] = (0,), timeo
         ok_codes=ok_codes,
         timeout=timeout,
         what=Expectation(f"pgbackrest {command}", "read pgBackRest's message above; its log is in /var/log/pgbackrest"),
+        reads_only=reads_only,
     ).stdout
 
 
-def info(task: Task, settings: Settings) -> dict:
-    """`pgbackrest info` of the stanza as JSON (status code 0 = ok)."""
-    out = pgbackrest(task, f"--stanza={settings.config.backup.stanza} --output=json info")
-    return json.loads(out)[0]
+def info_command(settings: Settings) -> str:
+    return f"runuser -u postgres -- pgbackrest --stanza={settings.config.backup.stanza} --output=json info"
 
 
-def stanza(task: Task, settings: Settings) -> Result:
+def info(task: Task, settings: Settings, read: str | None = None) -> dict:
+    """`pgbackrest info` of the stanza as JSON (status code 0 = ok); `read`: its output read ahead."""
+    if not read:
+        read = pgbackrest(task, f"--stanza={settings.config.backup.stanza} --output=json info", reads_only=True)
+    return json.loads(read)[0]
+
+
+def stanza(task: Task, settings: Settings, info_json: str | None = None) -> Result:
     """Create the stanza once (the repository's metadata for this cluster); a present one is left alone."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="stanza checked at deploy time")
-    status = info(task, settings)["status"]
+    status = info(task, settings, info_json)["status"]
     if status["code"] != 1:  # 1: missing stanza path; 0 ok; 2 no backup yet
         return Result(host=task.host, result=status["message"])
     pgbackrest(task, f"--stanza={settings.config.backup.stanza} stanza-create", timeout=300)
@@ -188,8 +211,12 @@ def backup_check(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, result="not checked in this mode")
     # The archiver may sit in PostgreSQL's 60 s back-off after failed pushes (before the
     # stanza existed): give the forced WAL segment time to arrive.
-    pgbackrest(task, f"--stanza={settings.config.backup.stanza} --archive-timeout=180 check", timeout=300)
-    facts = info(task, settings)
+    checked = pgbackrest(
+        task,
+        f"--stanza={settings.config.backup.stanza} --archive-timeout=180 check && {info_command(settings)}",
+        timeout=300,
+    )
+    facts = info(task, settings, checked)
     if facts["status"]["code"] not in (0, 2):
         raise HostError(f"{task.host.name}: pgbackrest info: {facts['status']['message']}")
     return Result(host=task.host, result=facts)

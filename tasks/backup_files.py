@@ -17,6 +17,7 @@ from nornir.core.task import Result, Task
 
 from core.secrets import ssh_public_key
 from core.settings import Settings
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.packages import packages
@@ -55,9 +56,13 @@ def backup_source(task: Task, settings: Settings) -> Result:
     """On the Synapse host: the `matrix-backup` account, its one authorised key and its forced command."""
     where = layout(settings)
     backup = settings.members("backup")[0]
+    authorized = f"/var/lib/{ACCOUNT}/.ssh/authorized_keys"
+    user, group = ACCOUNT, where.group
+    ahead = read_ahead(
+        task, packages=["rsync"], files=[SERVE, authorized], commands={"groups": f"id -nG {user} 2>/dev/null"}
+    )
     task.run(task=packages, names=["rsync"], severity_level=10)
-    if mode(task) is Mode.APPLY:
-        user, group = ACCOUNT, where.group
+    if mode(task) is Mode.APPLY and group not in ahead.get("groups", "").split():
         run(
             task,
             f"id -u {user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/{user} "
@@ -72,7 +77,7 @@ def backup_source(task: Task, settings: Settings) -> Result:
             mode=0o755,
         ),
         FileSpec(
-            f"/var/lib/{ACCOUNT}/.ssh/authorized_keys",
+            authorized,
             f'from="{backup.private_ip}",restrict,command="{SERVE}" {public}\n',
         ),
     ]
@@ -133,7 +138,9 @@ def backup_files(task: Task, settings: Settings) -> Result:
         ),
         policy_metric(settings),
     ]
-    task.run(task=packages, names=["rsync", "openssh-client"], severity_level=10)
+    names = ["rsync", "openssh-client"]
+    read_ahead(task, packages=names, files=[spec.path for spec in specs], units=[PULL_TIMER])
+    task.run(task=packages, names=names, severity_level=10)
     written = task.run(task=put_files, specs=specs, severity_level=10)[0]
     reload = any(path.startswith(UNIT_DIR) for path in written.result or [])
     started = services(task, {PULL_TIMER: Wanted()}, daemon_reload=reload)

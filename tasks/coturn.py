@@ -18,6 +18,7 @@ from nornir.core.task import Result, Task
 
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
 from tasks.systemd import service
@@ -79,6 +80,7 @@ def turn_uris(settings: Settings) -> list[str]:
 
 def coturn(task: Task, settings: Settings) -> Result:
     """Install coturn, converge its config and certificate; restart on change."""
+    read_ahead(task, packages=["coturn"], files=[CERT, KEY, CONFIG], units=["coturn.service"])
     task.run(task=packages, names=["coturn"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
     turn = settings.config.turn

@@ -13,11 +13,12 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
-from tasks.remote import Expectation, run
+from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import service
-from tasks.waits import wait_for_command
+from tasks.waits import command_script
 
 CLIENT_PORT = 2379
 
@@ -32,6 +33,7 @@ def client_endpoints(settings: Settings) -> list[str]:
 
 def etcd(task: Task, settings: Settings) -> Result:
     """Install, configure and start this host's etcd member (the health check follows once all started)."""
+    read_ahead(task, packages=["etcd-server", "etcd-client"], files=["/etc/default/etcd"], units=["etcd.service"])
     task.run(task=packages, names=["etcd-server", "etcd-client"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
     members = ",".join(f"{h.name}=http://{h.private_ip}:2380" for h in settings.members("patroni"))
@@ -50,15 +52,18 @@ def etcd(task: Task, settings: Settings) -> Result:
 
 def etcd_healthy(task: Task, settings: Settings) -> Result:
     """Health check: every member answers, and the members are exactly the inventory's patroni hosts."""
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result="not checked in this mode")
     endpoints = ",".join(f"http://{e}" for e in client_endpoints(settings))
-    task.run(
-        task=wait_for_command,
-        script=f"etcdctl --endpoints={endpoints} endpoint health >/dev/null 2>&1",
-        timeout=90,
-        what="every etcd member healthy",
-        severity_level=10,
+    healthy = f"etcdctl --endpoints={endpoints} endpoint health >/dev/null 2>&1"
+    out = run(
+        task,
+        f"{command_script(healthy, 90)} && {MEMBERS}",
+        timeout=120,
+        what=Expectation("every etcd member healthy within 90 s", "check 'systemctl status etcd' on each member"),
+        reads_only=True,
     )
-    seen = member_names(task)
+    seen = member_names(out.stdout)
     wanted = sorted(h.name for h in settings.members("patroni"))
     if seen != wanted:
         raise HostError(
@@ -68,11 +73,9 @@ def etcd_healthy(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result=f"members {', '.join(seen)} healthy")
 
 
-def member_names(task: Task) -> list[str]:
-    """Names of the members the local etcd knows."""
-    out = run(
-        task,
-        "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json",
-        what=Expectation("etcd's member list", "check 'systemctl status etcd' on the host"),
-    )
-    return sorted(m.get("name", "") for m in json.loads(out.stdout).get("members", []))
+MEMBERS = "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json"
+
+
+def member_names(members_json: str) -> list[str]:
+    """Names of the members in MEMBERS's output."""
+    return sorted(m.get("name", "") for m in json.loads(members_json).get("members", []))

@@ -18,7 +18,7 @@ from nornir.core.task import Result, Task
 from nornir_jinja2.plugins.tasks import template_file
 
 from core.secrets import Redactor
-from tasks.remote import Expectation, Mode, mode, redactor, run, shell
+from tasks.remote import Expectation, Mode, known, mode, redactor, run, shell
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 JINJA = Environment(
@@ -118,6 +118,20 @@ def parse_facts(stdout: str) -> dict[str, FileFact]:
     return facts
 
 
+def file_facts(task: Task, paths: list[str]) -> dict[str, FileFact]:
+    """The state of `paths`: read ahead for this step (`tasks.facts`), or read now in one command."""
+    facts = known(task, "file", paths)
+    if facts is not None:
+        return facts
+    out = run(
+        task,
+        facts_script(paths),
+        what=Expectation("one state line per file", "check that the host has stat and sha256sum (coreutils)"),
+        reads_only=True,
+    )
+    return parse_facts(out.stdout)
+
+
 def write_script(spec: FileSpec) -> str:
     """Atomic replace: stdin → temporary file beside the target → owner/mode → check → rename."""
     path = shlex.quote(spec.path)
@@ -144,8 +158,7 @@ def put_artifacts(task: Task, specs: list[ArtifactSpec]) -> Result:
             changed=True,
             diff="\n".join(f"{s.path}: would be copied from {s.source}" for s in specs),
         )
-    out = run(task, facts_script([s.path for s in specs]), what=Expectation("one state line per file"))
-    facts = parse_facts(out.stdout)
+    facts = file_facts(task, [s.path for s in specs])
     changed, diffs = [], []
     for spec in specs:
         changes = file_changes(facts.get(spec.path, FileFact(exists=False)), spec)
@@ -174,12 +187,7 @@ def put_files(task: Task, specs: list[FileSpec]) -> Result:
     redact = redactor(task)
     if mode(task) is Mode.PLAN:
         return _plan(task, specs, redact)
-    out = run(
-        task,
-        facts_script([s.path for s in specs]),
-        what=Expectation("one state line per file", "check that the host has stat and sha256sum (coreutils)"),
-    )
-    facts = parse_facts(out.stdout)
+    facts = file_facts(task, [s.path for s in specs])
     changed: list[str] = []
     diffs: list[str] = []
     for spec in specs:
@@ -213,7 +221,10 @@ def _diff(task: Task, spec: FileSpec, fact: FileFact, changes: list[str], redact
     old = ""
     if fact.exists and len(spec.content) < MAX_DIFF_BYTES:
         old = run(
-            task, f"head -c {MAX_DIFF_BYTES} {shlex.quote(spec.path)}", what=Expectation("the file's content")
+            task,
+            f"head -c {MAX_DIFF_BYTES} {shlex.quote(spec.path)}",
+            what=Expectation("the file's content"),
+            reads_only=True,
         ).stdout
     return header + "\n" + unified(old, spec.content, spec.path, redact)
 

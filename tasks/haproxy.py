@@ -21,11 +21,12 @@ from core.errors import InputError, InputProblem
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
 from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, known, mode, run
 from tasks.synapse import workers
 from tasks.systemd import service
 
@@ -177,8 +178,11 @@ def edge(settings: Settings, host: HostInfo) -> dict | None:
 
 def haproxy(task: Task, settings: Settings) -> Result:
     """Install HAProxy and converge its config (and certificate); reload only when they changed."""
-    task.run(task=packages, names=["haproxy"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
+    paths = read_ahead_files(settings, host)
+    if known(task, "file", paths) is None:  # PgBouncer's step reads them ahead with its own
+        read_ahead(task, packages=["haproxy"], files=paths, units=["haproxy.service"])
+    task.run(task=packages, names=["haproxy"], autostart=False, severity_level=10)
     frontends = edge(settings, host)
     text = render(
         task,
@@ -200,6 +204,12 @@ def haproxy(task: Task, settings: Settings) -> Result:
         run(task, SAVE_STATE, what=Expectation("the servers' states saved for the reload"))
     task.run(task=service, unit="haproxy.service", restart=result.changed, reload=True, severity_level=10)
     return Result(host=task.host, changed=result.changed, diff=result.diff)
+
+
+def read_ahead_files(settings: Settings, host: HostInfo) -> list[str]:
+    """The files `haproxy` converges on `host`: its config, and the edge certificate on an edge."""
+    frontends = edge(settings, host)
+    return [CONFIG, *([frontends["certificate"]] if frontends else [])]
 
 
 def import_dir(settings: Settings) -> Path:

@@ -18,9 +18,10 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Mode, mode
 from tasks.systemd import service
 from tasks.waits import wait_for_tls
 
@@ -46,14 +47,21 @@ def interface_of(ip_output: str, address: str) -> tuple[str, int]:
 
 def keepalived(task: Task, settings: Settings) -> Result:
     """Install Keepalived, render its VRRP instance for the VIP, reload it on change."""
+    ahead = read_ahead(
+        task,
+        packages=["keepalived"],
+        files=[CONFIG],
+        units=["keepalived.service"],
+        commands={"addresses": "ip -o -4 addr show"},
+    )
     task.run(task=packages, names=["keepalived"], autostart=False, severity_level=10)
     host = settings.hosts[task.host.name]
     if mode(task) is Mode.PLAN:  # no host to ask: the private network the address is in
         network = next(n for n in settings.defaults.data.private_networks if ip_address(host.private_ip) in n)
         interface, prefix = "<interface of " + host.private_ip + ">", network.prefixlen
     else:
-        out = run(task, "ip -o -4 addr show", what=Expectation("the host's IPv4 addresses"))
-        interface, prefix = interface_of(out.stdout, host.private_ip)
+        addresses = ahead["addresses"]
+        interface, prefix = interface_of(addresses, host.private_ip)
     peers = [h.private_ip for h in settings.members("haproxy") if h.name != host.name]
     text = render(
         task,

@@ -26,6 +26,7 @@ from core.ports import ALERTMANAGER_PORT, BLACKBOX_PORT, GRAFANA_PORT, POSTGRES_
 from core.settings import Settings
 from core.targets import jobs
 from tasks.database import MONITOR_ROLE
+from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
@@ -57,6 +58,12 @@ def defaults_file(args: str, extra: str = "") -> str:
 def node_exporter(task: Task, settings: Settings) -> Result:
     """node-exporter on the private address, with the textfile directory our checks write metrics to."""
     host = settings.hosts[task.host.name]
+    read_ahead(
+        task,
+        packages=["prometheus-node-exporter"],
+        files=["/etc/default/prometheus-node-exporter"],
+        units=["prometheus-node-exporter.service"],
+    )
     task.run(task=packages, names=["prometheus-node-exporter"], autostart=False, severity_level=10)
     port = settings.config.monitoring.node_exporter_port
     args = f"--web.listen-address={host.private_ip}:{port} --collector.textfile.directory={TEXTFILE_DIR}"
@@ -69,6 +76,12 @@ def node_exporter(task: Task, settings: Settings) -> Result:
 def postgres_exporter(task: Task, settings: Settings) -> Result:
     """postgres-exporter beside each PostgreSQL, logging in over the socket as the pg_monitor role."""
     host = settings.hosts[task.host.name]
+    read_ahead(
+        task,
+        packages=["prometheus-postgres-exporter"],
+        files=["/etc/default/prometheus-postgres-exporter"],
+        units=["prometheus-postgres-exporter.service"],
+    )
     task.run(task=packages, names=["prometheus-postgres-exporter"], autostart=False, severity_level=10)
     dsn = f"host=/var/run/postgresql user={MONITOR_ROLE} dbname=postgres sslmode=disable"
     args = f"--web.listen-address={host.private_ip}:{POSTGRES_EXPORTER_PORT}"
@@ -97,7 +110,6 @@ def monitoring_server(task: Task, settings: Settings) -> Result:
     host = settings.hosts[task.host.name]
     monitoring = settings.config.monitoring
     names = ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"]
-    task.run(task=packages, names=names, autostart=False, severity_level=10)
     context = {"interval": monitoring.scrape_interval_seconds, "webhook": monitoring.alert_webhook}
     prometheus_args = (
         f"--web.listen-address={host.private_ip}:{PROMETHEUS_PORT} "
@@ -137,9 +149,11 @@ def monitoring_server(task: Task, settings: Settings) -> Result:
         ),
         FileSpec("/etc/default/prometheus-blackbox-exporter", defaults_file(blackbox_args)),
     ]
-    result = task.run(
-        task=put_files, specs=[*prometheus_files, *alertmanager_files, *blackbox_files], severity_level=10
-    )[0]
+    specs = [*prometheus_files, *alertmanager_files, *blackbox_files]
+    units = [PROMETHEUS_UNIT, ALERTMANAGER_UNIT, BLACKBOX_UNIT]
+    read_ahead(task, packages=names, files=[spec.path for spec in specs], units=units)
+    task.run(task=packages, names=names, autostart=False, severity_level=10)
+    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
     written = set(result.result or [])
 
     def changed(specs: list[FileSpec]) -> bool:

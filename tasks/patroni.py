@@ -20,14 +20,17 @@ from nornir.core.task import Result, Task
 from core import artifacts
 from core.errors import HostError
 from core.settings import Settings
+from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import service, unit_file
+from tasks.systemd import UNIT_DIR, service, unit_file
 
 VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
 CONFIG = "/etc/patroni/patroni.yml"
+# What the host has: the venv's Patroni version and the cluster (scope) its config names.
+INSTALLED = f"{VENV}/bin/patroni --version 2>/dev/null; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
 REST_PORT = 8008
 LOOP_WAIT = 2  # seconds; the template's loop_wait
 TTL = 20  # seconds a leader key lives without renewal; the template's ttl
@@ -49,6 +52,7 @@ PYTHON_PACKAGES = [
 VALIDATE = (
     f"{{{{ systemctl is-active -q patroni || runuser -u postgres -- {VENV}/bin/patroni --validate-config {{path}}; }}}}"
 )
+NO_MAIN_CLUSTER_FILE = "/etc/postgresql-common/createcluster.d/00-matrix-platform.conf"
 NO_MAIN_CLUSTER = "# matrix-platform: Patroni creates and owns the cluster\ncreate_main_cluster = false\n"
 
 
@@ -148,17 +152,27 @@ def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = N
     )
 
 
-def install_patroni(task: Task, settings: Settings) -> Result:
-    """Push the wheels and (re)build the venv when the installed version is not the pinned one."""
-    version = settings.config.versions.patroni
+def wheel_paths() -> list[str]:
+    """Where the pinned Patroni wheels go on a host."""
     artifact = artifacts.manifest()["patroni"]  # verified by the runbook before any host was touched
+    return [f"{WHEELS}/{path.name}" for path in artifacts.deliverables(artifact)]
+
+
+def install_patroni(task: Task, settings: Settings, installed: str | None = None) -> Result:
+    """Push the wheels and (re)build the venv when the installed version is not the pinned one.
+
+    `installed` is what INSTALLED printed, when the step read it ahead.
+    """
+    version = settings.config.versions.patroni
+    artifact = artifacts.manifest()["patroni"]
     specs = [ArtifactSpec(f"{WHEELS}/{path.name}", path, mode=0o644) for path in artifacts.deliverables(artifact)]
-    task.run(task=put_artifacts, specs=specs, severity_level=10)
+    pushed = task.run(task=put_artifacts, specs=specs, severity_level=10)[0].changed
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, changed=True, diff=f"patroni {version} in {VENV}")
-    out = run(task, f"{VENV}/bin/patroni --version 2>/dev/null; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true")
-    lines = out.stdout.splitlines()
-    installed = next((line.split() for line in lines if line.startswith("patroni ")), [])
+    if installed is None or pushed:
+        installed = run(task, INSTALLED, reads_only=True).stdout
+    lines = installed.splitlines()
+    found = next((line.split() for line in lines if line.startswith("patroni ")), [])
     existing_scope = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("scope:")), None)
     if existing_scope and existing_scope != scope(settings):
         raise HostError(
@@ -167,7 +181,7 @@ def install_patroni(task: Task, settings: Settings) -> Result:
             "the inventory points at the right servers; to really move the host, remove it from its old "
             f"cluster first (patronictl remove {existing_scope}, then delete {CONFIG} and the data dir)"
         )
-    if installed[-1:] == [version]:
+    if found[-1:] == [version]:
         return Result(host=task.host, result=version)
     if mode(task) is Mode.APPLY:
         run(
@@ -180,7 +194,7 @@ def install_patroni(task: Task, settings: Settings) -> Result:
                 f"{WHEELS}; pip's message above names the missing requirement",
             ),
         )
-    before = installed[-1] if installed else "none"
+    before = found[-1] if found else "none"
     return Result(host=task.host, result=version, changed=True, diff=f"patroni {before} → {version}")
 
 
@@ -188,7 +202,7 @@ def postgresql_server(task: Task, settings: Settings, extra: Sequence[str] = ())
     """PostgreSQL's server package (and `extra` packages) without the cluster Debian would create and start."""
     task.run(
         task=put_files,
-        specs=[FileSpec("/etc/postgresql-common/createcluster.d/00-matrix-platform.conf", NO_MAIN_CLUSTER)],
+        specs=[FileSpec(NO_MAIN_CLUSTER_FILE, NO_MAIN_CLUSTER)],
         severity_level=10,
     )
     pg = f"postgresql-{settings.config.versions.postgresql}"
@@ -202,8 +216,17 @@ def patroni(task: Task, settings: Settings, recovery: Recovery | None = None) ->
     starts from the newest backup: the member that wins the bootstrap restores it, the
     others are cloned from that member.
     """
+    ahead = read_ahead(
+        task,
+        packages=[f"postgresql-{settings.config.versions.postgresql}", *PYTHON_PACKAGES],
+        files=[NO_MAIN_CLUSTER_FILE, *wheel_paths(), CONFIG, f"{UNIT_DIR}/patroni.service"],
+        units=["patroni.service"],
+        commands={"installed": INSTALLED},
+    )
     postgresql_server(task, settings, PYTHON_PACKAGES)
-    installed = task.run(task=install_patroni, settings=settings, severity_level=10)[0].changed
+    installed = task.run(task=install_patroni, settings=settings, installed=ahead.get("installed"), severity_level=10)[
+        0
+    ].changed
     if recovery:
         script = render(
             task, "patroni/bootstrap-from-backup.sh.j2", stanza=settings.config.backup.stanza, recovery=recovery
@@ -451,7 +474,7 @@ def rest_get(task: Task, path: str, address: str = "127.0.0.1") -> tuple[int, st
         "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
         "except OSError as e:\n    print(0); print(e)\n"
     )
-    out = run(task, f"python3 -c {shlex.quote(program)}", what=Expectation(f"Patroni REST {path}"))
+    out = run(task, f"python3 -c {shlex.quote(program)}", what=Expectation(f"Patroni REST {path}"), reads_only=True)
     status, _, body = out.stdout.partition("\n")
     return int(status), body
 
@@ -501,6 +524,12 @@ def wait_for_cluster(task: Task, settings: Settings) -> Result:
     """Health check: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="cluster health not checked in this mode")
-    wait_for_member(task, settings)
-    state = await_cluster(task, settings, lambda _state: True, "the cluster")
+    members = [h.name for h in settings.members("patroni")]
+    status, body = rest_get(task, "/cluster", settings.hosts[task.host.name].private_ip)
+    healthy = status == 200 and not cluster_problems(
+        state := json.loads(body), members, settings.config.database.synchronous_mode
+    )
+    if not healthy:  # just started, or still settling
+        wait_for_member(task, settings)
+        state = await_cluster(task, settings, lambda _state: True, "the cluster")
     return Result(host=task.host, result=f"leader {leader_of(state)}, replicas streaming")

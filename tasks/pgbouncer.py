@@ -14,12 +14,15 @@ from nornir.core.task import Result, Task
 
 from core import scram
 from core.settings import Settings
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
-from tasks.haproxy import POSTGRES_PRIMARY_PORT, haproxy
+from tasks.haproxy import POSTGRES_PRIMARY_PORT, haproxy, read_ahead_files
 from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import service
 from tasks.waits import wait_for_port
+
+CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
 
 
 def verifier(settings: Settings, password: str, salt_suffix: str = "") -> str:
@@ -34,6 +37,12 @@ def synapse_verifier(settings: Settings) -> str:
 
 def pgbouncer(task: Task, settings: Settings) -> Result:
     """Install PgBouncer and its local route to the primary; reload on config change."""
+    read_ahead(
+        task,
+        packages=["pgbouncer", "postgresql-client", "haproxy"],
+        files=[*CONFIG_FILES, *read_ahead_files(settings, settings.hosts[task.host.name])],
+        units=["pgbouncer.service", "haproxy.service"],
+    )
     task.run(task=packages, names=["pgbouncer", "postgresql-client"], autostart=False, severity_level=10)
     routed = task.run(task=haproxy, settings=settings, severity_level=10)[0].changed
     host = settings.hosts[task.host.name]
@@ -65,8 +74,8 @@ def pgbouncer(task: Task, settings: Settings) -> Result:
         task=put_files,
         severity_level=10,
         specs=[
-            FileSpec("/etc/pgbouncer/pgbouncer.ini", ini, "postgres", "postgres", 0o640),
-            FileSpec("/etc/pgbouncer/userlist.txt", users, "postgres", "postgres", 0o600, secret=True),
+            FileSpec(CONFIG_FILES[0], ini, "postgres", "postgres", 0o640),
+            FileSpec(CONFIG_FILES[1], users, "postgres", "postgres", 0o600, secret=True),
         ],
     )[0]
     task.run(task=service, unit="pgbouncer.service", restart=files.changed, reload=True, severity_level=10)

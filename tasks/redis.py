@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, known, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, services
 from tasks.waits import wait_for_port
 
@@ -54,10 +55,21 @@ class RedisInstance:
         return f"{UNIT_DIR}/{self.unit}.d/limits.conf"
 
 
+PACKAGES = ["redis-server", "redis-tools", "prometheus-redis-exporter"]
+DEBIAN_UNITS = ("redis-server.service", "prometheus-redis-exporter.service")  # kept off: each purpose has its own
+
+
+def instance_units(instance: RedisInstance) -> list[str]:
+    return [*DEBIAN_UNITS, instance.unit, instance.exporter_unit]
+
+
+def instance_files(instance: RedisInstance) -> list[str]:
+    """The files `redis_instance` converges, in its order."""
+    return [instance.limits, f"{UNIT_DIR}/{EXPORTER_TEMPLATE}", instance.config, instance.exporter_env]
+
+
 def redis_instance(task: Task, instance: RedisInstance, password: str, exporter_ip: str) -> Result:
     """Install Redis and its exporter, converge one instance and its exporter; restart only on change."""
-    names = ["redis-server", "redis-tools", "prometheus-redis-exporter"]
-    task.run(task=packages, names=names, autostart=False, severity_level=10)
     text = render(
         task,
         "redis/instance.conf.j2",
@@ -76,24 +88,25 @@ def redis_instance(task: Task, instance: RedisInstance, password: str, exporter_
         password=password,
         listen=f"{exporter_ip}:{instance.exporter_port}",
     )
-    units = [instance.limits, f"{UNIT_DIR}/{EXPORTER_TEMPLATE}"]
+    paths = instance_files(instance)
+    units = paths[:2]
     specs = [
-        FileSpec(units[0], "[Service]\nLimitNOFILE=16384\n"),
-        FileSpec(units[1], render(task, "redis/redis-exporter@.service.j2")),
-        FileSpec(instance.config, text, group="redis", mode=0o640),
-        FileSpec(instance.exporter_env, exporter_env, group="prometheus", mode=0o640, secret=True),
+        FileSpec(paths[0], "[Service]\nLimitNOFILE=16384\n"),
+        FileSpec(paths[1], render(task, "redis/redis-exporter@.service.j2")),
+        FileSpec(paths[2], text, group="redis", mode=0o640),
+        FileSpec(paths[3], exporter_env, group="prometheus", mode=0o640, secret=True),
     ]
+    if known(task, "file", paths) is None:  # Synapse's step reads them ahead with its own
+        read_ahead(task, packages=PACKAGES, files=paths, units=instance_units(instance))
+    task.run(task=packages, names=PACKAGES, autostart=False, severity_level=10)
     result = task.run(task=put_files, specs=specs, severity_level=10)[0]
     written = set(result.result or [])
-    # Debian's default instances stay off: each purpose has its own.
-    wanted = {
-        "redis-server.service": Wanted(running=False, enabled=False),
-        "prometheus-redis-exporter.service": Wanted(running=False, enabled=False),
-        instance.unit: Wanted(restart=bool(written & {instance.limits, instance.config})),
-    }
+    wanted = {unit: Wanted(running=False, enabled=False) for unit in DEBIAN_UNITS}
+    wanted[instance.unit] = Wanted(restart=bool(written & {instance.limits, instance.config}))
     exporter = {instance.exporter_unit: Wanted(restart=bool(written - {instance.limits, instance.config}))}
-    services(task, wanted, exporter, daemon_reload=bool(written & set(units)))
-    task.run(task=wait_for_port, port=instance.port, address=instance.address, severity_level=10)
+    started = services(task, wanted, exporter, daemon_reload=bool(written & set(units)))
+    if started.changed:
+        task.run(task=wait_for_port, port=instance.port, address=instance.address, severity_level=10)
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 

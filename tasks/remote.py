@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from nornir.core.inventory import Host
 from nornir.core.task import Task
@@ -46,6 +47,18 @@ def shell(task: Task, host: str | None = None) -> FabricConnection:
     return target.connections[CONNECTION]
 
 
+def known(task: Task, kind: str, names: list[str]) -> dict[str, Any] | None:
+    """The facts of kind `kind` ("package", "file", "unit", "user") about every one of `names`,
+    when `tasks.facts.read_ahead` read them all in this step and nothing changed since; else None."""
+    if mode(task) is Mode.PLAN:
+        return None
+    conn = shell(task)
+    if conn.read_ahead_step != conn.step:
+        return None
+    found = {name: conn.read_ahead.get(f"{kind}:{name}") for name in names}
+    return found if None not in found.values() else None
+
+
 def host_key(task: Task, host: str) -> str:
     """`<type> <base64>` of the SSH host key the controller verified for `host` (known_hosts material)."""
     key = shell(task, host).connection.client.get_transport().get_remote_server_key()
@@ -74,11 +87,24 @@ def run(
     ok_codes: tuple[int, ...] = (0,),
     timeout: int | None = None,
     host: str | None = None,
+    reads_only: bool = False,
 ) -> Output:
-    """Run `script` on the task's host (or on `host`); raise CommandFailed unless its exit status is in `ok_codes`."""
+    """Run `script` on the task's host (or on `host`); raise CommandFailed unless its exit status is in `ok_codes`.
+
+    Mark a command `reads_only` only when it cannot change the host: other commands make
+    the host forget the facts read ahead for the step (`tasks.facts`).
+    """
     conn = shell(task, host)
     target = inventory_host(task, host)
-    output = conn.run(script, stdin=stdin, cwd=cwd, expect=what.expect, on_failure=what.on_failure, timeout=timeout)
+    output = conn.run(
+        script,
+        stdin=stdin,
+        cwd=cwd,
+        expect=what.expect,
+        on_failure=what.on_failure,
+        timeout=timeout,
+        reads_only=reads_only,
+    )
     if output.exit_code not in ok_codes:
         raise CommandFailed(
             failure_message(target.name, target.hostname, conn.username, conn.sudo, cwd, script, output, what)

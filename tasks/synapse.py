@@ -31,13 +31,15 @@ from core.ports import SYNAPSE_REDIS_EXPORTER_PORT
 from core.settings import Settings
 from core.sizing import workers_for
 from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan
+from tasks import redis
 from tasks.coturn import turn_uris
+from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages
 from tasks.redis import RedisInstance, redis_instance
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, service_user, services
-from tasks.waits import wait_for_http, wait_for_urls
+from tasks.waits import wait_for_urls
 
 VENVS = "/opt/synapse/venvs"
 WHEELS = "/opt/synapse/wheels"
@@ -119,16 +121,31 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
     }
 
 
-def install_synapse(task: Task, settings: Settings) -> Result:
-    """Push the wheel set; install the pinned version into its own venv unless it is there already."""
+def wheel_paths() -> list[str]:
+    """Where the pinned Synapse wheel set goes on the host."""
+    return [f"{WHEELS}/{p.name}" for p in artifacts.deliverables(artifacts.manifest()["synapse"])]
+
+
+def version_probe() -> str:
+    """Prints the Synapse version the pinned version's venv holds (nothing when it has none)."""
+    target = venv(artifacts.manifest()["synapse"].version)
+    return f"{target}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null; true"
+
+
+def install_synapse(task: Task, settings: Settings, version: str | None = None) -> Result:
+    """Push the wheel set; install the pinned version into its own venv unless it is there already.
+
+    `version` is what `version_probe` printed, when the step read it ahead.
+    """
     artifact = artifacts.manifest()["synapse"]
     target = venv(artifact.version)
     specs = [ArtifactSpec(f"{WHEELS}/{p.name}", p, mode=0o644) for p in artifacts.deliverables(artifact)]
     pushed = task.run(task=put_artifacts, specs=specs, severity_level=10)[0]
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} in {target}")
-    probe = f"{target}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null; true"
-    installed = run(task, probe).stdout.strip()
+    if version is None or pushed.changed:
+        version = run(task, version_probe(), reads_only=True).stdout
+    installed = version.strip()
     if installed == artifact.version and not pushed.changed:
         return Result(host=task.host, result=installed)
     if mode(task) is Mode.APPLY:
@@ -171,9 +188,29 @@ def synapse(task: Task, settings: Settings) -> Result:
     """Native Synapse: packages, venv, Redis, configs, units; restart only the processes whose inputs changed."""
     host = settings.hosts[task.host.name]
     processes = workers(settings)
-    task.run(task=packages, names=["python3-venv", "python3-psycopg2"], severity_level=10)
+    names = ["python3-venv", "python3-psycopg2"]
+    ahead = read_ahead(
+        task,
+        packages=[*names, *(redis.PACKAGES if processes else [])],
+        files=[
+            *wheel_paths(),
+            *(redis.instance_files(REDIS) if processes else []),
+            CONFIG,
+            LOG_CONFIG,
+            SIGNING_KEY,
+            f"{UNIT_DIR}/{UNIT}",
+            f"{UNIT_DIR}/{WORKER_UNIT}",
+            *(f"{WORKERS_DIR}/{w.name}.yaml" for w in processes),
+        ],
+        units=[*(redis.instance_units(REDIS) if processes else []), UNIT, *(worker_unit(w.name) for w in processes)],
+        users=[USER],
+        commands={"version": version_probe(), "processes": PROCESSES},
+    )
+    task.run(task=packages, names=names, severity_level=10)
     service_user(task, USER)
-    installed = task.run(task=install_synapse, settings=settings, severity_level=10)[0].changed
+    installed = task.run(task=install_synapse, settings=settings, version=ahead.get("version"), severity_level=10)[
+        0
+    ].changed
     if processes:
         redis_instance(task, REDIS, settings.secrets["synapse_redis_password"], host.private_ip)
     shared = [
@@ -203,7 +240,7 @@ def synapse(task: Task, settings: Settings) -> Result:
     all_restart = installed or any(spec.path in written for spec in shared)
     main_unit_changed = units[0].path in written
     worker_unit_changed = units[1].path in written
-    running = host_processes(task)
+    running = host_processes(task, ahead.get("processes") if not installed else None)
     stale = running.stale()  # left on an older version by an interrupted `maintenance.py update`
     main = {UNIT: Wanted(restart=all_restart or main_unit_changed or UNIT in stale)}
     peers = {
@@ -261,12 +298,14 @@ def parse_processes(stdout: str) -> Processes:
     return Processes(frozenset(configs), venvs)
 
 
-def host_processes(task: Task) -> Processes:
-    """What runs on the task's Synapse host (nothing is read in plan mode)."""
+def host_processes(task: Task, read: str | None = None) -> Processes:
+    """What runs on the task's Synapse host (nothing is read in plan mode); `read`: PROCESSES's output read ahead."""
     if mode(task) is Mode.PLAN:
         return Processes(frozenset(), {})
-    out = run(task, PROCESSES, what=Expectation("the Synapse worker configs and processes"))
-    return parse_processes(out.stdout)
+    if read is None:
+        what = Expectation("the Synapse worker configs and processes")
+        read = run(task, PROCESSES, what=what, reads_only=True).stdout
+    return parse_processes(read)
 
 
 def health_urls(settings: Settings, ip: str) -> dict[str, str]:
@@ -285,10 +324,10 @@ def synapse_healthy(task: Task, settings: Settings) -> Result:
     """
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="not checked in this mode")
-    wait_for_urls(task, list(health_urls(settings, settings.hosts[task.host.name].private_ip).values()), timeout=300)
-    # Then as clients see it: HAProxy has marked Synapse up again (rise 2 × inter 2s).
-    url = f"https://{settings.config.homeserver_fqdn}/_matrix/client/versions"
-    return wait_for_http(task, url, timeout=60)
+    # And as clients see it, through the VIP: HAProxy has marked Synapse up (rise 2 × inter 2s).
+    urls = list(health_urls(settings, settings.hosts[task.host.name].private_ip).values())
+    urls.append(f"https://{settings.config.homeserver_fqdn}/_matrix/client/versions")
+    return wait_for_urls(task, urls, timeout=300)
 
 
 # Registers the admin with the shared secret on the local listener; an existing user is

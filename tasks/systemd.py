@@ -10,7 +10,7 @@ from nornir.core.task import Result, Task
 from core import artifacts
 from core.artifacts import ArtifactFile
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, known, mode, run
 from tasks.waits import wait_for_http
 
 UNIT_DIR = "/etc/systemd/system"
@@ -85,6 +85,11 @@ class Wanted:
     reload: bool = False
 
 
+def show_script(units: list[str]) -> str:
+    names = " ".join(shlex.quote(unit) for unit in units)
+    return f"systemctl show -p Id -p LoadState -p ActiveState -p UnitFileState -- {names}"
+
+
 def parse_show_many(stdout: str) -> dict[str, ServiceFact]:
     """`systemctl show -p Id …` of several units: blocks separated by blank lines, keyed by Id."""
     facts = {}
@@ -113,13 +118,15 @@ def services(task: Task, *waves: dict[str, Wanted], daemon_reload: bool = False)
         return Result(host=task.host, result=[], changed=any(w.restart for w in wanted.values()), diff="\n".join(diffs))
     if daemon_reload and mode(task) is Mode.APPLY:
         run(task, "systemctl daemon-reload", what=Expectation("unit files reloaded"))
-    names = " ".join(shlex.quote(unit) for unit in wanted)
-    out = run(
-        task,
-        f"systemctl show -p Id -p LoadState -p ActiveState -p UnitFileState -- {names}",
-        what=Expectation(f"the state of {', '.join(wanted)}", "check that the host runs systemd"),
-    )
-    facts = parse_show_many(out.stdout)
+    facts = known(task, "unit", list(wanted))
+    if facts is None:
+        out = run(
+            task,
+            show_script(list(wanted)),
+            what=Expectation(f"the state of {', '.join(wanted)}", "check that the host runs systemd"),
+            reads_only=True,
+        )
+        facts = parse_show_many(out.stdout)
     commands: list[str] = []
     taken: list[str] = []
     diffs: list[str] = []
@@ -155,7 +162,7 @@ def unit_file(task: Task, unit: str, content: str) -> Result:
 
 def service_user(task: Task, name: str) -> None:
     """Create the system account a service runs as (no home, no login) if it is missing."""
-    if mode(task) is not Mode.APPLY:
+    if mode(task) is not Mode.APPLY or known(task, "user", [name]) == {name: True}:
         return
     user = shlex.quote(name)
     run(

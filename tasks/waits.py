@@ -66,10 +66,17 @@ def command_script(script: str, timeout: float) -> str:
     return f"timeout {timeout} bash -c {shlex.quote(f'until {script}; do sleep 0.5; done')}"
 
 
-def _wait(task: Task, script: str, what: str, on_failure: str, timeout: float) -> Result:
+def _wait(task: Task, script: str, what: str, on_failure: str, timeout: float, *, reads_only: bool = True) -> Result:
+    """Run a waiting script; port, URL and TLS probes only read (any command may not)."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result=f"would wait for {what}")
-    run(task, script, timeout=int(timeout) + 30, what=Expectation(f"{what} within {timeout:g} s", on_failure))
+    run(
+        task,
+        script,
+        timeout=int(timeout) + 30,
+        what=Expectation(f"{what} within {timeout:g} s", on_failure),
+        reads_only=reads_only,
+    )
     return Result(host=task.host, result=f"{what}: ok")
 
 
@@ -113,6 +120,7 @@ def wait_for_command(task: Task, script: str, timeout: float = 30, what: str | N
         what or f"'{script}' succeeding",
         f"run '{script}' on the host and read its output",
         timeout,
+        reads_only=False,
     )
 
 
