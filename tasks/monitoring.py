@@ -199,17 +199,23 @@ def targets_up(task: Task, settings: Settings) -> Result:
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="not checked in this mode")
     base = f"http://{settings.hosts[task.host.name].private_ip}:{PROMETHEUS_PORT}"
-    wait_for_http(task, f"{base}/-/ready", timeout=60)
     expected = expected_targets(settings)
-    timeout = max(30, 4 * settings.config.monitoring.scrape_interval_seconds)
+    # A minute for a (re)started Prometheus to answer, then a few scrape intervals.
+    timeout = 60 + max(30, 4 * settings.config.monitoring.scrape_interval_seconds)
     out = run(
         task,
         f"python3 -c {shlex.quote(TARGETS)} {base} {timeout}",
         stdin=json.dumps(sorted(expected)),
         timeout=timeout + 30,
         what=Expectation("Prometheus's targets as JSON"),
+        reads_only=True,
     )
     health = json.loads(out.stdout)
+    if [job for job, *_ in health] == ["prometheus"] and health[0][1] == base:
+        raise HostError(
+            f"{task.host.name}: Prometheus at {base} did not answer within {timeout} s ({health[0][3]}): "
+            "read 'journalctl -u prometheus -n 50' on the host"
+        )
     up = {(job, instance) for job, instance, state, _ in health if state == "up"}
     down = sorted(expected - up)
     if down:

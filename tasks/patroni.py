@@ -318,9 +318,10 @@ def patroni_dynamic_config(task: Task, settings: Settings) -> Result:
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, result="the dynamic config is compared with etcd at deploy time")
     ip = settings.hosts[task.host.name].private_ip
-    if rest_get(task, "/primary", ip)[0] != 200:
+    answers = rest_gets(task, ["/primary", "/config", "/cluster"], ip)
+    if answers["/primary"][0] != 200:
         return Result(host=task.host, result="replica: the leader syncs the dynamic config")
-    status, body = rest_get(task, "/config", ip)
+    status, body = answers["/config"]
     if status != 200:
         raise HostError(f"{task.host.name}: Patroni REST /config answered {status}: {body.strip()[:200]}")
     patch = config_patch(dynamic_config(task, settings), json.loads(body))
@@ -331,15 +332,17 @@ def patroni_dynamic_config(task: Task, settings: Settings) -> Result:
             status, answer = rest_write(task, settings, "PATCH", f"http://{ip}:{REST_PORT}/config", patch)
             if status != 200:
                 raise HostError(f"{task.host.name}: Patroni refused the config change ({status}): {answer[:200]}")
+    status, body = answers["/cluster"]
+    seen = json.loads(body) if status == 200 and not patch else None  # the state before any change
     if mode(task) is Mode.APPLY:
-        changes += rolling_restart(task, settings, settle=bool(patch))
+        changes += rolling_restart(task, settings, settle=bool(patch), seen=seen)
     else:
-        pending = [m["name"] for m in cluster(task, settings)["members"] if m.get("pending_restart")]
+        pending = [m["name"] for m in (seen or cluster(task, settings))["members"] if m.get("pending_restart")]
         changes += [f"{name}: PostgreSQL restart pending" for name in pending]
     return Result(host=task.host, result="leader", changed=bool(changes), diff="\n".join(changes))
 
 
-def rolling_restart(task: Task, settings: Settings, *, settle: bool) -> list[str]:
+def rolling_restart(task: Task, settings: Settings, *, settle: bool, seen: dict | None = None) -> list[str]:
     """Restart PostgreSQL where Patroni flags a pending restart, never all at once.
 
     The autobase order: replicas one by one, each back to streaming before the next;
@@ -348,11 +351,12 @@ def rolling_restart(task: Task, settings: Settings, *, settle: bool) -> list[str
     take effect on a replica while the primary runs the larger value, so whatever is
     still pending then is finished by restarting the primary in place, then the replicas.
     Members flag a pending restart on their next loop: each pass first lets them settle.
+    `seen` is the cluster's state (GET /cluster) already read, when nothing changed since.
     """
     done: list[str] = []
     if settle:
         time.sleep(2 * LOOP_WAIT)
-    members, leader = members_and_leader(task, settings)
+    members, leader = members_and_leader(task, settings, seen)
     done += restart_all(task, settings, [m for n, m in members.items() if n != leader and m.get("pending_restart")])
     if done:
         time.sleep(2 * LOOP_WAIT)
@@ -380,8 +384,9 @@ def rolling_restart(task: Task, settings: Settings, *, settle: bool) -> list[str
     return done + restart_all(task, settings, [m for m in members.values() if m.get("pending_restart")])
 
 
-def members_and_leader(task: Task, settings: Settings) -> tuple[dict[str, dict], str]:
-    state = cluster(task, settings)
+def members_and_leader(task: Task, settings: Settings, state: dict | None = None) -> tuple[dict[str, dict], str]:
+    """The members by name and the leader's name, from `state` or a fresh GET /cluster."""
+    state = state or cluster(task, settings)
     leader = leader_of(state)
     if leader is None:
         raise HostError(
@@ -465,18 +470,35 @@ def await_cluster(
     )
 
 
+# GETs each path of argv[2:] from the Patroni REST API at argv[1]; prints {path: [status, body]}
+# (status 0: no answer, the error as the body).
+REST_GETS = r"""
+import json, sys, urllib.error, urllib.request
+answers = {}
+for path in sys.argv[2:]:
+    try:
+        with urllib.request.urlopen(sys.argv[1] + path, timeout=3) as answer:
+            answers[path] = [answer.status, answer.read().decode()]
+    except urllib.error.HTTPError as error:
+        answers[path] = [error.code, error.read().decode()]
+    except OSError as error:
+        answers[path] = [0, str(error)]
+print(json.dumps(answers))
+"""
+
+
+def rest_gets(task: Task, paths: list[str], address: str = "127.0.0.1") -> dict[str, tuple[int, str]]:
+    """GET Patroni REST endpoints from the host itself, in one command; (status, body) by path."""
+    base = f"http://{address}:{REST_PORT}"
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    what = Expectation(f"Patroni REST {', '.join(paths)}")
+    out = run(task, f"python3 -c {shlex.quote(REST_GETS)} {base} {quoted}", what=what, reads_only=True)
+    return {path: (status, body) for path, (status, body) in json.loads(out.stdout).items()}
+
+
 def rest_get(task: Task, path: str, address: str = "127.0.0.1") -> tuple[int, str]:
     """GET a Patroni REST endpoint from the host itself; returns (status, body)."""
-    program = (
-        "import sys,urllib.request,urllib.error\n"
-        f"try:\n    r=urllib.request.urlopen('http://{address}:{REST_PORT}{path}',timeout=3)\n"
-        "    print(r.status); print(r.read().decode())\n"
-        "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
-        "except OSError as e:\n    print(0); print(e)\n"
-    )
-    out = run(task, f"python3 -c {shlex.quote(program)}", what=Expectation(f"Patroni REST {path}"), reads_only=True)
-    status, _, body = out.stdout.partition("\n")
-    return int(status), body
+    return rest_gets(task, [path], address)[path]
 
 
 def wait_for_member(task: Task, settings: Settings, timeout: float = 120) -> None:

@@ -37,10 +37,9 @@ def test_deploy_then_rerun_changes_nothing(deploy_lab: Deploy, lab: Lab, tmp_pat
         if any(mark in r["command"] for mark in (*writes, *verbs))
     ]
     assert written == [], written
-    # Read ahead: a component's state in one command, its health check in another (issue 13
-    # targets 2; the monitoring server's target check and patroni-config's leader still take 3).
+    # Read ahead: a component's state in one command, its health check in another.
     per_step = Counter((host, r["step"]) for host, records in data["commands"].items() for r in records)
-    assert {key: n for key, n in per_step.items() if n > 3} == {}
+    assert {key: n for key, n in per_step.items() if n > 2} == {}
 
 
 def test_hand_edit_inside_the_block_is_repaired(deploy_lab: Deploy, lab: Lab) -> None:

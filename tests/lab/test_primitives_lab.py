@@ -13,10 +13,11 @@ from nornir.core.task import Result, Task
 from core.connection import CONNECTION
 from core.errors import HostError
 from lab.lab import Lab
+from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, run
-from tasks.systemd import service, unit_file
+from tasks.remote import Expectation, Mode, known, run
+from tasks.systemd import service, service_user, unit_file
 from tasks.waits import wait_for_port
 from tests.lab.conftest import only, ssh
 
@@ -98,6 +99,41 @@ def test_file_is_written_once_then_left_alone(nornir: MakeNornir, lab: Lab, clea
     assert (
         third.changed and "-port = 1" in third.diff and "+port = 2" in third.diff and "mode 0640 → 0600" in third.diff
     )
+
+
+def test_read_ahead_answers_the_primitives_until_a_command_changes_the_host(
+    nornir: MakeNornir, clean_test_dir: None
+) -> None:
+    """One command reads a component's state; the primitives then run nothing more unless something changes."""
+    spec = FileSpec(f"{TEST_DIR}/ahead.conf", "a = 1\n")
+
+    def converge(task: Task) -> Result:
+        ahead = read_ahead(
+            task,
+            packages=["sudo"],
+            files=[spec.path],
+            units=["ssh.service"],
+            users=["deploy"],
+            commands={"who": "id -un"},
+        )
+        task.run(task=packages, names=["sudo"])
+        service_user(task, "deploy")
+        written = task.run(task=put_files, specs=[spec])[0].changed
+        task.run(task=service, unit="ssh.service")
+        return Result(host=task.host, result=(ahead["who"], written, known(task, "unit", ["ssh.service"])))
+
+    nr = nornir(hosts=("patroni2",))
+    first = only(nr.run(task=converge), "patroni2")
+    log = nr.inventory.hosts["patroni2"].connections[CONNECTION].log
+    who, written, unit = first.result
+    assert who == "root\n" and written
+    # The write made the host forget what it read: the unit's state is read again.
+    assert unit is None and [r.command.startswith("systemctl show") for r in log].count(True) == 1
+
+    before = len(log)
+    again = only(nr.run(task=converge), "patroni2")
+    assert again.result[1] is False and again.result[2] is not None
+    assert len(log) - before == 1  # the read-ahead alone
 
 
 def test_check_mode_reports_without_writing(nornir: MakeNornir, lab: Lab, clean_test_dir: None) -> None:
