@@ -168,7 +168,7 @@ class FabricConnection:
             self.read_ahead.clear()
         started = time.monotonic()
         with self.starting:  # a peer's task may use this connection too
-            if self.root_shell is None:
+            if self.root_shell is None or self.root_shell.broken:
                 self.root_shell = RootShell(self.connection.transport, self.where, sudo=self.sudo)
         wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
         exit_code, stdout, stderr = self.root_shell.run(wrapped, stdin, timeout or self.command_timeout)

@@ -56,17 +56,25 @@ class RootShell:
     def __init__(self, transport: paramiko.Transport, where: str, *, sudo: bool) -> None:
         self.where = where
         self.lock = threading.Lock()
+        self.broken = False  # a broken shell is replaced, never read again: its stream may be out of step
         self.channel = transport.open_session()
         line = f"python3 -I -S -c {shlex.quote(PROGRAM)}"  # no site, no environment: a faster start
         self.channel.exec_command(f"sudo -n -H -- {line}" if sudo else line)
         self.reader = self.channel.makefile("rb")
         self.channel.settimeout(STARTUP_SECONDS)
-        if self.reader.readline() != b"ready\n":
-            self.channel.settimeout(5)
-            problem = self.channel.makefile_stderr("rb").read().decode(errors="replace").strip()
+        try:
+            answer = self.reader.readline()
+            while answer not in (b"ready\n", b""):  # what a login script printed first
+                answer = self.reader.readline()
+        except TimeoutError:
+            answer = b""
+        if answer != b"ready\n":
+            said = self.channel.recv_stderr(4096) if self.channel.recv_stderr_ready() else b""
+            problem = said.decode(errors="replace").strip() or f"no answer in {STARTUP_SECONDS} s"
+            self.channel.close()
             raise HostError(
-                f"{where}: cannot start a root shell ({problem or 'no answer'}). The login user needs "
-                "passwordless sudo (NOPASSWD in /etc/sudoers.d) and the host python3 (apt-get install python3)"
+                f"{where}: cannot start a root shell ({problem}). The login user needs passwordless sudo "
+                "(NOPASSWD in /etc/sudoers.d) and the host python3 (apt-get install python3)"
             )
 
     def run(self, script: str, stdin: str | None, timeout: float | None) -> tuple[int, str, str]:
@@ -80,6 +88,8 @@ class RootShell:
                 status, out_size, err_size = (int(field) for field in header.split())
                 out, err = self.reader.read(out_size), self.reader.read(err_size)
             except (OSError, ValueError) as exc:
+                self.broken = True
+                self.channel.close()
                 raise HostError(
                     f"{self.where}: the connection broke during a command ({exc or 'end of stream'}); "
                     "check that the host is up, then re-run"

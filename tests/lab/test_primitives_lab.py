@@ -68,6 +68,25 @@ def test_stdin_streams_and_timeout_through_the_root_shell(nornir: MakeNornir) ->
     assert left == ""  # the command and what it started in the background
 
 
+def test_login_user_without_passwordless_sudo_is_named_with_the_fix(nornir: MakeNornir, lab: Lab) -> None:
+    ssh(
+        lab,
+        "coturn2",
+        "sudo useradd --create-home nosudo && sudo install -d -o nosudo -m 700 /home/nosudo/.ssh && "
+        "sudo install -o nosudo -m 600 ~/.ssh/authorized_keys /home/nosudo/.ssh/authorized_keys",
+    )
+    nr = nornir(hosts=("coturn2",))
+    try:
+        nr.inventory.hosts["coturn2"].username = "nosudo"
+        result = nr.run(task=lambda task: run(task, "true"))
+        error = str(result["coturn2"][0].exception)
+        assert "nosudo@198.18.1.42:22: cannot start a root shell (sudo: a password is required)" in error
+        assert "NOPASSWD" in error
+    finally:
+        nr.close_connections(on_good=True, on_failed=True)
+        ssh(lab, "coturn2", "sudo pkill -u nosudo; sudo userdel --force --remove nosudo")
+
+
 def test_failure_message_names_host_command_status_and_fix(nornir: MakeNornir) -> None:
     def failing(task: Task) -> Result:
         run(task, "echo 'E: disk on fire' >&2; exit 7", what=Expectation("exit status 0", "put the fire out"))
