@@ -29,27 +29,39 @@ from tasks.packages import packages
 from tasks.remote import Expectation, Mode, known, mode, run
 from tasks.synapse import workers
 from tasks.systemd import service
+from tasks.waits import wait_for_command
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 SERVER_STATE_FILE = "/var/lib/haproxy/server-state"
-# Sends each line of stdin to HAProxy's admin socket as one command and prints the
-# answers; exit status 3 when HAProxy is not running (no socket to connect to).
-ADMIN = f"""
+# Debian's unit starts HAProxy with its master's CLI on this socket (-S): it lists the workers.
+MASTER_SOCKET = "/run/haproxy-master.sock"
+# Sends each line of stdin to the HAProxy socket argv[1] as one command and prints the
+# answers; exit status 3 when HAProxy is not running (no socket to connect to). The
+# half-close ends the session: the master's CLI would otherwise wait for more commands.
+ADMIN_PROGRAM = """
 import socket, sys
 for command in sys.stdin.read().splitlines():
     try:
         admin = socket.socket(socket.AF_UNIX)
-        admin.connect({ADMIN_SOCKET!r})
+        admin.connect(sys.argv[1])
     except OSError:
         raise SystemExit(3)
     admin.sendall(command.encode() + b"\\n")
+    admin.shutdown(socket.SHUT_WR)
     sys.stdout.write(b"".join(iter(lambda: admin.recv(65536), b"")).decode())
 """
+ADMIN = f"python3 -c {shlex.quote(ADMIN_PROGRAM)} {ADMIN_SOCKET}"
 # `show servers state` from the running HAProxy into SERVER_STATE_FILE; nothing when it is not running.
 SAVE_STATE = (
-    f"echo 'show servers state' | python3 -c {shlex.quote(ADMIN)} > {SERVER_STATE_FILE}.new && "
+    f"echo 'show servers state' | {ADMIN} > {SERVER_STATE_FILE}.new && "
     f"mv {SERVER_STATE_FILE}.new {SERVER_STATE_FILE} || rm -f {SERVER_STATE_FILE}.new"
+)
+# The PIDs of the current workers (`show proc` lists them under "# workers", the ones
+# finishing their connections after a reload under "# old workers"); nothing when stopped.
+WORKERS = (
+    f"echo 'show proc' | python3 -c {shlex.quote(ADMIN_PROGRAM)} {MASTER_SOCKET} | "
+    "awk '/^# workers/ {w = 1; next} /^#/ {w = 0} w && $1 ~ /^[0-9]+$/ {print $1}'"
 )
 CERT_DIR = "/etc/haproxy/certs"
 POSTGRES_PRIMARY_PORT = 5433
@@ -200,9 +212,20 @@ def haproxy(task: Task, settings: Settings) -> Result:
     # The stats password is in the file: readable by HAProxy's group, not by everyone.
     specs.append(FileSpec(CONFIG, text, group="haproxy", mode=0o640, check="haproxy -c -f {path}"))
     result = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    old_workers = ""
     if result.changed and mode(task) is Mode.APPLY:
-        run(task, SAVE_STATE, what=Expectation("the servers' states saved for the reload"))
+        saved = run(task, f"{SAVE_STATE}; {WORKERS}", what=Expectation("the servers' states saved for the reload"))
+        old_workers = " ".join(saved.stdout.split())
     task.run(task=service, unit="haproxy.service", restart=result.changed, reload=True, severity_level=10)
+    if old_workers:
+        # The unit's reload only signals the master, which then re-reads the config, binds
+        # and starts new workers: wait for them, so what follows sees the new config.
+        task.run(
+            task=wait_for_command,
+            script=f'w=$({WORKERS}) && [ -n "$w" ] && [ "$(echo $w)" != {shlex.quote(old_workers)} ]',
+            what="HAProxy's new workers running the new config",
+            severity_level=10,
+        )
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 

@@ -55,7 +55,7 @@ def tell_edges(task: Task, settings: Settings, commands: list[str]) -> dict[str,
     for edge in settings.members("haproxy"):
         answers[edge.name] = run(
             task,
-            f"python3 -c {shlex.quote(ADMIN)}",
+            ADMIN,
             stdin="".join(f"{command}\n" for command in commands),
             host=edge.name,
             what=Expectation(
