@@ -169,17 +169,21 @@ def monitoring_server(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 
-# Polls Prometheus until every expected (job, instance) from stdin is up or the deadline
-# passes; prints [job, instance, health, last error] of every active target.
+# Polls Prometheus until every expected (job, instance) from stdin is up. Prometheus has
+# argv[2] seconds to answer at all; from its first answer the targets have argv[3] seconds
+# (a few scrape intervals). Prints [job, instance, health, last error] of every active target.
 TARGETS = r"""
 import json, sys, time, urllib.request
-base, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+base, window = sys.argv[1], float(sys.argv[3])
+deadline, answered = time.monotonic() + float(sys.argv[2]), False
 expected = {tuple(pair) for pair in json.load(sys.stdin)}
 while True:
     try:
         data = json.load(urllib.request.urlopen(base + "/api/v1/targets?state=active", timeout=10))
         targets = [[t["labels"]["job"], t["labels"]["instance"], t["health"], t.get("lastError", "")]
                    for t in data["data"]["activeTargets"]]
+        if not answered:
+            deadline, answered = time.monotonic() + window, True
     except OSError as error:
         targets = [["prometheus", base, "down", str(error)]]
     if expected <= {(j, i) for j, i, health, _ in targets if health == "up"} or time.monotonic() > deadline:
@@ -201,19 +205,19 @@ def targets_up(task: Task, settings: Settings) -> Result:
     base = f"http://{settings.hosts[task.host.name].private_ip}:{PROMETHEUS_PORT}"
     expected = expected_targets(settings)
     # A minute for a (re)started Prometheus to answer, then a few scrape intervals.
-    timeout = 60 + max(30, 4 * settings.config.monitoring.scrape_interval_seconds)
+    answer_within, window = 60, max(30, 4 * settings.config.monitoring.scrape_interval_seconds)
     out = run(
         task,
-        f"python3 -c {shlex.quote(TARGETS)} {base} {timeout}",
+        f"python3 -c {shlex.quote(TARGETS)} {base} {answer_within} {window}",
         stdin=json.dumps(sorted(expected)),
-        timeout=timeout + 30,
+        timeout=answer_within + window + 30,
         what=Expectation("Prometheus's targets as JSON"),
         reads_only=True,
     )
     health = json.loads(out.stdout)
     if [job for job, *_ in health] == ["prometheus"] and health[0][1] == base:
         raise HostError(
-            f"{task.host.name}: Prometheus at {base} did not answer within {timeout} s ({health[0][3]}): "
+            f"{task.host.name}: Prometheus at {base} did not answer within {answer_within} s ({health[0][3]}): "
             "read 'journalctl -u prometheus -n 50' on the host"
         )
     up = {(job, instance) for job, instance, state, _ in health if state == "up"}

@@ -152,10 +152,10 @@ def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = N
     )
 
 
-def wheel_paths() -> list[str]:
-    """Where the pinned Patroni wheels go on a host."""
+def wheels() -> list[ArtifactSpec]:
+    """The pinned Patroni wheels, and where each goes on a host."""
     artifact = artifacts.manifest()["patroni"]  # verified by the runbook before any host was touched
-    return [f"{WHEELS}/{path.name}" for path in artifacts.deliverables(artifact)]
+    return [ArtifactSpec(f"{WHEELS}/{path.name}", path, mode=0o644) for path in artifacts.deliverables(artifact)]
 
 
 def install_patroni(task: Task, settings: Settings, installed: str | None = None) -> Result:
@@ -164,9 +164,7 @@ def install_patroni(task: Task, settings: Settings, installed: str | None = None
     `installed` is what INSTALLED printed, when the step read it ahead.
     """
     version = settings.config.versions.patroni
-    artifact = artifacts.manifest()["patroni"]
-    specs = [ArtifactSpec(f"{WHEELS}/{path.name}", path, mode=0o644) for path in artifacts.deliverables(artifact)]
-    pushed = task.run(task=put_artifacts, specs=specs, severity_level=10)[0].changed
+    pushed = task.run(task=put_artifacts, specs=wheels(), severity_level=10)[0].changed
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, changed=True, diff=f"patroni {version} in {VENV}")
     if installed is None or pushed:
@@ -219,7 +217,7 @@ def patroni(task: Task, settings: Settings, recovery: Recovery | None = None) ->
     ahead = read_ahead(
         task,
         packages=[f"postgresql-{settings.config.versions.postgresql}", *PYTHON_PACKAGES],
-        files=[NO_MAIN_CLUSTER_FILE, *wheel_paths(), CONFIG, f"{UNIT_DIR}/patroni.service"],
+        files=[NO_MAIN_CLUSTER_FILE, *(spec.path for spec in wheels()), CONFIG, f"{UNIT_DIR}/patroni.service"],
         units=["patroni.service"],
         commands={"installed": INSTALLED},
     )

@@ -1,9 +1,11 @@
 """Preflight: is every server fit to deploy onto? Read-only, one remote command per host.
 
-Checks SSH and sudo (the command itself runs through them), the OS release, clock skew
-against the controller and NTP, free disk, python3, and that no foreign process holds a
-port the platform needs. Host names must be unique across servers: duplicated names are
-the most common etcd bring-up failure, so the step's gate compares them.
+Checks SSH, sudo and python3 (the command itself runs through them: the root shell that
+runs every command is a python3 program started with sudo, and names the fix when either
+is missing), the OS release, clock skew against the controller and NTP, free disk, and
+that no foreign process holds a port the platform needs. Host names must be unique
+across servers: duplicated names are the most common etcd bring-up failure, so the
+step's gate compares them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ echo "hostname=$(hostname)"
 echo "time=$(date +%s.%N)"
 echo "ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || echo unknown)"
 echo "disk_free_kb=$(df -Pk / | awk 'NR==2 {print $4}')"
-echo "python3=$(command -v python3 || echo none)"
 ss -Hlntup 2>/dev/null | awk '{print "listen=" $1 " " $5 " " $7}'
 true
 """
@@ -41,7 +42,6 @@ class HostFacts:
     time: float = 0.0
     ntp: str = "unknown"
     disk_free_gb: float = 0.0
-    python3: bool = False
     listening: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
 
 
@@ -60,8 +60,6 @@ def parse_facts(stdout: str) -> HostFacts:
             facts.ntp = value.strip()
         elif key == "disk_free_kb" and value.strip().isdigit():
             facts.disk_free_gb = int(value) / 1024 / 1024
-        elif key == "python3":
-            facts.python3 = value.strip() != "none"
         elif key == "listen":
             proto, _, rest = value.partition(" ")
             local, _, users = rest.partition(" ")
@@ -86,8 +84,6 @@ def problems(facts: HostFacts, *, ports: list[PortUse], skew: float, min_free_gb
         found.append(
             f"only {facts.disk_free_gb:.1f} GB free on / (need {min_free_gb:g} GB): free space or grow the disk"
         )
-    if not facts.python3:
-        found.append("python3 is missing: apt-get install python3 (health checks use it)")
     for proto, port, processes in facts.listening:
         for use in ports:
             if use.proto == proto and use.start <= port <= use.end and not set(processes) & set(use.processes):

@@ -121,9 +121,12 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
     }
 
 
-def wheel_paths() -> list[str]:
-    """Where the pinned Synapse wheel set goes on the host."""
-    return [f"{WHEELS}/{p.name}" for p in artifacts.deliverables(artifacts.manifest()["synapse"])]
+def wheels() -> list[ArtifactSpec]:
+    """The pinned Synapse wheel set, and where each wheel goes on the host."""
+    return [
+        ArtifactSpec(f"{WHEELS}/{p.name}", p, mode=0o644)
+        for p in artifacts.deliverables(artifacts.manifest()["synapse"])
+    ]
 
 
 def version_probe() -> str:
@@ -139,8 +142,7 @@ def install_synapse(task: Task, settings: Settings, version: str | None = None) 
     """
     artifact = artifacts.manifest()["synapse"]
     target = venv(artifact.version)
-    specs = [ArtifactSpec(f"{WHEELS}/{p.name}", p, mode=0o644) for p in artifacts.deliverables(artifact)]
-    pushed = task.run(task=put_artifacts, specs=specs, severity_level=10)[0]
+    pushed = task.run(task=put_artifacts, specs=wheels(), severity_level=10)[0]
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} in {target}")
     if version is None or pushed.changed:
@@ -193,7 +195,7 @@ def synapse(task: Task, settings: Settings) -> Result:
         task,
         packages=[*names, *(redis.PACKAGES if processes else [])],
         files=[
-            *wheel_paths(),
+            *(spec.path for spec in wheels()),
             *(redis.instance_files(REDIS) if processes else []),
             CONFIG,
             LOG_CONFIG,

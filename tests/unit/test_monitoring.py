@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from core.dashboards import render as render_dashboard
 from core.settings import Settings, load_settings
 from core.targets import jobs
 from tasks.files import JINJA
-from tasks.monitoring import HAPROXY_PASSWORD_FILE, RULES_SOURCE, expected_targets, scrape_context
+from tasks.monitoring import HAPROXY_PASSWORD_FILE, RULES_SOURCE, TARGETS, expected_targets, scrape_context
 from tests.conftest import REPO, Site
 
 TOOLS = REPO / ".tools"
@@ -122,3 +125,51 @@ def test_dashboards_are_grafana_json_on_the_provisioned_datasource() -> None:
     assert titles == {"Synapse", "PostgreSQL and Patroni", "Hosts", "HAProxy"}
     datasource = JINJA.get_template("monitoring/grafana-datasource.yml.j2").render(uid=DATASOURCE_UID, url="http://x")
     assert yaml.safe_load(datasource)["datasources"][0]["uid"] == DATASOURCE_UID
+
+
+class FakeTargets(BaseHTTPRequestHandler):
+    """Prometheus's /api/v1/targets on loopback: etcd up on patroni1, down on patroni2."""
+
+    def do_GET(self) -> None:
+        targets = [
+            {"labels": {"job": "etcd", "instance": name}, "health": health, "lastError": error}
+            for name, health, error in (("patroni1", "up", ""), ("patroni2", "down", "connection refused"))
+        ]
+        body = json.dumps({"data": {"activeTargets": targets}}).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def prometheus() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeTargets)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def poll_targets(base: str, expected: list[list[str]]) -> list[list[str]]:
+    """TARGETS with 60 s for Prometheus to answer and a 1 s scrape window from its first answer."""
+    out = subprocess.run(
+        ["python3", "-c", TARGETS, base, "60", "1"],
+        input=json.dumps(expected),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_targets_poll_ends_when_every_expected_target_is_up(prometheus: str) -> None:
+    assert ["etcd", "patroni1", "up", ""] in poll_targets(prometheus, [["etcd", "patroni1"]])
+
+
+def test_a_down_target_is_reported_one_window_after_prometheus_answers(prometheus: str) -> None:
+    """Not after the minute allowed for Prometheus to answer at all (the run's timeout is 30 s)."""
+    targets = poll_targets(prometheus, [["etcd", "patroni1"], ["etcd", "patroni2"]])
+    assert ["etcd", "patroni2", "down", "connection refused"] in targets

@@ -12,7 +12,6 @@ os=debian 12
 time=1700000000.5
 ntp=yes
 disk_free_kb=52428800
-python3=/usr/bin/python3
 listen=tcp 0.0.0.0:22 users:(("sshd",pid=1,fd=3))
 listen=tcp 0.0.0.0:5432 users:(("nginx",pid=9,fd=3))
 listen=udp 0.0.0.0:49160 users:(("turnserver",pid=5,fd=7))
@@ -27,7 +26,7 @@ PORTS = [
 
 def test_parse_sample() -> None:
     facts = parse_facts(SAMPLE)
-    assert facts.hostname == "patroni1" and facts.os == ("debian", "12") and facts.python3
+    assert facts.hostname == "patroni1" and facts.os == ("debian", "12")
     assert round(facts.disk_free_gb) == 50
     assert ("tcp", 5432, ("nginx",)) in facts.listening
 
@@ -39,14 +38,13 @@ def test_foreign_process_on_a_needed_port_is_reported() -> None:
     ]
 
 
-def test_os_skew_disk_and_python() -> None:
-    facts = HostFacts(os=("centos", "7"), disk_free_gb=1.0, python3=False)
+def test_os_skew_and_disk() -> None:
+    facts = HostFacts(os=("centos", "7"), disk_free_gb=1.0)
     found = problems(facts, ports=[], skew=-7.5, min_free_gb=5, max_skew=2)
-    assert len(found) == 4
+    assert len(found) == 3
     assert found[0].startswith("OS is 'centos 7'")
     assert "clock differs from the controller's by -7.5 s" in found[1]
     assert "only 1.0 GB free" in found[2]
-    assert "python3 is missing" in found[3]
 
 
 def test_fact_script_runs_on_this_debian_machine() -> None:
