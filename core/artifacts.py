@@ -7,6 +7,7 @@ to obtain it, raised before any host is touched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -80,13 +82,20 @@ WHEEL_TARGET = (
 )
 
 
+@functools.lru_cache(maxsize=16)
+def parsed(text: str) -> Any:
+    """YAML parsed once per content: tasks ask for the manifest on every host in every step,
+    and parsing it with its lock file costs ~30 ms each time. Callers must not modify it."""
+    return yaml.safe_load(text)
+
+
 def manifest() -> dict[str, Artifact]:
-    data = yaml.safe_load(MANIFEST.read_text())
+    data = parsed(MANIFEST.read_text())
     found = {}
     for name, entry in data.items():
         if "lock" in entry:  # a wheel set: every file pinned in its lock file
             lock_file = MANIFEST.parent / entry["lock"]
-            files = (yaml.safe_load(lock_file.read_text()) if lock_file.exists() else None) or []
+            files = (parsed(lock_file.read_text()) if lock_file.exists() else None) or []
             items = tuple(ArtifactFile(f["name"], f"wheel:{f['requirement']}", f["sha256"]) for f in files)
         else:
             items = tuple(ArtifactFile(**f) for f in entry["files"])
