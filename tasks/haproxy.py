@@ -51,7 +51,14 @@ for command in sys.stdin.read().splitlines():
     admin.shutdown(socket.SHUT_WR)
     sys.stdout.write(b"".join(iter(lambda: admin.recv(65536), b"")).decode())
 """
-ADMIN = f"python3 -c {shlex.quote(ADMIN_PROGRAM)} {ADMIN_SOCKET}"
+
+
+def cli(socket: str) -> str:
+    """The command that sends each line of its stdin to the HAProxy socket `socket`."""
+    return f"python3 -c {shlex.quote(ADMIN_PROGRAM)} {socket}"
+
+
+ADMIN = cli(ADMIN_SOCKET)
 # `show servers state` from the running HAProxy into SERVER_STATE_FILE; nothing when it is not running.
 SAVE_STATE = (
     f"echo 'show servers state' | {ADMIN} > {SERVER_STATE_FILE}.new && "
@@ -60,7 +67,7 @@ SAVE_STATE = (
 # The PIDs of the current workers (`show proc` lists them under "# workers", the ones
 # finishing their connections after a reload under "# old workers"); nothing when stopped.
 WORKERS = (
-    f"echo 'show proc' | python3 -c {shlex.quote(ADMIN_PROGRAM)} {MASTER_SOCKET} | "
+    f"echo 'show proc' | {cli(MASTER_SOCKET)} | "
     "awk '/^# workers/ {w = 1; next} /^#/ {w = 0} w && $1 ~ /^[0-9]+$/ {print $1}'"
 )
 CERT_DIR = "/etc/haproxy/certs"
