@@ -3,15 +3,16 @@
     python bench/fanout.py [--sizes 10 50 100]
 
 Lightweight hosts are lab hosts that run sshd alone (no systemd), in 198.18.4.0/24. The
-step is what the deploy's steps are made of, through the framework's own connection
-plugin and tasks: render a config from a template and converge it (`put_files`: one
-command reads the files' state, one writes what differs), then check that a service
-answers (sshd's process). At each size the step runs three times on one set of connections,
-as a runbook's steps do, with a thread per host: the first opens the connections (SSH and
-the host's root shell) and writes the file, the second changes it, the third changes
-nothing. Each run reports its wall time and the CPU seconds of the controller and of the
-whole machine — the lab hosts share this machine's cores with the controller, so their
-work grows with the host count here, where on real servers each host brings its own.
+step is shaped like a deploy component, through the framework's own connection plugin and
+tasks: render a config from a template, read the host's state ahead in one command (the
+file's owner, mode and checksum, and whether the service, sshd, runs), converge the file
+(a second command only when it differs) and fail if the service is not running. At each
+size the step runs three times on one set of connections, as a runbook's steps do, with a
+thread per host: the first opens the connections (SSH and the host's root shell) and
+writes the file, the second changes it, the third changes nothing. Each run reports its
+wall time and the CPU seconds of the controller and of the whole machine — the lab hosts
+share this machine's cores with the controller, so their work grows with the host count
+here, where on real servers each host brings its own.
 
 Takes the lab down first (its hosts share the lab's network and state) and leaves it
 down. Prints the figures, writes bench/results/fanout.json. Needs root.
@@ -37,12 +38,13 @@ from nornir.core import Nornir
 from nornir.core.task import Result, Task
 
 from core.connection import CONNECTION
+from core.errors import HostError
 from core.runbook import REPO, inventory_nornir
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, rootfs
 from lab.lab import STATE, Lab, LabHost, lab_hosts
+from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
-from tasks.remote import Expectation, run
 
 FIRST = IPv4Address("198.18.4.1")
 CONFIG = "/etc/matrix-bench/fanout.conf"
@@ -69,10 +71,12 @@ def nornir(folder: Path, count: int) -> Nornir:
 
 
 def representative_step(task: Task, revision: int) -> Result:
-    """Render and converge one config file, then check a service: the shape of a deploy step."""
+    """Render and converge one config file and check a service, as a deploy component does."""
     text = render(task, "bench/fanout.conf.j2", server=task.host.name, address=task.host.hostname, revision=revision)
+    state = read_ahead(task, files=[CONFIG], commands={"sshd": "pgrep -x sshd"})
     written = task.run(task=put_files, specs=[FileSpec(CONFIG, text)], severity_level=10)[0]
-    run(task, "pgrep -x sshd >/dev/null", what=Expectation("sshd running"))
+    if not state["sshd"].strip():
+        raise HostError(f"{task.host.name}: sshd is not running (pgrep -x sshd found no process)")
     return Result(host=task.host, changed=written.changed)
 
 
