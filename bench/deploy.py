@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import publish
 from core.runbook import REPO
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
@@ -70,10 +71,7 @@ def main() -> int:
         "noop_rerun": rerun,
         "rerun_share_of_first": round(rerun["wall_seconds"] / first["wall_seconds"], 3),
     }
-    print(json.dumps(figures, indent=2))
-    out = REPO / "bench" / "results" / "deploy.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    publish("deploy", figures)
     return 0 if first["exit_code"] == rerun["exit_code"] == 0 else 1
 
 

@@ -1,6 +1,7 @@
 """Benchmark fan-out: one representative step on 10, 50 and 100 lightweight lab hosts.
 
     python bench/fanout.py [--sizes 10 50 100]
+    python bench/fanout.py --inventory inventory/ [--config config.yaml] [--sizes 10 50 100]
 
 Lightweight hosts are lab hosts that run sshd alone (no systemd), in 198.18.4.0/24. The
 step is shaped like a deploy component, through the framework's own connection plugin and
@@ -16,6 +17,12 @@ here, where on real servers each host brings its own.
 
 Takes the lab down first (its hosts share the lab's network and state) and leaves it
 down. Prints the figures, writes bench/results/fanout.json. Needs root.
+
+This machine cannot show how the step scales on servers with CPUs of their own: here 100
+hosts and the controller share two cores and the step is CPU-bound at every size. With
+`--inventory`, the same step runs on the first 10, 50, 100 servers of an inventory (the
+validated settings, as a runbook loads them); it writes and then removes
+/etc/matrix-bench/ on them.
 """
 
 from __future__ import annotations
@@ -37,14 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nornir.core import Nornir
 from nornir.core.task import Result, Task
 
+from bench.figures import publish
 from core.connection import CONNECTION
-from core.errors import HostError
-from core.runbook import REPO, inventory_nornir
-from core.settings import load_settings
+from core.errors import HostError, InputError
+from core.runbook import REPO, inventory_nornir, make_nornir
+from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, rootfs
 from lab.lab import STATE, Lab, LabHost, lab_hosts
 from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
+from tasks.remote import Mode, run
 
 FIRST = IPv4Address("198.18.4.1")
 CONFIG = "/etc/matrix-bench/fanout.conf"
@@ -107,45 +116,101 @@ def timed_step(nr: Nornir, revision: int) -> dict:
     }
 
 
-def timed_runs(folder: Path, count: int, revision: int) -> dict:
-    """The step three times on one Nornir, as a runbook runs its steps: the first connects."""
-    nr = nornir(folder, count)
+def timed_runs(nr: Nornir, revision: int) -> dict:
+    """The step three times on one Nornir, as a runbook runs its steps: the first connects.
+
+    The benchmark's file is removed at the end: on an operator's servers it is a stranger.
+    """
     try:
-        return {
+        figures = {
             "first_step_connecting": timed_step(nr, revision),
             "step_changing": timed_step(nr, revision + 1),
             "step_noop": timed_step(nr, revision + 1),
         }
+        removed = nr.run(task=lambda task: run(task, f"rm -rf {Path(CONFIG).parent}"))
+        if removed.failed:
+            print(f"could not remove {Path(CONFIG).parent} from {', '.join(removed.failed_hosts)}", file=sys.stderr)
+        return figures
     finally:
         nr.close_connections()
+
+
+def on_lab_hosts(sizes: list[int], revision: int) -> dict[str, object]:
+    """Each size on its own set of fresh lightweight lab hosts (the main lab is taken down first)."""
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    Lab(lab_hosts(settings)).down()
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for count in sizes:
+            hosts = light_hosts(count)
+            lab = Lab(hosts, light=True)
+            try:
+                up = lab.up()
+                nr = nornir(inventory(Path(scratch) / str(count), hosts), count)
+                figures[str(count)] = {"lab_up_seconds": round(up.seconds, 2)} | timed_runs(nr, revision)
+            finally:
+                lab.down()
+            print(f"{count} hosts: {json.dumps(figures[str(count)])}", flush=True)
+    return figures
+
+
+def on_servers(settings: Settings, sizes: list[int], revision: int) -> dict[str, object]:
+    """Each size on the first servers of the operator's inventory, which brings its own CPUs."""
+    names = list(settings.hosts)
+    figures: dict[str, object] = {}
+    for count in sizes:
+        chosen = set(names[:count])
+        nr = make_nornir(settings, Mode.APPLY).filter(filter_func=lambda host, chosen=chosen: host.name in chosen)
+        figures[str(count)] = timed_runs(nr, revision)
+        print(f"{count} servers: {json.dumps(figures[str(count)])}", flush=True)
+    return figures
+
+
+def servers(config: Path, inventory_dir: Path, sizes: list[int]) -> Settings:
+    """The operator's validated settings, with at least as many servers as the largest size; else exit 2."""
+    try:
+        settings, _ = load_settings(config, inventory_dir, allow_placeholders=False)
+    except InputError as exc:
+        problem = str(exc)
+    else:
+        if len(settings.hosts) >= max(sizes):
+            return settings
+        problem = (
+            f"{inventory_dir / 'hosts.yaml'}: {len(settings.hosts)} servers, but --sizes asks for {max(sizes)}\n"
+            f"    fix: sizes up to {len(settings.hosts)} (--sizes 10 {len(settings.hosts)}), or a larger inventory"
+        )
+    print(f"{problem}\nnothing was run", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        help="run on the first N servers of this inventory instead of lab hosts (writes and then removes "
+        f"{CONFIG} on them)",
+    )
+    parser.add_argument("--config", type=Path, default=REPO / "config.yaml", help="with --inventory: the site's config")
     args = parser.parse_args()
-    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
-    Lab(lab_hosts(settings)).down()
-    figures: dict[str, object] = {}
+    if min(args.sizes) < 1:
+        parser.error("--sizes: every size must be at least 1")
     revision = int(time.time())  # a new file content on each benchmark run
-    with tempfile.TemporaryDirectory() as scratch:
-        for count in args.sizes:
-            hosts = light_hosts(count)
-            lab = Lab(hosts, light=True)
-            try:
-                up = lab.up()
-                folder = inventory(Path(scratch) / str(count), hosts)
-                figures[str(count)] = {"lab_up_seconds": round(up.seconds, 2)} | timed_runs(folder, count, revision)
-            finally:
-                lab.down()
-            print(f"{count} hosts: {json.dumps(figures[str(count)])}", flush=True)
+    if args.inventory:
+        figures = on_servers(servers(args.config, args.inventory, args.sizes), args.sizes, revision)
+    else:
+        figures = on_lab_hosts(args.sizes, revision)
     sizes = [str(n) for n in args.sizes]
     for run_name in ("first_step_connecting", "step_changing", "step_noop"):
         times = [figures[n][run_name]["wall_seconds"] for n in sizes]  # type: ignore[index]
         figures[f"{run_name}_largest_over_smallest"] = round(times[-1] / times[0], 2)
-    print(json.dumps(figures, indent=2))
-    out = REPO / "bench" / "results" / "fanout.json"
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+        for share in ("machine", "controller"):  # flat per host: the growth is the shared cores, not the hosts
+            figures[f"{run_name}_{share}_cpu_ms_per_host"] = {
+                n: round(1000 * figures[n][run_name][f"{share}_cpu_seconds"] / int(n), 1)  # type: ignore[index]
+                for n in sizes
+            }
+    publish("fanout", figures)
     return 0
 
 

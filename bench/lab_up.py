@@ -9,7 +9,6 @@ Prints the figures and writes them to bench/results/lab_up.json. Needs root.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -17,11 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import publish
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, machines
 from lab.lab import STATE, Lab, lab_hosts
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def pss_kib(pid: int) -> int:
@@ -80,10 +78,7 @@ def main() -> int:
     figures["memory_mib_mean"] = round(sum(memory.values()) / max(1, len(memory)), 1)
     figures["down_seconds"], _ = timed(lab.down)
     figures["leftovers_after_down"] = lab.leftovers()
-    print(json.dumps(figures, indent=2))
-    out = REPO / "bench" / "results" / "lab_up.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    publish("lab_up", figures)
     return 0
 
 
