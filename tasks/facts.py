@@ -63,7 +63,7 @@ def read_ahead(
             sections[kind] += line
     absent = missing(list(packages), sections.get("package", ""))
     facts: dict[str, object] = {f"package:{name}": name not in absent for name in packages}
-    facts |= {f"file:{path}": fact for path, fact in parse_facts(sections.get("file", "")).items()}
+    facts |= {f"file:{path}": fact for path, fact in parse_facts(list(files), sections.get("file", "")).items()}
     facts |= {f"unit:{unit}": fact for unit, fact in parse_show_many(sections.get("unit", "")).items()}
     for line in sections.get("user", "").splitlines():
         name, _, answer = line.partition(" ")

@@ -96,26 +96,41 @@ def file_changes(fact: FileFact, spec: FileSpec | ArtifactSpec) -> list[str]:
     return changes
 
 
+DIGESTS = "@@sha256"
+
+
 def facts_script(paths: list[str]) -> str:
-    """One command printing `path<TAB>owner<TAB>group<TAB>mode<TAB>sha256` or `path<TAB>missing`."""
+    """One command reading every path's type, owner, group, mode (`stat`) and checksum (`sha256sum`).
+
+    Two processes whatever the number of files: a loop with a `stat`, a `sha256sum` and a
+    `cut` per file cost a twenty-file component some 100 ms of a host's CPU for its facts.
+    Symlinks are followed, as the content is. `%F` ("regular file") is translated in other locales.
+    """
     quoted = " ".join(shlex.quote(p) for p in paths)
     return (
-        f'for f in {quoted}; do if [ -f "$f" ]; then '
-        "printf '%s\\t' \"$f\"; stat --printf '%U\\t%G\\t%a\\t' \"$f\"; sha256sum < \"$f\" | cut -d' ' -f1; "
-        "else printf '%s\\tmissing\\n' \"$f\"; fi; done"
+        f"LC_ALL=C stat -L --printf '%F\\t%U\\t%G\\t%a\\t%n\\n' -- {quoted} 2>/dev/null; "
+        f"echo {DIGESTS}; sha256sum -- {quoted} 2>/dev/null; true"
     )
 
 
-def parse_facts(stdout: str) -> dict[str, FileFact]:
-    facts = {}
-    for line in stdout.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 2 and parts[1] == "missing":
-            facts[parts[0]] = FileFact(exists=False)
-        elif len(parts) == 5:
-            path, owner, group, mode_text, digest = parts
-            facts[path] = FileFact(True, owner, group, int(mode_text, 8), digest)
-    return facts
+def parse_facts(paths: list[str], stdout: str) -> dict[str, FileFact]:
+    """Each of `paths` as `facts_script` found it; anything but a regular file counts as missing."""
+    states, _, sums = stdout.partition(f"{DIGESTS}\n")
+    digests = {}
+    for line in sums.splitlines():
+        escaped = line.startswith("\\")  # sha256sum's form for names with a backslash or a newline
+        digest, _, name = line.removeprefix("\\").partition("  ")
+        digests[_unescape(name) if escaped else name] = digest
+    found = {}
+    for line in states.splitlines():
+        kind, owner, group, mode_text, path = (line.split("\t", 4) + [""] * 5)[:5]
+        if kind in ("regular file", "regular empty file"):
+            found[path] = FileFact(True, owner, group, int(mode_text, 8), digests.get(path, ""))
+    return {path: found.get(path, FileFact(exists=False)) for path in paths}
+
+
+def _unescape(name: str) -> str:
+    return name.replace("\\\\", "\0").replace("\\n", "\n").replace("\\r", "\r").replace("\0", "\\")
 
 
 def file_facts(task: Task, paths: list[str]) -> dict[str, FileFact]:
@@ -129,7 +144,7 @@ def file_facts(task: Task, paths: list[str]) -> dict[str, FileFact]:
         what=Expectation("one state line per file", "check that the host has stat and sha256sum (coreutils)"),
         reads_only=True,
     )
-    return parse_facts(out.stdout)
+    return parse_facts(paths, out.stdout)
 
 
 def write_script(spec: FileSpec) -> str:

@@ -51,16 +51,36 @@ def test_each_difference_is_named() -> None:
 def test_fact_script_and_write_script_round_trip(tmp_path: Path) -> None:
     target = tmp_path / "sub dir" / "file.conf"
     spec = FileSpec(str(target), "secret=1\nline two\n", "root", "root", 0o600, secret=True)
-    facts = parse_facts(bash(facts_script([spec.path])).stdout)
+    facts = parse_facts([spec.path], bash(facts_script([spec.path])).stdout)
     assert facts == {spec.path: FileFact(exists=False)}
     result = bash(write_script(spec), stdin=spec.content)
     assert result.returncode == 0, result.stderr
     assert target.read_text() == spec.content
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert not list(target.parent.glob("*.mha-new"))
-    fact = parse_facts(bash(facts_script([spec.path])).stdout)[spec.path]
+    fact = parse_facts([spec.path], bash(facts_script([spec.path])).stdout)[spec.path]
     assert file_changes(fact, spec) == []
     assert stat.S_IMODE(target.parent.stat().st_mode) == 0o755  # parents are not made private
+
+
+def test_facts_of_many_files_in_one_command(tmp_path: Path) -> None:
+    plain, empty, odd = tmp_path / "a.conf", tmp_path / "empty", tmp_path / "odd \\ name\tx"
+    plain.write_text("a=1\n")
+    empty.write_text("")
+    odd.write_text("odd\n")
+    for path, mode_bits in ((plain, 0o644), (empty, 0o600), (odd, 0o4750)):
+        os.chmod(path, mode_bits)
+    (tmp_path / "link").symlink_to(plain)
+    paths = [str(p) for p in (plain, empty, odd, tmp_path / "link", tmp_path / "missing", tmp_path)]
+    out = bash(facts_script(paths))
+    assert out.returncode == 0, out.stderr
+    facts = parse_facts(paths, out.stdout)
+    owner = (plain.owner(), plain.group())
+    assert facts[str(plain)] == FileFact(True, *owner, 0o644, FileSpec("x", "a=1\n").sha256)
+    assert facts[str(empty)] == FileFact(True, *owner, 0o600, FileSpec("x", "").sha256)
+    assert facts[str(odd)] == FileFact(True, *owner, 0o4750, FileSpec("x", "odd\n").sha256)
+    assert facts[str(tmp_path / "link")] == facts[str(plain)]  # followed, as its content is
+    assert facts[str(tmp_path / "missing")] == facts[str(tmp_path)] == FileFact(exists=False)  # a directory too
 
 
 # marked blocks
@@ -212,5 +232,5 @@ def test_failure_message_names_host_command_status_stderr_and_fix() -> None:
 def test_write_script_sets_owner(tmp_path: Path) -> None:
     spec = FileSpec(str(tmp_path / "f"), "x\n", "nobody", "nogroup", 0o640)
     assert bash(write_script(spec), stdin=spec.content).returncode == 0
-    fact = parse_facts(bash(facts_script([spec.path])).stdout)[spec.path]
+    fact = parse_facts([spec.path], bash(facts_script([spec.path])).stdout)[spec.path]
     assert (fact.owner, fact.group, fact.mode) == ("nobody", "nogroup", 0o640)
