@@ -22,7 +22,7 @@ from core.errors import HostError
 from core.settings import Settings
 from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
-from tasks.packages import packages
+from tasks.packages import packages, venv_version_script
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, service, unit_file
 
@@ -30,7 +30,7 @@ VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
 CONFIG = "/etc/patroni/patroni.yml"
 # What the host has: the venv's Patroni version and the cluster (scope) its config names.
-INSTALLED = f"{VENV}/bin/patroni --version 2>/dev/null; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
+INSTALLED = f"{venv_version_script(VENV, 'patroni')}; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
 REST_PORT = 8008
 LOOP_WAIT = 2  # seconds; the template's loop_wait
 TTL = 20  # seconds a leader key lives without renewal; the template's ttl
@@ -170,7 +170,7 @@ def install_patroni(task: Task, settings: Settings, installed: str | None = None
     if installed is None or pushed:
         installed = run(task, INSTALLED, reads_only=True).stdout
     lines = installed.splitlines()
-    found = next((line.split() for line in lines if line.startswith("patroni ")), [])
+    found = next((line.strip() for line in lines if line.strip() and not line.startswith("scope:")), "")
     existing_scope = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("scope:")), None)
     if existing_scope and existing_scope != scope(settings):
         raise HostError(
@@ -179,7 +179,7 @@ def install_patroni(task: Task, settings: Settings, installed: str | None = None
             "the inventory points at the right servers; to really move the host, remove it from its old "
             f"cluster first (patronictl remove {existing_scope}, then delete {CONFIG} and the data dir)"
         )
-    if found[-1:] == [version]:
+    if found == version:
         return Result(host=task.host, result=version)
     if mode(task) is Mode.APPLY:
         run(
@@ -192,7 +192,7 @@ def install_patroni(task: Task, settings: Settings, installed: str | None = None
                 f"{WHEELS}; pip's message above names the missing requirement",
             ),
         )
-    before = found[-1] if found else "none"
+    before = found or "none"
     return Result(host=task.host, result=version, changed=True, diff=f"patroni {before} → {version}")
 
 

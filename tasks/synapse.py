@@ -35,7 +35,7 @@ from tasks import redis
 from tasks.coturn import turn_uris
 from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
-from tasks.packages import packages
+from tasks.packages import packages, venv_version_script
 from tasks.redis import RedisInstance, redis_instance
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, service_user, services
@@ -131,8 +131,7 @@ def wheels() -> list[ArtifactSpec]:
 
 def version_probe() -> str:
     """Prints the Synapse version the pinned version's venv holds (nothing when it has none)."""
-    target = venv(artifacts.manifest()["synapse"].version)
-    return f"{target}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null; true"
+    return venv_version_script(pinned_venv(), "matrix_synapse")
 
 
 def install_synapse(task: Task, settings: Settings, version: str | None = None) -> Result:

@@ -20,7 +20,7 @@ from core.connection import Output
 from tasks.blocks import markers, with_block
 from tasks.files import FileFact, FileSpec, facts_script, file_changes, parse_facts, write_script
 from tasks.hosts_file import wrong_resolutions
-from tasks.packages import install_script, missing, query_script
+from tasks.packages import install_script, missing, query_script, venv_version_script
 from tasks.remote import Expectation, failure_message
 from tasks.systemd import ServiceFact, actions, parse_show, parse_show_many
 from tasks.waits import command_script, http_script, port_script
@@ -107,6 +107,22 @@ def test_orphan_marker_is_repaired() -> None:
 
 
 # packages
+
+
+def test_venv_version_read_from_the_completed_dist_info(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    script = venv_version_script(str(venv), "matrix_synapse")
+    assert bash(script).stdout == ""  # no venv yet
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to("/usr/bin/python3")
+    dist_info = venv / "lib" / "python3.11" / "site-packages" / "matrix_synapse-1.163.2.dist-info"
+    dist_info.mkdir(parents=True)
+    assert bash(script).stdout == ""  # pip has not finished it (no RECORD yet)
+    (dist_info / "RECORD").write_text("")
+    assert bash(script).stdout == "1.163.2\n"
+    (venv / "bin" / "python").unlink()
+    (venv / "bin" / "python").symlink_to(tmp_path / "python3.9-gone")
+    assert bash(script).stdout == ""  # the interpreter went away under the venv
 
 
 def test_dpkg_query_reports_missing_packages() -> None:
