@@ -122,16 +122,15 @@ def timed_runs(nr: Nornir, revision: int) -> dict:
     The benchmark's file is removed at the end: on an operator's servers it is a stranger.
     """
     try:
-        figures = {
+        return {
             "first_step_connecting": timed_step(nr, revision),
             "step_changing": timed_step(nr, revision + 1),
             "step_noop": timed_step(nr, revision + 1),
         }
+    finally:
         removed = nr.run(task=lambda task: run(task, f"rm -rf {Path(CONFIG).parent}"))
         if removed.failed:
             print(f"could not remove {Path(CONFIG).parent} from {', '.join(removed.failed_hosts)}", file=sys.stderr)
-        return figures
-    finally:
         nr.close_connections()
 
 

@@ -8,11 +8,9 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def publish(name: str, figures: dict) -> Path:
-    """Print `figures` and write them to bench/results/<name>.json; returns that path."""
+def publish(name: str, figures: dict) -> None:
+    """Print `figures` and write them to bench/results/<name>.json."""
     text = json.dumps(figures, indent=2)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
-    out.write_text(text + "\n")
-    return out
+    (RESULTS / f"{name}.json").write_text(text + "\n")
