@@ -56,7 +56,8 @@ from tasks.files import FileSpec, put_files, render
 from tasks.remote import Mode, run
 
 FIRST = IPv4Address("198.18.4.1")
-CONFIG = "/etc/matrix-bench/fanout.conf"
+FOLDER = "/etc/matrix-bench"  # the benchmark's own, removed after each size
+CONFIG = f"{FOLDER}/fanout.conf"
 
 
 def light_hosts(count: int) -> list[LabHost]:
@@ -128,9 +129,9 @@ def timed_runs(nr: Nornir, revision: int) -> dict:
             "step_noop": timed_step(nr, revision + 1),
         }
     finally:
-        removed = nr.run(task=lambda task: run(task, f"rm -rf {Path(CONFIG).parent}"))
+        removed = nr.run(task=lambda task: run(task, f"rm -rf {FOLDER}"))
         if removed.failed:
-            print(f"could not remove {Path(CONFIG).parent} from {', '.join(removed.failed_hosts)}", file=sys.stderr)
+            print(f"could not remove {FOLDER} from {', '.join(removed.failed_hosts)}", file=sys.stderr)
         nr.close_connections()
 
 
@@ -189,7 +190,7 @@ def main() -> int:
         "--inventory",
         type=Path,
         help="run on the first N servers of this inventory instead of lab hosts (writes and then removes "
-        f"{CONFIG} on them)",
+        f"{FOLDER} on them)",
     )
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml", help="with --inventory: the site's config")
     args = parser.parse_args()

@@ -123,8 +123,9 @@ def parse_facts(paths: list[str], stdout: str) -> dict[str, FileFact]:
         digests[_unescape(name) if escaped else name] = digest
     found = {}
     for line in states.splitlines():
-        kind, owner, group, mode_text, path = (line.split("\t", 4) + [""] * 5)[:5]
-        if kind in ("regular file", "regular empty file"):
+        parts = line.split("\t", 4)  # the name last: it may hold tabs
+        if len(parts) == 5 and parts[0] in ("regular file", "regular empty file"):
+            _, owner, group, mode_text, path = parts
             found[path] = FileFact(True, owner, group, int(mode_text, 8), digests.get(path, ""))
     return {path: found.get(path, FileFact(exists=False)) for path in paths}
 

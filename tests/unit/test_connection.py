@@ -20,7 +20,7 @@ def keys() -> list[paramiko.PKey]:
     return [paramiko.RSAKey.generate(1024) for _ in range(3)]
 
 
-def trusted(known_hosts: Path, hostname: str, port: int = 22) -> dict[str, paramiko.HostKeys]:
+def trusted(known_hosts: Path, hostname: str, port: int = 22) -> dict[str, dict[str, paramiko.PKey]]:
     client = paramiko.SSHClient()
     _verify_host_keys(client, str(known_hosts), hostname, port)
     assert isinstance(client._policy, paramiko.RejectPolicy)
