@@ -20,6 +20,10 @@ APT_TIMEOUT = 900
 # connection its proxy had closed. Give each attempt a short deadline and try again.
 UPDATE_TIMEOUT = 120
 UPDATE_ATTEMPTS = 3
+# Seconds to wait before another attempt, drawn per host: every server refreshes at once,
+# and a caching proxy that failed them together (apt-cacher-ng racing on one index file)
+# must not see them all come back in the same instant.
+RETRY_PAUSE = (2, 10)
 
 
 def query_script(names: list[str]) -> str:
@@ -53,9 +57,14 @@ def install_script(names: list[str], *, autostart: bool) -> str:
         f"timeout {APT_TIMEOUT} apt-get -q -y -o Dpkg::Options::=--force-confold "
         f"install --no-install-recommends {quoted}"
     )
+    # --error-on=any: without it an index that failed to download is only a warning, exit
+    # 0, and the install then fails on a package it cannot locate.
+    low, high = RETRY_PAUSE
     update = (
-        f"for attempt in $(seq {UPDATE_ATTEMPTS}); do timeout {UPDATE_TIMEOUT} apt-get -q update && break; "
-        f'[ "$attempt" = {UPDATE_ATTEMPTS} ] && exit 100; echo "apt-get update attempt $attempt failed" >&2; done'
+        f"for attempt in $(seq {UPDATE_ATTEMPTS}); do "
+        f"timeout {UPDATE_TIMEOUT} apt-get -q update --error-on=any && break; "
+        f'[ "$attempt" = {UPDATE_ATTEMPTS} ] && exit 100; echo "apt-get update attempt $attempt failed" >&2; '
+        f"sleep $(shuf -i {low}-{high} -n 1); done"
     )
     script = f"set -e; export DEBIAN_FRONTEND=noninteractive; {update}; {apt}"
     if autostart:

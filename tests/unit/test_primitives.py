@@ -130,6 +130,45 @@ def test_dpkg_query_reports_missing_packages() -> None:
     assert missing(names, bash(query_script(names)).stdout) == ["no-such-package-mha"]
 
 
+FAKE_APT = """#!/bin/sh
+echo "apt-get $*" >> "$LOG"
+case "$*" in *update*) n=$(cat "$LOG.fail" 2>/dev/null || echo 0)
+  if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$LOG.fail"; exit 100; fi ;; esac
+exit 0
+"""
+
+
+def run_install(tmp_path: Path, failing_updates: int) -> tuple[int, list[str]]:
+    """install_script under bash with apt-get and sleep replaced; returns (exit code, the calls made)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("apt-get", FAKE_APT), ("sleep", '#!/bin/sh\necho "sleep $*" >> "$LOG"\n')):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls"
+    (tmp_path / "calls.fail").write_text(f"{failing_updates}\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log)}
+    script = install_script(["etcd-server"], autostart=True)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    return done.returncode, log.read_text().splitlines()
+
+
+def test_a_failed_index_download_is_retried_after_a_pause(tmp_path: Path) -> None:
+    code, calls = run_install(tmp_path, failing_updates=1)
+    update, pause, again, install = calls
+    assert code == 0
+    # Without --error-on=any apt only warns (exit 0) about an index it could not fetch.
+    assert update == again == "apt-get -q update --error-on=any"
+    assert pause.startswith("sleep ") and 2 <= int(pause.split()[1]) <= 10
+    assert install.endswith("install --no-install-recommends etcd-server")
+
+
+def test_the_install_is_not_tried_when_every_index_refresh_failed(tmp_path: Path) -> None:
+    code, calls = run_install(tmp_path, failing_updates=3)
+    assert code == 100
+    assert [c.split()[0] for c in calls] == ["apt-get", "sleep", "apt-get", "sleep", "apt-get"]
+
+
 def test_install_without_autostart_uses_and_removes_policy_rc_d() -> None:
     script = install_script(["etcd-server"], autostart=False)
     assert "exit 101" in script and "rm -f /usr/sbin/policy-rc.d" in script
