@@ -175,7 +175,7 @@ class Lab:
         found += [f"process systemd-nspawn {pid} ({root})" for pid, root in machines.nspawn_pids(self.state).items()]
         found += [f"cgroup {path}" for path in machines.lab_cgroups()]
         if proxy.running(self.state):
-            found.append("process apt-cacher-ng")
+            found.append("process lab.proxy (the apt proxy)")
         if (self.state / "hosts").exists():
             found.append(f"folder {self.state / 'hosts'}")
         return found
