@@ -114,11 +114,24 @@ def failed_units(lab: Lab) -> str:
     return "\n".join(report) or "no failed units on any lab host"
 
 
+def step_failures(report: Path) -> str:
+    """The failed steps of a runbook's JSON report with each failed host's message: the lines
+    a red CI run is read by (the run's own output is cut off above the summary table)."""
+    lines = []
+    for step in json.loads(report.read_text())["steps"]:
+        if step["status"] == "failed":
+            lines.append(f"step {step['name']} failed: {step['note']}")
+            lines += [f"  {name}: {h['message']}" for name, h in step["hosts"].items() if h["status"] == "failed"]
+            lines += [f"  {problem}" for problem in step["problems"]]
+    return "\n".join(lines)
+
+
 @pytest.fixture(scope="module")
-def deployed(lab: Lab) -> None:
+def deployed(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The platform deployed into the lab (a no-op re-run when an earlier module deployed it)."""
-    code = load_runbook("deploy").RUNBOOK.main(["--lab"])
-    assert code == 0, failed_units(lab)
+    report = tmp_path_factory.mktemp("deploy") / "report.json"
+    code = load_runbook("deploy").RUNBOOK.main(["--lab", "--report", str(report)])
+    assert code == 0, f"{step_failures(report)}\n{failed_units(lab)}"
 
 
 def ssh(
