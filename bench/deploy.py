@@ -11,6 +11,8 @@ Needs root and the artifact cache (python runbooks/artifacts.py fetch).
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -27,8 +29,6 @@ from lab.lab import Lab, lab_hosts
 
 
 def run_deploy(report: Path) -> dict:
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("deploy", REPO / "runbooks" / "deploy.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -59,6 +59,8 @@ def run_deploy(report: Path) -> dict:
 
 
 def main() -> int:
+    # No options; parsed all the same, so that --help or a typo does not rebuild the lab.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
     lab = Lab(lab_hosts(settings))
     lab.down()
