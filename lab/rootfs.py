@@ -176,7 +176,12 @@ def personalise(root: Path, host: str, authorized_key: str) -> str:
 
     Returns the host's public SSH key.
     """
-    _write(root, {**APT_PROXY, **machine_apt_files()})
+    apt = machine_apt_files()
+    _write(root, {**APT_PROXY, **apt})
+    if "etc/apt/sources.list" not in apt:
+        # debootstrap's own: the hosts use the machine's sources and nothing else (the proxy
+        # serves no other), and the same source twice makes apt warn on every run.
+        (root / "etc/apt/sources.list").unlink(missing_ok=True)
     (root / "etc/hostname").write_text(f"{host}\n")
     (root / "etc/hosts").write_text(
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n\n::1\tlocalhost ip6-localhost ip6-loopback\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lab.lab import Lab, UpReport
+from lab.rootfs import machine_apt_files
 from tests.lab.conftest import ssh
 
 
@@ -43,6 +44,19 @@ def test_no_route_out_of_the_lab(lab: Lab) -> None:
     assert connect(lab, "synapse1", "192.0.2.1", 80) == "101"  # ENETUNREACH
     # Inside the lab: the package proxy on the bridge answers.
     assert connect(lab, "synapse1", "198.18.0.1", 13142) == "connected"
+
+
+def test_hosts_fetch_the_machines_apt_sources_through_the_proxy_and_nothing_else(lab: Lab) -> None:
+    found = ssh(lab, "coturn2", "find /etc/apt/sources.list /etc/apt/sources.list.d -type f 2>/dev/null", check=False)
+    assert set(found.stdout.split()) == {f"/{path}" for path in machine_apt_files() if "/sources.list" in path}
+    update = ssh(lab, "coturn2", "sudo timeout 120 apt-get -q update --error-on=any")
+    assert not [line for line in update.stderr.splitlines() if line.startswith(("W:", "E:"))], update.stderr
+    # What is not under the machine's sources is refused, not fetched.
+    fetch_elsewhere = (
+        'python3 -c "import urllib.request as u; '
+        "u.build_opener(u.ProxyHandler({'http': 'http://198.18.0.1:13142'})).open('http://example.invalid/')\""
+    )
+    assert "HTTP Error 403" in ssh(lab, "coturn2", fetch_elsewhere, check=False).stderr
 
 
 def test_hosts_reach_each_other(lab: Lab) -> None:
