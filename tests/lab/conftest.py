@@ -117,6 +117,8 @@ def failed_units(lab: Lab) -> str:
 def step_failures(report: Path) -> str:
     """The failed steps of a runbook's JSON report with each failed host's message: the lines
     a red CI run is read by (the run's own output is cut off above the summary table)."""
+    if not report.exists():
+        return "the run wrote no report: it stopped before its first step (see its output)"
     lines = []
     for step in json.loads(report.read_text())["steps"]:
         if step["status"] == "failed":
