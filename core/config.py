@@ -253,7 +253,19 @@ class Preflight(Section):
 
 class Ssh(Section):
     connect_timeout: int = Field(10, ge=1, le=300, description="seconds to wait for an SSH connection, e.g. 10")
-    command_timeout: int = Field(900, ge=10, le=7200, description="seconds a remote command may run, e.g. 900")
+    command_timeout: int = Field(
+        900,
+        ge=10,
+        le=7200,
+        description="seconds a command that changes a server may run, unless it sets its own, e.g. 900",
+    )
+    lost_after: int = Field(
+        12,
+        ge=5,
+        le=120,
+        description="seconds a server's network may leave the controller unanswered before the server is declared "
+        "lost and drops out of the run (the other servers go on), e.g. 12",
+    )
 
 
 class Config(Section):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+import socket
 import threading
 import time
 import uuid
@@ -27,10 +28,11 @@ import fabric
 import paramiko
 from nornir.core.configuration import Config
 
-from core.errors import HostError
+from core.errors import HostError, HostLost
 from core.root_shell import RootShell
 
 CONNECTION = "fabric"
+READ_SECONDS = 120  # the deadline of a command that only reads, unless it sets its own
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class FabricConnection:
         self.log: list[CommandRecord] = []
         self.username = "root"
         self.command_timeout: int | None = None
+        self.address = ""
         self.options: dict[str, Any] = {}
         self.root_shell: RootShell | None = None  # started by the first command
         self.starting = threading.Lock()
@@ -91,6 +94,7 @@ class FabricConnection:
         self.options = options  # the run's settings; `step` names the step running now
         connect_timeout = int(options.get("connect_timeout", 10))
         self.command_timeout = options.get("command_timeout")
+        self.address = str(hostname)
         self.username = username or "root"
         key = _local_path(extras.get("key_filename"), options.get("inventory_dir"))
         connect_kwargs: dict[str, Any] = {
@@ -128,11 +132,13 @@ class FabricConnection:
                 ) from None
             raise HostError(f"{where}: SSH failed: {exc}. Check that sshd runs and the key is authorised") from None
         except (TimeoutError, OSError) as exc:
-            raise HostError(
+            raise HostLost(
                 f"{where}: cannot connect ({exc.strerror or exc}). Check the address in the inventory, "
-                "that the host is up and that the network/firewall lets SSH through"
+                "that the host is up and that the network/firewall lets SSH through",
+                str(hostname),
             ) from None
-        conn.transport.set_keepalive(15)
+        conn.transport.set_keepalive(5)
+        detect_dead_peer(conn.transport.sock, int(options.get("lost_after", 12)))
         self.connection = conn
         self.where = where
 
@@ -168,11 +174,24 @@ class FabricConnection:
         if not reads_only:
             self.read_ahead.clear()
         started = time.monotonic()
-        with self.starting:  # a peer's task may use this connection too
-            if self.root_shell is None or self.root_shell.broken:
-                self.root_shell = RootShell(self.connection.transport, self.where, sudo=self.sudo)
-        wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
-        exit_code, stdout, stderr = self.root_shell.run(wrapped, stdin, timeout or self.command_timeout)
+        try:
+            with self.starting:  # a peer's task may use this connection too
+                if self.root_shell is None or self.root_shell.broken:
+                    self.root_shell = RootShell(self.connection.transport, self.where, sudo=self.sudo)
+            wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
+            deadline = timeout or (READ_SECONDS if reads_only else self.command_timeout)
+            exit_code, stdout, stderr = self.root_shell.run(wrapped, stdin, deadline)
+        except HostLost as exc:
+            self.log.append(
+                CommandRecord(
+                    self.username, self.sudo, cwd, script, expect, on_failure, -1, time.monotonic() - started, self.step
+                )
+            )
+            first = script.strip().splitlines()[0] if script.strip() else ""
+            raise HostLost(
+                f"{exc} (step {self.step or '-'}, command: {first[:160]}{' …' if len(first) > 160 else ''})",
+                self.address,
+            ) from None
         output = Output(exit_code, stdout, stderr, time.monotonic() - started)
         self.log.append(
             CommandRecord(
@@ -189,7 +208,14 @@ class FabricConnection:
         """
         staging = f"/tmp/.mha-upload-{uuid.uuid4().hex}"
         started = time.monotonic()
-        self.connection.sftp().put(str(source), staging)
+        try:
+            self.connection.sftp().put(str(source), staging)
+        except (paramiko.SSHException, OSError) as exc:
+            if self.connection.transport.is_active():
+                raise
+            raise HostLost(
+                f"{self.where}: no answer, the connection broke copying {source.name} ({exc})", self.address
+            ) from None
         self.log.append(
             CommandRecord(
                 self.username,
@@ -215,6 +241,26 @@ class FabricConnection:
                 f"{self.connection.host}: installing {path} failed (exit {output.exit_code}): "
                 f"{output.stderr.strip()[-300:]}. Check free space and that {owner}:{group} exist"
             )
+
+
+def detect_dead_peer(sock: object, seconds: int) -> None:
+    """Make the kernel give up on the connection once the host has answered nothing for `seconds`.
+
+    A host whose link is cut or that is switched off sends no reset: without this, the
+    controller waits for the command's whole deadline (up to `command_timeout`) before it
+    knows. TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged; keep-alive
+    probes (every 2 s after 3 s of silence) make sure there is something to acknowledge
+    while a long command prints nothing. paramiko then closes the transport, and the
+    command waiting on it fails at once. A proxied connection (not a plain socket) keeps
+    only the SSH keep-alive.
+    """
+    if not isinstance(sock, socket.socket):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, (seconds - 3) // 2))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000)
 
 
 def _local_path(value: str | None, inventory_dir: str | None) -> str | None:

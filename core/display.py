@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from core.errors import HostError
+from core.errors import HostError, HostLost
 from core.secrets import Redactor
 
 
@@ -24,10 +24,12 @@ from core.secrets import Redactor
 class HostOutcome:
     """One host's result in one step."""
 
-    status: str  # ok | changed | failed
+    status: str  # ok | changed | failed | lost (the host, or a peer its task needed, stopped answering)
     seconds: float
     message: str = ""
     diff: str = ""
+    at: float = 0.0  # when the host finished the step (seconds since the epoch)
+    lost_address: str = ""  # with status lost: the address that stopped answering (this host's or a peer's)
 
 
 @dataclass
@@ -54,10 +56,18 @@ def host_outcome(multi: MultiResult, seconds: float, redact: Redactor) -> HostOu
     # A task may repeat its subtasks' diff as its own: show each once.
     diff = "\n".join(dict.fromkeys(r.diff for r in flatten(multi) if r.diff))
     if multi.failed:
-        return HostOutcome("failed", seconds, redact(failure_text(multi)), redact(diff))
+        lost = lost_in(multi)
+        status = "lost" if lost else "failed"
+        address = lost.address if lost else ""
+        return HostOutcome(status, seconds, redact(failure_text(multi)), redact(diff), time.time(), address)
     first = multi[0].result
     message = first if isinstance(first, str) else ""
-    return HostOutcome("changed" if multi.changed else "ok", seconds, redact(message), redact(diff))
+    return HostOutcome("changed" if multi.changed else "ok", seconds, redact(message), redact(diff), time.time())
+
+
+def lost_in(multi: MultiResult) -> HostLost | None:
+    """The loss of a host (this one or a peer it needed) behind a failure, if that is what it was."""
+    return next((r.exception for r in flatten(multi) if isinstance(r.exception, HostLost)), None)
 
 
 def failure_text(multi: MultiResult) -> str:
@@ -111,12 +121,12 @@ class Progress:
         return None
 
     def _print(self, name: str, outcome: HostOutcome) -> None:
-        style = {"ok": "green", "changed": "yellow", "failed": "bold red"}[outcome.status]
+        style = {"ok": "green", "changed": "yellow", "failed": "bold red", "lost": "bold magenta"}[outcome.status]
         line = f"  [{style}]{outcome.status:8}[/{style}] {escape(name):16} {outcome.seconds:6.1f}s"
-        if outcome.message and (outcome.status != "failed") and self.verbose:
+        if outcome.message and outcome.status not in ("failed", "lost") and self.verbose:
             line += f"  {escape(outcome.message.splitlines()[0])}"
         self.console.print(line, highlight=False)
-        if outcome.status == "failed":
+        if outcome.status in ("failed", "lost"):
             self.console.print(escape(_indent(outcome.message)), style="red", highlight=False)
         elif outcome.diff and (self.show_diffs or self.verbose):
             self.console.print(escape(_indent(outcome.diff)), highlight=False)
@@ -176,11 +186,10 @@ def checklist_table(steps: list[StepOutcome]) -> Table:
 
 def summary_table(steps: list[StepOutcome]) -> Table:
     table = Table(title="Summary", show_lines=False)
-    for column in ("step", "status", "hosts", "changed", "failed", "seconds"):
-        table.add_column(column, justify="right" if column in ("hosts", "changed", "failed", "seconds") else "left")
+    for column in ("step", "status", "hosts", "changed", "failed", "lost", "seconds"):
+        table.add_column(column, justify="left" if column in ("step", "status") else "right")
     for step in steps:
-        changed = sum(1 for h in step.hosts.values() if h.status == "changed")
-        failed = sum(1 for h in step.hosts.values() if h.status == "failed")
+        changed, failed, lost = (sum(h.status == s for h in step.hosts.values()) for s in ("changed", "failed", "lost"))
         style = {"failed": "red", "changed": "yellow", "ok": "green"}.get(step.status, "dim")
         status = step.status + (f" ({step.note})" if step.note else "")
         table.add_row(
@@ -189,6 +198,7 @@ def summary_table(steps: list[StepOutcome]) -> Table:
             str(len(step.hosts)),
             str(changed),
             str(failed),
+            str(lost),
             f"{step.seconds:.1f}",
         )
     return table

@@ -38,3 +38,16 @@ class HostError(Exception):
     Runbooks print these messages as they are (no traceback): they are about the
     servers, not about our code.
     """
+
+
+class HostLost(HostError):
+    """A host could not be reached, or stopped answering in the middle of a run.
+
+    The runbook takes such a host out of the rest of the run (the others go on) and lists
+    it at the end with the command that finishes it; `address` is the inventory address
+    the connection used, so a task that failed on a peer's loss names the peer.
+    """
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(message)
+        self.address = address

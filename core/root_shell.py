@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import shlex
 import threading
+import time
 
 import paramiko
 
-from core.errors import HostError
+from core.errors import HostError, HostLost
 
 PROGRAM = r"""
 import os, signal, subprocess, sys
@@ -57,7 +58,10 @@ class RootShell:
         self.where = where
         self.lock = threading.Lock()
         self.broken = False  # a broken shell is replaced, never read again: its stream may be out of step
-        self.channel = transport.open_session()
+        try:
+            self.channel = transport.open_session()
+        except (paramiko.SSHException, OSError) as exc:
+            raise HostLost(f"{where}: the connection is gone ({exc}); check that the host is up", where) from None
         line = f"python3 -I -S -c {shlex.quote(PROGRAM)}"  # no site, no environment: a faster start
         self.channel.exec_command(f"sudo -n -H -- {line}" if sudo else line)
         self.reader = self.channel.makefile("rb")
@@ -68,6 +72,8 @@ class RootShell:
                 answer = self.reader.readline()
         except TimeoutError:
             answer = b""
+        if answer != b"ready\n" and not transport.is_active():
+            raise HostLost(f"{where}: no answer, the connection broke while starting the root shell", where)
         if answer != b"ready\n":
             said = self.channel.recv_stderr(4096) if self.channel.recv_stderr_ready() else b""
             problem = said.decode(errors="replace").strip() or f"no answer in {STARTUP_SECONDS} s"
@@ -80,6 +86,7 @@ class RootShell:
     def run(self, script: str, stdin: str | None, timeout: float | None) -> tuple[int, str, str]:
         """Run `script` with bash as root; returns (exit status, stdout, stderr). Exit 124 on timeout."""
         body, data = script.encode(), (stdin or "").encode()
+        started = time.monotonic()
         with self.lock:
             self.channel.settimeout(None if timeout is None else timeout + SLACK_SECONDS)
             try:
@@ -90,9 +97,11 @@ class RootShell:
             except (OSError, ValueError) as exc:
                 self.broken = True
                 self.channel.close()
-                raise HostError(
-                    f"{self.where}: the connection broke during a command ({exc or 'end of stream'}); "
-                    "check that the host is up, then re-run"
+                why = "the stream ended" if isinstance(exc, ValueError) else str(exc) or type(exc).__name__
+                raise HostLost(
+                    f"{self.where}: no answer, the connection broke {time.monotonic() - started:.1f} s into a command "
+                    f"({why}): the host is down, its network is cut, or sshd was stopped",
+                    self.where,
                 ) from None
         return status, out.decode(errors="replace"), err.decode(errors="replace")
 

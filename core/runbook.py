@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,14 @@ from rich.markup import escape
 
 from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection
-from core.display import Progress, StepOutcome, checklist_table, failure_text, host_outcome, summary_table
+from core.display import (
+    Progress,
+    StepOutcome,
+    checklist_table,
+    failure_text,
+    host_outcome,
+    summary_table,
+)
 from core.errors import InputError, InputProblem
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
@@ -115,6 +123,18 @@ class Options:
     report: Path | None
     plan_dir: Path
     lab: bool
+    argv: tuple[str, ...] = ()  # as given, for the command that finishes hosts that dropped out
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A host that left the run: it stopped answering, or a step on it needed a peer that did."""
+
+    host: str
+    address: str
+    step: str
+    reason: str
+    at: float  # when the run gave up on it (seconds since the epoch)
 
 
 class Runbook:
@@ -186,9 +206,10 @@ class Runbook:
         return parser
 
     def main(self, argv: list[str] | None = None) -> int:
-        args = self.parser().parse_args(argv)
+        given = list(sys.argv[1:] if argv is None else argv)
+        args = self.parser().parse_args(given)
         try:
-            options = self._options(args)
+            options = self._options(args, given)
             # The lab is a test bed: the example values of config.yaml are fine there.
             settings, warnings = load_settings(
                 options.config, options.inventory, allow_placeholders=options.mode is Mode.PLAN or options.lab
@@ -242,7 +263,7 @@ class Runbook:
             return False
         return True
 
-    def _options(self, args: argparse.Namespace) -> Options:
+    def _options(self, args: argparse.Namespace, given: list[str]) -> Options:
         names = [s.name for s in self.steps]
         bad = [n for n in args.step + args.skip_step if n not in names]
         if bad:
@@ -264,6 +285,7 @@ class Runbook:
             verbose=args.verbose,
             report=args.report,
             plan_dir=args.plan_dir or Path(""),
+            argv=tuple(given),
         )
 
     def _confirmed(self, settings: Settings) -> bool:
@@ -296,14 +318,19 @@ class Runbook:
         }[options.mode]
         if mode_note:
             self.console.print(f"[cyan]{mode_note}[/cyan]")
+        dropped: dict[str, Dropped] = {}
         try:
             blocked_by = ""
             for index, step in enumerate(options.steps, 1):
                 if blocked_by:
                     outcomes.append(StepOutcome(step.name, "not run", note=f"after failure in {blocked_by}"))
                     continue
-                outcome = self._run_step(nr, step, index, len(options.steps), settings, options, progress, redact)
+                staying = nr.filter(filter_func=lambda host: host.name not in dropped)
+                outcome = self._run_step(staying, step, index, len(options.steps), settings, options, progress, redact)
                 outcomes.append(outcome)
+                for gone in self._dropped(step, outcome, settings, dropped):
+                    dropped[gone.host] = gone
+                    nr.config.user_defined["lost"][gone.host] = f"{gone.reason} (in step {gone.step})"
                 # Nornir leaves failed hosts out of later runs; each check of a checklist asks them again.
                 nr.data.reset_failed_hosts()
                 if outcome.status == "failed" and (step.blocks or not self.checklist):
@@ -328,13 +355,58 @@ class Runbook:
             if changed
             else "[green]no changes[/green]"
         )
+        if dropped:
+            verdict += f", [bold magenta]{len(dropped)} host(s) dropped out[/bold magenta]"
+            self._print_dropped(dropped, options, redact)
         self.console.print(f"{self.name}: {verdict} in {elapsed:.1f}s")
         if options.verbose:
             self._print_commands(commands, redact)
-        code = EXIT_FAILED if failed else EXIT_OK
+        code = EXIT_FAILED if failed or dropped else EXIT_OK
         if options.report:
-            self._write_report(options, settings, outcomes, commands, elapsed, code, redact)
+            self._write_report(options, settings, outcomes, commands, elapsed, code, redact, dropped)
         return code
+
+    @staticmethod
+    def _dropped(step: Step, outcome: StepOutcome, settings: Settings, before: dict[str, Dropped]) -> list[Dropped]:
+        """The hosts this step lost: each host whose task met a lost host, and that host itself.
+
+        A host whose task failed because a peer stopped answering (the backup host reading
+        a replica) leaves too: its step is not done, and the finish command must name it.
+        """
+        by_address = {h.address: h.name for h in settings.hosts.values()}
+        gone: dict[str, Dropped] = {}
+        for name, host in outcome.hosts.items():
+            if host.status != "lost":
+                continue
+            peer = by_address.get(host.lost_address, name)
+            first = host.message.splitlines()[0]
+            if peer != name and peer not in before and peer not in gone:
+                gone[peer] = Dropped(peer, settings.hosts[peer].address, step.name, first, host.at)
+            reason = first if peer == name else f"its step needs {peer}, which stopped answering"
+            gone[name] = Dropped(name, settings.hosts[name].address, step.name, reason, host.at)
+        return list(gone.values())
+
+    def _print_dropped(self, dropped: dict[str, Dropped], options: Options, redact: Redactor) -> None:
+        """Which hosts left the run and why, and the command that finishes them once they answer."""
+        self.console.print("[bold magenta]Hosts that dropped out of this run[/bold magenta] (the others went on):")
+        for gone in dropped.values():
+            reason = escape(redact(gone.reason))
+            self.console.print(f"  {escape(gone.host)} ({gone.address}) in step {gone.step}: {reason}")
+        self.console.print("Once they answer again, finish them with:")
+        self.console.print(f"  {escape(self.finish_command(options, list(dropped)))}")
+
+    def finish_command(self, options: Options, hosts: list[str]) -> str:
+        """This run's command line, limited to `hosts`."""
+        kept: list[str] = []
+        skip = False
+        for arg in options.argv:
+            if skip:
+                skip = False
+            elif arg == "--limit":
+                skip = True
+            elif not arg.startswith("--limit="):
+                kept.append(arg)
+        return " ".join(["python", f"runbooks/{self.name}.py", *map(shlex.quote, kept), "--limit", ",".join(hosts)])
 
     def _run_step(
         self,
@@ -350,13 +422,14 @@ class Runbook:
         groups = step.groups
         targets = nr.filter(filter_func=lambda h: groups is None or any(g.name in groups for g in h.groups))
         count = len(targets.inventory.hosts)
+        lost = nr.config.user_defined["lost"]
         where = "all hosts" if groups is None else ", ".join(groups)
         self.console.print(
             f"[bold]▶ {index}/{total} {step.name}[/bold] — {step.summary} "
             f"[dim]({count} hosts: {where}{', one at a time' if step.serial else ''})[/dim]"
         )
         if count == 0:
-            return StepOutcome(step.name, "skipped", note="no hosts")
+            return StepOutcome(step.name, "skipped", note="every host dropped out" if lost else "no hosts")
         if not step.used(settings):
             note = (step.applies.__doc__ or "not used with these settings").strip() if step.applies else ""
             self.console.print(f"  [dim]skipped: {escape(note)}[/dim]")
@@ -381,14 +454,21 @@ class Runbook:
             name: progress.outcomes.get(name) or host_outcome(multi, 0.0, redact) for name, multi in result.items()
         }
         outcome = StepOutcome(step.name, "ok", hosts=hosts)
-        if step.report and not result.failed:
+        if step.serial:  # a rolling step stops at a lost host: the hosts after it were not done
+            for host in hosts.values():
+                host.status = "failed" if host.status == "lost" else host.status
+        failed = [name for name, host in hosts.items() if host.status == "failed"]
+        losing = [name for name, host in hosts.items() if host.status == "lost"]
+        if step.report and not failed:
             outcome.report = redact(step.report(result, settings))
             self.console.print(escape(outcome.report), highlight=False)
-        if result.failed:
+        if failed:
             outcome.status = "failed"
-            outcome.note = f"{len(result.failed_hosts)} host(s) failed"
+            outcome.note = f"{len(failed)} host(s) failed"
         else:
-            problems = self._health(step, targets, result, settings) if options.mode is Mode.APPLY else []
+            outcome.note = f"{len(losing)} host(s) dropped out" if losing else ""
+            staying = targets.filter(filter_func=lambda h: h.name not in losing)
+            problems = self._health(step, staying, result, settings) if options.mode is Mode.APPLY else []
             if problems:
                 outcome.status, outcome.note = "failed", "health gate"
                 outcome.problems = [redact(p) for p in problems]
@@ -401,9 +481,9 @@ class Runbook:
         return outcome
 
     def _health(self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings) -> list[str]:
-        """Problems found by the step's health check (on every host) and its cross-host gate."""
+        """Problems found by the step's health check (on every host still in the run) and its cross-host gate."""
         problems = []
-        if step.check:
+        if step.check and targets.inventory.hosts:
             checked = targets.run(task=step.check, name=f"{step.name} health", settings=settings)
             problems += [failure_text(multi) for multi in checked.values() if multi.failed]
         if step.gate and not problems:
@@ -430,6 +510,7 @@ class Runbook:
         elapsed: float,
         code: int,
         redact: Redactor,
+        dropped: dict[str, Dropped],
     ) -> None:
         report: dict[str, Any] = {
             "runbook": self.name,
@@ -438,6 +519,8 @@ class Runbook:
             "exit_code": code,
             "seconds": round(elapsed, 3),
             "steps": [asdict(o) for o in outcomes],
+            "dropped": [asdict(d) for d in dropped.values()],
+            "finish": self.finish_command(options, list(dropped)) if dropped else "",
             "commands": {host: [asdict(r) for r in records] for host, records in commands.items()},
         }
         options.report.parent.mkdir(parents=True, exist_ok=True)
@@ -454,6 +537,8 @@ def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) ->
         "inventory_dir": str(inventory),
         "connect_timeout": settings.config.ssh.connect_timeout,
         "command_timeout": settings.config.ssh.command_timeout,
+        "lost_after": settings.config.ssh.lost_after,
+        "lost": {},  # hosts that dropped out of the run, with why (tasks.remote.lost_hosts)
     }
     return inventory_nornir(inventory, max(1, min(len(settings.hosts), MAX_THREADS)), options)
 

@@ -11,7 +11,7 @@ import shlex
 from nornir.core.task import Result, Task
 
 from tasks.files import FileSpec, put_files, unified, write
-from tasks.remote import Expectation, Mode, mode, redactor, run
+from tasks.remote import Expectation, Mode, mode, primitive, redactor, run
 
 OWNER = "matrix-platform"
 
@@ -37,6 +37,7 @@ def with_block(text: str, name: str, body: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@primitive
 def ensure_block(task: Task, path: str, name: str, body: str, *, new_mode: int = 0o644) -> Result:
     """Make the block `name` in `path` hold `body`; one remote command when nothing changes."""
     if mode(task) is Mode.PLAN:

@@ -18,7 +18,7 @@ from nornir.core.task import Result, Task
 from nornir_jinja2.plugins.tasks import template_file
 
 from core.secrets import Redactor
-from tasks.remote import Expectation, Mode, known, mode, redactor, run, shell
+from tasks.remote import Expectation, Mode, known, mode, primitive, redactor, run, shell
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 JINJA = Environment(
@@ -165,6 +165,7 @@ def write_script(spec: FileSpec) -> str:
     )
 
 
+@primitive
 def put_artifacts(task: Task, specs: list[ArtifactSpec]) -> Result:
     """Converge files copied from the controller; one fact command when nothing differs."""
     if mode(task) is Mode.PLAN:
@@ -198,6 +199,7 @@ def render(task: Task, template: str, **context: object) -> str:
     return task.run(task=template_file, template=template, jinja_env=JINJA, severity_level=10, **context)[0].result
 
 
+@primitive
 def put_files(task: Task, specs: list[FileSpec]) -> Result:
     """Converge `specs` on the host; `result` lists the paths that changed."""
     redact = redactor(task)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Collection
 from pathlib import Path
 
 from nornir.core.task import Result, Task
@@ -29,7 +30,7 @@ from tasks.database import MONITOR_ROLE
 from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, lost_hosts, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, service_user, services
 from tasks.waits import wait_for_http
 
@@ -193,9 +194,14 @@ print(json.dumps(targets))
 """
 
 
-def expected_targets(settings: Settings) -> set[tuple[str, str]]:
-    """(job, instance) of every target the platform should have."""
-    return {(job.name, target.address) for job in jobs(settings, HAPROXY_PASSWORD_FILE) for target in job.targets}
+def expected_targets(settings: Settings, without: Collection[str] = ()) -> set[tuple[str, str]]:
+    """(job, instance) of every target the platform should have, less those of the hosts `without`."""
+    return {
+        (job.name, target.address)
+        for job in jobs(settings, HAPROXY_PASSWORD_FILE)
+        for target in job.targets
+        if target.labels["host"] not in without
+    }
 
 
 def targets_up(task: Task, settings: Settings) -> Result:
@@ -203,7 +209,8 @@ def targets_up(task: Task, settings: Settings) -> Result:
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="not checked in this mode")
     base = f"http://{settings.hosts[task.host.name].private_ip}:{PROMETHEUS_PORT}"
-    expected = expected_targets(settings)
+    lost = sorted(lost_hosts(task))  # they cannot be up: the run already reports them
+    expected = expected_targets(settings, lost)
     # A minute for a (re)started Prometheus to answer, then a few scrape intervals.
     answer_within, window = 60, max(30, 4 * settings.config.monitoring.scrape_interval_seconds)
     out = run(
@@ -229,7 +236,8 @@ def targets_up(task: Task, settings: Settings) -> Result:
             + "; ".join(f"{j} {i} ({errors.get((j, i)) or 'not scraped yet'})" for j, i in down)
             + ". Check the exporter on that host (systemctl status, journalctl) and the firewall"
         )
-    return Result(host=task.host, result=f"{len(expected)} targets up")
+    unchecked = f" (not checked: the targets of {', '.join(lost)}, which dropped out)" if lost else ""
+    return Result(host=task.host, result=f"{len(expected)} targets up{unchecked}")
 
 
 def grafana_home(settings: Settings) -> str:

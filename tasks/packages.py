@@ -13,7 +13,7 @@ import shlex
 
 from nornir.core.task import Result, Task
 
-from tasks.remote import Expectation, Mode, known, mode, run
+from tasks.remote import Expectation, Mode, known, mode, primitive, run
 
 APT_TIMEOUT = 900
 # An index refresh normally takes seconds; one was seen hanging for many minutes on a
@@ -77,6 +77,7 @@ def install_script(names: list[str], *, autostart: bool) -> str:
     )
 
 
+@primitive
 def packages(task: Task, names: list[str], autostart: bool = True) -> Result:
     """Ensure the Debian packages `names` are installed."""
     if mode(task) is Mode.PLAN:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from nornir.core.inventory import Host
-from nornir.core.task import Task
+from nornir.core.task import Result, Task
 
 from core.connection import CONNECTION, FabricConnection, Output
-from core.errors import HostError
+from core.errors import HostError, HostLost
 from core.secrets import Redactor
 
 
@@ -36,13 +39,22 @@ def inventory_host(task: Task, name: str | None) -> Host:
     return task.nornir.config.user_defined["hosts"][name] if name else task.host
 
 
+def lost_hosts(task: Task) -> dict[str, str]:
+    """The hosts that dropped out of this run so far (lost, or held back by a lost peer), with why."""
+    return task.nornir.config.user_defined.setdefault("lost", {})
+
+
 def shell(task: Task, host: str | None = None) -> FabricConnection:
     """A host's connection plugin (the task's own by default), opened on first use and then reused.
 
     Another inventory host's connection serves a step that needs a fact from a peer, such
-    as the backup host reading the database's row counts from a replica.
+    as the backup host reading the database's row counts from a replica. A host that
+    dropped out of the run is not tried again: the step that needs it fails at once.
     """
     target = inventory_host(task, host)
+    why = lost_hosts(task).get(target.name)
+    if why is not None:
+        raise HostLost(f"{target.name} ({target.hostname}) dropped out of this run: {why}", str(target.hostname))
     target.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
     return target.connections[CONNECTION]
 
@@ -57,6 +69,35 @@ def known(task: Task, kind: str, names: list[str]) -> dict[str, Any] | None:
         return None
     found = {name: conn.read_ahead.get(f"{kind}:{name}") for name in names}
     return found if None not in found.values() else None
+
+
+P = ParamSpec("P")
+_depth = threading.local()  # primitives calling primitives: only the outermost one reports
+
+
+def primitive(function: Callable[Concatenate[Task, P], Result]) -> Callable[Concatenate[Task, P], Result]:
+    """Mark a shared primitive (files, packages, units, users): its Result always joins the run's results.
+
+    A component may call a primitive directly and drop what it returned; a unit started
+    again or a package put back would then go unreported ("no changes" after a change).
+    So the primitive itself adds its Result to the calling task's results, exactly as if
+    it had been run through `task.run`, whatever the caller does with it. Plan mode is
+    left out: there the results are what the templates want, not what a host did.
+    """
+
+    @functools.wraps(function)
+    def wrapper(task: Task, *args: P.args, **kwargs: P.kwargs) -> Result:
+        outermost = getattr(_depth, "value", 0) == 0
+        _depth.value = getattr(_depth, "value", 0) + 1
+        try:
+            result = function(task, *args, **kwargs)
+        finally:
+            _depth.value -= 1
+        if outermost and task.task is not wrapper and mode(task) is not Mode.PLAN:
+            task.results.append(result)
+        return result
+
+    return wrapper
 
 
 def host_key(task: Task, host: str) -> str:

@@ -10,7 +10,7 @@ from nornir.core.task import Result, Task
 from core import artifacts
 from core.artifacts import ArtifactFile
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files
-from tasks.remote import Expectation, Mode, known, mode, run
+from tasks.remote import Expectation, Mode, known, mode, primitive, run
 from tasks.waits import wait_for_http
 
 UNIT_DIR = "/etc/systemd/system"
@@ -58,6 +58,7 @@ def actions(fact: ServiceFact, *, running: bool, enabled: bool, restart: bool, r
     return verbs
 
 
+@primitive
 def service(
     task: Task,
     unit: str,
@@ -103,6 +104,7 @@ def parse_show_many(stdout: str) -> dict[str, ServiceFact]:
 VERB_ORDER = ("enable", "disable", "stop", "start", "restart", "reload")
 
 
+@primitive
 def services(task: Task, *waves: dict[str, Wanted], daemon_reload: bool = False) -> Result:
     """Converge the units of one component: one `systemctl show`, then one command for all actions.
 
@@ -155,21 +157,32 @@ def services(task: Task, *waves: dict[str, Wanted], daemon_reload: bool = False)
     return Result(host=task.host, result=taken, changed=bool(taken), diff="\n".join(diffs))
 
 
+@primitive
 def unit_file(task: Task, unit: str, content: str) -> Result:
     """Install a unit file under /etc/systemd/system; `changed` means a daemon-reload is due."""
     return put_files(task, [FileSpec(f"{UNIT_DIR}/{unit}", content)])
 
 
-def service_user(task: Task, name: str) -> None:
+@primitive
+def service_user(task: Task, name: str) -> Result:
     """Create the system account a service runs as (no home, no login) if it is missing."""
-    if mode(task) is not Mode.APPLY or known(task, "user", [name]) == {name: True}:
-        return
+    if mode(task) is Mode.PLAN or known(task, "user", [name]) == {name: True}:
+        return Result(host=task.host, result=[], changed=False)
     user = shlex.quote(name)
-    run(
-        task,
-        f"id -u {user} >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin {user}",
-        what=Expectation(f"system user {name}"),
+    create = (
+        ""
+        if mode(task) is not Mode.APPLY
+        else f"useradd --system --no-create-home --shell /usr/sbin/nologin {user} && "
     )
+    out = run(
+        task,
+        f"if id -u {user} >/dev/null 2>&1; then echo present; else {create}echo absent; fi",
+        what=Expectation(f"system user {name}"),
+        reads_only=mode(task) is not Mode.APPLY,
+    )
+    if out.stdout.strip() == "present":
+        return Result(host=task.host, result=[], changed=False)
+    return Result(host=task.host, result=[name], changed=True, diff=f"system user {name}: created")
 
 
 def binary_service(

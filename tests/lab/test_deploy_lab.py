@@ -76,3 +76,26 @@ def test_foreign_process_on_a_platform_port_stops_the_deploy(deploy_lab: Deploy,
     assert code == 1
     assert "livekit1: not ready" in out and "port 7880/tcp, needed by livekit-http, is held by python3" in out
     assert "hosts-file" in out and "not run" in out  # later steps wait for a healthy preflight
+
+
+def test_every_change_a_rerun_makes_is_reported(deploy_lab: Deploy, lab: Lab, tmp_path: Path) -> None:
+    """A unit stopped, a file edited, a package removed by hand: the re-run puts each back and says so."""
+    defaults = "/etc/default/prometheus-node-exporter"
+    ssh(lab, "backup1", "sudo systemctl stop prometheus-node-exporter")
+    ssh(lab, "coturn1", f"echo '# edited by hand' | sudo tee -a {defaults} >/dev/null")
+    ssh(lab, "minio1", "sudo DEBIAN_FRONTEND=noninteractive apt-get -q -y remove prometheus-node-exporter")
+    report = tmp_path / "report.json"
+    code, out = deploy_lab("--step", "node-exporter", "--report", str(report))
+    assert code == 0, out
+    assert "deploy: changes made" in out
+    hosts = json.loads(report.read_text())["steps"][0]["hosts"]
+    changed = {name: host["diff"] for name, host in hosts.items() if host["status"] == "changed"}
+    assert set(changed) == {"backup1", "coturn1", "minio1"}, changed
+    assert "prometheus-node-exporter.service: stopped → start" in changed["backup1"]
+    assert f"{defaults}: content" in changed["coturn1"] and "-# edited by hand" in changed["coturn1"]
+    assert "install: prometheus-node-exporter" in changed["minio1"]
+    assert "prometheus-node-exporter.service: stopped → start" in changed["minio1"]
+    for host in changed:
+        assert ssh(lab, host, "systemctl is-active prometheus-node-exporter").stdout.strip() == "active"
+    code, out = deploy_lab("--step", "node-exporter")
+    assert code == 0 and "deploy: no changes" in out, out

@@ -15,13 +15,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from nornir.core.task import Result, Task
 
 from core.connection import Output
+from core.display import flatten, host_outcome
+from core.runbook import make_nornir
+from core.secrets import Redactor
+from core.settings import Settings
 from tasks.blocks import markers, with_block
 from tasks.files import FileFact, FileSpec, facts_script, file_changes, parse_facts, write_script
 from tasks.hosts_file import wrong_resolutions
 from tasks.packages import install_script, missing, query_script, venv_version_script
-from tasks.remote import Expectation, failure_message
+from tasks.remote import Expectation, Mode, failure_message, primitive
 from tasks.systemd import ServiceFact, actions, parse_show, parse_show_many
 from tasks.waits import command_script, http_script, port_script
 
@@ -289,3 +294,50 @@ def test_write_script_sets_owner(tmp_path: Path) -> None:
     assert bash(write_script(spec), stdin=spec.content).returncode == 0
     fact = parse_facts([spec.path], bash(facts_script([spec.path])).stdout)[spec.path]
     assert (fact.owner, fact.group, fact.mode) == ("nobody", "nogroup", 0o640)
+
+
+# reporting: a primitive's change reaches the run whatever its caller does with the Result
+
+
+@primitive
+def _start_unit(task: Task, unit: str) -> Result:
+    """A primitive whose fact says the unit was stopped: it reports that it started it."""
+    return Result(host=task.host, result=[f"start {unit}"], changed=True, diff=f"{unit}: stopped → start")
+
+
+@primitive
+def _outer(task: Task) -> Result:
+    """A primitive built on another: the inner one's Result is its own business."""
+    inner = _start_unit(task, "b.service")
+    return Result(host=task.host, changed=inner.changed, diff=inner.diff)
+
+
+def _discarding(task: Task) -> Result:
+    _start_unit(task, "a.service")  # the caller drops the Result, as tasks once did
+    return Result(host=task.host, changed=False)
+
+
+@pytest.mark.parametrize("mode_value", [Mode.CHECK, Mode.APPLY])
+def test_a_discarded_primitive_result_is_still_reported(lab_settings: Settings, mode_value: Mode) -> None:
+    nr = make_nornir(lab_settings, mode_value).filter(filter_func=lambda host: host.name == "coturn1")
+    multi = nr.run(task=_discarding)["coturn1"]
+    outcome = host_outcome(multi, 0.0, Redactor(None))
+    assert outcome.status == "changed" and outcome.diff == "a.service: stopped → start"
+
+
+def test_primitives_report_once_whether_nested_or_run_as_a_subtask(lab_settings: Settings) -> None:
+    nr = make_nornir(lab_settings, Mode.APPLY).filter(filter_func=lambda host: host.name == "coturn1")
+
+    def component(task: Task) -> Result:
+        task.run(task=_start_unit, unit="c.service")  # a subtask: Nornir records it, the primitive does not again
+        _outer(task)
+        return Result(host=task.host)
+
+    multi = nr.run(task=component)["coturn1"]
+    assert [r.diff for r in flatten(multi)] == ["", "c.service: stopped → start", "b.service: stopped → start"]
+
+
+def test_plan_mode_keeps_only_what_the_task_returns(lab_settings: Settings) -> None:
+    nr = make_nornir(lab_settings, Mode.PLAN).filter(filter_func=lambda host: host.name == "coturn1")
+    multi = nr.run(task=_discarding)["coturn1"]
+    assert host_outcome(multi, 0.0, Redactor(None)).status == "ok"

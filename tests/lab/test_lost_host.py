@@ -1,0 +1,138 @@
+"""A host that stops answering, or is down from the start: it drops out, the others finish.
+
+The deploy runs as an operator runs it (`python runbooks/deploy.py --lab` in a process of
+its own, its output read line by line as it comes); the host's link is cut at the
+controller's end of its cable, so nothing answers, not even a TCP reset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lab import network
+from lab.lab import Lab
+from tests.lab.conftest import REPO, ssh
+
+DETECTION_LIMIT = 20  # seconds from the cut to the run naming the host (issue: ≤ 20 s)
+
+
+class Link:
+    """A lab host's cable at the controller's end: cut on demand, always put back on leaving."""
+
+    def __init__(self, lab: Lab, host: str) -> None:
+        self.lab, self.host = lab, host
+        self.name = network.veth(next(h.address for h in lab.hosts if h.name == host))
+        self.cut_at: list[float] = []
+
+    def cut(self) -> None:
+        subprocess.run(["ip", "link", "set", self.name, "down"], check=True)
+        self.cut_at.append(time.time())
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "link", "set", self.name, "up"], check=True)
+        deadline = time.monotonic() + 30
+        while ssh(self.lab, self.host, "true", check=False).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def deploy(*args: str, on_line: Callable[[str], None] | None = None) -> tuple[int, list[tuple[float, str]]]:
+    """`python runbooks/deploy.py --lab ARGS`; returns its exit code and its lines with the time each arrived."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    process = subprocess.Popen(
+        [sys.executable, "runbooks/deploy.py", "--lab", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines = []
+    assert process.stdout
+    for line in process.stdout:
+        lines.append((time.time(), line.rstrip("\n")))
+        if on_line:
+            on_line(line)
+    return process.wait(timeout=600), lines
+
+
+def text(lines: list[tuple[float, str]]) -> str:
+    return "\n".join(line for _, line in lines)
+
+
+def finish_args(report: dict) -> list[str]:
+    """The arguments of the finish command the run printed (after `python runbooks/deploy.py`)."""
+    words = shlex.split(report["finish"])
+    assert words[:2] == ["python", "runbooks/deploy.py"], report["finish"]
+    return [w for w in words[2:] if w != "--lab"]
+
+
+def test_a_host_cut_mid_deploy_is_named_within_20_s_and_the_others_finish(
+    deployed: None, lab: Lab, tmp_path: Path
+) -> None:
+    for host in lab.hosts:  # a step that changes every host
+        ssh(lab, host.name, "sudo systemctl stop prometheus-node-exporter")
+    report_file = tmp_path / "report.json"
+
+    with Link(lab, "coturn2") as link:
+
+        def cut_when_the_step_starts(line: str) -> None:
+            if line.startswith("▶") and " node-exporter — " in line and not link.cut_at:
+                link.cut()
+
+        code, lines = deploy("--report", str(report_file), on_line=cut_when_the_step_starts)
+    cut_at = link.cut_at
+    output = text(lines)
+    assert cut_at, f"the node-exporter step never started:\n{output}"
+    assert code == 1, output
+    report = json.loads(report_file.read_text())
+    [gone] = report["dropped"]
+    assert (gone["host"], gone["address"], gone["step"]) == ("coturn2", "198.18.1.42", "node-exporter"), gone
+    named = next(t for t, line in lines if "lost" in line and "coturn2" in line)
+    assert named - cut_at[0] <= DETECTION_LIMIT, f"named {named - cut_at[0]:.1f} s after the cut"
+    assert gone["at"] - cut_at[0] <= DETECTION_LIMIT
+    # The other 15 finished that step and every later one (nothing "not run", no failure).
+    steps = {s["name"]: s for s in report["steps"]}
+    node = steps["node-exporter"]["hosts"]
+    assert {n for n, h in node.items() if h["status"] == "changed"} == {h.name for h in lab.hosts} - {"coturn2"}
+    assert node["coturn2"]["status"] == "lost"
+    assert all(s["status"] in ("ok", "changed", "skipped") for s in report["steps"]), output
+    assert list(steps["coturn"]["hosts"]) == ["coturn1"]
+    assert "not checked: the targets of coturn2" in steps["monitoring"]["hosts"]["monitoring1"]["message"]
+    assert "Hosts that dropped out of this run" in output and "--limit coturn2" in report["finish"]
+    # Back on the network: the printed command finishes it, and then nothing is left to do.
+    code, lines = deploy(*finish_args(report))
+    assert code == 0, text(lines)
+    assert ssh(lab, "coturn2", "systemctl is-active prometheus-node-exporter").stdout.strip() == "active"
+    code, lines = deploy()
+    assert code == 0 and "deploy: no changes" in text(lines), text(lines)
+
+
+def test_a_host_down_at_the_start_drops_out_and_the_others_are_deployed(
+    deployed: None, lab: Lab, tmp_path: Path
+) -> None:
+    report_file = tmp_path / "report.json"
+    with Link(lab, "haproxy2") as link:
+        link.cut()
+        code, lines = deploy("--report", str(report_file))
+    output = text(lines)
+    assert code == 1, output
+    report = json.loads(report_file.read_text())
+    assert [(d["host"], d["step"]) for d in report["dropped"]] == [("haproxy2", "preflight")]
+    assert "cannot connect" in report["dropped"][0]["reason"]
+    steps = {s["name"]: s for s in report["steps"]}
+    assert all(s["status"] in ("ok", "changed", "skipped") for s in report["steps"]), output
+    assert list(steps["keepalived"]["hosts"]) == ["haproxy1"]  # the VIP answered from haproxy1
+    assert all(len(s["hosts"]) == 15 for s in report["steps"] if s["name"] in ("firewall", "hosts-file"))
+    assert f"python runbooks/deploy.py --lab --report {report_file} --limit haproxy2" == report["finish"]
+    code, lines = deploy(*finish_args(report))
+    assert code == 0, text(lines)
