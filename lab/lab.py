@@ -93,10 +93,12 @@ class Lab:
         for host in self.hosts:
             network.ensure_host(host.name, host.address)
             root = rootfs.mount_overlay(base, self._host_dir(host.name))
+            if str(root) in running:  # what the deploy made there (its /etc/hosts block) stays as it is
+                host_keys[host.name] = rootfs.host_key(root)
+                continue
             host_keys[host.name] = rootfs.personalise(root, host.name, public_key)
-            if str(root) not in running:
-                machines.boot(host.name, root, self._host_dir(host.name) / "console.log", light=self.light)
-                report.booted.append(host.name)
+            machines.boot(host.name, root, self._host_dir(host.name) / "console.log", light=self.light)
+            report.booted.append(host.name)
         self.known_hosts.write_text("".join(f"{h.address} ssh-ed25519 {host_keys[h.name]}\n" for h in self.hosts))
         with ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
             states = pool.map(self._wait_ready, self.hosts)

@@ -172,9 +172,10 @@ def unmount_all(folder: Path) -> None:
 
 
 def personalise(root: Path, host: str, authorized_key: str) -> str:
-    """Give the host its name, machine-id, apt setup, SSH host key and the controller's key.
+    """Give a host about to boot its name, machine-id, apt setup, SSH host key and the controller's key.
 
-    Returns the host's public SSH key.
+    Only before it boots: on a running host these files are the deploy's (/etc/hosts
+    carries its block). Returns the host's public SSH key.
     """
     apt = machine_apt_files()
     _write(root, {**APT_PROXY, **apt})
@@ -197,4 +198,9 @@ def personalise(root: Path, host: str, authorized_key: str) -> str:
     uid, gid = (int(field) for field in entry.split(":")[2:4])
     for path in (ssh_dir, ssh_dir / "authorized_keys"):
         os.chown(path, uid, gid)
+    return host_key(root)
+
+
+def host_key(root: Path) -> str:
+    """The host's public SSH key (base64), as known_hosts lists it."""
     return (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[1]

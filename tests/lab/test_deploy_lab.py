@@ -99,3 +99,9 @@ def test_every_change_a_rerun_makes_is_reported(deploy_lab: Deploy, lab: Lab, tm
         assert ssh(lab, host, "systemctl is-active prometheus-node-exporter").stdout.strip() == "active"
     code, out = deploy_lab("--step", "node-exporter")
     assert code == 0 and "deploy: no changes" in out, out
+
+
+def test_lab_up_again_leaves_what_the_deploy_made(deployed: None, lab: Lab) -> None:
+    assert lab.up().booted == []
+    names = ssh(lab, "coturn1", "getent hosts patroni1.internal chat.lab.example").stdout.split()
+    assert names == ["198.18.1.11", "patroni1.internal", "patroni1", "198.18.0.10", "chat.lab.example"], names
