@@ -290,6 +290,12 @@ class Config(Section):
     ccu: int | None = Field(
         None, ge=10, le=200_000, description="concurrent users if not the scale's figure, e.g. 7000 (null: from scale)"
     )
+    secrets_file: str | None = Field(
+        None,
+        max_length=4096,
+        description="the site's secrets file, relative to this file's folder, e.g. .secrets/production.yaml "
+        "(null: .secrets/<site>.yaml beside this file)",
+    )
     versions: Versions
     synapse: Synapse
     playbook: Playbook = Playbook()

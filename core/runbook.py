@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from core.errors import InputError, InputProblem
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
+from tasks import site_identity
 from tasks.remote import Mode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,6 +112,13 @@ class Step:
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
+
+
+IDENTITY_STEP = Step(
+    "site-identity",
+    "the servers carry this run's site id and the fingerprints of its secrets and CA",
+    site_identity.read_identity,
+)
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,14 @@ class Runbook:
             default=None,
             help="where --plan writes (default plan/<site> beside the config file)",
         )
+        parser.add_argument(
+            "--secrets",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="the site's secrets file (default: the config's secrets_file, else .secrets/<site>.yaml beside it); "
+            "servers remember the secrets and CA they were deployed with and refuse others",
+        )
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         parser.add_argument("--verbose", action="store_true", help="show diffs, each host's detail and every command")
         parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report here")
@@ -211,8 +228,22 @@ class Runbook:
         try:
             options = self._options(args, given)
             # The lab is a test bed: the example values of config.yaml are fine there.
+            if args.secrets and not args.secrets.is_file():
+                raise InputError(
+                    [
+                        InputProblem(
+                            "--secrets",
+                            str(args.secrets),
+                            "no such file",
+                            "name the site's existing secrets file (a new site's file is made by a run without it)",
+                        )
+                    ]
+                )
             settings, warnings = load_settings(
-                options.config, options.inventory, allow_placeholders=options.mode is Mode.PLAN or options.lab
+                options.config,
+                options.inventory,
+                allow_placeholders=options.mode is Mode.PLAN or options.lab,
+                secrets_file=args.secrets.resolve() if args.secrets else None,
             )
             missing = [
                 p
@@ -319,14 +350,26 @@ class Runbook:
         if mode_note:
             self.console.print(f"[cyan]{mode_note}[/cyan]")
         dropped: dict[str, Dropped] = {}
+        refused: list[str] = []
+        new_ca = not settings.ca.cert_path.exists()  # made by this run if it is refused: removed again
         try:
             blocked_by = ""
+            if options.mode is not Mode.PLAN:
+                identity = self._site_identity(nr, settings, options, progress, redact)
+                outcomes.append(identity)
+                refused = identity.problems
+                blocked_by = "site-identity" if refused else ""
+                for gone in self._dropped(IDENTITY_STEP, identity, settings, dropped):
+                    dropped[gone.host] = gone
+                    nr.config.user_defined["lost"][gone.host] = f"{gone.reason} (in step {gone.step})"
             for index, step in enumerate(options.steps, 1):
                 if blocked_by:
                     outcomes.append(StepOutcome(step.name, "not run", note=f"after failure in {blocked_by}"))
                     continue
                 staying = nr.filter(filter_func=lambda host: host.name not in dropped)
-                outcome = self._run_step(staying, step, index, len(options.steps), settings, options, progress, redact)
+                outcome, _ = self._run_step(
+                    staying, step, index, len(options.steps), settings, options, progress, redact
+                )
                 outcomes.append(outcome)
                 for gone in self._dropped(step, outcome, settings, dropped):
                     dropped[gone.host] = gone
@@ -343,6 +386,8 @@ class Runbook:
                     commands[host.name] = list(conn.log)
                 host.close_connections()
         elapsed = time.monotonic() - started
+        if refused:
+            return self._refuse(settings, options, refused, outcomes, commands, elapsed, redact, new_ca)
         self.console.print(checklist_table(outcomes) if self.checklist else summary_table(outcomes))
         failed = any(o.status == "failed" for o in outcomes)
         changed = any(o.status == "changed" for o in outcomes)
@@ -365,6 +410,69 @@ class Runbook:
         if options.report:
             self._write_report(options, settings, outcomes, commands, elapsed, code, redact, dropped)
         return code
+
+    def _site_identity(
+        self, nr: Nornir, settings: Settings, options: Options, progress: Progress, redact: Redactor
+    ) -> StepOutcome:
+        """Read every server's site identity; refuse (problems) when it is another site's, else write it where missing.
+
+        Runs before any step, so a wrong secrets file or CA is refused before anything changes.
+        """
+        mine = site_identity.ours(settings)
+        outcome, result = self._run_step(nr, IDENTITY_STEP, 0, len(options.steps), settings, options, progress, redact)
+        answers = {name: multi[0].identity for name, multi in (result or {}).items() if not multi.failed}
+        outcome.problems = site_identity.problems(answers, settings, mine)
+        if outcome.problems:
+            outcome.status, outcome.note = "failed", "another site's secrets or CA"
+            return outcome
+        new = site_identity.stale(answers, mine)
+        if new and options.mode is Mode.APPLY:
+            written = nr.filter(filter_func=lambda h: h.name in new).run(
+                task=site_identity.write_identity, name="site-identity", identity=mine
+            )
+            for name, multi in written.items():
+                outcome.hosts[name] = host_outcome(multi, 0.0, redact)
+            if written.failed:
+                outcome.status, outcome.note = "failed", f"{len(written.failed_hosts)} host(s) failed"
+        elif new:
+            outcome.note = f"to be written on {len(new)} host(s)"
+        if outcome.status == "ok" and any(h.status == "changed" for h in outcome.hosts.values()):
+            outcome.status = "changed"
+        return outcome
+
+    def _refuse(
+        self,
+        settings: Settings,
+        options: Options,
+        problems: list[str],
+        outcomes: list[StepOutcome],
+        commands: dict[str, list[CommandRecord]],
+        elapsed: float,
+        redact: Redactor,
+        new_ca: bool,
+    ) -> int:
+        """Another site's servers: say which file this run used and what the servers expect; exit 2, nothing changed."""
+        secrets = settings.secrets
+        self.console.print(
+            f"[bold red]{self.name}: refusing to start, nothing was changed:[/bold red] the servers belong to "
+            "another secrets file or CA than this run's"
+        )
+        for problem in problems:
+            self.console.print(f"  {escape(redact(problem))}")
+        made = " (made by this run: there was none; removed again)"
+        self.console.print(
+            f"  this run used {secrets.path}{made if secrets.created else ''} "
+            f"and the CA in {settings.ca.folder}{made if new_ca else ''}\n"
+            "  fix: run with --secrets FILE naming the site's secrets file (or set secrets_file in the config),\n"
+            "  with its CA folder beside it; another file never replaces the site's secrets"
+        )
+        if secrets.created:
+            secrets.path.unlink(missing_ok=True)
+        if new_ca:
+            shutil.rmtree(settings.ca.folder, ignore_errors=True)
+        if options.report:
+            self._write_report(options, settings, outcomes, commands, elapsed, EXIT_INPUT, redact, {})
+        return EXIT_INPUT
 
     @staticmethod
     def _dropped(step: Step, outcome: StepOutcome, settings: Settings, before: dict[str, Dropped]) -> list[Dropped]:
@@ -418,7 +526,8 @@ class Runbook:
         options: Options,
         progress: Progress,
         redact: Redactor,
-    ) -> StepOutcome:
+    ) -> tuple[StepOutcome, AggregatedResult | None]:
+        """Run one step on its hosts (and its health check); the outcome, and the hosts' results when it ran."""
         groups = step.groups
         targets = nr.filter(filter_func=lambda h: groups is None or any(g.name in groups for g in h.groups))
         count = len(targets.inventory.hosts)
@@ -429,16 +538,16 @@ class Runbook:
             f"[dim]({count} hosts: {where}{', one at a time' if step.serial else ''})[/dim]"
         )
         if count == 0:
-            return StepOutcome(step.name, "skipped", note="every host dropped out" if lost else "no hosts")
+            return StepOutcome(step.name, "skipped", note="every host dropped out" if lost else "no hosts"), None
         if not step.used(settings):
             note = (step.applies.__doc__ or "not used with these settings").strip() if step.applies else ""
             self.console.print(f"  [dim]skipped: {escape(note)}[/dim]")
-            return StepOutcome(step.name, "skipped", note=note)
+            return StepOutcome(step.name, "skipped", note=note), None
         absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
         if absent:
             for problem in absent:
                 self.console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
-            return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}")
+            return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}"), None
         nr.config.user_defined["step"] = step.name  # the connections record it with each command
         runner: RunnerPlugin = ThreadedRunner(num_workers=min(count, MAX_THREADS))
         if step.serial:
@@ -478,7 +587,7 @@ class Runbook:
             elif any(h.status == "changed" for h in hosts.values()):
                 outcome.status = "changed"
         outcome.seconds = time.monotonic() - started
-        return outcome
+        return outcome, result
 
     def _health(self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings) -> list[str]:
         """Problems found by the step's health check (on every host still in the run) and its cross-host gate."""

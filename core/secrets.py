@@ -12,6 +12,7 @@ import re
 import secrets as random
 import stat
 import string
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def ssh_public_key(private: str, comment: str) -> str:
 
 # Every secret the platform uses, with how to make a fresh one.
 GENERATORS = {
+    # Not a secret: names the site on every server (tasks/site_identity.py); kept with the secrets it goes with.
+    "site_id": lambda: uuid.uuid4().hex,
     "postgres_superuser_password": _token,
     "postgres_replication_password": _token,
     "postgres_rewind_password": _token,
@@ -100,12 +103,16 @@ GENERATORS = {
 }
 
 
+PUBLIC = frozenset({"site_id"})  # entries of the file that may be shown
+
+
 @dataclass(frozen=True)
 class Secrets:
-    """Named secret values; `repr` never shows them."""
+    """Named secret values; `repr` never shows them. `created`: the file did not exist before this run."""
 
     path: Path
     values: dict[str, str] = field(repr=False)
+    created: bool = False
 
     def __getitem__(self, name: str) -> str:
         return self.values[name]
@@ -120,7 +127,8 @@ class Redactor:
     def __init__(self, secrets: Secrets | None) -> None:
         pairs = secrets.values.items() if secrets else ()
         # Longest first, so a secret that contains another is replaced whole.
-        self._pairs = sorted(((v, f"<secret:{k}>") for k, v in pairs if v), key=lambda p: -len(p[0]))
+        shown = [(v, f"<secret:{k}>") for k, v in pairs if v and k not in PUBLIC]
+        self._pairs = sorted(shown, key=lambda p: -len(p[0]))
 
     def __call__(self, text: str) -> str:
         for value, name in self._pairs:
@@ -134,7 +142,8 @@ def load_or_create(path: Path) -> Secrets:
     """Read the secrets file, adding any secret it lacks; refuse one others can read."""
     values: dict[str, str] = {}
     label = str(path)
-    if path.exists():
+    created = not path.exists()
+    if not created:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise InputError(
@@ -164,7 +173,7 @@ def load_or_create(path: Path) -> Secrets:
     if missing:
         values.update({name: GENERATORS[name]() for name in missing})
         write_private(path, yaml.safe_dump(values, sort_keys=True))
-    return Secrets(path, values)
+    return Secrets(path, values, created)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -87,8 +87,14 @@ class Parsed:
         return self.docs["hosts.yaml"].problem((host, *key), message, fix)
 
 
-def load_settings(config_path: Path, inventory_dir: Path, *, allow_placeholders: bool) -> tuple[Settings, list[str]]:
-    """Validate everything, then load or create the secrets; returns (settings, warnings)."""
+def load_settings(
+    config_path: Path, inventory_dir: Path, *, allow_placeholders: bool, secrets_file: Path | None = None
+) -> tuple[Settings, list[str]]:
+    """Validate everything, then load or create the secrets; returns (settings, warnings).
+
+    The secrets file: `secrets_file` (--secrets), else the config's `secrets_file`, else
+    `.secrets/<site>.yaml` beside the config file.
+    """
     parsed = _parse(config_path, inventory_dir)
     problems = validate.check(parsed)
     placeholders = tuple(p for doc in parsed.docs.values() for p in doc.placeholders)
@@ -123,7 +129,9 @@ def load_settings(config_path: Path, inventory_dir: Path, *, allow_placeholders:
         hosts=hosts,
         sizing=for_config(config, sum(1 for h in hosts.values() if "pgbouncer" in h.groups)),
         placeholders=placeholders,
-        secrets=load_or_create(config_path.parent / ".secrets" / f"{parsed.defaults.data.site}.yaml"),
+        secrets=load_or_create(
+            secrets_file or config_path.parent / (config.secrets_file or f".secrets/{parsed.defaults.data.site}.yaml")
+        ),
     )
     return settings, warnings
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
+from core.settings import Settings
 from lab.lab import Lab
 from tests.lab.conftest import ssh
 
@@ -88,7 +92,8 @@ def test_every_change_a_rerun_makes_is_reported(deploy_lab: Deploy, lab: Lab, tm
     code, out = deploy_lab("--step", "node-exporter", "--report", str(report))
     assert code == 0, out
     assert "deploy: changes made" in out
-    hosts = json.loads(report.read_text())["steps"][0]["hosts"]
+    [step] = [s for s in json.loads(report.read_text())["steps"] if s["name"] == "node-exporter"]
+    hosts = step["hosts"]
     changed = {name: host["diff"] for name, host in hosts.items() if host["status"] == "changed"}
     assert set(changed) == {"backup1", "coturn1", "minio1"}, changed
     assert "prometheus-node-exporter.service: stopped → start" in changed["backup1"]
@@ -105,3 +110,31 @@ def test_lab_up_again_leaves_what_the_deploy_made(deployed: None, lab: Lab) -> N
     assert lab.up().booted == []
     names = ssh(lab, "coturn1", "getent hosts patroni1.internal chat.lab.example").stdout.split()
     assert names == ["198.18.1.11", "patroni1.internal", "patroni1", "198.18.0.10", "chat.lab.example"], names
+
+
+def test_another_secrets_file_is_refused_before_anything_changes(
+    deploy_lab: Deploy, lab: Lab, lab_settings: Settings, tmp_path: Path
+) -> None:
+    identity = "sudo cat /etc/matrix-platform/site.json"
+    before = {h.name: ssh(lab, h.name, identity).stdout for h in lab.hosts}
+    assert all(json.loads(text)["site_id"] == lab_settings.secrets["site_id"] for text in before.values())
+    # The lab's config copied elsewhere: no secrets file beside it, so the run would make new ones.
+    config = tmp_path / "config.lab.yaml"
+    shutil.copy(lab_settings.config_path, config)
+    report = tmp_path / "report.json"
+    code, out = deploy_lab("--config", str(config), "--report", str(report))
+    assert code == 2, out
+    assert "refusing to start, nothing was changed" in out
+    assert f"{tmp_path}/.secrets/lab.yaml (made by this run: there was none; removed again)" in out
+    assert "it belongs to site id" in out and "--secrets FILE" in out
+    assert not (tmp_path / ".secrets" / "lab.yaml").exists() and not (tmp_path / ".secrets" / "lab-ca").exists()
+    commands = json.loads(report.read_text())["commands"]
+    assert len(commands) == 16 and {r["step"] for records in commands.values() for r in records} == {"site-identity"}
+    # One secret changed in a copy of the site's file, named with --secrets: refused as well.
+    changed = tmp_path / "secrets.yaml"
+    changed.write_text(yaml.safe_dump(lab_settings.secrets.values | {"synapse_db_password": "another value"}))
+    changed.chmod(0o600)
+    code, out = deploy_lab("--secrets", str(changed), "--check")
+    assert code == 2, out
+    assert "a secret in this file has another value" in out
+    assert {h.name: ssh(lab, h.name, identity).stdout for h in lab.hosts} == before

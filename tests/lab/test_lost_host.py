@@ -107,7 +107,7 @@ def test_a_host_cut_mid_deploy_is_named_within_20_s_and_the_others_finish(
     assert node["coturn2"]["status"] == "lost"
     assert all(s["status"] in ("ok", "changed", "skipped") for s in report["steps"]), output
     assert list(steps["coturn"]["hosts"]) == ["coturn1"]
-    assert "not checked: the targets of coturn2" in steps["monitoring"]["hosts"]["monitoring1"]["message"]
+    assert steps["monitoring"]["status"] == "ok"  # every target UP but coturn2's, which are not asked for
     assert "Hosts that dropped out of this run" in output and "--limit coturn2" in report["finish"]
     # Back on the network: the printed command finishes it, and then nothing is left to do.
     code, lines = deploy(*finish_args(report))
