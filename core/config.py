@@ -93,6 +93,11 @@ class Synapse(Section):
         pattern=r"^[a-z0-9._=/-]+$",
         description="localpart of the first admin user, created once (password in the secrets file), e.g. admin",
     )
+    room_directory: Literal["everyone", "admin", "nobody"] = Field(
+        "everyone",
+        description="who may publish rooms to the server's room directory: everyone (any local user), admin "
+        "(synapse.admin_user only) or nobody; Synapse's own default, no rule, refuses everyone",
+    )
     workers: WorkerCounts = WorkerCounts()
     database_cp_min: int = Field(5, ge=1, le=50, description="minimum DB connections per Synapse process, e.g. 5")
     database_cp_max: int = Field(10, ge=1, le=100, description="maximum DB connections per Synapse process, e.g. 10")

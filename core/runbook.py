@@ -12,6 +12,7 @@ Exit codes: 0 all good, 1 some host failed, 2 bad input before any host was touc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -40,6 +41,7 @@ from core.display import (
     StepOutcome,
     checklist_table,
     failure_text,
+    grouped,
     host_outcome,
     summary_table,
 )
@@ -421,7 +423,7 @@ class Runbook:
         mine = site_identity.ours(settings)
         outcome, result = self._run_step(nr, IDENTITY_STEP, 0, len(options.steps), settings, options, progress, redact)
         answers = {name: multi[0].identity for name, multi in (result or {}).items() if not multi.failed}
-        outcome.problems = site_identity.problems(answers, settings, mine)
+        outcome.problems = grouped(site_identity.problems(answers, settings, mine))
         if outcome.problems:
             outcome.status, outcome.note = "failed", "another site's secrets or CA"
             return outcome
@@ -466,10 +468,12 @@ class Runbook:
             "  fix: run with --secrets FILE naming the site's secrets file (or set secrets_file in the config),\n"
             "  with its CA folder beside it; another file never replaces the site's secrets"
         )
-        if secrets.created:
-            secrets.path.unlink(missing_ok=True)
         if new_ca:
             shutil.rmtree(settings.ca.folder, ignore_errors=True)
+        if secrets.created:
+            secrets.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder it made for it, if nothing else is there
+                secrets.path.parent.rmdir()
         if options.report:
             self._write_report(options, settings, outcomes, commands, elapsed, EXIT_INPUT, redact, {})
         return EXIT_INPUT

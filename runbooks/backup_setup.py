@@ -19,7 +19,7 @@ from core.runbook import Runbook, Step
 from runbooks.deploy import RUNBOOK as DEPLOY
 from tasks.backup import backup_ages, freshness_table, too_old
 
-BACKUP_STEPS = ("pgbackrest", "backup-repository", "backup-source", "backup-files")
+BACKUP_STEPS = ("pgbackrest", "backup-repository", "backup-source", "backup-files", "first-backup")
 
 CHECK = Step(
     "backup-age",

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.runbook import Runbook, Step
-from tasks.backup import backup_check, pgbackrest_database, pgbackrest_repository
+from tasks.backup import backup_check, first_backup, pgbackrest_database, pgbackrest_repository
 from tasks.backup_files import backup_files, backup_source
 from tasks.certificates import ca_trust
 from tasks.coturn import coturn
@@ -203,6 +203,12 @@ RUNBOOK = Runbook(
             "backup-files",
             "on the backup host: the daily pull of local media (hard-link snapshots) and the key archive",
             backup_files,
+            groups=("backup",),
+        ),
+        Step(
+            "first-backup",
+            "on the backup host: the first full database backup and media/key pull, where none exists yet",
+            first_backup,
             groups=("backup",),
         ),
         Step(

@@ -22,6 +22,7 @@ from nornir.core.task import AggregatedResult, Result, Task
 from core.errors import HostError
 from core.ports import PGBACKREST_PORT
 from core.settings import HostInfo, Settings
+from tasks.backup_files import PULL_UNIT
 from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.monitoring import TEXTFILE_DIR
@@ -262,6 +263,38 @@ def backup_ages(task: Task, settings: Settings) -> Result:
         for kind, stamp in newest.items()
     ]
     return Result(host=task.host, result=[asdict(a) for a in ages])
+
+
+# What makes each kind of backup: the timers' own services (oneshot: `systemctl start` returns when done).
+FIRST_RUN = {"database": "matrix-backup-database@full.service", "media": PULL_UNIT, "keys": PULL_UNIT}
+FIRST_SECONDS = 3600  # an empty new platform's first backups take seconds; a restored, large one longer
+
+
+def first_backup(task: Task, settings: Settings) -> Result:
+    """On the backup host: a full database backup and a media/key pull now, where none was ever made.
+
+    Why: the timers fire on their schedule (the full backup weekly), so a new platform had
+    no backup at all until then: `backup_setup.py check` and the restore drill failed right
+    after the first deploy. One command when every kind has a backup already.
+    """
+    if mode(task) is Mode.PLAN:
+        return Result(host=task.host, result="the first backups are taken once the platform runs")
+    never = [row["kind"] for row in backup_ages(task, settings).result if row["newest"] is None]
+    units = list(dict.fromkeys(FIRST_RUN[kind] for kind in never))
+    if not units:
+        return Result(host=task.host, result="every kind of backup exists")
+    if mode(task) is Mode.APPLY:
+        run(
+            task,
+            f"systemctl start {' '.join(units)}",
+            timeout=FIRST_SECONDS,
+            what=Expectation(
+                f"the first {', '.join(never)} backup(s) taken",
+                "read 'journalctl -u matrix-backup-database@full -u matrix-backup-files -n 50' on the host",
+            ),
+        )
+    diff = f"first backup: {', '.join(never)} ({' '.join(units)})"
+    return Result(host=task.host, result=units, changed=True, diff=diff)
 
 
 def freshness_of(result: AggregatedResult) -> list[Freshness]:

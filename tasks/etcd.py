@@ -16,7 +16,7 @@ from core.settings import Settings
 from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, lost_hosts, mode, run
 from tasks.systemd import service
 from tasks.waits import command_script
 
@@ -25,10 +25,6 @@ CLIENT_PORT = 2379
 
 def cluster_token(settings: Settings) -> str:
     return f"matrix-{settings.site}-etcd"
-
-
-def client_endpoints(settings: Settings) -> list[str]:
-    return [f"{h.private_ip}:{CLIENT_PORT}" for h in settings.members("patroni")]
 
 
 def etcd(task: Task, settings: Settings) -> Result:
@@ -51,10 +47,19 @@ def etcd(task: Task, settings: Settings) -> Result:
 
 
 def etcd_healthy(task: Task, settings: Settings) -> Result:
-    """Health check: every member answers, and the members are exactly the inventory's patroni hosts."""
+    """Health check: every member still in the run answers (a majority must), and the members are exactly the
+    inventory's patroni hosts."""
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, result="not checked in this mode")
-    endpoints = ",".join(f"http://{e}" for e in client_endpoints(settings))
+    lost = lost_hosts(task)
+    answering = [h for h in settings.members("patroni") if h.name not in lost]
+    total = len(settings.members("patroni"))
+    if len(answering) <= total // 2:
+        raise HostError(
+            f"{task.host.name}: etcd has no quorum in this run: {len(answering)} of {total} members answer "
+            f"({', '.join(sorted(lost))} dropped out); bring them back, then re-run"
+        )
+    endpoints = ",".join(f"http://{h.private_ip}:{CLIENT_PORT}" for h in answering)
     healthy = f"etcdctl --endpoints={endpoints} endpoint health >/dev/null 2>&1"
     out = run(
         task,

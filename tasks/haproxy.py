@@ -10,6 +10,7 @@ connections.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,22 @@ def worker_backends(settings: Settings) -> dict[str, Backend]:
     return found
 
 
+def well_known(settings: Settings) -> dict[str, str] | None:
+    """Native mode: the /.well-known/matrix/ documents the edge answers itself, for any name on the VIP.
+
+    Synapse's own server document names the base domain (`<server_name>:443`), which in an
+    air-gapped site resolves nowhere else; these delegate to the homeserver name instead.
+    In playbook mode the playbook's static-files service answers them (base domain included).
+    """
+    if settings.config.synapse.mode != "native":
+        return None
+    fqdn = settings.config.homeserver_fqdn
+    return {
+        "server": json.dumps({"m.server": f"{fqdn}:443"}),
+        "client": json.dumps({"m.homeserver": {"base_url": f"https://{fqdn}"}}),
+    }
+
+
 def edge(settings: Settings, host: HostInfo) -> dict | None:
     """Template data of the public frontends, for hosts of the haproxy group."""
     if "haproxy" not in host.groups:
@@ -185,6 +202,7 @@ def edge(settings: Settings, host: HostInfo) -> dict | None:
     admin_ui = ["path_beg /"] if path == "/" else [f"path {path}", f"path_beg {path}/"]
     return {
         "fqdn": settings.config.homeserver_fqdn,
+        "well_known": well_known(settings),
         "certificate": certificate_path(settings),
         "federation": synapse.federation,
         "admin_ui": admin_ui,

@@ -2,7 +2,9 @@
 
 The homeserver name maps to the HAProxy VIP and every server's service name
 (patroni1.internal, …) to its private address, inside a marked block; the gate then
-resolves every name on every host.
+resolves every name on every host. The base domain (the Matrix server name) maps to the
+VIP too: in the intranet phase nothing else serves its /.well-known/matrix/ files, which
+is how a client or server that knows only the user IDs finds the homeserver.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ BLOCK = "hosts"
 
 def expected_names(settings: Settings) -> dict[str, str]:
     """Every name the block defines, with the address it must resolve to."""
-    names = {settings.config.homeserver_fqdn: settings.vip}
+    names = {settings.config.homeserver_fqdn: settings.vip, settings.config.domain: settings.vip}
     for host in settings.hosts.values():
         names[settings.service_name(host)] = host.private_ip
     return names
@@ -33,8 +35,14 @@ def hosts_file(task: Task, settings: Settings) -> Result:
     servers = [
         {"name": h.name, "ip": h.private_ip, "service_name": settings.service_name(h)} for h in settings.hosts.values()
     ]
+    config = settings.config
     body = render(
-        task, "hosts/block.j2", vip=settings.vip, homeserver_fqdn=settings.config.homeserver_fqdn, servers=servers
+        task,
+        "hosts/block.j2",
+        vip=settings.vip,
+        homeserver_fqdn=config.homeserver_fqdn,
+        base_domain=config.domain if config.domain != config.homeserver_fqdn else "",
+        servers=servers,
     )
     result = ensure_block(task, "/etc/hosts", BLOCK, body)
     task.run(task=verify_resolution, settings=settings, severity_level=10)

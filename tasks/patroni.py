@@ -23,7 +23,7 @@ from core.settings import Settings
 from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages, venv_version_script
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, lost_hosts, mode, run
 from tasks.systemd import UNIT_DIR, service, unit_file
 
 VENV = "/opt/patroni/venv"
@@ -453,7 +453,7 @@ def await_cluster(
     task: Task, settings: Settings, condition: Callable[[dict], bool], what: str, timeout: float = 120
 ) -> dict:
     """Poll GET /cluster until it is healthy and `condition(state)` holds."""
-    members = [h.name for h in settings.members("patroni")]
+    members = answering_members(task, settings)
     deadline = time.monotonic() + timeout
     found: list[str] = []
     while time.monotonic() < deadline:
@@ -515,6 +515,13 @@ def wait_for_member(task: Task, settings: Settings, timeout: float = 120) -> Non
     )
 
 
+def answering_members(task: Task, settings: Settings) -> list[str]:
+    """The members expected in the cluster: all but those that dropped out of this run (they
+    stopped answering; the others carry on without them, a replica or the leader alike)."""
+    lost = lost_hosts(task)
+    return [h.name for h in settings.members("patroni") if h.name not in lost]
+
+
 def cluster_problems(cluster: dict, members: list[str], synchronous: bool) -> list[str]:
     """What keeps a Patroni cluster (GET /cluster) from being healthy: one leader, the rest streaming."""
     found = []
@@ -544,7 +551,7 @@ def wait_for_cluster(task: Task, settings: Settings) -> Result:
     """Health check: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="cluster health not checked in this mode")
-    members = [h.name for h in settings.members("patroni")]
+    members = answering_members(task, settings)
     status, body = rest_get(task, "/cluster", settings.hosts[task.host.name].private_ip)
     healthy = status == 200 and not cluster_problems(
         state := json.loads(body), members, settings.config.database.synchronous_mode

@@ -39,6 +39,7 @@ from tasks.coturn import turn_uris
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
 from tasks.remote import Mode, mode, redactor
+from tasks.synapse import room_list_publication_rules
 from tasks.waits import wait_for_http
 
 # The playbook refuses to run when vars.yml does not confirm its migration notes up to
@@ -127,6 +128,7 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
         "matrix_ketesa_enabled": True,
         "matrix_ketesa_container_labels_traefik_path_prefix": config.synapse.admin_path,
         "matrix_ketesa_container_labels_traefik_ipallowlist_sourcerange": haproxy,
+        "matrix_synapse_room_list_publication_rules": room_list_publication_rules(settings),
         "matrix_user_creator_users_additional": [
             {
                 "username": config.synapse.admin_user,

@@ -110,14 +110,14 @@ def read_identity(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result=said, identity=out.stdout)
 
 
-def problems(answers: dict[str, str], settings: Settings, mine: Identity) -> list[str]:
+def problems(answers: dict[str, str], settings: Settings, mine: Identity) -> dict[str, str]:
     """Each server whose identity (`answers`: what `read_identity` read) is not this run's, with why."""
-    found = []
+    found = {}
     for name, text in sorted(answers.items()):
         theirs = parse(text)
         why = mismatch(theirs, settings, mine) if theirs else ""
         if why:
-            found.append(f"{name}: {why}")
+            found[name] = why
     return found
 
 

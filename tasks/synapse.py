@@ -118,7 +118,21 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
         "form_secret": secrets["synapse_form_secret"],
         "turn_uris": turn_uris(settings),
         "turn_shared_secret": secrets["turn_shared_secret"],
+        "room_list_publication_rules": room_list_publication_rules(settings),
     }
+
+
+def room_list_publication_rules(settings: Settings) -> list[dict[str, str]]:
+    """Synapse's `room_list_publication_rules` for `synapse.room_directory`.
+
+    Synapse refuses every publication when no rule matches (an empty list: a public room
+    is created private and `PUT /directory/list/room` answers 403), and server admins do
+    not bypass the rules, so "admin" allows the admin user by name.
+    """
+    config = settings.config
+    who = {"everyone": "*", "admin": f"@{config.synapse.admin_user}:{config.domain}", "nobody": None}
+    user = who[config.synapse.room_directory]
+    return [] if user is None else [{"user_id": user, "alias": "*", "room_id": "*", "action": "allow"}]
 
 
 def wheels() -> list[ArtifactSpec]:

@@ -26,6 +26,22 @@ from tests.lab.matrix_client import run_client
 INFO = "sudo -u postgres pgbackrest --stanza=matrix --output=json info"
 
 
+def test_a_first_deploy_leaves_backups_that_check_and_the_restore_drill_accept(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first module to deploy: no timer has fired yet, the deploy itself took the backups."""
+    backups = json.loads(ssh(lab, "backup1", INFO).stdout)[0]["backup"]
+    assert backups and backups[0]["type"] == "full", backups
+    assert as_root(lab, "backup1", f"ls {KEYS}/keys-*.tar").stdout.strip()
+    for name, argv in (("backup_setup", ["check", "--lab"]), ("restore_drill", ["--lab"])):
+        chosen, options = load_runbook(name).runbook(argv)
+        code = chosen.main(options)
+        out = capsys.readouterr().out
+        assert code == 0, out
+        if name == "backup_setup":  # every kind present and young
+            assert all(f"  {kind} " in out for kind in ("database", "media", "keys")) and " none" not in out
+
+
 def test_archiving_works_and_a_full_backup_is_taken_from_a_standby(deployed: None, lab: Lab) -> None:
     ssh(lab, "backup1", "sudo -u postgres pgbackrest --stanza=matrix --archive-timeout=180 check")
     timers = ssh(lab, "backup1", "systemctl list-timers --all --no-legend 'matrix-backup-database-*'").stdout

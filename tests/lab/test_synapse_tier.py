@@ -136,3 +136,40 @@ def test_the_room_is_on_a_patroni_replica(conversation: dict, lab: Lab) -> None:
     query = f"SELECT count(*) FROM events WHERE room_id = '{conversation['room']}' AND type = 'm.room.message'"
     count = ssh(lab, replica, f'sudo -u postgres psql -XAtq -d synapse -c "{query}"').stdout.strip()
     assert count == "1"
+
+
+DIRECTORY = r"""
+suffix = uuid.uuid4().hex[:8]
+owner = "carol" + suffix
+register(owner)
+token = login(owner)
+public = call("POST", "/_matrix/client/v3/createRoom",
+              {"visibility": "public", "preset": "public_chat", "room_alias_name": "public" + suffix,
+               "name": "public " + suffix}, token)["room_id"]
+later = call("POST", "/_matrix/client/v3/createRoom", {"name": "later " + suffix}, token)["room_id"]
+call("PUT", "/_matrix/client/v3/directory/list/room/" + later, {"visibility": "public"}, token)
+listed = call("GET", "/_matrix/client/v3/publicRooms?limit=500", token=token)["chunk"]
+print(json.dumps({"public": public, "later": later, "listed": [r["room_id"] for r in listed],
+                  "visibility": call("GET", "/_matrix/client/v3/directory/list/room/" + later)["visibility"]}))
+"""
+
+
+def test_rooms_are_published_to_the_directory(deployed: None, lab: Lab, lab_settings: Settings) -> None:
+    """synapse.room_directory: everyone (the lab's default): a public room is listed, and so is one published later."""
+    answer = run_client(lab, lab_settings, DIRECTORY)
+    assert answer["public"] in answer["listed"] and answer["later"] in answer["listed"]
+    assert answer["visibility"] == "public"
+
+
+def test_the_base_domain_says_where_the_homeserver_is(deployed: None, lab: Lab) -> None:
+    """A client or server that knows only the server name finds the homeserver, with no DNS (air gap)."""
+    program = (
+        "import json, urllib.request\n"
+        "for kind in ('client', 'server'):\n"
+        "    answer = urllib.request.urlopen('https://lab.example/.well-known/matrix/' + kind, timeout=10)\n"
+        "    print(json.dumps([answer.headers['Access-Control-Allow-Origin'], json.load(answer)]))\n"
+    )
+    out = ssh(lab, "coturn2", f"python3 -c {shlex.quote(program)}").stdout.splitlines()
+    client, server = (json.loads(line) for line in out)
+    assert client == ["*", {"m.homeserver": {"base_url": "https://chat.lab.example"}}]
+    assert server == ["*", {"m.server": "chat.lab.example:443"}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +17,9 @@ from core.pki import InternalCA
 from core.ports import PortUse
 from core.secrets import Redactor
 from core.settings import load_settings
+from tasks.files import JINJA
 from tasks.firewall import port_set
-from tasks.haproxy import edge
+from tasks.haproxy import edge, well_known
 from tasks.keepalived import interface_of
 from tests.conftest import Site
 
@@ -101,3 +103,23 @@ def test_admin_ui_acls(site: Site, admin_path: str, acls: list[str]) -> None:
     assert frontends is not None and frontends["admin_ui"] == acls
     assert "/_matrix/" in frontends["matrix_paths"]  # stays public when the UI is at "/"
     assert edge(settings, settings.hosts["synapse1"]) is None
+
+
+def test_the_edge_answers_the_well_known_files_in_native_mode_only(site: Site) -> None:
+    settings, _ = load_settings(site.config, site.inventory, allow_placeholders=True)
+    assert settings.config.synapse.mode == "playbook" and well_known(settings) is None  # the playbook serves them
+    site.edit("config.yaml", "mode: playbook", "mode: native")
+    settings, _ = load_settings(site.config, site.inventory, allow_placeholders=True)
+    documents = {kind: json.loads(text) for kind, text in (well_known(settings) or {}).items()}
+    assert documents == {
+        "server": {"m.server": "chat.z3r0d3v.com:443"},
+        "client": {"m.homeserver": {"base_url": "https://chat.z3r0d3v.com"}},
+    }
+    text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
+        host_name="haproxy1",
+        postgres_primary=None,
+        edge=edge(settings, settings.hosts["haproxy1"]),
+        stats_password="x",
+        server_state_file="/x",
+    )
+    assert """string '{"m.server": "chat.z3r0d3v.com:443"}' if { path /.well-known/matrix/server }""" in text

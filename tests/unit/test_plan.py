@@ -51,6 +51,7 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
         "admin-user",
         "backup-source",
         "backup-files",
+        "first-backup",
         "monitoring",
         "grafana",
     ]

@@ -23,7 +23,7 @@ def with_secrets(settings: Settings, tmp_path: Path, **changes: str | None) -> S
 def test_the_servers_own_identity_fits(lab_settings: Settings) -> None:
     mine = ours(lab_settings)
     assert parse(mine.text()) == mine
-    assert problems({"patroni1": mine.text(), "coturn1": mine.text()}, lab_settings, mine) == []
+    assert problems({"patroni1": mine.text(), "coturn1": mine.text()}, lab_settings, mine) == {}
     assert stale({"patroni1": mine.text()}, mine) == []
     assert "site_id" not in mine.names and all(name in lab_settings.secrets.values for name in mine.names)
 
@@ -31,15 +31,15 @@ def test_the_servers_own_identity_fits(lab_settings: Settings) -> None:
 def test_a_new_server_has_none_and_gets_one(lab_settings: Settings) -> None:
     mine = ours(lab_settings)
     assert parse("") is None
-    assert problems({"coturn1": ""}, lab_settings, mine) == []
+    assert problems({"coturn1": ""}, lab_settings, mine) == {}
     assert stale({"coturn1": "", "patroni1": mine.text()}, mine) == ["coturn1"]
 
 
 def test_another_sites_secrets_are_refused(lab_settings: Settings, tmp_path: Path) -> None:
     theirs = ours(lab_settings)
     other = with_secrets(lab_settings, tmp_path, site_id="0" * 32, synapse_signing_key="ed25519 a_x AAAA")
-    [problem] = problems({"patroni1": theirs.text()}, other, ours(other))
-    assert problem.startswith(f"patroni1: it belongs to site id {theirs.site_id[:8]}…")
+    found = problems({"patroni1": theirs.text()}, other, ours(other))
+    assert found["patroni1"].startswith(f"it belongs to site id {theirs.site_id[:8]}…")
 
 
 def test_one_secret_with_another_value_is_refused(lab_settings: Settings, tmp_path: Path) -> None:
@@ -68,5 +68,6 @@ def test_a_secret_added_by_a_newer_version_is_no_other_site(lab_settings: Settin
 
 def test_an_unreadable_identity_counts_as_foreign(lab_settings: Settings) -> None:
     mine = ours(lab_settings)
-    [problem] = problems({"patroni1": "{not json"}, lab_settings, mine)
-    assert problem == f"patroni1: its {IDENTITY_PATH} is not a site identity this version can read; check what wrote it"
+    found = problems({"patroni1": "{not json"}, lab_settings, mine)
+    why = f"its {IDENTITY_PATH} is not a site identity this version can read; check what wrote it"
+    assert found == {"patroni1": why}

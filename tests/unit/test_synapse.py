@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
 import yaml
 
 from core.secrets import GENERATORS
@@ -12,6 +13,7 @@ from core.settings import Settings, load_settings
 from tasks import synapse
 from tasks.files import JINJA
 from tasks.haproxy import edge
+from tasks.playbook import playbook_vars
 from tests.conftest import Site
 
 
@@ -157,3 +159,18 @@ def test_haproxy_routes_worker_paths_as_synapse_documents(lab_settings: Settings
     assert "server synapse1 198.18.1.61:8008 check backup" in sync
     media = text.split("backend synapse_media\n")[1].split("\nbackend ")[0]
     assert " backup" not in media
+
+
+@pytest.mark.parametrize(
+    ("who", "rules"),
+    [
+        ("everyone", [{"user_id": "*", "alias": "*", "room_id": "*", "action": "allow"}]),
+        ("admin", [{"user_id": "@admin:z3r0d3v.com", "alias": "*", "room_id": "*", "action": "allow"}]),
+        ("nobody", []),
+    ],
+)
+def test_room_directory_publication_follows_the_config(site: Site, who: str, rules: list[dict[str, str]]) -> None:
+    site.edit("config.yaml", "room_directory: everyone", f"room_directory: {who}")
+    settings = load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+    assert rendered(settings)["room_list_publication_rules"] == rules
+    assert playbook_vars(settings)["matrix_synapse_room_list_publication_rules"] == rules
