@@ -62,13 +62,16 @@ def backup_source(task: Task, settings: Settings) -> Result:
         task, packages=["rsync"], files=[SERVE, authorized], commands={"groups": f"id -nG {user} 2>/dev/null"}
     )
     task.run(task=packages, names=["rsync"], severity_level=10)
-    if mode(task) is Mode.APPLY and group not in ahead.get("groups", "").split():
-        run(
-            task,
-            f"id -u {user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/{user} "
-            f"--shell /bin/sh {user}; id -nG {user} | grep -qw {group} || usermod -aG {group} {user}",
-            what=Expectation(f"system user {user} in group {group}"),
-        )
+    account = ""
+    if mode(task) is not Mode.PLAN and group not in ahead.get("groups", "").split():
+        account = f"user {user} in group {group}: created"
+        if mode(task) is Mode.APPLY:
+            run(
+                task,
+                f"id -u {user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/{user} "
+                f"--shell /bin/sh {user}; id -nG {user} | grep -qw {group} || usermod -aG {group} {user}",
+                what=Expectation(f"system user {user} in group {group}"),
+            )
     public = ssh_public_key(settings.secrets["backup_ssh_key"], f"{ACCOUNT}@{backup.name}")
     specs = [
         FileSpec(
@@ -81,7 +84,9 @@ def backup_source(task: Task, settings: Settings) -> Result:
             f'from="{backup.private_ip}",restrict,command="{SERVE}" {public}\n',
         ),
     ]
-    return task.run(task=put_files, specs=specs, severity_level=10)[0]
+    written = task.run(task=put_files, specs=specs, severity_level=10)[0]
+    diff = "\n".join(d for d in (account, written.diff) if d)
+    return Result(host=task.host, changed=bool(account) or written.changed, diff=diff)
 
 
 def known_hosts(task: Task, settings: Settings) -> str:

@@ -146,7 +146,9 @@ token = login(owner)
 public = call("POST", "/_matrix/client/v3/createRoom",
               {"visibility": "public", "preset": "public_chat", "room_alias_name": "public" + suffix,
                "name": "public " + suffix}, token)["room_id"]
-later = call("POST", "/_matrix/client/v3/createRoom", {"name": "later " + suffix}, token)["room_id"]
+# Published after creation: joinable by anyone (the directory lists only such rooms), not listed at first.
+later = call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "name": "later " + suffix},
+             token)["room_id"]
 call("PUT", "/_matrix/client/v3/directory/list/room/" + later, {"visibility": "public"}, token)
 listed = call("GET", "/_matrix/client/v3/publicRooms?limit=500", token=token)["chunk"]
 print(json.dumps({"public": public, "later": later, "listed": [r["room_id"] for r in listed],
