@@ -361,9 +361,7 @@ class Runbook:
                 outcomes.append(identity)
                 refused = identity.problems
                 blocked_by = "site-identity" if refused else ""
-                for gone in self._dropped(IDENTITY_STEP, identity, settings, dropped):
-                    dropped[gone.host] = gone
-                    nr.config.user_defined["lost"][gone.host] = f"{gone.reason} (in step {gone.step})"
+                self._drop(nr, IDENTITY_STEP, identity, settings, dropped)
             for index, step in enumerate(options.steps, 1):
                 if blocked_by:
                     outcomes.append(StepOutcome(step.name, "not run", note=f"after failure in {blocked_by}"))
@@ -373,9 +371,7 @@ class Runbook:
                     staying, step, index, len(options.steps), settings, options, progress, redact
                 )
                 outcomes.append(outcome)
-                for gone in self._dropped(step, outcome, settings, dropped):
-                    dropped[gone.host] = gone
-                    nr.config.user_defined["lost"][gone.host] = f"{gone.reason} (in step {gone.step})"
+                self._drop(nr, step, outcome, settings, dropped)
                 # Nornir leaves failed hosts out of later runs; each check of a checklist asks them again.
                 nr.data.reset_failed_hosts()
                 if outcome.status == "failed" and (step.blocks or not self.checklist):
@@ -479,24 +475,26 @@ class Runbook:
         return EXIT_INPUT
 
     @staticmethod
-    def _dropped(step: Step, outcome: StepOutcome, settings: Settings, before: dict[str, Dropped]) -> list[Dropped]:
-        """The hosts this step lost: each host whose task met a lost host, and that host itself.
+    def _drop(nr: Nornir, step: Step, outcome: StepOutcome, settings: Settings, dropped: dict[str, Dropped]) -> None:
+        """Take the hosts this step lost out of the run: each host whose task met a lost host, and that host.
 
         A host whose task failed because a peer stopped answering (the backup host reading
         a replica) leaves too: its step is not done, and the finish command must name it.
+        Later steps skip them (`dropped`), and so does any task reaching for them as a peer
+        (`tasks.remote.lost_hosts`).
         """
         by_address = {h.address: h.name for h in settings.hosts.values()}
-        gone: dict[str, Dropped] = {}
         for name, host in outcome.hosts.items():
             if host.status != "lost":
                 continue
             peer = by_address.get(host.lost_address, name)
             first = host.message.splitlines()[0]
-            if peer != name and peer not in before and peer not in gone:
-                gone[peer] = Dropped(peer, settings.hosts[peer].address, step.name, first, host.at)
+            if peer != name and peer not in dropped:
+                dropped[peer] = Dropped(peer, settings.hosts[peer].address, step.name, first, host.at)
             reason = first if peer == name else f"its step needs {peer}, which stopped answering"
-            gone[name] = Dropped(name, settings.hosts[name].address, step.name, reason, host.at)
-        return list(gone.values())
+            dropped[name] = Dropped(name, settings.hosts[name].address, step.name, reason, host.at)
+        for gone in dropped.values():
+            nr.config.user_defined["lost"][gone.host] = f"{gone.reason} (in step {gone.step})"
 
     def _print_dropped(self, dropped: dict[str, Dropped], options: Options, redact: Redactor) -> None:
         """Which hosts left the run and why, and the command that finishes them once they answer."""
