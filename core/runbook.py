@@ -150,12 +150,22 @@ class Dropped:
 
 class Runbook:
     def __init__(
-        self, name: str, description: str, steps: list[Step], *, confirm: bool = False, checklist: bool = False
+        self,
+        name: str,
+        description: str,
+        steps: list[Step],
+        *,
+        confirm: bool = False,
+        checklist: bool = False,
+        prepare: Callable[[Settings, Mode], Settings] | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.steps = steps
         self.confirm = confirm
+        # A change of the settings' own the runbook makes once its input is valid, before any
+        # host is contacted (rotate_secret.py: a new value for one secret).
+        self.prepare = prepare
         # A checklist (validate.py) runs every step whatever failed before: each is a check of its own.
         self.checklist = checklist
         self.console = Console(highlight=False, soft_wrap=True)
@@ -277,6 +287,8 @@ class Runbook:
             self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if self.confirm and options.mode is Mode.APPLY and not args.yes and not self._confirmed(settings):
             return EXIT_INPUT
+        if self.prepare:
+            settings = self.prepare(settings, options.mode)
         if options.lab and options.mode is not Mode.PLAN and not self._lab_up(settings):
             return EXIT_FAILED
         return self.execute(settings, options)

@@ -7,6 +7,7 @@ value that still finds its way into output, a report or a plan file with its nam
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import secrets as random
@@ -103,7 +104,14 @@ GENERATORS = {
 }
 
 
-PUBLIC = frozenset({"site_id"})  # entries of the file that may be shown
+PREVIOUS = "previous_secrets_fingerprint"  # written by a deliberate rotation (rotate_secret.py)
+PUBLIC = frozenset({"site_id", PREVIOUS})  # entries of the file that may be shown
+# Secrets whose every consumer the deploy renders again and restarts or reloads on change,
+# so `python runbooks/rotate_secret.py NAME` can replace them on a running platform. Others
+# cannot be swapped that simply: the signing key (other servers cache it), the backup cipher
+# pass (older backups become unreadable), the macaroon key (every session ends), the
+# PostgreSQL users Patroni creates only at bootstrap.
+ROTATABLE = ("turn_shared_secret", "haproxy_stats_password", "synapse_db_password")
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,40 @@ class Redactor:
                 text = text.replace(value, name)
         # Private keys (the internal CA's certificates) are not in the secrets file.
         return PRIVATE_KEY.sub("<private key>", text)
+
+
+def fingerprint(secrets: Secrets, names: tuple[str, ...]) -> str | None:
+    """A digest of `names`' values (never shown as values); None when the file lacks one of them."""
+    if any(name not in secrets.values for name in names):
+        return None
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}\0{secrets[name]}\0".encode())
+    return digest.hexdigest()
+
+
+RETIRED = "previous "  # prefix of a rotated secret's old value, kept so output never shows it either
+
+
+def identity_names(secrets: Secrets) -> tuple[str, ...]:
+    """The names a site identity's fingerprint covers: every secret in use in the file."""
+    return tuple(sorted(n for n in secrets.values if n not in PUBLIC and not n.startswith(RETIRED)))
+
+
+def rotate(secrets: Secrets, name: str, *, write: bool) -> Secrets:
+    """`secrets` with a fresh value for `name`, remembering the fingerprint of the values before.
+
+    The servers carry that fingerprint until the deploy that follows has reached them; the
+    site identity check accepts it for as long as this file says it was the previous one.
+    `write`: save the file (0600); otherwise only in memory (--check, --plan).
+    """
+    values = dict(secrets.values)
+    values[PREVIOUS] = fingerprint(secrets, identity_names(secrets)) or ""
+    values[f"{RETIRED}{name}"] = values[name]  # files on the servers still hold it: diffs must hide it
+    values[name] = GENERATORS[name]()
+    if write:
+        write_private(secrets.path, yaml.safe_dump(values, sort_keys=True))
+    return Secrets(secrets.path, values, secrets.created)
 
 
 def load_or_create(path: Path) -> Secrets:

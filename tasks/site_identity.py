@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from nornir.core.task import Result, Task
 
-from core.secrets import PUBLIC, Secrets
+from core.secrets import PREVIOUS, fingerprint, identity_names
 from core.settings import Settings
 from tasks.files import FileSpec, put_files
 from tasks.remote import Expectation, run
@@ -44,19 +44,9 @@ class Identity:
         return json.dumps(asdict(self)) + "\n"
 
 
-def fingerprint(secrets: Secrets, names: tuple[str, ...]) -> str | None:
-    """The fingerprint of `names`' values; None when the file lacks one of them (another site's file)."""
-    if any(name not in secrets.values for name in names):
-        return None
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(f"{name}\0{secrets[name]}\0".encode())
-    return digest.hexdigest()
-
-
 def ours(settings: Settings) -> Identity:
     """This run's identity: every secret of the file, and the CA (made now if the site has none yet)."""
-    names = tuple(sorted(n for n in settings.secrets.values if n not in PUBLIC))
+    names = identity_names(settings.secrets)
     secrets = fingerprint(settings.secrets, names)
     assert secrets is not None
     ca = hashlib.sha256(settings.ca.ca_pem().encode()).hexdigest()
@@ -81,7 +71,8 @@ def mismatch(theirs: Identity, settings: Settings, mine: Identity) -> str:
     if theirs.site_id != mine.site_id:
         fingerprint_ = theirs.secrets[:12]
         return f"it belongs to site id {theirs.site_id[:8]}… (secrets fingerprint {fingerprint_}…), not to this file's"
-    if fingerprint(settings.secrets, theirs.names) != theirs.secrets:
+    rotated = theirs.secrets == settings.secrets.values.get(PREVIOUS)  # rotate_secret.py: this run updates it
+    if fingerprint(settings.secrets, theirs.names) != theirs.secrets and not rotated:
         changed = [n for n in theirs.names if n not in settings.secrets.values]
         return f"its secrets fingerprint is {theirs.secrets[:12]}…: " + (
             f"this file lacks {', '.join(changed)}" if changed else "a secret in this file has another value"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -9,10 +10,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
+from core.secrets import fingerprint, load_or_create
 from core.settings import Settings
 from lab.lab import Lab
+from tests.conftest import load_runbook
 from tests.lab.conftest import ssh
 
 Deploy = Callable[..., tuple[int, str]]
@@ -140,3 +144,30 @@ def test_another_secrets_file_is_refused_before_anything_changes(
     assert code == 2, out
     assert "16 hosts: its secrets fingerprint is" in out and "a secret in this file has another value" in out
     assert {h.name: ssh(lab, h.name, identity).stdout for h in lab.hosts} == before
+
+
+def test_a_secret_rotated_on_purpose_reaches_every_consumer(
+    deploy_lab: Deploy, lab: Lab, lab_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = lab_settings.secrets["turn_shared_secret"]
+    report = tmp_path / "report.json"
+    chosen, options = load_runbook("rotate_secret").runbook(
+        ["turn_shared_secret", "--lab", "--yes", "--report", str(report)]
+    )
+    code = chosen.main(options)
+    out = capsys.readouterr().out
+    fresh = load_or_create(lab_settings.secrets.path)
+    lab_settings.secrets.values.update(fresh.values)  # later tests read the file as any new run would
+    assert code == 0, out
+    new = fresh["turn_shared_secret"]
+    assert new != old and fresh["previous turn_shared_secret"] == old
+    assert old not in out and new not in out and old not in report.read_text() and new not in report.read_text()
+    changed = {s["name"] for s in json.loads(report.read_text())["steps"] if s["status"] == "changed"}
+    assert {"site-identity", "coturn", "synapse"} <= changed, changed
+    served = "sudo sed -n 's/^static-auth-secret=//p' /etc/turnserver.conf | sha256sum"
+    for host in ("coturn1", "coturn2"):
+        assert ssh(lab, host, served).stdout.split()[0] == hashlib.sha256(f"{new}\n".encode()).hexdigest()
+    identity = json.loads(ssh(lab, "synapse1", "sudo cat /etc/matrix-platform/site.json").stdout)
+    assert identity["secrets"] == fingerprint(fresh, tuple(identity["names"]))
+    code, out = deploy_lab()
+    assert code == 0 and "deploy: no changes" in out, out

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import stat
 from pathlib import Path
 
-from core.secrets import Secrets
+import yaml
+
+from core.secrets import Redactor, Secrets, fingerprint, load_or_create, rotate
 from core.settings import Settings
-from tasks.site_identity import IDENTITY_PATH, fingerprint, mismatch, ours, parse, problems, stale
+from tasks.site_identity import IDENTITY_PATH, mismatch, ours, parse, problems, stale
 
 
 def with_secrets(settings: Settings, tmp_path: Path, **changes: str | None) -> Settings:
@@ -17,7 +20,10 @@ def with_secrets(settings: Settings, tmp_path: Path, **changes: str | None) -> S
     folder = tmp_path / "other"
     if not (folder / f"{settings.site}-ca").exists():
         shutil.copytree(settings.ca.folder, folder / f"{settings.site}-ca")
-    return dataclasses.replace(settings, secrets=Secrets(folder / "secrets.yaml", values))
+    path = folder / "secrets.yaml"
+    path.write_text(yaml.safe_dump(values))
+    path.chmod(0o600)
+    return dataclasses.replace(settings, secrets=Secrets(path, values))
 
 
 def test_the_servers_own_identity_fits(lab_settings: Settings) -> None:
@@ -71,3 +77,27 @@ def test_an_unreadable_identity_counts_as_foreign(lab_settings: Settings) -> Non
     found = problems({"patroni1": "{not json"}, lab_settings, mine)
     why = f"its {IDENTITY_PATH} is not a site identity this version can read; check what wrote it"
     assert found == {"patroni1": why}
+
+
+def test_a_rotation_is_accepted_where_the_servers_still_carry_the_previous_fingerprint(
+    lab_settings: Settings, tmp_path: Path
+) -> None:
+    before = with_secrets(lab_settings, tmp_path)
+    theirs = ours(before)
+    rotated = dataclasses.replace(before, secrets=rotate(before.secrets, "turn_shared_secret", write=True))
+    mine = ours(rotated)
+    assert rotated.secrets["turn_shared_secret"] != before.secrets["turn_shared_secret"]
+    assert rotated.secrets["previous turn_shared_secret"] == before.secrets["turn_shared_secret"]
+    assert mine.names == theirs.names and mine.secrets != theirs.secrets  # the old value is not in use
+    assert mismatch(theirs, rotated, mine) == "" and stale({"coturn1": theirs.text()}, mine) == ["coturn1"]
+    # Written for good (0600), and the old value stays hidden in any output.
+    assert load_or_create(before.secrets.path).values == rotated.secrets.values
+    assert stat.S_IMODE(before.secrets.path.stat().st_mode) == 0o600
+    old = before.secrets["turn_shared_secret"]
+    assert (
+        Redactor(rotated.secrets)(f"static-auth-secret={old}")
+        == "static-auth-secret=<secret:previous turn_shared_secret>"
+    )
+    # Only the fingerprint right before the rotation counts: an older one is another file.
+    again = dataclasses.replace(rotated, secrets=rotate(rotated.secrets, "haproxy_stats_password", write=False))
+    assert mismatch(theirs, again, ours(again)).endswith("a secret in this file has another value")
