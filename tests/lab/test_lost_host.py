@@ -8,64 +8,22 @@ controller's end of its cable, so nothing answers, not even a TCP reset.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import network
+from lab.faults import Line, Link, cut_when_step_starts, run_runbook
 from lab.lab import Lab
-from tests.lab.conftest import REPO, ssh
+from tests.lab.conftest import ssh
 
 DETECTION_LIMIT = 20  # seconds from the cut to the run naming the host (issue: ≤ 20 s)
 
 
-class Link:
-    """A lab host's cable at the controller's end: cut on demand, always put back on leaving."""
-
-    def __init__(self, lab: Lab, host: str) -> None:
-        self.lab, self.host = lab, host
-        self.name = network.veth(next(h.address for h in lab.hosts if h.name == host))
-        self.cut_at: list[float] = []
-
-    def cut(self) -> None:
-        subprocess.run(["ip", "link", "set", self.name, "down"], check=True)
-        self.cut_at.append(time.time())
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["ip", "link", "set", self.name, "up"], check=True)
-        deadline = time.monotonic() + 30
-        while ssh(self.lab, self.host, "true", check=False).returncode != 0 and time.monotonic() < deadline:
-            time.sleep(0.5)
+def deploy(*args: str, on_line: Callable[[str], None] | None = None) -> tuple[int, list[Line]]:
+    return run_runbook("deploy", "--lab", *args, on_line=on_line)
 
 
-def deploy(*args: str, on_line: Callable[[str], None] | None = None) -> tuple[int, list[tuple[float, str]]]:
-    """`python runbooks/deploy.py --lab ARGS`; returns its exit code and its lines with the time each arrived."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    process = subprocess.Popen(
-        [sys.executable, "runbooks/deploy.py", "--lab", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines = []
-    assert process.stdout
-    for line in process.stdout:
-        lines.append((time.time(), line.rstrip("\n")))
-        if on_line:
-            on_line(line)
-    return process.wait(timeout=600), lines
-
-
-def text(lines: list[tuple[float, str]]) -> str:
+def text(lines: list[Line]) -> str:
     return "\n".join(line for _, line in lines)
 
 
@@ -84,12 +42,7 @@ def test_a_host_cut_mid_deploy_is_named_within_20_s_and_the_others_finish(
     report_file = tmp_path / "report.json"
 
     with Link(lab, "coturn2") as link:
-
-        def cut_when_the_step_starts(line: str) -> None:
-            if line.startswith("▶") and " node-exporter — " in line and not link.cut_at:
-                link.cut()
-
-        code, lines = deploy("--report", str(report_file), on_line=cut_when_the_step_starts)
+        code, lines = deploy("--report", str(report_file), on_line=cut_when_step_starts(link, "node-exporter"))
     cut_at = link.cut_at
     output = text(lines)
     assert cut_at, f"the node-exporter step never started:\n{output}"
