@@ -130,6 +130,10 @@ class FabricConnection:
                     f"{where}: host key unknown. Check its fingerprint, then add it: "
                     f"ssh-keyscan -p {port or 22} {hostname} >> {known_hosts or '~/.ssh/known_hosts'}"
                 ) from None
+            if "banner" in str(exc):  # TCP answered, SSH did not within connect_timeout: as good as down
+                raise HostLost(
+                    f"{where}: no SSH answer ({exc}); check that the host is up and sshd runs", str(hostname)
+                ) from None
             raise HostError(f"{where}: SSH failed: {exc}. Check that sshd runs and the key is authorised") from None
         except (TimeoutError, OSError) as exc:
             raise HostLost(

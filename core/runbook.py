@@ -437,8 +437,10 @@ class Runbook:
             return outcome
         new = site_identity.stale(answers, mine)
         if new and options.mode is Mode.APPLY:
-            written = nr.filter(filter_func=lambda h: h.name in new).run(
-                task=site_identity.write_identity, name="site-identity", identity=mine
+            written = (
+                nr.filter(filter_func=lambda h: h.name in new)
+                .with_processors([progress])
+                .run(task=site_identity.write_identity, name="site-identity", identity=mine)
             )
             for name, multi in written.items():
                 outcome.hosts[name] = host_outcome(multi, 0.0, redact)

@@ -464,17 +464,17 @@ def coturn_drill(task: Task, settings: Settings, variant: str = "stop") -> Resul
         time.sleep(2)
     load.measure(record)
     record.recovered_at = None  # callers never lost TURN: the other servers answered throughout
-    others = {f"turn {h.name}" for h in settings.members("coturn") if h.name != target.name}
-    failed = sorted({probe for at, ok, probe in record.samples if probe in others and not ok})
+    others = [h for h in settings.members("coturn") if h.name != target.name]
+    failed = sorted({f"{h.name} ({s.detail})" for h in others for s in load.turn.samples[h.private_ip] if not s.ok})
     if record.detected_at is None:
         record.problems.append(f"allocations on {target.name} kept succeeding: the fault did not take")
     if failed:
-        record.problems.append(f"allocations failed on {', '.join(p.split()[1] for p in failed)} during the drill")
+        record.problems.append(f"allocations failed during the drill on {', '.join(failed)}")
     if record.turn_gap:
         record.problems.append(f"no TURN server allocated for {record.turn_gap:.2f} s")
     if record.rejoined_at is None:
         record.problems.append(f"{target.name} allocated no relay within 60 s of the restore")
-    record.notes.append(f"the other TURN servers: {', '.join(sorted(p.split()[1] for p in others))}")
+    record.notes.append(f"the other TURN servers: {', '.join(h.name for h in others)}")
     return Result(host=task.host, changed=True, result=asdict(record))
 
 
