@@ -39,6 +39,11 @@ BACKUP_SCRIPT = "/usr/local/sbin/matrix-backup-database"
 KINDS = ("full", "diff")
 
 
+def database_unit(kind: str) -> str:
+    """The service a database backup of `kind` runs as (its timer's, and the first backup's)."""
+    return f"matrix-backup-database@{kind}.service"
+
+
 @dataclass(frozen=True)
 class Tls:
     ca: str = f"{TLS_DIR}/ca.crt"
@@ -143,7 +148,7 @@ def pgbackrest_repository(task: Task, settings: Settings) -> Result:
                 "backup/backup.timer.j2",
                 description=f"{kind} backup of the Synapse database (matrix-platform)",
                 schedule=schedules[kind],
-                unit=f"matrix-backup-database@{kind}.service",
+                unit=database_unit(kind),
             ),
         )
         for kind in KINDS
@@ -266,7 +271,7 @@ def backup_ages(task: Task, settings: Settings) -> Result:
 
 
 # What makes each kind of backup: the timers' own services (oneshot: `systemctl start` returns when done).
-FIRST_RUN = {"database": "matrix-backup-database@full.service", "media": PULL_UNIT, "keys": PULL_UNIT}
+FIRST_RUN = {"database": database_unit("full"), "media": PULL_UNIT, "keys": PULL_UNIT}
 FIRST_SECONDS = 3600  # an empty new platform's first backups take seconds; a restored, large one longer
 
 
@@ -290,7 +295,7 @@ def first_backup(task: Task, settings: Settings) -> Result:
             timeout=FIRST_SECONDS,
             what=Expectation(
                 f"the first {', '.join(never)} backup(s) taken",
-                "read 'journalctl -u matrix-backup-database@full -u matrix-backup-files -n 50' on the host",
+                f"read 'journalctl {' '.join(f'-u {unit}' for unit in units)} -n 50' on the host",
             ),
         )
     diff = f"first backup: {', '.join(never)} ({' '.join(units)})"
