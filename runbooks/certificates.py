@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.runbook import Runbook, Step
 from core.settings import Settings
 from tasks.certificates import ca_trust, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
-from tasks.coturn import coturn
+from tasks.coturn import COTURN
 from tasks.haproxy import haproxy, import_problems
 
 DISTRIBUTION = [
@@ -32,7 +32,12 @@ DISTRIBUTION = [
         groups=("haproxy",),
         requires=import_problems,
     ),
-    Step("coturn", "each Coturn's certificate for TLS on 5349; restart when it changed", coturn, groups=("coturn",)),
+    Step(
+        "coturn",
+        "each Coturn's certificate for TLS on 5349; restart when it changed",
+        COTURN.converge,
+        groups=COTURN.groups,
+    ),
     Step(
         "served",
         "from the monitoring host: every TLS endpoint serves a chain that verifies for its name",

@@ -16,13 +16,13 @@ from core.runbook import Runbook, Step
 from tasks.backup import backup_check, first_backup, pgbackrest_database, pgbackrest_repository
 from tasks.backup_files import backup_files, backup_source
 from tasks.certificates import ca_trust
-from tasks.coturn import coturn
+from tasks.coturn import COTURN
 from tasks.database import synapse_database
-from tasks.etcd import etcd, etcd_healthy
+from tasks.etcd import ETCD
 from tasks.firewall import firewall
 from tasks.haproxy import haproxy, import_problems
 from tasks.hosts_file import hosts_file
-from tasks.keepalived import keepalived, vip_answers
+from tasks.keepalived import KEEPALIVED
 from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answers
 from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.monitoring import grafana, monitoring_server, node_exporter, postgres_exporter, targets_up
@@ -54,13 +54,7 @@ RUNBOOK = Runbook(
             "node-exporter on every server's private address, with the textfile collector",
             node_exporter,
         ),
-        Step(
-            "etcd",
-            "etcd members, static bootstrap; every member healthy",
-            etcd,
-            groups=("patroni",),
-            check=etcd_healthy,
-        ),
+        ETCD.step(),
         Step(
             "patroni",
             "PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
@@ -134,19 +128,8 @@ RUNBOOK = Runbook(
             groups=("haproxy",),
             requires=import_problems,
         ),
-        Step(
-            "keepalived",
-            "Keepalived moves the VIP between the haproxy hosts; the VIP answers HTTPS",
-            keepalived,
-            groups=("haproxy",),
-            check=vip_answers,
-        ),
-        Step(
-            "coturn",
-            "Coturn: TURN REST auth, UDP/TCP/TLS, relay range from config, private peers denied",
-            coturn,
-            groups=("coturn",),
-        ),
+        KEEPALIVED.step(),
+        COTURN.step(),
         Step(
             "livekit-redis",
             "the LiveKit mesh's own Redis (password, private address)",

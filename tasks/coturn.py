@@ -14,15 +14,9 @@ import hashlib
 import hmac
 import time
 
-from nornir.core.task import Result, Task
-
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
-from tasks.packages import packages
-from tasks.systemd import service
-from tasks.waits import wait_for_port
+from tasks.component import Component, Context, File, Port, Service, template
 
 CONFIG = "/etc/turnserver.conf"
 CERT = "/etc/coturn/tls.crt"
@@ -78,34 +72,40 @@ def turn_uris(settings: Settings) -> list[str]:
     return uris
 
 
-def coturn(task: Task, settings: Settings) -> Result:
-    """Install coturn, converge its config and certificate; restart on change."""
-    read_ahead(task, packages=["coturn"], files=[CERT, KEY, CONFIG], units=["coturn.service"])
-    task.run(task=packages, names=["coturn"], autostart=False, severity_level=10)
-    host = settings.hosts[task.host.name]
+def turnserver(context: Context) -> dict[str, object]:
+    """The variables of turnserver.conf: the shared secret, the relay range, the peers denied and allowed."""
+    settings, host = context.settings, context.host
     turn = settings.config.turn
-    allowed = [h.private_ip for h in settings.members("livekit")] if settings.config.livekit.enabled else []
-    text = render(
-        task,
-        "coturn/turnserver.conf.j2",
-        host_name=host.name,
-        ip=host.private_ip,
-        realm=settings.config.domain,
-        secret=settings.secrets["turn_shared_secret"],
-        min_port=turn.relay_min_port,
-        max_port=turn.relay_max_port,
-        cert=CERT,
-        key=KEY,
-        denied=DENIED_PEERS,
-        allowed=allowed,
-    )
-    certificate = turn_certificate(settings, host)
-    specs = [
-        FileSpec(CERT, certificate.cert_pem, group="turnserver", mode=0o644),
-        FileSpec(KEY, certificate.key_pem, group="turnserver", mode=0o640, secret=True),
-        FileSpec(CONFIG, text, group="turnserver", mode=0o640, check=NO_TCP_RELAY_CHECK),
-    ]
-    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    task.run(task=service, unit="coturn.service", restart=result.changed, severity_level=10)
-    task.run(task=wait_for_port, port=5349, address=host.private_ip, severity_level=10)
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
+    return {
+        "host_name": host.name,
+        "ip": host.private_ip,
+        "realm": settings.config.domain,
+        "secret": settings.secrets["turn_shared_secret"],
+        "min_port": turn.relay_min_port,
+        "max_port": turn.relay_max_port,
+        "cert": CERT,
+        "key": KEY,
+        "denied": DENIED_PEERS,
+        "allowed": [h.private_ip for h in settings.members("livekit")] if settings.config.livekit.enabled else [],
+    }
+
+
+COTURN = Component(
+    "coturn",
+    groups=("coturn",),
+    summary="Coturn: TURN REST auth, UDP/TCP/TLS, relay range from config, private peers denied",
+    packages=("coturn",),
+    files=(
+        File(CERT, lambda c: turn_certificate(c.settings, c.host).cert_pem, group="turnserver", mode=0o644),
+        File(KEY, lambda c: turn_certificate(c.settings, c.host).key_pem, group="turnserver", mode=0o640, secret=True),
+        File(
+            CONFIG,
+            template("coturn/turnserver.conf.j2", turnserver),
+            group="turnserver",
+            mode=0o640,
+            check=NO_TCP_RELAY_CHECK,
+        ),
+    ),
+    services=(Service("coturn.service"),),
+    ready=(Port(5349, private=True),),
+)

@@ -13,11 +13,8 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
-from tasks.packages import packages
+from tasks.component import Component, Context, File, Service, template
 from tasks.remote import Expectation, Mode, lost_hosts, mode, run
-from tasks.systemd import service
 from tasks.waits import command_script
 
 CLIENT_PORT = 2379
@@ -27,23 +24,15 @@ def cluster_token(settings: Settings) -> str:
     return f"matrix-{settings.site}-etcd"
 
 
-def etcd(task: Task, settings: Settings) -> Result:
-    """Install, configure and start this host's etcd member (the health check follows once all started)."""
-    read_ahead(task, packages=["etcd-server", "etcd-client"], files=["/etc/default/etcd"], units=["etcd.service"])
-    task.run(task=packages, names=["etcd-server", "etcd-client"], autostart=False, severity_level=10)
-    host = settings.hosts[task.host.name]
-    members = ",".join(f"{h.name}=http://{h.private_ip}:2380" for h in settings.members("patroni"))
-    env = render(
-        task,
-        "etcd/etcd.env.j2",
-        host_name=host.name,
-        ip=host.private_ip,
-        initial_cluster=members,
-        cluster_token=cluster_token(settings),
-    )
-    changed = task.run(task=put_files, specs=[FileSpec("/etc/default/etcd", env)], severity_level=10)[0].changed
-    task.run(task=service, unit="etcd.service", restart=changed, severity_level=10)
-    return Result(host=task.host, changed=changed)
+def environment(context: Context) -> dict[str, object]:
+    """The variables of this member's /etc/default/etcd: its name and address, the static member list."""
+    settings, host = context.settings, context.host
+    return {
+        "host_name": host.name,
+        "ip": host.private_ip,
+        "initial_cluster": ",".join(f"{h.name}=http://{h.private_ip}:2380" for h in settings.members("patroni")),
+        "cluster_token": cluster_token(settings),
+    }
 
 
 def etcd_healthy(task: Task, settings: Settings) -> Result:
@@ -84,3 +73,14 @@ MEMBERS = "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json"
 def member_names(members_json: str) -> list[str]:
     """Names of the members in MEMBERS's output."""
     return sorted(m.get("name", "") for m in json.loads(members_json).get("members", []))
+
+
+ETCD = Component(
+    "etcd",
+    groups=("patroni",),
+    summary="etcd members, static bootstrap; every member healthy",
+    packages=("etcd-server", "etcd-client"),
+    files=(File("/etc/default/etcd", template("etcd/etcd.env.j2", environment)),),
+    services=(Service("etcd.service"),),
+    check=etcd_healthy,
+)

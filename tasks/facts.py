@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from nornir.core.task import Task
 
-from tasks.files import facts_script, parse_facts
+from tasks.files import FileFact, facts_script, parse_facts
 from tasks.packages import missing, query_script
 from tasks.remote import Expectation, Mode, mode, run, shell
-from tasks.systemd import parse_show_many, show_script
+from tasks.systemd import ServiceFact, parse_show_many, show_script
 
 SECTION = "@@matrix-facts "
 
@@ -27,6 +28,88 @@ SECTION = "@@matrix-facts "
 def users_script(names: Sequence[str]) -> str:
     quoted = " ".join(shlex.quote(n) for n in names)
     return f'for u in {quoted}; do if id -u "$u" >/dev/null 2>&1; then echo "$u yes"; else echo "$u no"; fi; done'
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What one read-ahead found on a host: the input of every decision a component makes."""
+
+    packages: Mapping[str, bool] = field(default_factory=dict)  # name → installed
+    files: Mapping[str, FileFact] = field(default_factory=dict)
+    units: Mapping[str, ServiceFact] = field(default_factory=dict)
+    users: Mapping[str, bool] = field(default_factory=dict)  # name → exists
+    commands: Mapping[str, str] = field(default_factory=dict)  # a component's own read-only commands → output
+
+
+def read_script(
+    packages: Sequence[str],
+    files: Sequence[str],
+    units: Sequence[str],
+    users: Sequence[str],
+    commands: Mapping[str, str],
+) -> str:
+    """The one command reading all of it, in sections."""
+    scripts = {
+        "package": query_script(list(packages)) if packages else "",
+        "file": facts_script(list(files)) if files else "",
+        "unit": f"{show_script(list(units))} || true" if units else "",
+        "user": users_script(users) if users else "",
+    } | {f"command {name}": f"( {text} ) || true" for name, text in commands.items()}
+    return "\n".join(f"echo '{SECTION}{kind}'\n{text}" for kind, text in scripts.items() if text)
+
+
+def parse_read(
+    out: str, packages: Sequence[str], files: Sequence[str], units: Sequence[str], commands: Mapping[str, str]
+) -> HostFacts:
+    """`read_script`'s output as facts."""
+    sections: dict[str, str] = {}
+    kind = ""
+    for line in out.splitlines(keepends=True):
+        if line.startswith(SECTION):
+            kind = line[len(SECTION) :].strip()
+            sections[kind] = ""
+        elif kind:
+            sections[kind] += line
+    absent = missing(list(packages), sections.get("package", ""))
+    users = {}
+    for line in sections.get("user", "").splitlines():
+        name, _, answer = line.partition(" ")
+        users[name] = answer == "yes"
+    shown = parse_show_many(sections.get("unit", ""))
+    return HostFacts(
+        packages={name: name not in absent for name in packages},
+        files=parse_facts(list(files), sections.get("file", "")),
+        units={unit: shown[unit] for unit in units if unit in shown},
+        users=users,
+        commands={name: sections.get(f"command {name}", "") for name in commands},
+    )
+
+
+def read_facts(
+    task: Task,
+    *,
+    packages: Sequence[str] = (),
+    files: Sequence[str] = (),
+    units: Sequence[str] = (),
+    users: Sequence[str] = (),
+    commands: Mapping[str, str] | None = None,
+) -> HostFacts | None:
+    """Read the state of `packages`, `files`, `units` and `users` in one command; None in plan mode.
+
+    `commands` are further read-only commands of the component's own (named). Their exit
+    status is not checked: print what matters. The facts are kept for the primitives too.
+    """
+    if mode(task) is Mode.PLAN:
+        return None
+    commands = commands or {}
+    script = read_script(packages, files, units, users, commands)
+    out = run(task, script, what=Expectation("the component's state"), reads_only=True).stdout
+    facts = parse_read(out, packages, files, units, commands)
+    kinds = {"package": facts.packages, "file": facts.files, "unit": facts.units, "user": facts.users}
+    conn = shell(task)
+    conn.read_ahead = {f"{kind}:{name}": fact for kind, found in kinds.items() for name, fact in found.items()}
+    conn.read_ahead_step = conn.step
+    return facts
 
 
 def read_ahead(
@@ -38,37 +121,6 @@ def read_ahead(
     users: Sequence[str] = (),
     commands: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Read the state of `packages`, `files`, `units` and `users` in one command, for the primitives.
-
-    `commands` are further read-only commands of the component's own (named); their
-    outputs are returned by name. Their exit status is not checked: print what matters.
-    """
-    if mode(task) is Mode.PLAN:
-        return {}
-    scripts = {
-        "package": query_script(list(packages)) if packages else "",
-        "file": facts_script(list(files)) if files else "",
-        "unit": f"{show_script(list(units))} || true" if units else "",
-        "user": users_script(users) if users else "",
-    } | {f"command {name}": f"( {text} ) || true" for name, text in (commands or {}).items()}
-    script = "\n".join(f"echo '{SECTION}{kind}'\n{text}" for kind, text in scripts.items() if text)
-    out = run(task, script, what=Expectation("the component's state"), reads_only=True).stdout
-    sections: dict[str, str] = {}
-    kind = ""
-    for line in out.splitlines(keepends=True):
-        if line.startswith(SECTION):
-            kind = line[len(SECTION) :].strip()
-            sections[kind] = ""
-        elif kind:
-            sections[kind] += line
-    absent = missing(list(packages), sections.get("package", ""))
-    facts: dict[str, object] = {f"package:{name}": name not in absent for name in packages}
-    facts |= {f"file:{path}": fact for path, fact in parse_facts(list(files), sections.get("file", "")).items()}
-    facts |= {f"unit:{unit}": fact for unit, fact in parse_show_many(sections.get("unit", "")).items()}
-    for line in sections.get("user", "").splitlines():
-        name, _, answer = line.partition(" ")
-        facts[f"user:{name}"] = answer == "yes"
-    conn = shell(task)
-    conn.read_ahead = dict(facts)
-    conn.read_ahead_step = conn.step
-    return {name: sections.get(f"command {name}", "") for name in commands or {}}
+    """`read_facts` for a component still built from primitives: returns its own commands' outputs by name."""
+    facts = read_facts(task, packages=packages, files=files, units=units, users=users, commands=commands)
+    return dict(facts.commands) if facts else {}

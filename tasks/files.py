@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,25 +200,51 @@ def render(task: Task, template: str, **context: object) -> str:
     return task.run(task=template_file, template=template, jinja_env=JINJA, severity_level=10, **context)[0].result
 
 
+@dataclass(frozen=True)
+class Write:
+    """A file to (re)write and how it differs; `changes` is empty when the host was not read (plan mode)."""
+
+    spec: FileSpec
+    changes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        spec = self.spec
+        how = ", ".join(self.changes) or "not read"
+        return f"write {spec.path} {spec.owner}:{spec.group} {spec.mode:04o} ({how})"
+
+
+def write_actions(specs: list[FileSpec], facts: Mapping[str, FileFact] | None) -> list[Write]:
+    """The files of `specs` that differ from `facts` (every one when the host was not read)."""
+    if facts is None:
+        return [Write(spec) for spec in specs]
+    writes = []
+    for spec in specs:
+        changes = file_changes(facts.get(spec.path, FileFact(exists=False)), spec)
+        if changes:
+            writes.append(Write(spec, tuple(changes)))
+    return writes
+
+
+def write_files(task: Task, writes: list[Write], facts: Mapping[str, FileFact] | None) -> Result:
+    """Carry out `writes` in the run's mode: into the plan folder (plan), described (check), written (apply)."""
+    redact = redactor(task)
+    if mode(task) is Mode.PLAN:
+        return _plan(task, [w.spec for w in writes], redact)
+    diffs = []
+    for action in writes:
+        fact = (facts or {}).get(action.spec.path, FileFact(exists=False))
+        diffs.append(_diff(task, action.spec, fact, list(action.changes), redact))
+        if mode(task) is Mode.APPLY:
+            write(task, action.spec)
+    changed = [w.spec.path for w in writes]
+    return Result(host=task.host, result=changed, changed=bool(changed), diff="\n".join(diffs))
+
+
 @primitive
 def put_files(task: Task, specs: list[FileSpec]) -> Result:
     """Converge `specs` on the host; `result` lists the paths that changed."""
-    redact = redactor(task)
-    if mode(task) is Mode.PLAN:
-        return _plan(task, specs, redact)
-    facts = file_facts(task, [s.path for s in specs])
-    changed: list[str] = []
-    diffs: list[str] = []
-    for spec in specs:
-        fact = facts.get(spec.path, FileFact(exists=False))
-        changes = file_changes(fact, spec)
-        if not changes:
-            continue
-        changed.append(spec.path)
-        diffs.append(_diff(task, spec, fact, changes, redact))
-        if mode(task) is Mode.APPLY:
-            write(task, spec)
-    return Result(host=task.host, result=changed, changed=bool(changed), diff="\n".join(diffs))
+    facts = None if mode(task) is Mode.PLAN else file_facts(task, [s.path for s in specs])
+    return write_files(task, write_actions(specs, facts), facts)
 
 
 def write(task: Task, spec: FileSpec) -> None:

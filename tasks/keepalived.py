@@ -18,11 +18,7 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
-from tasks.packages import packages
-from tasks.remote import Mode, mode
-from tasks.systemd import service
+from tasks.component import Component, Context, File, Service, template
 from tasks.waits import wait_for_tls
 
 CONFIG = "/etc/keepalived/keepalived.conf"
@@ -45,42 +41,45 @@ def interface_of(ip_output: str, address: str) -> tuple[str, int]:
     raise HostError(f"no interface holds the private address {address}: check hostname/private_ip in the inventory")
 
 
-def keepalived(task: Task, settings: Settings) -> Result:
-    """Install Keepalived, render its VRRP instance for the VIP, reload it on change."""
-    ahead = read_ahead(
-        task,
-        packages=["keepalived"],
-        files=[CONFIG],
-        units=["keepalived.service"],
-        commands={"addresses": "ip -o -4 addr show"},
-    )
-    task.run(task=packages, names=["keepalived"], autostart=False, severity_level=10)
-    host = settings.hosts[task.host.name]
-    if mode(task) is Mode.PLAN:  # no host to ask: the private network the address is in
+def vrrp_instance(context: Context) -> dict[str, object]:
+    """The variables of this host's VRRP instance; offline, the interface is a placeholder naming the address."""
+    settings, host = context.settings, context.host
+    if context.reads is None:  # not read: the prefix of the private network the address is in
         network = next(n for n in settings.defaults.data.private_networks if ip_address(host.private_ip) in n)
         interface, prefix = "<interface of " + host.private_ip + ">", network.prefixlen
     else:
-        addresses = ahead["addresses"]
-        interface, prefix = interface_of(addresses, host.private_ip)
-    peers = [h.private_ip for h in settings.members("haproxy") if h.name != host.name]
-    text = render(
-        task,
-        "keepalived/keepalived.conf.j2",
-        host_name=host.name,
-        router_id=settings.defaults.data.vrrp_router_id,
-        interface=interface,
-        priority=priority(settings, host.name),
-        source=host.private_ip,
-        peers=peers,
-        vip=f"{settings.vip}/{prefix}",
-        auth_pass=settings.secrets["keepalived_auth_pass"],
-    )
-    spec = FileSpec(CONFIG, text, mode=0o600, check="keepalived --config-test -f {path}")
-    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
-    task.run(task=service, unit="keepalived.service", restart=result.changed, reload=True, severity_level=10)
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
+        interface, prefix = interface_of(context.reads["addresses"], host.private_ip)
+    return {
+        "host_name": host.name,
+        "router_id": settings.defaults.data.vrrp_router_id,
+        "interface": interface,
+        "priority": priority(settings, host.name),
+        "source": host.private_ip,
+        "peers": [h.private_ip for h in settings.members("haproxy") if h.name != host.name],
+        "vip": f"{settings.vip}/{prefix}",
+        "auth_pass": settings.secrets["keepalived_auth_pass"],
+    }
 
 
 def vip_answers(task: Task, settings: Settings) -> Result:
     """Health check: from each haproxy host, the VIP completes a trusted TLS handshake for the homeserver name."""
     return wait_for_tls(task, settings.vip, 443, settings.config.homeserver_fqdn, timeout=30)
+
+
+KEEPALIVED = Component(
+    "keepalived",
+    groups=("haproxy",),
+    summary="Keepalived moves the VIP between the haproxy hosts; the VIP answers HTTPS",
+    packages=("keepalived",),
+    files=(
+        File(
+            CONFIG,
+            template("keepalived/keepalived.conf.j2", vrrp_instance),
+            mode=0o600,
+            check="keepalived --config-test -f {path}",
+        ),
+    ),
+    services=(Service("keepalived.service", reload=True),),
+    reads={"addresses": "ip -o -4 addr show"},
+    check=vip_answers,
+)

@@ -10,6 +10,8 @@ cluster, a stock etcd) that the platform will configure and start itself.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
@@ -77,29 +79,49 @@ def install_script(names: list[str], *, autostart: bool) -> str:
     )
 
 
-@primitive
-def packages(task: Task, names: list[str], autostart: bool = True) -> Result:
-    """Ensure the Debian packages `names` are installed."""
+@dataclass(frozen=True)
+class Install:
+    """Debian packages to install: the missing ones, or every one when the host was not read (plan mode)."""
+
+    names: tuple[str, ...]
+    autostart: bool = True
+
+    def __str__(self) -> str:
+        return f"apt-get install {' '.join(self.names)}{'' if self.autostart else ' (no autostart)'}"
+
+
+def install_actions(names: list[str], installed: Mapping[str, bool] | None, *, autostart: bool) -> list[Install]:
+    """What takes the host to having every one of `names`; `installed` is None when the host was not read."""
+    absent = list(names) if installed is None else [name for name in names if not installed.get(name)]
+    return [Install(tuple(absent), autostart)] if absent else []
+
+
+def install(task: Task, action: Install) -> Result:
+    """Carry out `action` in the run's mode: describe it (plan, check) or install (apply)."""
+    names = list(action.names)
     if mode(task) is Mode.PLAN:
         return Result(host=task.host, result=names, changed=True, diff=f"packages present: {' '.join(names)}")
-    installed = known(task, "package", names)
-    if installed is None:
-        absent = missing(
-            names, run(task, query_script(names), what=Expectation("dpkg status lines"), reads_only=True).stdout
-        )
-    else:
-        absent = [name for name in names if not installed[name]]
-    if not absent:
-        return Result(host=task.host, result=[], changed=False)
     if mode(task) is Mode.APPLY:
         run(
             task,
-            install_script(absent, autostart=autostart),
+            install_script(names, autostart=action.autostart),
             timeout=UPDATE_ATTEMPTS * UPDATE_TIMEOUT + APT_TIMEOUT + 60,
             what=Expectation(
-                f"packages installed: {' '.join(absent)}",
+                f"packages installed: {' '.join(names)}",
                 "check the host's apt sources and that its package mirror or proxy answers "
                 "(apt-get update on the host shows which source fails)",
             ),
         )
-    return Result(host=task.host, result=absent, changed=True, diff=f"install: {' '.join(absent)}")
+    return Result(host=task.host, result=names, changed=True, diff=f"install: {' '.join(names)}")
+
+
+@primitive
+def packages(task: Task, names: list[str], autostart: bool = True) -> Result:
+    """Ensure the Debian packages `names` are installed."""
+    installed = None if mode(task) is Mode.PLAN else known(task, "package", names)
+    if installed is None and mode(task) is not Mode.PLAN:
+        out = run(task, query_script(names), what=Expectation("dpkg status lines"), reads_only=True).stdout
+        absent = missing(names, out)
+        installed = {name: name not in absent for name in names}
+    actions = install_actions(names, installed, autostart=autostart)
+    return install(task, actions[0]) if actions else Result(host=task.host, result=[], changed=False)

@@ -102,59 +102,105 @@ def parse_show_many(stdout: str) -> dict[str, ServiceFact]:
 
 
 VERB_ORDER = ("enable", "disable", "stop", "start", "restart", "reload")
+Waves = tuple[dict[str, Wanted], ...]
+
+
+@dataclass(frozen=True)
+class Systemctl:
+    """One command taking a component's units where they should be: a daemon-reload if due, then the verbs."""
+
+    verbs: tuple[tuple[str, tuple[str, ...]], ...]  # (verb, units), in the order they run
+    lines: tuple[str, ...] = ()  # per unit, what it was and what is done ("x.service: stopped → start")
+    daemon_reload: bool = False
+
+    def __str__(self) -> str:
+        commands = ["systemctl daemon-reload"] if self.daemon_reload else []
+        commands += [f"systemctl {verb} -- {' '.join(shlex.quote(u) for u in units)}" for verb, units in self.verbs]
+        return " && ".join(commands)
+
+
+@dataclass(frozen=True)
+class UnitsWanted:
+    """The units' wanted state when the host was not read (plan mode): nothing can be decided yet."""
+
+    wanted: tuple[tuple[str, Wanted], ...]
+
+    def __str__(self) -> str:
+        return "; ".join(f"{unit}: {'running' if w.running else 'stopped'}" for unit, w in self.wanted)
+
+
+def unit_actions(
+    waves: Waves, facts: dict[str, ServiceFact] | None, *, daemon_reload: bool = False
+) -> list[Systemctl | UnitsWanted]:
+    """What takes the units of `waves` to their wanted state, given `facts` (None: the host was not read).
+
+    Waves change in order (a main process before its workers); the units of one wave are
+    peers that systemd starts or restarts together.
+    """
+    if facts is None:
+        return [UnitsWanted(tuple((unit, want) for wave in waves for unit, want in wave.items()))]
+    verbs: list[tuple[str, tuple[str, ...]]] = []
+    lines: list[str] = []
+    for wave in waves:
+        by_verb: dict[str, list[str]] = {}
+        for unit, want in wave.items():
+            fact = facts.get(unit, ServiceFact("", "", ""))
+            wanted = actions(fact, running=want.running, enabled=want.enabled, restart=want.restart, reload=want.reload)
+            for verb in wanted:
+                by_verb.setdefault(verb, []).append(unit)
+            if wanted:
+                lines.append(f"{unit}: {'running' if fact.active else 'stopped'} → {', '.join(wanted)}")
+        verbs += [(verb, tuple(by_verb[verb])) for verb in VERB_ORDER if verb in by_verb]
+    if not verbs and not daemon_reload:
+        return []
+    return [Systemctl(tuple(verbs), tuple(lines), daemon_reload)]
+
+
+def converge_units(task: Task, action: Systemctl | UnitsWanted) -> Result:
+    """Carry out `action` in the run's mode: describe it (plan, check) or run its one command (apply)."""
+    if isinstance(action, UnitsWanted):
+        diffs = [
+            f"{unit}: {'running' if want.running else 'stopped'}{', restarted' if want.restart else ''}"
+            for unit, want in action.wanted
+        ]
+        return Result(
+            host=task.host, result=[], changed=any(w.restart for _, w in action.wanted), diff="\n".join(diffs)
+        )
+    if mode(task) is Mode.APPLY:
+        run(
+            task,
+            str(action),
+            what=Expectation(
+                "; ".join(action.lines) or "unit files reloaded",
+                "look at 'journalctl -u <unit> -n 50' on the host for why the unit failed",
+            ),
+        )
+    taken = [f"{verb} {unit}" for verb, units in action.verbs for unit in units]
+    return Result(host=task.host, result=taken, changed=bool(taken), diff="\n".join(action.lines))
 
 
 @primitive
 def services(task: Task, *waves: dict[str, Wanted], daemon_reload: bool = False) -> Result:
     """Converge the units of one component: one `systemctl show`, then one command for all actions.
 
-    Waves change in order (a main process before its workers); the units of one wave are
-    peers that systemd starts or restarts together. `result` lists the actions taken.
+    `result` lists the actions taken.
     """
-    wanted = {unit: want for wave in waves for unit, want in wave.items()}
-    if mode(task) is Mode.PLAN:
-        diffs = [
-            f"{unit}: {'running' if want.running else 'stopped'}{', restarted' if want.restart else ''}"
-            for unit, want in wanted.items()
-        ]
-        return Result(host=task.host, result=[], changed=any(w.restart for w in wanted.values()), diff="\n".join(diffs))
-    if daemon_reload and mode(task) is Mode.APPLY:
-        run(task, "systemctl daemon-reload", what=Expectation("unit files reloaded"))
-    facts = known(task, "unit", list(wanted))
-    if facts is None:
-        out = run(
-            task,
-            show_script(list(wanted)),
-            what=Expectation(f"the state of {', '.join(wanted)}", "check that the host runs systemd"),
-            reads_only=True,
-        )
-        facts = parse_show_many(out.stdout)
-    commands: list[str] = []
-    taken: list[str] = []
-    diffs: list[str] = []
-    for wave in waves:
-        by_verb: dict[str, list[str]] = {}
-        for unit, want in wave.items():
-            fact = facts.get(unit, ServiceFact("", "", ""))
-            verbs = actions(fact, running=want.running, enabled=want.enabled, restart=want.restart, reload=want.reload)
-            for verb in verbs:
-                by_verb.setdefault(verb, []).append(unit)
-            if verbs:
-                diffs.append(f"{unit}: {'running' if fact.active else 'stopped'} → {', '.join(verbs)}")
-        for verb in VERB_ORDER:
-            if verb in by_verb:
-                commands.append(f"systemctl {verb} -- {' '.join(shlex.quote(u) for u in by_verb[verb])}")
-                taken += [f"{verb} {unit}" for unit in by_verb[verb]]
-    if commands and mode(task) is Mode.APPLY:
-        run(
-            task,
-            " && ".join(commands),
-            what=Expectation(
-                "; ".join(diffs),
-                "look at 'journalctl -u <unit> -n 50' on the host for why the unit failed",
-            ),
-        )
-    return Result(host=task.host, result=taken, changed=bool(taken), diff="\n".join(diffs))
+    wanted = [unit for wave in waves for unit in wave]
+    facts = None
+    if mode(task) is not Mode.PLAN:
+        if daemon_reload and mode(task) is Mode.APPLY:
+            run(task, "systemctl daemon-reload", what=Expectation("unit files reloaded"))
+        facts = known(task, "unit", wanted)
+        if facts is None:
+            out = run(
+                task,
+                show_script(wanted),
+                what=Expectation(f"the state of {', '.join(wanted)}", "check that the host runs systemd"),
+                reads_only=True,
+            )
+            facts = parse_show_many(out.stdout)
+    decided = unit_actions(waves, facts)
+    return converge_units(task, decided[0]) if decided else Result(host=task.host, result=[], changed=False, diff="")
 
 
 @primitive

@@ -1,0 +1,88 @@
+"""Each declared component's decisions as data: a host's facts in, the actions the engine takes out.
+
+A fixture is `tests/components/<component>/<case>.json` (the shape of pyinfra's operation
+tests): the host, the facts its read-ahead returned (`null`: not read, as in plan mode) and
+the actions expected, written as `str(action)` shows them (a systemctl action is its exact
+command). File facts are given relative to what the component renders for that host, so
+fixtures do not depend on generated secrets or certificates:
+"wanted" (content, owner and mode as rendered), "missing", "other content", or an object
+overriding fields of "wanted" (e.g. {"mode": "0600"}). Units: "running", "stopped",
+"disabled" (stopped, not enabled) or "absent".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.settings import Settings, load_settings
+from lab import LAB_CONFIG, LAB_INVENTORY
+from tasks.component import Component
+from tasks.facts import HostFacts
+from tasks.files import FileFact, FileSpec
+from tasks.registry import COMPONENTS
+from tasks.systemd import ServiceFact
+
+FIXTURES = Path(__file__).resolve().parent.parent / "components"
+CASES = sorted(FIXTURES.glob("*/*.json"))
+UNITS = {
+    "running": ServiceFact("loaded", "active", "enabled"),
+    "stopped": ServiceFact("loaded", "inactive", "enabled"),
+    "disabled": ServiceFact("loaded", "inactive", "disabled"),
+    "absent": ServiceFact("not-found", "inactive", ""),
+}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The lab's settings with secrets and a CA of their own (the fixtures never see their values)."""
+    secrets = tmp_path_factory.mktemp("site") / "secrets.yaml"
+    return load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True, secrets_file=secrets)[0]
+
+
+def file_fact(spec: FileSpec, given: str | dict[str, str]) -> FileFact:
+    wanted = FileFact(True, spec.owner, spec.group, spec.mode, spec.sha256)
+    if given == "missing":
+        return FileFact(exists=False)
+    if given == "other content":
+        return FileFact(True, spec.owner, spec.group, spec.mode, "0" * 64)
+    if given == "wanted":
+        return wanted
+    assert isinstance(given, dict), f"unknown file fact {given!r}"
+    mode = int(given.get("mode", f"{spec.mode:o}"), 8)
+    return FileFact(True, given.get("owner", spec.owner), given.get("group", spec.group), mode, spec.sha256)
+
+
+def host_facts(component: Component, settings: Settings, host: str, given: dict[str, Any]) -> HostFacts:
+    context = component.context(settings, host, HostFacts(commands=given.get("commands", {})))
+    specs = {file.path: file.spec(context) for file in component.files}
+    unknown = set(given.get("files", {})) - set(specs)
+    assert not unknown, f"facts for files {component.name} does not declare: {sorted(unknown)}"
+    return HostFacts(
+        packages=given.get("packages", {}),
+        files={path: file_fact(specs[path], fact) for path, fact in given.get("files", {}).items()},
+        units={unit: UNITS[state] for unit, state in given.get("units", {}).items()},
+        users=given.get("users", {}),
+        commands=given.get("commands", {}),
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
+def test_component_decides(case: Path, settings: Settings) -> None:
+    fixture = json.loads(case.read_text())
+    component = COMPONENTS[case.parent.name]
+    given = fixture["facts"]
+    facts = None if given is None else host_facts(component, settings, fixture["host"], given)
+    actions = component.decide(component.context(settings, fixture["host"], facts), facts)
+    assert [str(action) for action in actions] == fixture["actions"], fixture.get("why", "")
+
+
+def test_every_component_has_its_fixtures() -> None:
+    """A fresh host, a host with nothing to do and at least one change, for every declared component."""
+    for name in COMPONENTS:
+        cases = {p.stem for p in FIXTURES.glob(f"{name}/*.json")}
+        assert {"fresh", "noop"} <= cases and len(cases) >= 3, f"{name}: fixtures {sorted(cases)}"
+    assert {p.name for p in FIXTURES.iterdir()} <= set(COMPONENTS), "fixtures for a component not declared"
