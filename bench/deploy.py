@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.figures import publish
-from core.runbook import REPO
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.lab import Lab, lab_hosts
+from runbooks.shell import REPO
 
 
 def run_deploy(report: Path) -> dict:

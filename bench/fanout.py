@@ -47,10 +47,10 @@ from nornir.core.task import Result, Task
 from bench.figures import publish
 from core.connection import CONNECTION
 from core.errors import HostError, InputError
-from core.runbook import REPO, inventory_nornir, make_nornir
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, rootfs
 from lab.lab import STATE, Lab, LabHost, lab_hosts
+from runbooks.shell import REPO, inventory_nornir, make_nornir
 from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.remote import Mode, run

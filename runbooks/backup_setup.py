@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook, Step
+from core.step import Step
 from runbooks.deploy import RUNBOOK as DEPLOY
+from runbooks.shell import Runbook
 from tasks.backup import backup_ages, freshness_table, too_old
 
 BACKUP_STEPS = ("pgbackrest", "backup-repository", "backup-source", "backup-files", "first-backup")

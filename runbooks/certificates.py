@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook, Step
 from core.settings import Settings
+from core.step import Step
+from runbooks.shell import Runbook
 from tasks.certificates import ca_trust, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
 from tasks.coturn import COTURN
 from tasks.haproxy import haproxy, import_problems

@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook, Step
+from core.step import Step
+from runbooks.shell import Runbook
 from tasks.backup import backup_check, first_backup, pgbackrest_database, pgbackrest_repository
 from tasks.backup_files import backup_files, backup_source
 from tasks.certificates import ca_trust

@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook, Step
+from core.step import Step
 from runbooks.deploy import RUNBOOK as DEPLOY
+from runbooks.shell import Runbook
 from tasks.disaster_recovery import (
     cluster_state,
     forget_cluster,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook, Step
+from core.step import Step
+from runbooks.shell import Runbook
 from tasks.drills import (
     coturn_drill,
     drill_report,

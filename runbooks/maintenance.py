@@ -33,9 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.display import answers
-from core.runbook import Runbook, Step
+from core.step import Step
 from runbooks.deploy import RUNBOOK as DEPLOY
+from runbooks.display import answers
+from runbooks.shell import Runbook
 from runbooks.validate import FEDERATION
 from tasks.hosts_file import outbound_route, outside_dependencies, verify_resolution
 from tasks.reboots import reboot_order, rolling_reboot

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook, Step
+from core.step import Step
+from runbooks.shell import Runbook
 from tasks.restore_drill import (
     drill_problems,
     drill_report,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runbook import Runbook
 from core.secrets import ROTATABLE, rotate
 from core.settings import Settings
 from runbooks.deploy import RUNBOOK as DEPLOY
+from runbooks.shell import Runbook
 from tasks.remote import Mode
 
 

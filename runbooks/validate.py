@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nornir.core.task import Result
 
-from core.runbook import Runbook, Step
+from core.step import Step
 from runbooks import failover_drill, restore_drill
+from runbooks.shell import Runbook
 from tasks.certificates import expiring, expiry_table, served_certificates
 from tasks.hosts_file import verify_resolution
 from tasks.monitoring import targets_up

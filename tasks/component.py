@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from nornir.core.task import Result, Task
 
-from core.runbook import Step
 from core.settings import HostInfo, Settings
+from core.step import Step
 from tasks.facts import HostFacts, read_facts
 from tasks.files import JINJA, FileSpec, Write, write_actions, write_files
 from tasks.packages import Install, install, install_actions

@@ -6,7 +6,6 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Concatenate, ParamSpec
 
 from nornir.core.inventory import Host
@@ -14,15 +13,8 @@ from nornir.core.task import Result, Task
 
 from core.connection import CONNECTION, FabricConnection, Output
 from core.errors import HostError, HostLost
+from core.mode import Mode
 from core.secrets import Redactor
-
-
-class Mode(StrEnum):
-    """How a run treats hosts: apply changes, only read facts, or not connect at all."""
-
-    APPLY = "apply"
-    CHECK = "check"
-    PLAN = "plan"
 
 
 def mode(task: Task) -> Mode:

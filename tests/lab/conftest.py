@@ -19,10 +19,10 @@ import pytest
 from nornir.core import Nornir
 from nornir.core.task import AggregatedResult
 
-from core.runbook import make_nornir
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, network, rootfs
 from lab.lab import Lab, LabHost, UpReport, lab_hosts
+from runbooks.shell import make_nornir
 from tasks.remote import Mode
 from tests.conftest import load_runbook
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.display import HostOutcome, StepOutcome
-from core.runbook import Dropped, Options, Runbook, Step, make_nornir
 from core.settings import Settings
+from core.step import Step
+from runbooks.display import HostOutcome, StepOutcome
+from runbooks.shell import Dropped, Options, Runbook, make_nornir
 from tasks.remote import Mode
 
 STEP = Step("backup-files", "the daily pull", lambda task, settings: None, groups=("backup",))

@@ -6,8 +6,8 @@ import pytest
 from nornir.core.task import Result, Task
 
 from core.errors import HostError
-from core.runbook import RollingRunner, make_nornir
 from core.settings import Settings
+from runbooks.shell import RollingRunner, make_nornir
 from tasks import hosts_file, reboots, rolling, synapse
 from tasks.remote import Mode
 from tests.conftest import load_runbook

@@ -18,10 +18,10 @@ import pytest
 from nornir.core.task import Result, Task
 
 from core.connection import Output
-from core.display import flatten, host_outcome
-from core.runbook import make_nornir
 from core.secrets import Redactor
 from core.settings import Settings
+from runbooks.display import flatten, host_outcome
+from runbooks.shell import make_nornir
 from tasks.blocks import markers, with_block
 from tasks.files import FileFact, FileSpec, facts_script, file_changes, parse_facts, write_script
 from tasks.hosts_file import wrong_resolutions

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.display import HostOutcome, StepOutcome, evidence
 from core.settings import Settings
+from runbooks.display import HostOutcome, StepOutcome, evidence
 from tasks.validate import allowed
 from tests.conftest import load_runbook
 

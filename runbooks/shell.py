@@ -29,14 +29,20 @@ from nornir.core import Nornir
 from nornir.core.inventory import Host
 from nornir.core.plugins.connections import ConnectionPluginRegister
 from nornir.core.plugins.runners import RunnerPlugin
-from nornir.core.task import AggregatedResult, Result, Task
+from nornir.core.task import AggregatedResult, Task
 from nornir.plugins.runners import ThreadedRunner
 from rich.console import Console
 from rich.markup import escape
 
 from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection
-from core.display import (
+from core.errors import InputError, InputProblem
+from core.mode import Mode
+from core.secrets import Redactor
+from core.settings import Settings, load_settings
+from core.step import Step
+from lab import LAB_CONFIG, LAB_INVENTORY
+from runbooks.display import (
     Progress,
     StepOutcome,
     checklist_table,
@@ -45,18 +51,11 @@ from core.display import (
     host_outcome,
     summary_table,
 )
-from core.errors import InputError, InputProblem
-from core.secrets import Redactor
-from core.settings import Settings, load_settings
-from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks import site_identity
-from tasks.remote import Mode
 
 REPO = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 MAX_THREADS = 100
-
-Gate = Callable[[AggregatedResult, Settings], list[str]]
 
 
 class RollingRunner:
@@ -74,46 +73,6 @@ class RollingRunner:
             if result[host.name].failed:
                 break
         return result
-
-
-@dataclass(frozen=True)
-class Step:
-    """One named stage of a runbook.
-
-    `task(task, settings)` runs on every host of `groups` (all hosts when None). Once it
-    succeeded everywhere (a barrier), `check(task, settings)` runs on the same hosts: a
-    health check that needs all of them done, such as a cluster having formed; and
-    `gate(result, settings)` returns problems across hosts (empty: healthy).
-    """
-
-    name: str
-    summary: str
-    task: Callable[..., Result]
-    groups: tuple[str, ...] | None = None
-    serial: bool = False
-    check: Callable[..., Result] | None = None
-    gate: Gate | None = None
-    artifacts: tuple[str, ...] = ()  # names in artifacts/manifest.yaml the step pushes to hosts
-    # Artifacts an operator may not have yet (MinIO, LiveKit): without them the step is
-    # skipped with a message, and the run carries on with what does not depend on it.
-    needs: tuple[str, ...] = ()
-    # Whether the settings use this step at all (e.g. Synapse's native mode); its
-    # docstring is the note shown when it does not. Artifacts are then not required.
-    applies: Callable[[Settings], bool] | None = None
-    # What the controller itself must have for this step (e.g. the playbook checkout),
-    # checked with the artifacts before any host is touched.
-    requires: Callable[[Settings], list[InputProblem]] | None = None
-    # A table or summary printed after the step from all hosts' results (e.g. expiry dates).
-    report: Callable[[AggregatedResult, Settings], str] | None = None
-    # In a checklist (validate.py) a failed step stops the rest only if it blocks: a drill's
-    # health check, since the drill must not start on an unhealthy cluster.
-    blocks: bool = False
-    # For a serial step (one host at a time, none after a failure): the order of its hosts,
-    # a sort key of (host name, settings); the inventory's order without it.
-    order: Callable[[str, Settings], Any] | None = None
-
-    def used(self, settings: Settings) -> bool:
-        return self.applies is None or self.applies(settings)
 
 
 IDENTITY_STEP = Step(

@@ -1,0 +1,58 @@
+"""A runbook's step: what runs on which hosts, and the checks that gate what follows.
+
+A shared type: components declare their steps with it (`tasks.component`), and the
+runbook shell (runbooks/shell.py) runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nornir.core.task import AggregatedResult, Result
+
+from core.errors import InputProblem
+from core.settings import Settings
+
+Gate = Callable[[AggregatedResult, Settings], list[str]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named stage of a runbook.
+
+    `task(task, settings)` runs on every host of `groups` (all hosts when None). Once it
+    succeeded everywhere (a barrier), `check(task, settings)` runs on the same hosts: a
+    health check that needs all of them done, such as a cluster having formed; and
+    `gate(result, settings)` returns problems across hosts (empty: healthy).
+    """
+
+    name: str
+    summary: str
+    task: Callable[..., Result]
+    groups: tuple[str, ...] | None = None
+    serial: bool = False
+    check: Callable[..., Result] | None = None
+    gate: Gate | None = None
+    artifacts: tuple[str, ...] = ()  # names in artifacts/manifest.yaml the step pushes to hosts
+    # Artifacts an operator may not have yet (MinIO, LiveKit): without them the step is
+    # skipped with a message, and the run carries on with what does not depend on it.
+    needs: tuple[str, ...] = ()
+    # Whether the settings use this step at all (e.g. Synapse's native mode); its
+    # docstring is the note shown when it does not. Artifacts are then not required.
+    applies: Callable[[Settings], bool] | None = None
+    # What the controller itself must have for this step (e.g. the playbook checkout),
+    # checked with the artifacts before any host is touched.
+    requires: Callable[[Settings], list[InputProblem]] | None = None
+    # A table or summary printed after the step from all hosts' results (e.g. expiry dates).
+    report: Callable[[AggregatedResult, Settings], str] | None = None
+    # In a checklist (validate.py) a failed step stops the rest only if it blocks: a drill's
+    # health check, since the drill must not start on an unhealthy cluster.
+    blocks: bool = False
+    # For a serial step (one host at a time, none after a failure): the order of its hosts,
+    # a sort key of (host name, settings); the inventory's order without it.
+    order: Callable[[str, Settings], Any] | None = None
+
+    def used(self, settings: Settings) -> bool:
+        return self.applies is None or self.applies(settings)
