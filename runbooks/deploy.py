@@ -26,7 +26,7 @@ from tasks.hosts_file import hosts_file
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answers
 from tasks.minio import minio, minio_bucket, minio_healthy
-from tasks.monitoring import grafana, monitoring_server, node_exporter, postgres_exporter, targets_up
+from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER, grafana, monitoring_server, targets_up
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import login_check, pgbouncer
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
@@ -50,11 +50,7 @@ RUNBOOK = Runbook(
         ),
         Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
-        Step(
-            "node-exporter",
-            "node-exporter on every server's private address, with the textfile collector",
-            node_exporter,
-        ),
+        NODE_EXPORTER.step(),
         ETCD.step(),
         Step(
             "patroni",
@@ -95,12 +91,7 @@ RUNBOOK = Runbook(
             synapse_database,
             groups=("patroni",),
         ),
-        Step(
-            "postgres-exporter",
-            "postgres-exporter beside each PostgreSQL, as the read-only pg_monitor role",
-            postgres_exporter,
-            groups=("patroni",),
-        ),
+        POSTGRES_EXPORTER.step(),
         Step(
             "database-access",
             "Synapse's role logs in through every PgBouncer to the primary",

@@ -85,7 +85,7 @@ class Component:
     """One deployable unit of the platform, declared once."""
 
     name: str
-    groups: tuple[str, ...]
+    groups: tuple[str, ...] | None  # None: every host
     summary: str  # what the deploy step shows
     packages: tuple[str, ...] = ()
     # Whether installing the packages may start their units (Debian's default); without it a

@@ -26,6 +26,7 @@ from core.errors import HostError
 from core.ports import ALERTMANAGER_PORT, BLACKBOX_PORT, GRAFANA_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT
 from core.settings import Settings
 from core.targets import jobs
+from tasks.component import Component, Context, File, Service
 from tasks.database import MONITOR_ROLE
 from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
@@ -56,41 +57,38 @@ def defaults_file(args: str, extra: str = "") -> str:
     return f"# Managed by matrix-platform.\n{extra}ARGS={shlex.quote(args)}\n"
 
 
-def node_exporter(task: Task, settings: Settings) -> Result:
-    """node-exporter on the private address, with the textfile directory our checks write metrics to."""
-    host = settings.hosts[task.host.name]
-    read_ahead(
-        task,
-        packages=["prometheus-node-exporter"],
-        files=["/etc/default/prometheus-node-exporter"],
-        units=["prometheus-node-exporter.service"],
+def node_exporter_defaults(context: Context) -> str:
+    port = context.settings.config.monitoring.node_exporter_port
+    return defaults_file(
+        f"--web.listen-address={context.host.private_ip}:{port} --collector.textfile.directory={TEXTFILE_DIR}"
     )
-    task.run(task=packages, names=["prometheus-node-exporter"], autostart=False, severity_level=10)
-    port = settings.config.monitoring.node_exporter_port
-    args = f"--web.listen-address={host.private_ip}:{port} --collector.textfile.directory={TEXTFILE_DIR}"
-    spec = FileSpec("/etc/default/prometheus-node-exporter", defaults_file(args))
-    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
-    services(task, {"prometheus-node-exporter.service": Wanted(restart=result.changed)})
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 
-def postgres_exporter(task: Task, settings: Settings) -> Result:
-    """postgres-exporter beside each PostgreSQL, logging in over the socket as the pg_monitor role."""
-    host = settings.hosts[task.host.name]
-    read_ahead(
-        task,
-        packages=["prometheus-postgres-exporter"],
-        files=["/etc/default/prometheus-postgres-exporter"],
-        units=["prometheus-postgres-exporter.service"],
-    )
-    task.run(task=packages, names=["prometheus-postgres-exporter"], autostart=False, severity_level=10)
+NODE_EXPORTER = Component(
+    "node-exporter",
+    groups=None,
+    summary="node-exporter on every server's private address, with the textfile collector",
+    packages=("prometheus-node-exporter",),
+    files=(File("/etc/default/prometheus-node-exporter", node_exporter_defaults),),
+    services=(Service("prometheus-node-exporter.service"),),
+)
+
+
+def postgres_exporter_defaults(context: Context) -> str:
+    """Logging in over the socket as the read-only pg_monitor role: no password to keep."""
     dsn = f"host=/var/run/postgresql user={MONITOR_ROLE} dbname=postgres sslmode=disable"
-    args = f"--web.listen-address={host.private_ip}:{POSTGRES_EXPORTER_PORT}"
-    text = defaults_file(args, f"DATA_SOURCE_NAME={shlex.quote(dsn)}\n")
-    spec = FileSpec("/etc/default/prometheus-postgres-exporter", text)
-    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
-    services(task, {"prometheus-postgres-exporter.service": Wanted(restart=result.changed)})
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
+    args = f"--web.listen-address={context.host.private_ip}:{POSTGRES_EXPORTER_PORT}"
+    return defaults_file(args, f"DATA_SOURCE_NAME={shlex.quote(dsn)}\n")
+
+
+POSTGRES_EXPORTER = Component(
+    "postgres-exporter",
+    groups=("patroni",),
+    summary="postgres-exporter beside each PostgreSQL, as the read-only pg_monitor role",
+    packages=("prometheus-postgres-exporter",),
+    files=(File("/etc/default/prometheus-postgres-exporter", postgres_exporter_defaults),),
+    services=(Service("prometheus-postgres-exporter.service"),),
+)
 
 
 def scrape_context(settings: Settings, rules: str = RULES) -> dict[str, object]:

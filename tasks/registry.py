@@ -6,5 +6,7 @@ from tasks.component import Component
 from tasks.coturn import COTURN
 from tasks.etcd import ETCD
 from tasks.keepalived import KEEPALIVED
+from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
 
-COMPONENTS: dict[str, Component] = {component.name: component for component in (ETCD, KEEPALIVED, COTURN)}
+DECLARED = (NODE_EXPORTER, ETCD, POSTGRES_EXPORTER, KEEPALIVED, COTURN)
+COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
