@@ -20,12 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.settings import Settings
 from core.step import Step
 from runbooks.shell import Runbook
-from tasks.certificates import ca_trust, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
+from tasks.certificates import CA_TRUST, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
 from tasks.coturn import COTURN
 from tasks.haproxy import haproxy, import_problems
 
 DISTRIBUTION = [
-    Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
+    CA_TRUST.step(),
     Step(
         "haproxy",
         "the edge certificate (internal or imported) on every HAProxy host; reload when it changed",

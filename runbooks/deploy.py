@@ -16,7 +16,7 @@ from core.step import Step
 from runbooks.shell import Runbook
 from tasks.backup import backup_check, first_backup, pgbackrest_database, pgbackrest_repository
 from tasks.backup_files import backup_files, backup_source
-from tasks.certificates import ca_trust
+from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
 from tasks.database import synapse_database
 from tasks.etcd import ETCD
@@ -48,7 +48,7 @@ RUNBOOK = Runbook(
             "nftables on every server: public ports open, internal ports to the private networks, rest dropped",
             firewall,
         ),
-        Step("ca-trust", "the site CA certificate in every server's trust store", ca_trust),
+        CA_TRUST.step(),
         Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
         NODE_EXPORTER.step(),
         ETCD.step(),

@@ -20,24 +20,27 @@ from nornir.core.task import AggregatedResult, Result, Task
 from core import pki
 from core.errors import InputProblem
 from core.settings import Settings
+from tasks.component import Component, File, Handler
 from tasks.files import FileSpec, put_files
 from tasks.monitoring import TEXTFILE_DIR
-from tasks.packages import packages
 from tasks.remote import Expectation, Mode, mode, run
 
-
-def trust_path(settings: Settings) -> str:
-    return f"/usr/local/share/ca-certificates/matrix-platform-{settings.site}.crt"
-
-
-def ca_trust(task: Task, settings: Settings) -> Result:
-    """Install the site CA certificate and rebuild the trust store when it changed."""
-    task.run(task=packages, names=["ca-certificates"], severity_level=10)
-    spec = FileSpec(trust_path(settings), settings.ca.ca_pem())
-    result = task.run(task=put_files, specs=[spec], severity_level=10)[0]
-    if result.changed and mode(task) is Mode.APPLY:
-        run(task, "update-ca-certificates --fresh >/dev/null", what=Expectation("the trust store rebuilt"))
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
+TRUSTED_CA = "/usr/local/share/ca-certificates/matrix-platform-{site}.crt"
+CA_TRUST = Component(
+    "ca-trust",
+    groups=None,
+    summary="the site CA certificate in every server's trust store",
+    packages=("ca-certificates",),
+    autostart=True,
+    files=(File(TRUSTED_CA, lambda c: c.settings.ca.ca_pem()),),
+    handlers=(
+        Handler(
+            "update-ca-certificates --fresh >/dev/null",
+            after=(TRUSTED_CA,),
+            expect="the trust store rebuilt",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)

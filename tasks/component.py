@@ -18,13 +18,12 @@ from nornir.core.task import Result, Task
 
 from core.settings import HostInfo, Settings
 from core.step import Step
-from tasks.facts import HostFacts, read_facts
+from tasks.facts import HostFacts, known_facts, read_facts
 from tasks.files import JINJA, FileSpec, Write, write_actions, write_files
 from tasks.packages import Install, install, install_actions
+from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, ServiceFact, Systemctl, UnitsWanted, Wanted, converge_units, unit_actions
 from tasks.waits import wait_for_port
-
-Action = Install | Write | Systemctl | UnitsWanted
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def template(name: str, variables: Callable[[Context], Mapping[str, object]]) ->
 class File:
     """A file the component owns entirely: its content, owner, mode, whether it is secret, its validation."""
 
-    path: str
+    path: str  # may name the site: "{site}"
     content: Content
     owner: str = "root"
     group: str = "root"
@@ -56,28 +55,66 @@ class File:
     secret: bool = False
     check: str | None = None  # a command that must accept the staged file, `{path}` its path
 
+    def where(self, settings: Settings) -> str:
+        return self.path.format(site=settings.site)
+
     def spec(self, context: Context) -> FileSpec:
-        return FileSpec(self.path, self.content(context), self.owner, self.group, self.mode, self.secret, self.check)
+        path = self.where(context.settings)
+        return FileSpec(path, self.content(context), self.owner, self.group, self.mode, self.secret, self.check)
 
 
 @dataclass(frozen=True)
 class Service:
-    """A unit the component keeps running and enabled; a change to its files restarts it, or reloads it."""
+    """A unit of the component and the state it is kept in.
+
+    A change to the files of `restart_on` (None: any of the component's files) restarts it,
+    or reloads it where `reload` suffices. Units of a lower `wave` change first (a server
+    before its exporter); the units of one wave are peers systemd handles together.
+    """
 
     unit: str
     reload: bool = False
+    restart_on: tuple[str, ...] | None = None
+    running: bool = True  # False: kept stopped and disabled (a package's stock instance)
+    wave: int = 0
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A command run once on apply after any of the files `after` changed (e.g. rebuilding a trust store)."""
+
+    command: str
+    after: tuple[str, ...]
+    expect: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """A handler's command, due because its files changed."""
+
+    command: str
+    expect: str
+
+    def __str__(self) -> str:
+        return self.command
 
 
 @dataclass(frozen=True)
 class Port:
-    """A TCP port that must accept connections once the component converged (on loopback, or the private address)."""
+    """A TCP port that must accept connections once the component converged.
+
+    On loopback or the host's private address; `always` waits on every run, otherwise only
+    after a unit was started or restarted.
+    """
 
     number: int
     private: bool = False
+    always: bool = True
     timeout: float = 30
 
 
 HealthCheck = Callable[[Task, Settings], Result]
+Action = Install | Write | Run | Systemctl | UnitsWanted
 
 
 @dataclass(frozen=True)
@@ -93,9 +130,13 @@ class Component:
     autostart: bool = False
     files: tuple[File, ...] = ()
     services: tuple[Service, ...] = ()
+    handlers: tuple[Handler, ...] = ()
     reads: Mapping[str, str] = field(default_factory=dict)  # read-only commands whose output files depend on
     ready: tuple[Port, ...] = ()
     check: HealthCheck | None = None  # the step's health check, once every host converged
+    # Why a host of the groups has nothing of this component ("" when it has), e.g. a
+    # feature switched off or a single instance on the group's first host.
+    absent: Callable[[Settings, HostInfo], str] | None = None
 
     def step(self) -> Step:
         """The deploy step of this component."""
@@ -108,36 +149,59 @@ class Component:
         """The actions that take a host with `facts` (None: not read) to this component's wanted state."""
         installs = install_actions(list(self.packages), facts and facts.packages, autostart=self.autostart)
         writes = write_actions([file.spec(context) for file in self.files], facts and facts.files)
-        actions: list[Action] = [*installs, *writes]
+        changed = {w.spec.path for w in writes}
+        written = {file.path for file in self.files if file.where(context.settings) in changed}  # as declared
+        runs = [Run(h.command, h.expect) for h in self.handlers if written & set(h.after)]
+        actions: list[Action] = [*installs, *writes, *runs]
         if not self.services:
             return actions
         units = None if facts is None else dict(facts.units)
-        restart = bool(writes)
-        if units is not None and self.autostart and installs:
-            # Installing may have started the units with the package's defaults: the state read
-            # is stale, so restart them (which also starts one that is stopped) to read our files.
-            units = {service.unit: ServiceFact("loaded", "active", "") for service in self.services}
-            restart = True
-        wanted = {service.unit: Wanted(restart=restart, reload=service.reload) for service in self.services}
-        daemon_reload = any(w.spec.path.startswith(f"{UNIT_DIR}/") for w in writes)
-        return actions + unit_actions((wanted,), units, daemon_reload=daemon_reload)
+        stale = units is not None and self.autostart and bool(installs)
+        if stale:
+            # Installing may have started and enabled the units with the package's defaults: the
+            # state read is stale, so assume the worst — restart (which also starts a stopped unit)
+            # what must run, enable it; stop and disable what must not.
+            units = {s.unit: ServiceFact("loaded", "active", "" if s.running else "enabled") for s in self.services}
+        waves: dict[int, dict[str, Wanted]] = {}
+        for service in sorted(self.services, key=lambda s: s.wave):
+            restarts = written & set(service.restart_on) if service.restart_on is not None else written
+            restart = stale or bool(restarts)
+            wanted = Wanted(service.running, service.running, restart and service.running, service.reload)
+            waves.setdefault(service.wave, {})[service.unit] = wanted
+        daemon_reload = any(path.startswith(f"{UNIT_DIR}/") for path in changed)
+        return actions + unit_actions(tuple(waves.values()), units, daemon_reload=daemon_reload)
 
     def converge(self, task: Task, settings: Settings) -> Result:
         """The engine: read the host once, decide, carry the actions out in the run's mode, wait for the ports."""
-        facts = read_facts(
-            task,
-            packages=self.packages,
-            files=[file.path for file in self.files],
-            units=[service.unit for service in self.services],
-            commands=self.reads,
-        )
+        host = settings.hosts[task.host.name]
+        reason = self.absent(settings, host) if self.absent else ""
+        if reason:
+            return Result(host=task.host, result=reason)
+        facts = host_facts(task, self, settings)
         context = self.context(settings, task.host.name, facts)
-        results = execute(task, self.decide(context, facts), facts)
+        actions = self.decide(context, facts)
+        results = execute(task, actions, facts)
         task.results.extend(results)
+        started = any(isinstance(action, Systemctl) and action.verbs for action in actions)
         for port in self.ready:
-            address = context.host.private_ip if port.private else "127.0.0.1"
-            task.run(task=wait_for_port, port=port.number, address=address, timeout=port.timeout, severity_level=10)
+            if port.always or started:
+                address = host.private_ip if port.private else "127.0.0.1"
+                task.run(task=wait_for_port, port=port.number, address=address, timeout=port.timeout, severity_level=10)
         return Result(host=task.host, changed=any(r.changed for r in results))
+
+
+def host_facts(task: Task, component: Component, settings: Settings) -> HostFacts | None:
+    """The host's facts for `component`: those a step's read-ahead already holds, else one read now."""
+    wanted = {
+        "packages": list(component.packages),
+        "files": [file.where(settings) for file in component.files],
+        "units": [service.unit for service in component.services],
+    }
+    if not component.reads:
+        found = known_facts(task, **wanted)
+        if found is not None:
+            return found
+    return read_facts(task, **wanted, commands=component.reads)
 
 
 def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[Result]:
@@ -150,6 +214,9 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
         elif isinstance(action, Write):
             if action is writes[0]:
                 results.append(write_files(task, writes, facts and facts.files))
+        elif isinstance(action, Run):
+            if mode(task) is Mode.APPLY:
+                run(task, action.command, what=Expectation(action.expect))
         else:
             results.append(converge_units(task, action))
     return results

@@ -19,7 +19,7 @@ from nornir.core.task import Task
 
 from tasks.files import FileFact, facts_script, parse_facts
 from tasks.packages import missing, query_script
-from tasks.remote import Expectation, Mode, mode, run, shell
+from tasks.remote import Expectation, Mode, known, mode, run, shell
 from tasks.systemd import ServiceFact, parse_show_many, show_script
 
 SECTION = "@@matrix-facts "
@@ -110,6 +110,18 @@ def read_facts(
     conn.read_ahead = {f"{kind}:{name}": fact for kind, found in kinds.items() for name, fact in found.items()}
     conn.read_ahead_step = conn.step
     return facts
+
+
+def known_facts(
+    task: Task, *, packages: Sequence[str] = (), files: Sequence[str] = (), units: Sequence[str] = ()
+) -> HostFacts | None:
+    """The facts of `packages`, `files` and `units` when this step's read-ahead holds all of them, else None."""
+    found = {}
+    for kind, names in (("package", packages), ("file", files), ("unit", units)):
+        found[kind] = known(task, kind, list(names)) if names else {}
+        if found[kind] is None:
+            return None
+    return HostFacts(packages=found["package"], files=found["file"], units=found["unit"])
 
 
 def read_ahead(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
 from tasks.etcd import ETCD
 from tasks.keepalived import KEEPALIVED
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
 
-DECLARED = (NODE_EXPORTER, ETCD, POSTGRES_EXPORTER, KEEPALIVED, COTURN)
+DECLARED = (CA_TRUST, NODE_EXPORTER, ETCD, POSTGRES_EXPORTER, KEEPALIVED, COTURN)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}

@@ -58,7 +58,7 @@ def file_fact(spec: FileSpec, given: str | dict[str, str]) -> FileFact:
 
 def host_facts(component: Component, settings: Settings, host: str, given: dict[str, Any]) -> HostFacts:
     context = component.context(settings, host, HostFacts(commands=given.get("commands", {})))
-    specs = {file.path: file.spec(context) for file in component.files}
+    specs = {spec.path: spec for spec in (file.spec(context) for file in component.files)}
     unknown = set(given.get("files", {})) - set(specs)
     assert not unknown, f"facts for files {component.name} does not declare: {sorted(unknown)}"
     return HostFacts(
