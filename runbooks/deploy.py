@@ -24,7 +24,7 @@ from tasks.firewall import firewall
 from tasks.haproxy import haproxy, import_problems
 from tasks.hosts_file import hosts_file
 from tasks.keepalived import KEEPALIVED
-from tasks.livekit import livekit_jwt, livekit_redis, livekit_server, redis_answers
+from tasks.livekit import LIVEKIT_REDIS, livekit_jwt, livekit_server
 from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER, grafana, monitoring_server, targets_up
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
@@ -122,13 +122,7 @@ RUNBOOK = Runbook(
         ),
         KEEPALIVED.step(),
         COTURN.step(),
-        Step(
-            "livekit-redis",
-            "the LiveKit mesh's own Redis (password, private address)",
-            livekit_redis,
-            groups=("livekit",),
-            check=redis_answers,
-        ),
+        LIVEKIT_REDIS.step(),
         Step(
             "livekit",
             "livekit-server on every livekit host, meshed through its Redis",

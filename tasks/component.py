@@ -142,6 +142,14 @@ class Component:
         """The deploy step of this component."""
         return Step(self.name, self.summary, self.converge, groups=self.groups, check=self.check)
 
+    def paths(self, settings: Settings) -> list[str]:
+        """Where the component's files go (what the read-ahead reads)."""
+        return [file.where(settings) for file in self.files]
+
+    @property
+    def units(self) -> list[str]:
+        return [service.unit for service in self.services]
+
     def context(self, settings: Settings, host_name: str, facts: HostFacts | None) -> Context:
         return Context(settings, settings.hosts[host_name], None if facts is None else facts.commands)
 
@@ -192,11 +200,7 @@ class Component:
 
 def host_facts(task: Task, component: Component, settings: Settings) -> HostFacts | None:
     """The host's facts for `component`: those a step's read-ahead already holds, else one read now."""
-    wanted = {
-        "packages": list(component.packages),
-        "files": [file.where(settings) for file in component.files],
-        "units": [service.unit for service in component.services],
-    }
+    wanted = {"packages": component.packages, "files": component.paths(settings), "units": component.units}
     if not component.reads:
         found = known_facts(task, **wanted)
         if found is not None:

@@ -18,7 +18,7 @@ from core import artifacts
 from core.ports import LIVEKIT_REDIS_EXPORTER_PORT
 from core.settings import HostInfo, Settings
 from tasks.files import FileSpec, render
-from tasks.redis import RedisInstance, redis_instance, redis_pong
+from tasks.redis import RedisInstance, redis_component, redis_pong
 from tasks.systemd import binary_service, service_user
 
 REDIS_PORT = 6379
@@ -62,28 +62,37 @@ def redis_host(settings: Settings) -> HostInfo:
     return settings.members("livekit")[0]
 
 
-def mesh_redis(settings: Settings) -> RedisInstance:
-    address = redis_host(settings).private_ip
-    return RedisInstance(
-        "livekit", "the LiveKit mesh's room and node state", address, REDIS_PORT, LIVEKIT_REDIS_EXPORTER_PORT
-    )
-
-
-def livekit_redis(task: Task, settings: Settings) -> Result:
-    """Redis for the LiveKit mesh on the first livekit host."""
+def redis_absent(settings: Settings, host: HostInfo) -> str:
+    """Why a livekit host runs no mesh Redis: LiveKit is off, or another host (the group's first) runs it."""
     if not settings.config.livekit.enabled:
-        return Result(host=task.host, result="livekit.enabled is false in config.yaml")
-    if task.host.name != redis_host(settings).name:
-        return Result(host=task.host, result=f"the mesh's Redis runs on {redis_host(settings).name}")
-    address = redis_host(settings).private_ip
-    return redis_instance(task, mesh_redis(settings), settings.secrets["livekit_redis_password"], address)
+        return "livekit.enabled is false in config.yaml"
+    if host.name != redis_host(settings).name:
+        return f"the mesh's Redis runs on {redis_host(settings).name}"
+    return ""
 
 
 def redis_answers(task: Task, settings: Settings) -> Result:
     """Health check: the mesh's Redis answers PONG to an authenticated client."""
-    if not settings.config.livekit.enabled or task.host.name != redis_host(settings).name:
+    if redis_absent(settings, settings.hosts[task.host.name]):
         return Result(host=task.host, result="not checked here")
-    return redis_pong(task, mesh_redis(settings), settings.secrets["livekit_redis_password"])
+    return redis_pong(task, MESH_REDIS, settings)
+
+
+MESH_REDIS = RedisInstance(
+    "livekit",
+    "the LiveKit mesh's room and node state",
+    "livekit_redis_password",
+    REDIS_PORT,
+    LIVEKIT_REDIS_EXPORTER_PORT,
+    private=True,
+)
+LIVEKIT_REDIS = redis_component(
+    MESH_REDIS,
+    "the LiveKit mesh's own Redis (password, private address)",
+    ("livekit",),
+    absent=redis_absent,
+    check=redis_answers,
+)
 
 
 def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:

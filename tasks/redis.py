@@ -9,16 +9,16 @@ command line.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
-from tasks.packages import packages
-from tasks.remote import Expectation, Mode, known, mode, run
-from tasks.systemd import UNIT_DIR, Wanted, services
-from tasks.waits import wait_for_port
+from core.settings import HostInfo, Settings
+from core.workers import LOOPBACK
+from tasks.component import Component, Context, File, HealthCheck, Port, Service, template
+from tasks.remote import Expectation, Mode, mode, run
+from tasks.systemd import UNIT_DIR
 
 EXPORTER_TEMPLATE = "redis-exporter@.service"
 
@@ -27,10 +27,14 @@ EXPORTER_TEMPLATE = "redis-exporter@.service"
 class RedisInstance:
     name: str  # the systemd instance: redis-server@<name>
     purpose: str  # the config file's first comment says what it serves
-    address: str
+    password: str  # the name of its secret
     port: int
     exporter_port: int  # its Prometheus exporter, on the host's private address
+    private: bool = False  # listens on the host's private address (reached over the network), else loopback
     maxmemory: str = "256mb"
+
+    def address(self, host: HostInfo) -> str:
+        return host.private_ip if self.private else LOOPBACK
 
     @property
     def unit(self) -> str:
@@ -55,59 +59,66 @@ class RedisInstance:
         return f"{UNIT_DIR}/{self.unit}.d/limits.conf"
 
 
-PACKAGES = ["redis-server", "redis-tools", "prometheus-redis-exporter"]
+PACKAGES = ("redis-server", "redis-tools", "prometheus-redis-exporter")
 DEBIAN_UNITS = ("redis-server.service", "prometheus-redis-exporter.service")  # kept off: each purpose has its own
+EXPORTER_UNIT_FILE = f"{UNIT_DIR}/{EXPORTER_TEMPLATE}"
 
 
-def instance_units(instance: RedisInstance) -> list[str]:
-    return [*DEBIAN_UNITS, instance.unit, instance.exporter_unit]
+def redis_component(
+    instance: RedisInstance,
+    summary: str,
+    groups: tuple[str, ...],
+    *,
+    absent: Callable[[Settings, HostInfo], str] | None = None,
+    check: HealthCheck | None = None,
+) -> Component:
+    """One Redis instance and its exporter: the server restarts when its config or limits change, the exporter
+    when its own files do; Debian's stock units stay off."""
 
+    def config(context: Context) -> dict[str, object]:
+        return {
+            "instance": instance.name,
+            "purpose": instance.purpose,
+            "host_name": context.host.name,
+            "ip": instance.address(context.host),
+            "port": instance.port,
+            "password": context.settings.secrets[instance.password],
+            "maxmemory": instance.maxmemory,
+        }
 
-def instance_files(instance: RedisInstance) -> list[str]:
-    """The files `redis_instance` converges, in its order."""
-    return [instance.limits, f"{UNIT_DIR}/{EXPORTER_TEMPLATE}", instance.config, instance.exporter_env]
+    def exporter(context: Context) -> dict[str, object]:
+        return {
+            "address": f"redis://{instance.address(context.host)}:{instance.port}",
+            "password": context.settings.secrets[instance.password],
+            "listen": f"{context.host.private_ip}:{instance.exporter_port}",
+        }
 
-
-def redis_instance(task: Task, instance: RedisInstance, password: str, exporter_ip: str) -> Result:
-    """Install Redis and its exporter, converge one instance and its exporter; restart only on change."""
-    text = render(
-        task,
-        "redis/instance.conf.j2",
-        instance=instance.name,
-        purpose=instance.purpose,
-        host_name=task.host.name,
-        ip=instance.address,
-        port=instance.port,
-        password=password,
-        maxmemory=instance.maxmemory,
+    return Component(
+        f"{instance.name}-redis",
+        groups=groups,
+        summary=summary,
+        packages=PACKAGES,
+        files=(
+            File(instance.limits, lambda _: "[Service]\nLimitNOFILE=16384\n"),
+            File(EXPORTER_UNIT_FILE, template("redis/redis-exporter@.service.j2", lambda _: {})),
+            File(instance.config, template("redis/instance.conf.j2", config), group="redis", mode=0o640),
+            File(
+                instance.exporter_env,
+                template("redis/exporter.env.j2", exporter),
+                group="prometheus",
+                mode=0o640,
+                secret=True,
+            ),
+        ),
+        services=(
+            *(Service(unit, running=False) for unit in DEBIAN_UNITS),
+            Service(instance.unit, restart_on=(instance.limits, instance.config)),
+            Service(instance.exporter_unit, restart_on=(EXPORTER_UNIT_FILE, instance.exporter_env), wave=1),
+        ),
+        ready=(Port(instance.port, private=instance.private, always=False),),
+        check=check,
+        absent=absent,
     )
-    exporter_env = render(
-        task,
-        "redis/exporter.env.j2",
-        address=f"redis://{instance.address}:{instance.port}",
-        password=password,
-        listen=f"{exporter_ip}:{instance.exporter_port}",
-    )
-    paths = instance_files(instance)
-    units = paths[:2]
-    specs = [
-        FileSpec(paths[0], "[Service]\nLimitNOFILE=16384\n"),
-        FileSpec(paths[1], render(task, "redis/redis-exporter@.service.j2")),
-        FileSpec(paths[2], text, group="redis", mode=0o640),
-        FileSpec(paths[3], exporter_env, group="prometheus", mode=0o640, secret=True),
-    ]
-    if known(task, "file", paths) is None:  # Synapse's step reads them ahead with its own
-        read_ahead(task, packages=PACKAGES, files=paths, units=instance_units(instance))
-    task.run(task=packages, names=PACKAGES, autostart=False, severity_level=10)
-    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    written = set(result.result or [])
-    wanted = {unit: Wanted(running=False, enabled=False) for unit in DEBIAN_UNITS}
-    wanted[instance.unit] = Wanted(restart=bool(written & {instance.limits, instance.config}))
-    exporter = {instance.exporter_unit: Wanted(restart=bool(written - {instance.limits, instance.config}))}
-    started = services(task, wanted, exporter, daemon_reload=bool(written & set(units)))
-    if started.changed:
-        task.run(task=wait_for_port, port=instance.port, address=instance.address, severity_level=10)
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
 
 
 def ping_script(address: str, port: int) -> str:
@@ -118,14 +129,14 @@ def ping_script(address: str, port: int) -> str:
     )
 
 
-def redis_pong(task: Task, instance: RedisInstance, password: str) -> Result:
+def redis_pong(task: Task, instance: RedisInstance, settings: Settings) -> Result:
     """Health check: the instance answers PONG to an authenticated client."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, result="not checked in this mode")
     out = run(
         task,
-        ping_script(instance.address, instance.port),
-        stdin=password + "\n",
+        ping_script(instance.address(settings.hosts[task.host.name]), instance.port),
+        stdin=settings.secrets[instance.password] + "\n",
         what=Expectation("PONG", f"journalctl -u {instance.unit} on the host"),
     )
     return Result(host=task.host, result=out.stdout.strip())

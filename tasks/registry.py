@@ -7,7 +7,9 @@ from tasks.component import Component
 from tasks.coturn import COTURN
 from tasks.etcd import ETCD
 from tasks.keepalived import KEEPALIVED
+from tasks.livekit import LIVEKIT_REDIS
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
+from tasks.synapse import SYNAPSE_REDIS
 
-DECLARED = (CA_TRUST, NODE_EXPORTER, ETCD, POSTGRES_EXPORTER, KEEPALIVED, COTURN)
+DECLARED = (CA_TRUST, NODE_EXPORTER, ETCD, POSTGRES_EXPORTER, KEEPALIVED, COTURN, LIVEKIT_REDIS, SYNAPSE_REDIS)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}

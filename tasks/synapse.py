@@ -36,7 +36,7 @@ from tasks.coturn import turn_uris
 from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
 from tasks.packages import packages, venv_version_script
-from tasks.redis import RedisInstance, redis_instance
+from tasks.redis import RedisInstance, redis_component
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, service_user, services
 from tasks.waits import wait_for_urls
@@ -54,8 +54,10 @@ WORKER_UNIT = "synapse-worker@.service"
 HTTP_PORT = 8008
 USER = "synapse"
 REDIS = RedisInstance(
-    "synapse", "Synapse's worker replication streams", LOOPBACK, REDIS_PORT, SYNAPSE_REDIS_EXPORTER_PORT
+    "synapse", "Synapse's worker replication streams", "synapse_redis_password", REDIS_PORT, SYNAPSE_REDIS_EXPORTER_PORT
 )
+# Converged inside Synapse's step, and only when there are workers to replicate between.
+SYNAPSE_REDIS = redis_component(REDIS, "Redis for Synapse's worker replication, on loopback", ("synapse",))
 
 
 def venv(version: str) -> str:
@@ -209,7 +211,7 @@ def synapse(task: Task, settings: Settings) -> Result:
         packages=[*names, *(redis.PACKAGES if processes else [])],
         files=[
             *(spec.path for spec in wheels()),
-            *(redis.instance_files(REDIS) if processes else []),
+            *(SYNAPSE_REDIS.paths(settings) if processes else []),
             CONFIG,
             LOG_CONFIG,
             SIGNING_KEY,
@@ -217,7 +219,7 @@ def synapse(task: Task, settings: Settings) -> Result:
             f"{UNIT_DIR}/{WORKER_UNIT}",
             *(f"{WORKERS_DIR}/{w.name}.yaml" for w in processes),
         ],
-        units=[*(redis.instance_units(REDIS) if processes else []), UNIT, *(worker_unit(w.name) for w in processes)],
+        units=[*(SYNAPSE_REDIS.units if processes else []), UNIT, *(worker_unit(w.name) for w in processes)],
         users=[USER],
         commands={"version": version_probe(), "processes": PROCESSES},
     )
@@ -227,7 +229,7 @@ def synapse(task: Task, settings: Settings) -> Result:
         0
     ].changed
     if processes:
-        redis_instance(task, REDIS, settings.secrets["synapse_redis_password"], host.private_ip)
+        SYNAPSE_REDIS.converge(task, settings)
     shared = [
         FileSpec(
             CONFIG,
