@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
 from runbooks.shell import Runbook
-from tasks.backup import backup_check, first_backup, pgbackrest_database, pgbackrest_repository
+from tasks.backup import BACKUP_REPOSITORY, PGBACKREST, first_backup
 from tasks.backup_files import backup_files, backup_source
 from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
@@ -66,19 +66,8 @@ RUNBOOK = Runbook(
             patroni_dynamic_config,
             groups=("patroni",),
         ),
-        Step(
-            "pgbackrest",
-            "pgBackRest on each database host: WAL to the backup host's repository, TLS server for backups",
-            pgbackrest_database,
-            groups=("patroni",),
-        ),
-        Step(
-            "backup-repository",
-            "the encrypted pgBackRest repository on the backup host, its stanza, full/diff backup timers",
-            pgbackrest_repository,
-            groups=("backup",),
-            check=backup_check,
-        ),
+        PGBACKREST.step(),
+        BACKUP_REPOSITORY.step(),
         Step(
             "pgbouncer",
             "PgBouncer (transaction pooling) routed to the primary by a local HAProxy",

@@ -13,23 +13,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+import shlex
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from nornir.core.task import AggregatedResult, Result, Task
 
 from core.errors import HostError
+from core.pki import ServerCertificate
 from core.ports import PGBACKREST_PORT
 from core.settings import HostInfo, Settings
 from tasks.backup_files import PULL_UNIT
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
+from tasks.component import Command, Component, Context, File, Service, template
+from tasks.facts import HostFacts
 from tasks.monitoring import TEXTFILE_DIR
-from tasks.packages import packages
 from tasks.patroni import data_dir
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, Wanted, services
+from tasks.systemd import UNIT_DIR
 
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 TLS_DIR = "/etc/pgbackrest/tls"
@@ -37,6 +38,7 @@ REPO_PATH = "/var/lib/pgbackrest"
 SERVER_UNIT = "pgbackrest.service"  # Debian's: `pgbackrest server` as postgres
 BACKUP_SCRIPT = "/usr/local/sbin/matrix-backup-database"
 KINDS = ("full", "diff")
+PGBACKREST_HINT = "read pgBackRest's message above; its log is in /var/log/pgbackrest"
 
 
 def database_unit(kind: str) -> str:
@@ -51,128 +53,142 @@ class Tls:
     key: str = f"{TLS_DIR}/host.key"
 
 
-def tls_files(settings: Settings, host: HostInfo) -> list[FileSpec]:
-    """The site CA and this host's certificate (server and client use); the key is postgres' alone."""
+def certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
+    """This host's pgBackRest certificate: server and client use, for its service name and address."""
     certificates = settings.config.certificates
-    name = settings.service_name(host)
-    certificate = settings.ca.server(
+    return settings.ca.server(
         f"pgbackrest-{host.name}",
-        [name, host.private_ip],
+        [settings.service_name(host), host.private_ip],
         certificates.lifetime_days,
         certificates.renew_before_days,
         client=True,
     )
-    tls = Tls()
-    return [
-        FileSpec(tls.ca, certificate.ca_pem),
-        FileSpec(tls.cert, certificate.cert_pem),
-        FileSpec(tls.key, certificate.key_pem, "postgres", "postgres", 0o600, secret=True),
-    ]
 
 
-def converge(
-    task: Task,
-    settings: Settings,
-    config: FileSpec,
-    extra: Sequence[FileSpec] = (),
-    units: Sequence[str] = (),
-    commands: Mapping[str, str] | None = None,
-) -> tuple[Result, dict[str, str]]:
-    """pgBackRest, its TLS files and config (+ `extra` files and their `units`, kept running).
+# The site CA and this host's certificate; the key is postgres' alone.
+TLS_FILES = (
+    File(Tls.ca, lambda c: certificate(c.settings, c.host).ca_pem),
+    File(Tls.cert, lambda c: certificate(c.settings, c.host).cert_pem),
+    File(Tls.key, lambda c: certificate(c.settings, c.host).key_pem, "postgres", "postgres", 0o600, secret=True),
+)
 
-    Its TLS server restarts when its files changed. Everything is read ahead in one command,
-    with the read-only `commands`, whose outputs come back beside the result.
+
+def pgbackrest_component(
+    name: str,
+    groups: tuple[str, ...],
+    summary: str,
+    config: File,
+    *,
+    extra: tuple[File, ...] = (),
+    timers: tuple[str, ...] = (),
+    **declared: Any,
+) -> Component:
+    """pgBackRest, its TLS files and config (+ `extra` files and `timers` kept running).
+
+    Its TLS server restarts when its own files changed, not for the extra ones.
     """
-    host = settings.hosts[task.host.name]
-    server = [*tls_files(settings, host), config]
-    ahead = read_ahead(
-        task,
-        packages=["pgbackrest"],
-        files=[spec.path for spec in [*server, *extra]],
-        units=[SERVER_UNIT, *units],
-        commands=commands,
+    server = (*TLS_FILES, config)
+    return Component(
+        name,
+        groups=groups,
+        summary=summary,
+        packages=("pgbackrest",),
+        files=(*server, *extra),
+        services=(
+            Service(SERVER_UNIT, restart_on=tuple(file.path for file in server)),
+            *(Service(timer, restart_on=()) for timer in timers),
+        ),
+        **declared,
     )
-    task.run(task=packages, names=["pgbackrest"], autostart=False, severity_level=10)
-    result = task.run(task=put_files, specs=[*server, *extra], severity_level=10)[0]
-    written = set(result.result or [])
-    wanted = {SERVER_UNIT: Wanted(restart=bool(written & {spec.path for spec in server}))}
-    wanted |= {unit: Wanted() for unit in units}
-    services(task, wanted, daemon_reload=any(path.startswith(UNIT_DIR) for path in written))
-    return result, ahead
 
 
-def pgbackrest_database(task: Task, settings: Settings) -> Result:
-    """On each database host: pgBackRest's config (repository on the backup host) and its TLS server."""
-    host = settings.hosts[task.host.name]
-    repo = settings.members("backup")[0]
-    text = render(
-        task,
-        "backup/pgbackrest-db.conf.j2",
-        host_name=host.name,
-        repo_name=settings.service_name(repo),
-        ip=host.private_ip,
-        port=PGBACKREST_PORT,
-        tls=Tls(),
-        stanza=settings.config.backup.stanza,
-        data_dir=data_dir(settings),
-    )
-    result, _ = converge(task, settings, FileSpec(CONFIG, text, group="postgres", mode=0o640))
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
+def database_config(context: Context) -> dict[str, object]:
+    settings, host = context.settings, context.host
+    return {
+        "host_name": host.name,
+        "repo_name": settings.service_name(settings.members("backup")[0]),
+        "ip": host.private_ip,
+        "port": PGBACKREST_PORT,
+        "tls": Tls(),
+        "stanza": settings.config.backup.stanza,
+        "data_dir": data_dir(settings),
+    }
 
 
-def pgbackrest_repository(task: Task, settings: Settings) -> Result:
-    """On the backup host: the encrypted repository, the stanza, and the backup timers."""
-    host = settings.hosts[task.host.name]
+PGBACKREST = pgbackrest_component(
+    "pgbackrest",
+    ("patroni",),
+    "pgBackRest on each database host: WAL to the backup host's repository, TLS server for backups",
+    File(CONFIG, template("backup/pgbackrest-db.conf.j2", database_config), group="postgres", mode=0o640),
+)
+
+
+def repository_config(context: Context) -> dict[str, object]:
+    settings, host = context.settings, context.host
     backup = settings.config.backup
-    members = [{"cn": settings.service_name(h)} for h in settings.members("patroni")]
-    text = render(
-        task,
-        "backup/pgbackrest-repo.conf.j2",
-        host_name=host.name,
-        repo_path=REPO_PATH,
-        retention_full=backup.retention_full,
-        cipher_pass=settings.secrets["pgbackrest_cipher_pass"],
-        ip=host.private_ip,
-        port=PGBACKREST_PORT,
-        tls=Tls(),
-        members=members,
-        stanza=backup.stanza,
-        data_dir=data_dir(settings),
-    )
-    schedules = {"full": backup.full_schedule, "diff": backup.diff_schedule}
-    timers = [
-        FileSpec(
-            f"{UNIT_DIR}/matrix-backup-database-{kind}.timer",
-            render(
-                task,
-                "backup/backup.timer.j2",
-                description=f"{kind} backup of the Synapse database (matrix-platform)",
-                schedule=schedules[kind],
-                unit=database_unit(kind),
-            ),
-        )
-        for kind in KINDS
-    ]
-    extra = [
-        FileSpec(
-            BACKUP_SCRIPT,
-            render(task, "backup/backup-database.sh.j2", stanza=backup.stanza, textfile_dir=TEXTFILE_DIR),
-            mode=0o755,
-        ),
-        FileSpec(
-            f"{UNIT_DIR}/matrix-backup-database@.service",
-            render(task, "backup/backup@.service.j2", script=BACKUP_SCRIPT),
-        ),
-        *timers,
-    ]
-    # Debian's package makes REPO_PATH (postgres, 0750) on install.
-    config = FileSpec(CONFIG, text, group="postgres", mode=0o640, secret=True)
-    timer_units = tuple(f"matrix-backup-database-{kind}.timer" for kind in KINDS)
-    result, ahead = converge(task, settings, config, extra, timer_units, {"info": info_command(settings)})
-    read = None if result.changed else ahead.get("info")  # read before any change
-    created = task.run(task=stanza, settings=settings, info_json=read, severity_level=10)[0]
-    diff = "\n".join(d for d in (result.diff, created.diff) if d)
-    return Result(host=task.host, changed=result.changed or created.changed, diff=diff)
+    return {
+        "host_name": host.name,
+        "repo_path": REPO_PATH,
+        "retention_full": backup.retention_full,
+        "cipher_pass": settings.secrets["pgbackrest_cipher_pass"],
+        "ip": host.private_ip,
+        "port": PGBACKREST_PORT,
+        "tls": Tls(),
+        "members": [{"cn": settings.service_name(h)} for h in settings.members("patroni")],
+        "stanza": backup.stanza,
+        "data_dir": data_dir(settings),
+    }
+
+
+def timer(kind: str) -> File:
+    """The timer of the `kind` database backup, on the schedule config.yaml gives."""
+
+    def variables(context: Context) -> dict[str, object]:
+        backup = context.settings.config.backup
+        return {
+            "description": f"{kind} backup of the Synapse database (matrix-platform)",
+            "schedule": {"full": backup.full_schedule, "diff": backup.diff_schedule}[kind],
+            "unit": database_unit(kind),
+        }
+
+    return File(f"{UNIT_DIR}/matrix-backup-database-{kind}.timer", template("backup/backup.timer.j2", variables))
+
+
+STANZA_CREATED = "@@stanza-created"
+
+
+def stanza(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
+    """Create the stanza once (the repository's metadata for this cluster); a present one is left alone.
+
+    Decided from `pgbackrest info` read ahead (status 1: the stanza's path is missing); when
+    the config was about to change, or the answer is unreadable (pgBackRest not installed
+    yet), the command asks again on the host and creates it only then.
+    """
+    if facts is None:
+        return []
+    name = context.settings.config.backup.stanza
+    create = f"runuser -u postgres -- pgbackrest --stanza={name} stanza-create"
+    code = status_code(facts.commands.get("info", ""))
+    script, marker = create, ""
+    if written or code is None:
+        ask = f"{info_command(context.settings)} | python3 -c {shlex.quote(STATUS_CODE)}"
+        decide = f'[ "$code" != 1 ] || {{ {create} && echo {STANZA_CREATED}; }}'
+        script, marker = f"set -o pipefail; code=$({ask}) && {{ {decide}; }}", STANZA_CREATED
+    elif code != 1:
+        return []
+    expect = f"pgbackrest --stanza={name} stanza-create"
+    return [Command(script, f"stanza {name} created", expect, PGBACKREST_HINT, timeout=300, marker=marker)]
+
+
+STATUS_CODE = 'import json,sys; print(json.load(sys.stdin)[0]["status"]["code"])'
+
+
+def status_code(info_json: str) -> int | None:
+    """The stanza's status code in `pgbackrest info` JSON (0 ok, 1 missing, 2 no backup yet); None if unreadable."""
+    try:
+        return int(json.loads(info_json)[0]["status"]["code"])
+    except (ValueError, LookupError, TypeError):
+        return None
 
 
 def pgbackrest(
@@ -184,7 +200,7 @@ def pgbackrest(
         f"runuser -u postgres -- pgbackrest {command}",
         ok_codes=ok_codes,
         timeout=timeout,
-        what=Expectation(f"pgbackrest {command}", "read pgBackRest's message above; its log is in /var/log/pgbackrest"),
+        what=Expectation(f"pgbackrest {command}", PGBACKREST_HINT),
         reads_only=reads_only,
     ).stdout
 
@@ -198,17 +214,6 @@ def info(task: Task, settings: Settings, read: str | None = None) -> dict:
     if not read:
         read = pgbackrest(task, f"--stanza={settings.config.backup.stanza} --output=json info", reads_only=True)
     return json.loads(read)[0]
-
-
-def stanza(task: Task, settings: Settings, info_json: str | None = None) -> Result:
-    """Create the stanza once (the repository's metadata for this cluster); a present one is left alone."""
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result="stanza checked at deploy time")
-    status = info(task, settings, info_json)["status"]
-    if status["code"] != 1:  # 1: missing stanza path; 0 ok; 2 no backup yet
-        return Result(host=task.host, result=status["message"])
-    pgbackrest(task, f"--stanza={settings.config.backup.stanza} stanza-create", timeout=300)
-    return Result(host=task.host, changed=True, diff=f"stanza {settings.config.backup.stanza} created")
 
 
 def backup_check(task: Task, settings: Settings) -> Result:
@@ -226,6 +231,40 @@ def backup_check(task: Task, settings: Settings) -> Result:
     if facts["status"]["code"] not in (0, 2):
         raise HostError(f"{task.host.name}: pgbackrest info: {facts['status']['message']}")
     return Result(host=task.host, result=facts)
+
+
+# Debian's package makes REPO_PATH (postgres, 0750) on install.
+BACKUP_REPOSITORY = pgbackrest_component(
+    "backup-repository",
+    ("backup",),
+    "the encrypted pgBackRest repository on the backup host, its stanza, full/diff backup timers",
+    File(
+        CONFIG,
+        template("backup/pgbackrest-repo.conf.j2", repository_config),
+        group="postgres",
+        mode=0o640,
+        secret=True,
+    ),
+    extra=(
+        File(
+            BACKUP_SCRIPT,
+            template(
+                "backup/backup-database.sh.j2",
+                lambda c: {"stanza": c.settings.config.backup.stanza, "textfile_dir": TEXTFILE_DIR},
+            ),
+            mode=0o755,
+        ),
+        File(
+            f"{UNIT_DIR}/matrix-backup-database@.service",
+            template("backup/backup@.service.j2", lambda _: {"script": BACKUP_SCRIPT}),
+        ),
+        *(timer(kind) for kind in KINDS),
+    ),
+    timers=tuple(f"matrix-backup-database-{kind}.timer" for kind in KINDS),
+    reads={"info": info_command},
+    behaviour=stanza,
+    check=backup_check,
+)
 
 
 BACKUP_KINDS = ("database", "media", "keys")

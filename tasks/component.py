@@ -100,6 +100,26 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A command of a component's own behaviour, decided from facts (e.g. creating a stanza that is missing).
+
+    Run on apply; check mode reports it as pending. With a `marker`, the command decides
+    on the host (the facts it depends on were stale) and did the change only when it
+    printed the marker.
+    """
+
+    script: str
+    change: str  # what it does, as the run reports it
+    expect: str
+    on_failure: str = "read the error output above; fix the cause on the host and re-run"
+    timeout: int | None = None
+    marker: str = ""
+
+    def __str__(self) -> str:
+        return self.script
+
+
+@dataclass(frozen=True)
 class Port:
     """A TCP port that must accept connections once the component converged.
 
@@ -114,7 +134,10 @@ class Port:
 
 
 HealthCheck = Callable[[Task, Settings], Result]
-Action = Install | Write | Run | Systemctl | UnitsWanted
+Action = Install | Write | Run | Systemctl | UnitsWanted | Command
+# A component's behaviour of its own: from the context, the facts (None: not read) and the
+# files about to change (as declared), the further commands it needs after its units.
+Behaviour = Callable[[Context, HostFacts | None, frozenset[str]], list[Command]]
 
 
 @dataclass(frozen=True)
@@ -131,12 +154,14 @@ class Component:
     files: tuple[File, ...] = ()
     services: tuple[Service, ...] = ()
     handlers: tuple[Handler, ...] = ()
-    reads: Mapping[str, str] = field(default_factory=dict)  # read-only commands whose output files depend on
+    # Read-only commands (or commands made from the settings) whose output the files or the behaviour need.
+    reads: Mapping[str, str | Callable[[Settings], str]] = field(default_factory=dict)
     ready: tuple[Port, ...] = ()
     check: HealthCheck | None = None  # the step's health check, once every host converged
     # Why a host of the groups has nothing of this component ("" when it has), e.g. a
     # feature switched off or a single instance on the group's first host.
     absent: Callable[[Settings, HostInfo], str] | None = None
+    behaviour: Behaviour | None = None
 
     def step(self) -> Step:
         """The deploy step of this component."""
@@ -160,11 +185,17 @@ class Component:
         changed = {w.spec.path for w in writes}
         written = {file.path for file in self.files if file.where(context.settings) in changed}  # as declared
         runs = [Run(h.command, h.expect) for h in self.handlers if written & set(h.after)]
-        actions: list[Action] = [*installs, *writes, *runs]
+        own = self.behaviour(context, facts, frozenset(written)) if self.behaviour else []
+        return [*installs, *writes, *runs, *self.unit_actions(facts, bool(installs), written, changed), *own]
+
+    def unit_actions(
+        self, facts: HostFacts | None, installing: bool, written: set[str], changed: set[str]
+    ) -> list[Systemctl | UnitsWanted]:
+        """The units' actions: restarts from the files each unit depends on, a daemon-reload after a unit file."""
         if not self.services:
-            return actions
+            return []
         units = None if facts is None else dict(facts.units)
-        stale = units is not None and self.autostart and bool(installs)
+        stale = units is not None and self.autostart and installing
         if stale:
             # Installing may have started and enabled the units with the package's defaults: the
             # state read is stale, so assume the worst — restart (which also starts a stopped unit)
@@ -177,7 +208,7 @@ class Component:
             wanted = Wanted(service.running, service.running, restart and service.running, service.reload)
             waves.setdefault(service.wave, {})[service.unit] = wanted
         daemon_reload = any(path.startswith(f"{UNIT_DIR}/") for path in changed)
-        return actions + unit_actions(tuple(waves.values()), units, daemon_reload=daemon_reload)
+        return unit_actions(tuple(waves.values()), units, daemon_reload=daemon_reload)
 
     def converge(self, task: Task, settings: Settings) -> Result:
         """The engine: read the host once, decide, carry the actions out in the run's mode, wait for the ports."""
@@ -205,7 +236,8 @@ def host_facts(task: Task, component: Component, settings: Settings) -> HostFact
         found = known_facts(task, **wanted)
         if found is not None:
             return found
-    return read_facts(task, **wanted, commands=component.reads)
+    commands = {name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()}
+    return read_facts(task, **wanted, commands=commands)
 
 
 def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[Result]:
@@ -221,6 +253,17 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
         elif isinstance(action, Run):
             if mode(task) is Mode.APPLY:
                 run(task, action.command, what=Expectation(action.expect))
+        elif isinstance(action, Command):
+            results.append(command(task, action))
         else:
             results.append(converge_units(task, action))
     return results
+
+
+def command(task: Task, action: Command) -> Result:
+    """Carry out a behaviour's command in the run's mode: pending (plan, check) or run (apply)."""
+    if mode(task) is not Mode.APPLY:
+        return Result(host=task.host, changed=True, diff=action.change)
+    out = run(task, action.script, timeout=action.timeout, what=Expectation(action.expect, action.on_failure))
+    done = action.marker in out.stdout if action.marker else True
+    return Result(host=task.host, changed=done, diff=action.change if done else "")

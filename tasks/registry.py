@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
 from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
@@ -11,5 +12,16 @@ from tasks.livekit import LIVEKIT_REDIS
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.synapse import SYNAPSE_REDIS
 
-DECLARED = (CA_TRUST, NODE_EXPORTER, ETCD, POSTGRES_EXPORTER, KEEPALIVED, COTURN, LIVEKIT_REDIS, SYNAPSE_REDIS)
+DECLARED = (
+    CA_TRUST,
+    NODE_EXPORTER,
+    ETCD,
+    PGBACKREST,
+    BACKUP_REPOSITORY,
+    POSTGRES_EXPORTER,
+    KEEPALIVED,
+    COTURN,
+    LIVEKIT_REDIS,
+    SYNAPSE_REDIS,
+)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
