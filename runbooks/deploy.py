@@ -22,7 +22,7 @@ from tasks.database import synapse_database
 from tasks.etcd import ETCD
 from tasks.firewall import firewall
 from tasks.haproxy import haproxy, import_problems
-from tasks.hosts_file import hosts_file
+from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS, livekit_jwt, livekit_server
 from tasks.minio import minio, minio_bucket, minio_healthy
@@ -49,7 +49,7 @@ RUNBOOK = Runbook(
             firewall,
         ),
         CA_TRUST.step(),
-        Step("hosts-file", "/etc/hosts maps the homeserver name to the VIP and every service name", hosts_file),
+        HOSTS_FILE.step(),
         NODE_EXPORTER.step(),
         ETCD.step(),
         Step(

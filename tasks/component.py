@@ -18,6 +18,7 @@ from nornir.core.task import Result, Task
 
 from core.settings import HostInfo, Settings
 from core.step import Step
+from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_script
 from tasks.facts import HostFacts, known_facts, read_facts
 from tasks.files import JINJA, FileSpec, Write, write_actions, write_files
 from tasks.packages import Install, install, install_actions
@@ -61,6 +62,21 @@ class File:
     def spec(self, context: Context) -> FileSpec:
         path = self.where(context.settings)
         return FileSpec(path, self.content(context), self.owner, self.group, self.mode, self.secret, self.check)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A marked block the component owns inside a file it does not (e.g. its lines in /etc/hosts)."""
+
+    path: str
+    name: str
+    body: Content
+    new_mode: int = 0o644  # of the file, when the block creates it
+
+    @property
+    def read(self) -> str:
+        """The name of its read in the read-ahead."""
+        return f"block {self.path}"
 
 
 @dataclass(frozen=True)
@@ -134,7 +150,17 @@ class Port:
 
 
 HealthCheck = Callable[[Task, Settings], Result]
-Action = Install | Write | Run | Systemctl | UnitsWanted | Command
+
+
+@dataclass(frozen=True)
+class Verify:
+    """A read-only check of the host after the component converged (e.g. every name resolves)."""
+
+    check: HealthCheck
+
+
+Ready = Port | Verify
+Action = Install | Write | EditBlock | Run | Systemctl | UnitsWanted | Command
 # A component's behaviour of its own: from the context, the facts (None: not read) and the
 # files about to change (as declared), the further commands it needs after its units.
 Behaviour = Callable[[Context, HostFacts | None, frozenset[str]], list[Command]]
@@ -152,11 +178,12 @@ class Component:
     # policy-rc.d keeps a stock instance (a 15/main cluster, a single-member etcd) from starting.
     autostart: bool = False
     files: tuple[File, ...] = ()
+    blocks: tuple[Block, ...] = ()
     services: tuple[Service, ...] = ()
     handlers: tuple[Handler, ...] = ()
     # Read-only commands (or commands made from the settings) whose output the files or the behaviour need.
     reads: Mapping[str, str | Callable[[Settings], str]] = field(default_factory=dict)
-    ready: tuple[Port, ...] = ()
+    ready: tuple[Ready, ...] = ()
     check: HealthCheck | None = None  # the step's health check, once every host converged
     # Why a host of the groups has nothing of this component ("" when it has), e.g. a
     # feature switched off or a single instance on the group's first host.
@@ -184,9 +211,17 @@ class Component:
         writes = write_actions([file.spec(context) for file in self.files], facts and facts.files)
         changed = {w.spec.path for w in writes}
         written = {file.path for file in self.files if file.where(context.settings) in changed}  # as declared
+        edits = [
+            edit
+            for block in self.blocks
+            for edit in block_actions(
+                block.path, block.name, block.body(context), facts and parse(facts.commands[block.read]), block.new_mode
+            )
+        ]
         runs = [Run(h.command, h.expect) for h in self.handlers if written & set(h.after)]
         own = self.behaviour(context, facts, frozenset(written)) if self.behaviour else []
-        return [*installs, *writes, *runs, *self.unit_actions(facts, bool(installs), written, changed), *own]
+        units = self.unit_actions(facts, bool(installs), written, changed)
+        return [*installs, *writes, *edits, *runs, *units, *own]
 
     def unit_actions(
         self, facts: HostFacts | None, installing: bool, written: set[str], changed: set[str]
@@ -222,21 +257,24 @@ class Component:
         results = execute(task, actions, facts)
         task.results.extend(results)
         started = any(isinstance(action, Systemctl) and action.verbs for action in actions)
-        for port in self.ready:
-            if port.always or started:
-                address = host.private_ip if port.private else "127.0.0.1"
-                task.run(task=wait_for_port, port=port.number, address=address, timeout=port.timeout, severity_level=10)
+        for item in self.ready:
+            if isinstance(item, Verify):
+                task.run(task=item.check, settings=settings, severity_level=10)
+            elif item.always or started:
+                address = host.private_ip if item.private else "127.0.0.1"
+                task.run(task=wait_for_port, port=item.number, address=address, timeout=item.timeout, severity_level=10)
         return Result(host=task.host, changed=any(r.changed for r in results))
 
 
 def host_facts(task: Task, component: Component, settings: Settings) -> HostFacts | None:
     """The host's facts for `component`: those a step's read-ahead already holds, else one read now."""
     wanted = {"packages": component.packages, "files": component.paths(settings), "units": component.units}
-    if not component.reads:
+    if not component.reads and not component.blocks:
         found = known_facts(task, **wanted)
         if found is not None:
             return found
     commands = {name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()}
+    commands |= {block.read: read_script(block.path) for block in component.blocks}
     return read_facts(task, **wanted, commands=commands)
 
 
@@ -250,6 +288,8 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
         elif isinstance(action, Write):
             if action is writes[0]:
                 results.append(write_files(task, writes, facts and facts.files))
+        elif isinstance(action, EditBlock):
+            results.append(edit_block(task, action))
         elif isinstance(action, Run):
             if mode(task) is Mode.APPLY:
                 run(task, action.command, what=Expectation(action.expect))

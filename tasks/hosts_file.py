@@ -15,8 +15,7 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.blocks import ensure_block
-from tasks.files import render
+from tasks.component import Block, Component, Context, Verify, template
 from tasks.remote import Expectation, Mode, mode, run
 
 BLOCK = "hosts"
@@ -30,23 +29,18 @@ def expected_names(settings: Settings) -> dict[str, str]:
     return names
 
 
-def hosts_file(task: Task, settings: Settings) -> Result:
-    """Ensure the platform's block in /etc/hosts, then check that every name resolves."""
+def block(context: Context) -> dict[str, object]:
+    """The block's lines: the homeserver name and base domain on the VIP, every server's service name."""
+    settings, config = context.settings, context.settings.config
     servers = [
         {"name": h.name, "ip": h.private_ip, "service_name": settings.service_name(h)} for h in settings.hosts.values()
     ]
-    config = settings.config
-    body = render(
-        task,
-        "hosts/block.j2",
-        vip=settings.vip,
-        homeserver_fqdn=config.homeserver_fqdn,
-        base_domain=config.domain if config.domain != config.homeserver_fqdn else "",
-        servers=servers,
-    )
-    result = ensure_block(task, "/etc/hosts", BLOCK, body)
-    task.run(task=verify_resolution, settings=settings, severity_level=10)
-    return result
+    return {
+        "vip": settings.vip,
+        "homeserver_fqdn": config.homeserver_fqdn,
+        "base_domain": config.domain if config.domain != config.homeserver_fqdn else "",
+        "servers": servers,
+    }
 
 
 def wrong_resolutions(getent_output: str, expected: dict[str, str]) -> list[str]:
@@ -151,3 +145,12 @@ def outside_dependencies(task: Task, settings: Settings) -> Result:
     if problems:
         raise HostError(f"{task.host.name}: needs the internet: {'; '.join(problems)}")
     return Result(host=task.host, result=f"nothing needs the internet; {source}")
+
+
+HOSTS_FILE = Component(
+    "hosts-file",
+    groups=None,
+    summary="/etc/hosts maps the homeserver name to the VIP and every service name",
+    blocks=(Block("/etc/hosts", BLOCK, template("hosts/block.j2", block)),),
+    ready=(Verify(verify_resolution),),
+)

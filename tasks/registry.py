@@ -7,6 +7,7 @@ from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
 from tasks.etcd import ETCD
+from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
@@ -14,6 +15,7 @@ from tasks.synapse import SYNAPSE_REDIS
 
 DECLARED = (
     CA_TRUST,
+    HOSTS_FILE,
     NODE_EXPORTER,
     ETCD,
     PGBACKREST,
