@@ -20,7 +20,7 @@ from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
 from tasks.database import synapse_database
 from tasks.etcd import ETCD
-from tasks.firewall import firewall
+from tasks.firewall import FIREWALL
 from tasks.haproxy import haproxy, import_problems
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
@@ -43,11 +43,7 @@ RUNBOOK = Runbook(
             preflight,
             gate=lambda result, _settings: duplicate_hostnames(result),
         ),
-        Step(
-            "firewall",
-            "nftables on every server: public ports open, internal ports to the private networks, rest dropped",
-            firewall,
-        ),
+        FIREWALL.step(),
         CA_TRUST.step(),
         HOSTS_FILE.step(),
         NODE_EXPORTER.step(),

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from nornir.core.task import Result, Task
 
+from core.connection import CONNECTION
+from core.errors import HostError
 from core.settings import HostInfo, Settings
 from core.step import Step
 from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_script
@@ -130,9 +132,14 @@ class Command:
     on_failure: str = "read the error output above; fix the cause on the host and re-run"
     timeout: int | None = None
     marker: str = ""
+    before_units: bool = False  # runs before the units converge (a unit start would repeat it unguarded)
+    # A command that must then succeed over a fresh SSH login (proof the change let the
+    # controller in), and what the failure means ({error}: the connection's error).
+    confirm: str = ""
+    unconfirmed: str = ""
 
     def __str__(self) -> str:
-        return self.script
+        return self.script + (f"; then, over a new SSH login: {self.confirm}" if self.confirm else "")
 
 
 @dataclass(frozen=True)
@@ -220,8 +227,9 @@ class Component:
         ]
         runs = [Run(h.command, h.expect) for h in self.handlers if written & set(h.after)]
         own = self.behaviour(context, facts, frozenset(written)) if self.behaviour else []
+        first = [command for command in own if command.before_units]
         units = self.unit_actions(facts, bool(installs), written, changed)
-        return [*installs, *writes, *edits, *runs, *units, *own]
+        return [*installs, *writes, *edits, *runs, *first, *units, *(c for c in own if not c.before_units)]
 
     def unit_actions(
         self, facts: HostFacts | None, installing: bool, written: set[str], changed: set[str]
@@ -230,16 +238,20 @@ class Component:
         if not self.services:
             return []
         units = None if facts is None else dict(facts.units)
-        stale = units is not None and self.autostart and installing
-        if stale:
-            # Installing may have started and enabled the units with the package's defaults: the
-            # state read is stale, so assume the worst — restart (which also starts a stopped unit)
-            # what must run, enable it; stop and disable what must not.
-            units = {s.unit: ServiceFact("loaded", "active", "" if s.running else "enabled") for s in self.services}
+        # Installing may have started and enabled the packages' units with their defaults (not
+        # the units whose files are ours): the state read is stale, so assume the worst — restart
+        # (which also starts a stopped unit) what must run, enable it; stop and disable the rest.
+        ours = {file.path for file in self.files}
+        packaged = {s.unit for s in self.services if f"{UNIT_DIR}/{s.unit}" not in ours}
+        stale = packaged if units is not None and self.autostart and installing else set()
+        if units is not None:
+            for service in self.services:
+                if service.unit in stale:
+                    units[service.unit] = ServiceFact("loaded", "active", "" if service.running else "enabled")
         waves: dict[int, dict[str, Wanted]] = {}
         for service in sorted(self.services, key=lambda s: s.wave):
             restarts = written & set(service.restart_on) if service.restart_on is not None else written
-            restart = stale or bool(restarts)
+            restart = service.unit in stale or bool(restarts)
             wanted = Wanted(service.running, service.running, restart and service.running, service.reload)
             waves.setdefault(service.wave, {})[service.unit] = wanted
         daemon_reload = any(path.startswith(f"{UNIT_DIR}/") for path in changed)
@@ -306,4 +318,10 @@ def command(task: Task, action: Command) -> Result:
         return Result(host=task.host, changed=True, diff=action.change)
     out = run(task, action.script, timeout=action.timeout, what=Expectation(action.expect, action.on_failure))
     done = action.marker in out.stdout if action.marker else True
+    if action.confirm:
+        task.host.close_connection(CONNECTION)  # the old session would survive as an established connection
+        try:
+            run(task, action.confirm, what=Expectation(action.confirm))
+        except Exception as exc:
+            raise HostError(f"{task.host.name}: {action.unconfirmed.format(error=exc)}") from None
     return Result(host=task.host, changed=done, diff=action.change if done else "")

@@ -17,17 +17,12 @@ import hashlib
 import shlex
 from ipaddress import IPv4Network
 
-from nornir.core.task import Result, Task
-
-from core.connection import CONNECTION
-from core.errors import HostError
 from core.ports import PortUse, host_ports
 from core.settings import Settings
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
-from tasks.packages import packages
-from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, service, unit_file
+from tasks.component import Command, Component, Context, File, Service, template
+from tasks.facts import HostFacts
+from tasks.files import JINJA
+from tasks.systemd import UNIT_DIR
 
 TABLE = "inet matrix_platform"
 RULES = "/etc/matrix-platform/firewall.nft"
@@ -91,48 +86,53 @@ def apply_script(rules: str, rollback_seconds: int) -> str:
     )
 
 
-def firewall(task: Task, settings: Settings) -> Result:
-    """Converge the host's nftables table; a changed table must survive a fresh SSH login."""
-    ahead = read_ahead(
-        task,
-        packages=["nftables"],
-        files=[f"{UNIT_DIR}/{UNIT}", RULES],
-        units=[UNIT],
-        commands={"live": live_digest_script()},
+def rules(context: Context) -> tuple[str, str]:
+    """The host's rules file and its digest: the digest is in the table's comment, so the live table names its rules."""
+    body = JINJA.get_template("firewall/rules.nft.j2").render(
+        host_name=context.host.name, **ruleset(context.settings, context.host.name)
     )
-    task.run(task=packages, names=["nftables"], severity_level=10)
-    body = render(task, "firewall/rules.nft.j2", host_name=task.host.name, **ruleset(settings, task.host.name))
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    text = body.replace("@DIGEST@", digest)
-    unit = render(task, "firewall/matrix-firewall.service.j2", rules=RULES, table=TABLE)
-    unit_changed = task.run(task=unit_file, unit=UNIT, content=unit, severity_level=10)[0].changed
-    spec = FileSpec(RULES, text, mode=0o600, check="nft -c -f {path}")
-    written = task.run(task=put_files, specs=[spec], severity_level=10)[0]
-    diffs = [written.diff] if written.diff else []
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, changed=True, diff="\n".join(diffs))
-    live = ahead["live"].strip()  # loading the table is the only thing that changes it
-    if live != digest:
-        diffs.append(f"table {TABLE}: {'rules ' + live if live else 'not loaded'} → rules {digest}")
-        if mode(task) is Mode.APPLY:
-            _apply_with_rollback(task)
-    task.run(task=service, unit=UNIT, daemon_reload=unit_changed, severity_level=10)
-    return Result(host=task.host, changed=bool(diffs) or unit_changed, diff="\n".join(diffs))
+    return body.replace("@DIGEST@", digest), digest
 
 
-def _apply_with_rollback(task: Task) -> None:
-    run(
-        task,
-        apply_script(RULES, ROLLBACK_SECONDS),
-        what=Expectation("the new rules loaded with a rollback armed", f"run `nft -c -f {RULES}` on the host"),
-    )
-    # A fresh login proves the rules let the controller in; the old session would
-    # survive as an established connection either way.
-    task.host.close_connection(CONNECTION)
-    try:
-        run(task, f"systemctl stop {ROLLBACK_UNIT}.timer", what=Expectation("the rollback disarmed"))
-    except Exception as exc:
-        raise HostError(
-            f"{task.host.name}: no new SSH login after loading the firewall rules ({exc}); "
-            f"the previous rules come back within {ROLLBACK_SECONDS}s — check the SSH port in the inventory"
-        ) from None
+def load(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """Load the rules when the live table is not them: with a timed rollback, kept only after a fresh SSH login."""
+    if facts is None:
+        return []
+    live = facts.commands["live"].strip()  # loading the table is the only thing that changes it
+    digest = rules(context)[1]
+    if live == digest:
+        return []
+    return [
+        Command(
+            apply_script(RULES, ROLLBACK_SECONDS),
+            f"table {TABLE}: {'rules ' + live if live else 'not loaded'} → rules {digest}",
+            "the new rules loaded with a rollback armed",
+            f"run `nft -c -f {RULES}` on the host",
+            before_units=True,  # the unit's start loads the rules too, without the rollback
+            confirm=f"systemctl stop {ROLLBACK_UNIT}.timer",
+            unconfirmed=(
+                "no new SSH login after loading the firewall rules ({error}); the previous rules come back "
+                f"within {ROLLBACK_SECONDS}s — check the SSH port in the inventory"
+            ),
+        )
+    ]
+
+
+FIREWALL = Component(
+    "firewall",
+    groups=None,
+    summary="nftables on every server: public ports open, internal ports to the private networks, rest dropped",
+    packages=("nftables",),
+    autostart=True,
+    files=(
+        File(
+            f"{UNIT_DIR}/{UNIT}",
+            template("firewall/matrix-firewall.service.j2", lambda _: {"rules": RULES, "table": TABLE}),
+        ),
+        File(RULES, lambda c: rules(c)[0], mode=0o600, check="nft -c -f {path}"),
+    ),
+    services=(Service(UNIT, restart_on=()),),  # loading new rules is the behaviour's, with its rollback
+    reads={"live": live_digest_script()},
+    behaviour=load,
+)

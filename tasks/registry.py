@@ -7,6 +7,7 @@ from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
 from tasks.etcd import ETCD
+from tasks.firewall import FIREWALL
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS
@@ -14,6 +15,7 @@ from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.synapse import SYNAPSE_REDIS
 
 DECLARED = (
+    FIREWALL,
     CA_TRUST,
     HOSTS_FILE,
     NODE_EXPORTER,
