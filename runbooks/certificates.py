@@ -22,15 +22,15 @@ from core.step import Step
 from runbooks.shell import Runbook
 from tasks.certificates import CA_TRUST, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
 from tasks.coturn import COTURN
-from tasks.haproxy import haproxy, import_problems
+from tasks.haproxy import HAPROXY, import_problems
 
 DISTRIBUTION = [
     CA_TRUST.step(),
     Step(
         "haproxy",
         "the edge certificate (internal or imported) on every HAProxy host; reload when it changed",
-        haproxy,
-        groups=("haproxy",),
+        HAPROXY.converge,
+        groups=HAPROXY.groups,
         requires=import_problems,
     ),
     Step(

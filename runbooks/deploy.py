@@ -21,14 +21,14 @@ from tasks.coturn import COTURN
 from tasks.database import synapse_database
 from tasks.etcd import ETCD
 from tasks.firewall import FIREWALL
-from tasks.haproxy import haproxy, import_problems
+from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS, livekit_jwt, livekit_server
 from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER, grafana, monitoring_server, targets_up
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
-from tasks.pgbouncer import login_check, pgbouncer
+from tasks.pgbouncer import PGBOUNCER, login_check
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
 from tasks.preflight import duplicate_hostnames, preflight
 from tasks.synapse import admin_user, native, synapse, synapse_healthy
@@ -64,12 +64,7 @@ RUNBOOK = Runbook(
         ),
         PGBACKREST.step(),
         BACKUP_REPOSITORY.step(),
-        Step(
-            "pgbouncer",
-            "PgBouncer (transaction pooling) routed to the primary by a local HAProxy",
-            pgbouncer,
-            groups=("pgbouncer",),
-        ),
+        PGBOUNCER.step(),
         Step(
             "synapse-database",
             "database synapse (UTF8, C collation) and its role, on the leader",
@@ -98,13 +93,7 @@ RUNBOOK = Runbook(
             groups=("minio",),
             needs=("minio", "mc"),
         ),
-        Step(
-            "haproxy",
-            "HAProxy: TLS on 443/8448, routing to Synapse, admin allowlist, stats on 8404",
-            haproxy,
-            groups=("haproxy",),
-            requires=import_problems,
-        ),
+        HAPROXY.step(),
         KEEPALIVED.step(),
         COTURN.step(),
         LIVEKIT_REDIS.step(),

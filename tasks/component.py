@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from nornir.core.task import Result, Task
 
 from core.connection import CONNECTION
-from core.errors import HostError
+from core.errors import HostError, InputProblem
 from core.settings import HostInfo, Settings
 from core.step import Step
 from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_script
@@ -50,16 +50,20 @@ def template(name: str, variables: Callable[[Context], Mapping[str, object]]) ->
 class File:
     """A file the component owns entirely: its content, owner, mode, whether it is secret, its validation."""
 
-    path: str  # may name the site: "{site}"
+    path: str  # may name the site ("{site}") or the homeserver ("{fqdn}")
     content: Content
     owner: str = "root"
     group: str = "root"
     mode: int = 0o644
     secret: bool = False
     check: str | None = None  # a command that must accept the staged file, `{path}` its path
+    when: Callable[[Settings, HostInfo], bool] | None = None  # only on the hosts this accepts
+
+    def wanted_on(self, settings: Settings, host: HostInfo) -> bool:
+        return self.when is None or self.when(settings, host)
 
     def where(self, settings: Settings) -> str:
-        return self.path.format(site=settings.site)
+        return self.path.format(site=settings.site, fqdn=settings.config.homeserver_fqdn)
 
     def spec(self, context: Context) -> FileSpec:
         path = self.where(context.settings)
@@ -127,7 +131,7 @@ class Command:
     """
 
     script: str
-    change: str  # what it does, as the run reports it
+    change: str  # what it does, as the run reports it; "" for a step that changes nothing (a wait)
     expect: str
     on_failure: str = "read the error output above; fix the cause on the host and re-run"
     timeout: int | None = None
@@ -137,9 +141,10 @@ class Command:
     # controller in), and what the failure means ({error}: the connection's error).
     confirm: str = ""
     unconfirmed: str = ""
+    name: str = ""  # how fixtures and listings name a long script
 
     def __str__(self) -> str:
-        return self.script + (f"; then, over a new SSH login: {self.confirm}" if self.confirm else "")
+        return (self.name or self.script) + (f"; then, over a new SSH login: {self.confirm}" if self.confirm else "")
 
 
 @dataclass(frozen=True)
@@ -150,10 +155,13 @@ class Port:
     after a unit was started or restarted.
     """
 
-    number: int
+    number: int | Callable[[Settings], int]
     private: bool = False
     always: bool = True
     timeout: float = 30
+
+    def port(self, settings: Settings) -> int:
+        return self.number if isinstance(self.number, int) else self.number(settings)
 
 
 HealthCheck = Callable[[Task, Settings], Result]
@@ -192,18 +200,28 @@ class Component:
     reads: Mapping[str, str | Callable[[Settings], str]] = field(default_factory=dict)
     ready: tuple[Ready, ...] = ()
     check: HealthCheck | None = None  # the step's health check, once every host converged
+    # What the controller must have for the step (an imported certificate set), checked before any host.
+    requires: Callable[[Settings], list[InputProblem]] | None = None
     # Why a host of the groups has nothing of this component ("" when it has), e.g. a
     # feature switched off or a single instance on the group's first host.
     absent: Callable[[Settings, HostInfo], str] | None = None
     behaviour: Behaviour | None = None
+    # Components converged first, in the same step and from the same read-ahead (PgBouncer's
+    # local HAProxy route to the primary).
+    parts: tuple[Component, ...] = ()
 
     def step(self) -> Step:
         """The deploy step of this component."""
-        return Step(self.name, self.summary, self.converge, groups=self.groups, check=self.check)
+        return Step(
+            self.name, self.summary, self.converge, groups=self.groups, check=self.check, requires=self.requires
+        )
 
-    def paths(self, settings: Settings) -> list[str]:
-        """Where the component's files go (what the read-ahead reads)."""
-        return [file.where(settings) for file in self.files]
+    def files_on(self, settings: Settings, host: HostInfo) -> list[File]:
+        return [file for file in self.files if file.wanted_on(settings, host)]
+
+    def paths(self, settings: Settings, host: HostInfo) -> list[str]:
+        """Where the component's files go on `host` (what the read-ahead reads)."""
+        return [file.where(settings) for file in self.files_on(settings, host)]
 
     @property
     def units(self) -> list[str]:
@@ -215,9 +233,10 @@ class Component:
     def decide(self, context: Context, facts: HostFacts | None) -> list[Action]:
         """The actions that take a host with `facts` (None: not read) to this component's wanted state."""
         installs = install_actions(list(self.packages), facts and facts.packages, autostart=self.autostart)
-        writes = write_actions([file.spec(context) for file in self.files], facts and facts.files)
+        files = self.files_on(context.settings, context.host)
+        writes = write_actions([file.spec(context) for file in files], facts and facts.files)
         changed = {w.spec.path for w in writes}
-        written = {file.path for file in self.files if file.where(context.settings) in changed}  # as declared
+        written = {file.path for file in files if file.where(context.settings) in changed}  # as declared
         edits = [
             edit
             for block in self.blocks
@@ -263,8 +282,13 @@ class Component:
         reason = self.absent(settings, host) if self.absent else ""
         if reason:
             return Result(host=task.host, result=reason)
-        facts = host_facts(task, self, settings)
-        context = self.context(settings, task.host.name, facts)
+        facts = host_facts(task, self, settings, host)
+        results = [result for part in (*self.parts, self) for result in part.apply(task, settings, host, facts)]
+        return Result(host=task.host, changed=any(r.changed for r in results))
+
+    def apply(self, task: Task, settings: Settings, host: HostInfo, facts: HostFacts | None) -> list[Result]:
+        """Decide from `facts`, carry the actions out, then wait for what must answer; the results join the task's."""
+        context = Context(settings, host, None if facts is None else facts.commands)
         actions = self.decide(context, facts)
         results = execute(task, actions, facts)
         task.results.extend(results)
@@ -274,19 +298,36 @@ class Component:
                 task.run(task=item.check, settings=settings, severity_level=10)
             elif item.always or started:
                 address = host.private_ip if item.private else "127.0.0.1"
-                task.run(task=wait_for_port, port=item.number, address=address, timeout=item.timeout, severity_level=10)
-        return Result(host=task.host, changed=any(r.changed for r in results))
+                port = item.port(settings)
+                task.run(task=wait_for_port, port=port, address=address, timeout=item.timeout, severity_level=10)
+        return results
+
+    def reading(self, settings: Settings, host: HostInfo) -> dict[str, list[str]]:
+        """What the read-ahead reads for this component and its parts."""
+        found: dict[str, list[str]] = {"packages": [], "files": [], "units": []}
+        for component in (*self.parts, self):
+            found["packages"] += component.packages
+            found["files"] += component.paths(settings, host)
+            found["units"] += component.units
+        return {kind: list(dict.fromkeys(names)) for kind, names in found.items()}
+
+    def commands(self, settings: Settings) -> dict[str, str]:
+        """The read-only commands of this component and its parts (their own, and one per block), by name."""
+        found: dict[str, str] = {}
+        for component in (*self.parts, self):
+            found |= {name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()}
+            found |= {block.read: read_script(block.path) for block in component.blocks}
+        return found
 
 
-def host_facts(task: Task, component: Component, settings: Settings) -> HostFacts | None:
+def host_facts(task: Task, component: Component, settings: Settings, host: HostInfo) -> HostFacts | None:
     """The host's facts for `component`: those a step's read-ahead already holds, else one read now."""
-    wanted = {"packages": component.packages, "files": component.paths(settings), "units": component.units}
-    if not component.reads and not component.blocks:
+    wanted = component.reading(settings, host)
+    commands = component.commands(settings)
+    if not commands:
         found = known_facts(task, **wanted)
         if found is not None:
             return found
-    commands = {name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()}
-    commands |= {block.read: read_script(block.path) for block in component.blocks}
     return read_facts(task, **wanted, commands=commands)
 
 
@@ -315,9 +356,9 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
 def command(task: Task, action: Command) -> Result:
     """Carry out a behaviour's command in the run's mode: pending (plan, check) or run (apply)."""
     if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, changed=True, diff=action.change)
+        return Result(host=task.host, changed=bool(action.change), diff=action.change)
     out = run(task, action.script, timeout=action.timeout, what=Expectation(action.expect, action.on_failure))
-    done = action.marker in out.stdout if action.marker else True
+    done = bool(action.change) and (action.marker in out.stdout if action.marker else True)
     if action.confirm:
         task.host.close_connection(CONNECTION)  # the old session would survive as an established connection
         try:

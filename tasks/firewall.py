@@ -110,6 +110,7 @@ def load(context: Context, facts: HostFacts | None, _written: frozenset[str]) ->
             "the new rules loaded with a rollback armed",
             f"run `nft -c -f {RULES}` on the host",
             before_units=True,  # the unit's start loads the rules too, without the rollback
+            name=f"nft -f {RULES} with a rollback to the live table in {ROLLBACK_SECONDS} s",
             confirm=f"systemctl stop {ROLLBACK_UNIT}.timer",
             unconfirmed=(
                 "no new SSH login after loading the firewall rules ({error}); the previous rules come back "

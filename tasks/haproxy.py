@@ -15,24 +15,21 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from nornir.core.task import Result, Task
-
 from core import pki
 from core.errors import InputError, InputProblem
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
+from tasks.component import Command, Component, Context, File, Service, template
+from tasks.facts import HostFacts
 from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
 from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH
-from tasks.packages import packages
-from tasks.remote import Expectation, Mode, known, mode, run
 from tasks.synapse import workers
-from tasks.systemd import service
-from tasks.waits import wait_for_command
+from tasks.systemd import ServiceFact
+from tasks.waits import command_script
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
+UNIT = "haproxy.service"
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 SERVER_STATE_FILE = "/var/lib/haproxy/server-state"
 # Debian's unit starts HAProxy with its master's CLI on this socket (-S): it lists the workers.
@@ -106,8 +103,11 @@ def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None
     return {"port": POSTGRES_PRIMARY_PORT, "servers": servers}
 
 
+EDGE_CERTIFICATE = f"{CERT_DIR}/{{fqdn}}.pem"
+
+
 def certificate_path(settings: Settings) -> str:
-    return f"{CERT_DIR}/{settings.config.homeserver_fqdn}.pem"
+    return EDGE_CERTIFICATE.format(fqdn=settings.config.homeserver_fqdn)
 
 
 def backends(settings: Settings) -> dict[str, Backend]:
@@ -213,51 +213,44 @@ def edge(settings: Settings, host: HostInfo) -> dict | None:
     }
 
 
-def haproxy(task: Task, settings: Settings) -> Result:
-    """Install HAProxy and converge its config (and certificate); reload only when they changed."""
-    host = settings.hosts[task.host.name]
-    paths = read_ahead_files(settings, host)
-    if known(task, "file", paths) is None:  # PgBouncer's step reads them ahead with its own
-        read_ahead(task, packages=["haproxy"], files=paths, units=["haproxy.service"])
-    task.run(task=packages, names=["haproxy"], autostart=False, severity_level=10)
-    frontends = edge(settings, host)
-    text = render(
-        task,
-        "haproxy/haproxy.cfg.j2",
-        host_name=host.name,
-        postgres_primary=postgres_primary(settings, host.groups),
-        edge=frontends,
-        stats_password=settings.secrets["haproxy_stats_password"],
-        server_state_file=SERVER_STATE_FILE,
+def config(context: Context) -> dict[str, object]:
+    """Template data of haproxy.cfg: the sections this host's groups need."""
+    settings, host = context.settings, context.host
+    return {
+        "host_name": host.name,
+        "postgres_primary": postgres_primary(settings, host.groups),
+        "edge": edge(settings, host),
+        "stats_password": settings.secrets["haproxy_stats_password"],
+        "server_state_file": SERVER_STATE_FILE,
+    }
+
+
+OLD_WORKERS = "/run/matrix-platform/haproxy.workers"
+
+
+def reload_in_order(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
+    """Around a reload of a running HAProxy: its servers' states saved first (the new workers start from them),
+    then a wait for the new workers — the unit's reload only signals the master, which re-reads the config,
+    binds and starts them — so what follows sees the new config."""
+    if facts is None or not written or not facts.units.get(UNIT, ServiceFact("", "", "")).active:
+        return []
+    save = Command(
+        f"mkdir -p {Path(OLD_WORKERS).parent}; {SAVE_STATE}; {WORKERS} > {OLD_WORKERS}",
+        "",
+        "the servers' states saved for the reload",
+        before_units=True,
+        name=f"save the servers' states to {SERVER_STATE_FILE}, the workers' PIDs to {OLD_WORKERS}",
     )
-    specs = []
-    if frontends:
-        certificate = edge_certificate(settings)
-        specs.append(FileSpec(frontends["certificate"], certificate.haproxy_bundle, mode=0o600, secret=True))
-    # The stats password is in the file: readable by HAProxy's group, not by everyone.
-    specs.append(FileSpec(CONFIG, text, group="haproxy", mode=0o640, check="haproxy -c -f {path}"))
-    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    old_workers = ""
-    if result.changed and mode(task) is Mode.APPLY:
-        saved = run(task, f"{SAVE_STATE}; {WORKERS}", what=Expectation("the servers' states saved for the reload"))
-        old_workers = " ".join(saved.stdout.split())
-    task.run(task=service, unit="haproxy.service", restart=result.changed, reload=True, severity_level=10)
-    if old_workers:
-        # The unit's reload only signals the master, which then re-reads the config, binds
-        # and starts new workers: wait for them, so what follows sees the new config.
-        task.run(
-            task=wait_for_command,
-            script=f'w=$({WORKERS}) && [ -n "$w" ] && [ "$(echo $w)" != {shlex.quote(old_workers)} ]',
-            what="HAProxy's new workers running the new config",
-            severity_level=10,
-        )
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
-
-
-def read_ahead_files(settings: Settings, host: HostInfo) -> list[str]:
-    """The files `haproxy` converges on `host`: its config, and the edge certificate on an edge."""
-    frontends = edge(settings, host)
-    return [CONFIG, *([frontends["certificate"]] if frontends else [])]
+    changed = f'w=$({WORKERS}) && [ -n "$w" ] && [ "$(echo $w)" != "$(echo $(cat {OLD_WORKERS}))" ]'
+    wait = Command(
+        f"[ ! -s {OLD_WORKERS} ] || {command_script(changed, 30)}",
+        "",
+        "HAProxy's new workers running the new config within 30 s",
+        f"run '{WORKERS}' on the host and read its output",
+        timeout=60,
+        name=f"wait until HAProxy's workers are others than those in {OLD_WORKERS}",
+    )
+    return [save, wait]
 
 
 def import_dir(settings: Settings) -> Path:
@@ -293,3 +286,31 @@ def edge_certificate(settings: Settings) -> ServerCertificate:
         return certificate
     names = list(dict.fromkeys([config.homeserver_fqdn, config.domain]))
     return settings.ca.server("edge", names, config.certificates.lifetime_days, config.certificates.renew_before_days)
+
+
+HAPROXY = Component(
+    "haproxy",
+    groups=("haproxy",),
+    summary="HAProxy: TLS on 443/8448, routing to Synapse, admin allowlist, stats on 8404",
+    packages=("haproxy",),
+    files=(
+        File(
+            EDGE_CERTIFICATE,
+            lambda c: edge_certificate(c.settings).haproxy_bundle,
+            mode=0o600,
+            secret=True,
+            when=lambda _, host: "haproxy" in host.groups,
+        ),
+        # The stats password is in the file: readable by HAProxy's group, not by everyone.
+        File(
+            CONFIG,
+            template("haproxy/haproxy.cfg.j2", config),
+            group="haproxy",
+            mode=0o640,
+            check="haproxy -c -f {path}",
+        ),
+    ),
+    services=(Service(UNIT, reload=True),),
+    behaviour=reload_in_order,
+    requires=import_problems,
+)

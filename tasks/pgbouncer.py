@@ -14,13 +14,9 @@ from nornir.core.task import Result, Task
 
 from core import scram
 from core.settings import Settings
-from tasks.facts import read_ahead
-from tasks.files import FileSpec, put_files, render
-from tasks.haproxy import POSTGRES_PRIMARY_PORT, haproxy, read_ahead_files
-from tasks.packages import packages
+from tasks.component import Component, Context, File, Port, Service, template
+from tasks.haproxy import HAPROXY, POSTGRES_PRIMARY_PORT
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import service
-from tasks.waits import wait_for_port
 
 CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
 
@@ -35,52 +31,48 @@ def synapse_verifier(settings: Settings) -> str:
     return verifier(settings, "synapse_db_password")
 
 
-def pgbouncer(task: Task, settings: Settings) -> Result:
-    """Install PgBouncer and its local route to the primary; reload on config change."""
-    read_ahead(
-        task,
-        packages=["pgbouncer", "postgresql-client", "haproxy"],
-        files=[*CONFIG_FILES, *read_ahead_files(settings, settings.hosts[task.host.name])],
-        units=["pgbouncer.service", "haproxy.service"],
-    )
-    task.run(task=packages, names=["pgbouncer", "postgresql-client"], autostart=False, severity_level=10)
-    routed = task.run(task=haproxy, settings=settings, severity_level=10)[0].changed
-    host = settings.hosts[task.host.name]
+def ini(context: Context) -> dict[str, object]:
+    """Template data of pgbouncer.ini: the pools sized once in the settings, the route to the primary."""
+    settings, host = context.settings, context.host
     config, sizing = settings.config, settings.sizing
-    ini = render(
-        task,
-        "pgbouncer/pgbouncer.ini.j2",
-        host_name=host.name,
-        ip=host.private_ip,
-        port=config.pgbouncer.port,
-        database=config.database.name,
-        user=config.database.user,
-        primary_port=POSTGRES_PRIMARY_PORT,
-        default_pool_size=config.pgbouncer.default_pool_size,
-        reserve_pool_size=config.pgbouncer.reserve_pool_size,
-        max_client_conn=config.pgbouncer.max_client_conn,
-        max_connections=sizing.max_connections,
-        max_db_connections=sizing.pgbouncer_pool + sizing.pgbouncer_reserve,
-    )
-    admin = verifier(settings, "pgbouncer_admin_password", "admin")
-    users = render(
-        task,
-        "pgbouncer/userlist.txt.j2",
-        user=config.database.user,
-        user_verifier=synapse_verifier(settings),
-        admin_verifier=admin,
-    )
-    files = task.run(
-        task=put_files,
-        severity_level=10,
-        specs=[
-            FileSpec(CONFIG_FILES[0], ini, "postgres", "postgres", 0o640),
-            FileSpec(CONFIG_FILES[1], users, "postgres", "postgres", 0o600, secret=True),
-        ],
-    )[0]
-    task.run(task=service, unit="pgbouncer.service", restart=files.changed, reload=True, severity_level=10)
-    task.run(task=wait_for_port, port=config.pgbouncer.port, timeout=30, severity_level=10)
-    return Result(host=task.host, changed=routed or files.changed)
+    return {
+        "host_name": host.name,
+        "ip": host.private_ip,
+        "port": config.pgbouncer.port,
+        "database": config.database.name,
+        "user": config.database.user,
+        "primary_port": POSTGRES_PRIMARY_PORT,
+        "default_pool_size": config.pgbouncer.default_pool_size,
+        "reserve_pool_size": config.pgbouncer.reserve_pool_size,
+        "max_client_conn": config.pgbouncer.max_client_conn,
+        "max_connections": sizing.max_connections,
+        "max_db_connections": sizing.pgbouncer_pool + sizing.pgbouncer_reserve,
+    }
+
+
+def users(context: Context) -> dict[str, object]:
+    """Template data of userlist.txt: SCRAM verifiers, never a password."""
+    settings = context.settings
+    return {
+        "user": settings.config.database.user,
+        "user_verifier": synapse_verifier(settings),
+        "admin_verifier": verifier(settings, "pgbouncer_admin_password", "admin"),
+    }
+
+
+PGBOUNCER = Component(
+    "pgbouncer",
+    groups=("pgbouncer",),
+    summary="PgBouncer (transaction pooling) routed to the primary by a local HAProxy",
+    packages=("pgbouncer", "postgresql-client"),
+    files=(
+        File(CONFIG_FILES[0], template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
+        File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
+    ),
+    services=(Service("pgbouncer.service", reload=True),),
+    ready=(Port(lambda settings: settings.config.pgbouncer.port),),
+    parts=(HAPROXY,),
+)
 
 
 def login_check(task: Task, settings: Settings) -> Result:

@@ -8,10 +8,12 @@ from tasks.component import Component
 from tasks.coturn import COTURN
 from tasks.etcd import ETCD
 from tasks.firewall import FIREWALL
+from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS
 from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
+from tasks.pgbouncer import PGBOUNCER
 from tasks.synapse import SYNAPSE_REDIS
 
 DECLARED = (
@@ -22,7 +24,9 @@ DECLARED = (
     ETCD,
     PGBACKREST,
     BACKUP_REPOSITORY,
+    PGBOUNCER,
     POSTGRES_EXPORTER,
+    HAPROXY,
     KEEPALIVED,
     COTURN,
     LIVEKIT_REDIS,

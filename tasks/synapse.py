@@ -211,7 +211,7 @@ def synapse(task: Task, settings: Settings) -> Result:
         packages=[*names, *(redis.PACKAGES if processes else [])],
         files=[
             *(spec.path for spec in wheels()),
-            *(SYNAPSE_REDIS.paths(settings) if processes else []),
+            *(SYNAPSE_REDIS.paths(settings, host) if processes else []),
             CONFIG,
             LOG_CONFIG,
             SIGNING_KEY,

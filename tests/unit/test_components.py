@@ -3,8 +3,9 @@
 A fixture is `tests/components/<component>/<case>.json` (the shape of pyinfra's operation
 tests): the host, the facts its read-ahead returned (`null`: not read, as in plan mode) and
 the actions expected, written as `str(action)` shows them (a systemctl action is its exact
-command). File facts are given relative to what the component renders for that host, so
-fixtures do not depend on generated secrets or certificates:
+command), those of the component's parts first. File facts are given relative to what the
+component renders for that host, so fixtures do not depend on generated secrets or
+certificates:
 "wanted" (content, owner and mode as rendered), "missing", "other content", or an object
 overriding fields of "wanted" (e.g. {"mode": "0600"}). Units: "running", "stopped",
 "disabled" (stopped, not enabled) or "absent".
@@ -58,7 +59,11 @@ def file_fact(spec: FileSpec, given: str | dict[str, str]) -> FileFact:
 
 def host_facts(component: Component, settings: Settings, host: str, given: dict[str, Any]) -> HostFacts:
     context = component.context(settings, host, HostFacts(commands=given.get("commands", {})))
-    specs = {spec.path: spec for spec in (file.spec(context) for file in component.files)}
+    specs = {
+        spec.path: spec
+        for part in (*component.parts, component)
+        for spec in (file.spec(context) for file in part.files_on(settings, context.host))
+    }
     unknown = set(given.get("files", {})) - set(specs)
     assert not unknown, f"facts for files {component.name} does not declare: {sorted(unknown)}"
     return HostFacts(
@@ -76,7 +81,8 @@ def test_component_decides(case: Path, settings: Settings) -> None:
     component = COMPONENTS[case.parent.name]
     given = fixture["facts"]
     facts = None if given is None else host_facts(component, settings, fixture["host"], given)
-    actions = component.decide(component.context(settings, fixture["host"], facts), facts)
+    context = component.context(settings, fixture["host"], facts)
+    actions = [action for part in (*component.parts, component) for action in part.decide(context, facts)]
     assert [str(action) for action in actions] == fixture["actions"], fixture.get("why", "")
 
 
