@@ -26,7 +26,7 @@ from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS, livekit_jwt, livekit_server
 from tasks.minio import minio, minio_bucket, minio_healthy
-from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER, grafana, monitoring_server, targets_up
+from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER, grafana
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import PGBOUNCER, login_check
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
@@ -154,13 +154,7 @@ RUNBOOK = Runbook(
             first_backup,
             groups=("backup",),
         ),
-        Step(
-            "monitoring",
-            "Prometheus (targets from the inventory, alert rules), Alertmanager, blackbox probes; every target UP",
-            monitoring_server,
-            groups=("monitoring",),
-            check=targets_up,
-        ),
+        MONITORING.step(),
         Step(
             "grafana",
             "Grafana from the artifact cache, its datasource and the platform's dashboards provisioned from files",

@@ -90,13 +90,15 @@ class Service:
     """A unit of the component and the state it is kept in.
 
     A change to the files of `restart_on` (None: any of the component's files) restarts it,
-    or reloads it where `reload` suffices. Units of a lower `wave` change first (a server
-    before its exporter); the units of one wave are peers systemd handles together.
+    or reloads it where `reload` suffices; a change to the files of `reload_on` alone
+    reloads it. Units of a lower `wave` change first (a server before its exporter); the
+    units of one wave are peers systemd handles together.
     """
 
     unit: str
     reload: bool = False
     restart_on: tuple[str, ...] | None = None
+    reload_on: tuple[str, ...] = ()  # files whose change a reload applies (the rest of restart_on restart it)
     running: bool = True  # False: kept stopped and disabled (a package's stock instance)
     wave: int = 0
 
@@ -269,9 +271,11 @@ class Component:
                     units[service.unit] = ServiceFact("loaded", "active", "" if service.running else "enabled")
         waves: dict[int, dict[str, Wanted]] = {}
         for service in sorted(self.services, key=lambda s: s.wave):
-            restarts = written & set(service.restart_on) if service.restart_on is not None else written
-            restart = service.unit in stale or bool(restarts)
-            wanted = Wanted(service.running, service.running, restart and service.running, service.reload)
+            depends = written & set(service.restart_on) if service.restart_on is not None else written
+            restarts = depends - set(service.reload_on)
+            restart = service.unit in stale or bool(depends)
+            reload = (service.reload or not restarts) and service.unit not in stale  # a stale unit may be stopped
+            wanted = Wanted(service.running, service.running, restart and service.running, reload)
             waves.setdefault(service.wave, {})[service.unit] = wanted
         daemon_reload = any(path.startswith(f"{UNIT_DIR}/") for path in changed)
         return unit_actions(tuple(waves.values()), units, daemon_reload=daemon_reload)

@@ -26,11 +26,9 @@ from core.errors import HostError
 from core.ports import ALERTMANAGER_PORT, BLACKBOX_PORT, GRAFANA_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT
 from core.settings import Settings
 from core.targets import jobs
-from tasks.component import Component, Context, File, Service
+from tasks.component import Component, Context, File, Service, template
 from tasks.database import MONITOR_ROLE
-from tasks.facts import read_ahead
 from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
-from tasks.packages import packages
 from tasks.remote import Expectation, Mode, lost_hosts, mode, run
 from tasks.systemd import UNIT_DIR, Wanted, service_user, services
 from tasks.waits import wait_for_http
@@ -104,68 +102,30 @@ def scrape_context(settings: Settings, rules: str = RULES) -> dict[str, object]:
     }
 
 
-def monitoring_server(task: Task, settings: Settings) -> Result:
-    """Prometheus, Alertmanager and the blackbox exporter; each reloads or restarts only when its files changed."""
-    host = settings.hosts[task.host.name]
-    monitoring = settings.config.monitoring
-    names = ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"]
-    context = {"interval": monitoring.scrape_interval_seconds, "webhook": monitoring.alert_webhook}
-    prometheus_args = (
-        f"--web.listen-address={host.private_ip}:{PROMETHEUS_PORT} "
+def prometheus_defaults(context: Context) -> str:
+    monitoring = context.settings.config.monitoring
+    return defaults_file(
+        f"--web.listen-address={context.host.private_ip}:{PROMETHEUS_PORT} "
         f"--storage.tsdb.retention.time={monitoring.retention_days}d"
     )
-    alertmanager_args = (
-        f"--web.listen-address={host.private_ip}:{ALERTMANAGER_PORT} --cluster.listen-address= "
-        f"--web.external-url=http://{host.private_ip}:{ALERTMANAGER_PORT}/"
+
+
+def alertmanager_defaults(context: Context) -> str:
+    address = f"{context.host.private_ip}:{ALERTMANAGER_PORT}"
+    return defaults_file(
+        f"--web.listen-address={address} --cluster.listen-address= --web.external-url=http://{address}/"
     )
-    blackbox_args = f"--web.listen-address={host.private_ip}:{BLACKBOX_PORT} --config.file={BLACKBOX_CONFIG}"
-    readable = {"group": "prometheus", "mode": 0o640}
-    prometheus_files = [
-        FileSpec(RULES, RULES_SOURCE.read_text(), check="promtool check rules {path}"),
-        FileSpec(HAPROXY_PASSWORD_FILE, settings.secrets["haproxy_stats_password"], secret=True, **readable),
-        FileSpec(
-            PROMETHEUS_CONFIG,
-            render(task, "monitoring/prometheus.yml.j2", **scrape_context(settings)),
-            check="promtool check config {path}",
-            **readable,
-        ),
-        FileSpec("/etc/default/prometheus", defaults_file(prometheus_args)),
-    ]
-    alertmanager_files = [
-        FileSpec(
-            ALERTMANAGER_CONFIG,
-            render(task, "monitoring/alertmanager.yml.j2", **context),
-            check="amtool check-config {path}",
-            **readable,
-        ),
-        FileSpec("/etc/default/prometheus-alertmanager", defaults_file(alertmanager_args)),
-    ]
-    blackbox_files = [
-        FileSpec(
-            BLACKBOX_CONFIG,
-            render(task, "monitoring/blackbox.yml.j2"),
-            check="prometheus-blackbox-exporter --config.check --config.file={path}",
-        ),
-        FileSpec("/etc/default/prometheus-blackbox-exporter", defaults_file(blackbox_args)),
-    ]
-    specs = [*prometheus_files, *alertmanager_files, *blackbox_files]
-    units = [PROMETHEUS_UNIT, ALERTMANAGER_UNIT, BLACKBOX_UNIT]
-    read_ahead(task, packages=names, files=[spec.path for spec in specs], units=units)
-    task.run(task=packages, names=names, autostart=False, severity_level=10)
-    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    written = set(result.result or [])
 
-    def changed(specs: list[FileSpec]) -> bool:
-        return any(spec.path in written for spec in specs)
 
-    # Arguments change only with a restart; configs and rules reload.
-    wanted = {
-        PROMETHEUS_UNIT: Wanted(restart=changed(prometheus_files), reload=not changed(prometheus_files[-1:])),
-        ALERTMANAGER_UNIT: Wanted(restart=changed(alertmanager_files), reload=not changed(alertmanager_files[-1:])),
-        BLACKBOX_UNIT: Wanted(restart=changed(blackbox_files)),
-    }
-    services(task, wanted)
-    return Result(host=task.host, changed=result.changed, diff=result.diff)
+def blackbox_defaults(context: Context) -> str:
+    return defaults_file(
+        f"--web.listen-address={context.host.private_ip}:{BLACKBOX_PORT} --config.file={BLACKBOX_CONFIG}"
+    )
+
+
+def alerting(context: Context) -> dict[str, object]:
+    monitoring = context.settings.config.monitoring
+    return {"interval": monitoring.scrape_interval_seconds, "webhook": monitoring.alert_webhook}
 
 
 # Polls Prometheus until every expected (job, instance) from stdin is up. Prometheus has
@@ -307,3 +267,56 @@ def grafana(task: Task, settings: Settings) -> Result:
         task=wait_for_http, url=f"http://{host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120, severity_level=10
     )
     return Result(host=task.host, changed=changed, diff=result.diff)
+
+
+PROMETHEUS_DEFAULTS = "/etc/default/prometheus"
+ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"
+BLACKBOX_DEFAULTS = "/etc/default/prometheus-blackbox-exporter"
+# Arguments change only with a restart; configs and rules reload (the blackbox exporter restarts).
+PROMETHEUS_RELOADS = (RULES, HAPROXY_PASSWORD_FILE, PROMETHEUS_CONFIG)
+MONITORING = Component(
+    "monitoring",
+    groups=("monitoring",),
+    summary="Prometheus (targets from the inventory, alert rules), Alertmanager, blackbox probes; every target UP",
+    packages=("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"),
+    files=(
+        File(RULES, lambda _: RULES_SOURCE.read_text(), check="promtool check rules {path}"),
+        File(
+            HAPROXY_PASSWORD_FILE,
+            lambda c: c.settings.secrets["haproxy_stats_password"],
+            group="prometheus",
+            mode=0o640,
+            secret=True,
+        ),
+        File(
+            PROMETHEUS_CONFIG,
+            template("monitoring/prometheus.yml.j2", lambda c: scrape_context(c.settings)),
+            group="prometheus",
+            mode=0o640,
+            check="promtool check config {path}",
+        ),
+        File(PROMETHEUS_DEFAULTS, prometheus_defaults),
+        File(
+            ALERTMANAGER_CONFIG,
+            template("monitoring/alertmanager.yml.j2", alerting),
+            group="prometheus",
+            mode=0o640,
+            check="amtool check-config {path}",
+        ),
+        File(ALERTMANAGER_DEFAULTS, alertmanager_defaults),
+        File(
+            BLACKBOX_CONFIG,
+            template("monitoring/blackbox.yml.j2", lambda _: {}),
+            check="prometheus-blackbox-exporter --config.check --config.file={path}",
+        ),
+        File(BLACKBOX_DEFAULTS, blackbox_defaults),
+    ),
+    services=(
+        Service(PROMETHEUS_UNIT, restart_on=(*PROMETHEUS_RELOADS, PROMETHEUS_DEFAULTS), reload_on=PROMETHEUS_RELOADS),
+        Service(
+            ALERTMANAGER_UNIT, restart_on=(ALERTMANAGER_CONFIG, ALERTMANAGER_DEFAULTS), reload_on=(ALERTMANAGER_CONFIG,)
+        ),
+        Service(BLACKBOX_UNIT, restart_on=(BLACKBOX_CONFIG, BLACKBOX_DEFAULTS)),
+    ),
+    check=targets_up,
+)

@@ -12,7 +12,7 @@ from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT_REDIS
-from tasks.monitoring import NODE_EXPORTER, POSTGRES_EXPORTER
+from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.pgbouncer import PGBOUNCER
 from tasks.synapse import SYNAPSE_REDIS
 
@@ -31,5 +31,6 @@ DECLARED = (
     COTURN,
     LIVEKIT_REDIS,
     SYNAPSE_REDIS,
+    MONITORING,
 )
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
