@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.step import Step
 from runbooks.shell import Runbook
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST, first_backup
-from tasks.backup_files import backup_files, backup_source
+from tasks.backup_files import BACKUP_SOURCE, backup_files
 from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
 from tasks.database import synapse_database
@@ -136,12 +136,7 @@ RUNBOOK = Runbook(
             groups=("synapse",),
             applies=native,
         ),
-        Step(
-            "backup-source",
-            "on the Synapse host: the matrix-backup account the backup host pulls media and keys as",
-            backup_source,
-            groups=("synapse",),
-        ),
+        BACKUP_SOURCE.step(),
         Step(
             "backup-files",
             "on the backup host: the daily pull of local media (hard-link snapshots) and the key archive",

@@ -17,11 +17,12 @@ from nornir.core.task import Result, Task
 
 from core.secrets import ssh_public_key
 from core.settings import Settings
-from tasks.facts import read_ahead
+from tasks.component import Command, Component, Context, File, Stage, template
+from tasks.facts import HostFacts, read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.packages import packages
-from tasks.remote import Expectation, Mode, host_key, mode, run
+from tasks.remote import Mode, host_key, mode
 from tasks.synapse import CONFIG_DIR, DATA, USER, native
 from tasks.systemd import UNIT_DIR, Wanted, services
 
@@ -52,41 +53,47 @@ def layout(settings: Settings) -> Layout:
     return Layout("/matrix/synapse/storage/media-store", "matrix/synapse/config", "matrix")
 
 
-def backup_source(task: Task, settings: Settings) -> Result:
-    """On the Synapse host: the `matrix-backup` account, its one authorised key and its forced command."""
-    where = layout(settings)
-    backup = settings.members("backup")[0]
-    authorized = f"/var/lib/{ACCOUNT}/.ssh/authorized_keys"
-    user, group = ACCOUNT, where.group
-    ahead = read_ahead(
-        task, packages=["rsync"], files=[SERVE, authorized], commands={"groups": f"id -nG {user} 2>/dev/null"}
-    )
-    task.run(task=packages, names=["rsync"], severity_level=10)
-    account = ""
-    if mode(task) is not Mode.PLAN and group not in ahead.get("groups", "").split():
-        account = f"user {user} in group {group}: created"
-        if mode(task) is Mode.APPLY:
-            run(
-                task,
-                f"id -u {user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/{user} "
-                f"--shell /bin/sh {user}; id -nG {user} | grep -qw {group} || usermod -aG {group} {user}",
-                what=Expectation(f"system user {user} in group {group}"),
-            )
-    public = ssh_public_key(settings.secrets["backup_ssh_key"], f"{ACCOUNT}@{backup.name}")
-    specs = [
-        FileSpec(
-            SERVE,
-            render(task, "backup/backup-serve.sh.j2", media=where.media, config=where.config, kinds=MEDIA_KINDS),
-            mode=0o755,
-        ),
-        FileSpec(
-            authorized,
-            f'from="{backup.private_ip}",restrict,command="{SERVE}" {public}\n',
-        ),
+AUTHORIZED = f"/var/lib/{ACCOUNT}/.ssh/authorized_keys"
+
+
+def account(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """The `matrix-backup` account, in the group that may read Synapse's media and keys (before its files)."""
+    group = layout(context.settings).group
+    if facts is None or group in facts.commands["groups"].split():
+        return []
+    return [
+        Command(
+            f"id -u {ACCOUNT} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/{ACCOUNT} "
+            f"--shell /bin/sh {ACCOUNT}; id -nG {ACCOUNT} | grep -qw {group} || usermod -aG {group} {ACCOUNT}",
+            f"user {ACCOUNT} in group {group}: created",
+            f"system user {ACCOUNT} in group {group}",
+            stage=Stage.BEFORE_FILES,
+        )
     ]
-    written = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    diff = "\n".join(d for d in (account, written.diff) if d)
-    return Result(host=task.host, changed=bool(account) or written.changed, diff=diff)
+
+
+def authorized_key(context: Context) -> str:
+    """The backup host's key, accepted only from its address and only for the forced command."""
+    backup = context.settings.members("backup")[0]
+    public = ssh_public_key(context.settings.secrets["backup_ssh_key"], f"{ACCOUNT}@{backup.name}")
+    return f'from="{backup.private_ip}",restrict,command="{SERVE}" {public}\n'
+
+
+def serve(context: Context) -> dict[str, object]:
+    where = layout(context.settings)
+    return {"media": where.media, "config": where.config, "kinds": MEDIA_KINDS}
+
+
+BACKUP_SOURCE = Component(
+    "backup-source",
+    groups=("synapse",),
+    summary="on the Synapse host: the matrix-backup account the backup host pulls media and keys as",
+    packages=("rsync",),
+    autostart=True,
+    files=(File(SERVE, template("backup/backup-serve.sh.j2", serve), mode=0o755), File(AUTHORIZED, authorized_key)),
+    reads={"groups": f"id -nG {ACCOUNT} 2>/dev/null"},
+    behaviour=account,
+)
 
 
 def known_hosts(task: Task, settings: Settings) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 from nornir.core.task import Result, Task
 
@@ -123,6 +124,14 @@ class Run:
         return self.command
 
 
+class Stage(IntEnum):
+    """When a behaviour's command runs among the component's actions."""
+
+    BEFORE_FILES = 0  # e.g. the account the files belong to
+    BEFORE_UNITS = 1  # e.g. rules a unit's start would load unguarded
+    AFTER_UNITS = 2
+
+
 @dataclass(frozen=True)
 class Command:
     """A command of a component's own behaviour, decided from facts (e.g. creating a stanza that is missing).
@@ -138,7 +147,7 @@ class Command:
     on_failure: str = "read the error output above; fix the cause on the host and re-run"
     timeout: int | None = None
     marker: str = ""
-    before_units: bool = False  # runs before the units converge (a unit start would repeat it unguarded)
+    stage: Stage = Stage.AFTER_UNITS
     # A command that must then succeed over a fresh SSH login (proof the change let the
     # controller in), and what the failure means ({error}: the connection's error).
     confirm: str = ""
@@ -248,9 +257,18 @@ class Component:
         ]
         runs = [Run(h.command, h.expect) for h in self.handlers if written & set(h.after)]
         own = self.behaviour(context, facts, frozenset(written)) if self.behaviour else []
-        first = [command for command in own if command.before_units]
+        staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}
         units = self.unit_actions(facts, bool(installs), written, changed)
-        return [*installs, *writes, *edits, *runs, *first, *units, *(c for c in own if not c.before_units)]
+        return [
+            *installs,
+            *staged[Stage.BEFORE_FILES],
+            *writes,
+            *edits,
+            *runs,
+            *staged[Stage.BEFORE_UNITS],
+            *units,
+            *staged[Stage.AFTER_UNITS],
+        ]
 
     def unit_actions(
         self, facts: HostFacts | None, installing: bool, written: set[str], changed: set[str]

@@ -19,7 +19,7 @@ from ipaddress import IPv4Network
 
 from core.ports import PortUse, host_ports
 from core.settings import Settings
-from tasks.component import Command, Component, Context, File, Service, template
+from tasks.component import Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.files import JINJA
 from tasks.systemd import UNIT_DIR
@@ -109,7 +109,7 @@ def load(context: Context, facts: HostFacts | None, _written: frozenset[str]) ->
             f"table {TABLE}: {'rules ' + live if live else 'not loaded'} → rules {digest}",
             "the new rules loaded with a rollback armed",
             f"run `nft -c -f {RULES}` on the host",
-            before_units=True,  # the unit's start loads the rules too, without the rollback
+            stage=Stage.BEFORE_UNITS,  # the unit's start loads the rules too, without the rollback
             name=f"nft -f {RULES} with a rollback to the live table in {ROLLBACK_SECONDS} s",
             confirm=f"systemctl stop {ROLLBACK_UNIT}.timer",
             unconfirmed=(

@@ -20,7 +20,7 @@ from core.errors import InputError, InputProblem
 from core.pki import ServerCertificate
 from core.settings import HostInfo, Settings
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
-from tasks.component import Command, Component, Context, File, Service, template
+from tasks.component import Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
 from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH
@@ -238,7 +238,7 @@ def reload_in_order(context: Context, facts: HostFacts | None, written: frozense
         f"mkdir -p {Path(OLD_WORKERS).parent}; {SAVE_STATE}; {WORKERS} > {OLD_WORKERS}",
         "",
         "the servers' states saved for the reload",
-        before_units=True,
+        stage=Stage.BEFORE_UNITS,
         name=f"save the servers' states to {SERVER_STATE_FILE}, the workers' PIDs to {OLD_WORKERS}",
     )
     changed = f'w=$({WORKERS}) && [ -n "$w" ] && [ "$(echo $w)" != "$(echo $(cat {OLD_WORKERS}))" ]'

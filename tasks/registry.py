@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
+from tasks.backup_files import BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
@@ -31,6 +32,7 @@ DECLARED = (
     COTURN,
     LIVEKIT_REDIS,
     SYNAPSE_REDIS,
+    BACKUP_SOURCE,
     MONITORING,
 )
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
