@@ -22,7 +22,7 @@ from core.errors import HostError, InputProblem
 from core.settings import HostInfo, Settings
 from core.step import Step
 from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_script
-from tasks.facts import HostFacts, known_facts, read_facts
+from tasks.facts import HostFacts, Reading, known_facts, read_facts
 from tasks.files import JINJA, FileSpec, Write, write_actions, write_files
 from tasks.packages import Install, install, install_actions
 from tasks.remote import Expectation, Mode, mode, run
@@ -324,33 +324,29 @@ class Component:
                 task.run(task=wait_for_port, port=port, address=address, timeout=item.timeout, severity_level=10)
         return results
 
-    def reading(self, settings: Settings, host: HostInfo) -> dict[str, list[str]]:
+    def reading(self, settings: Settings, host: HostInfo) -> Reading:
         """What the read-ahead reads for this component and its parts."""
-        found: dict[str, list[str]] = {"packages": [], "files": [], "units": []}
+        packages: list[str] = []
+        files: list[str] = []
+        units: list[str] = []
+        commands: dict[str, str] = {}
         for component in (*self.parts, self):
-            found["packages"] += component.packages
-            found["files"] += component.paths(settings, host)
-            found["units"] += component.units
-        return {kind: list(dict.fromkeys(names)) for kind, names in found.items()}
-
-    def commands(self, settings: Settings) -> dict[str, str]:
-        """The read-only commands of this component and its parts (their own, and one per block), by name."""
-        found: dict[str, str] = {}
-        for component in (*self.parts, self):
-            found |= {name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()}
-            found |= {block.read: read_script(block.path) for block in component.blocks}
-        return found
+            packages += component.packages
+            files += component.paths(settings, host)
+            units += component.units
+            commands |= {
+                name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()
+            }
+            commands |= {block.read: read_script(block.path) for block in component.blocks}
+        unique = dict.fromkeys
+        return Reading(list(unique(packages)), list(unique(files)), list(unique(units)), commands=commands)
 
 
 def host_facts(task: Task, component: Component, settings: Settings, host: HostInfo) -> HostFacts | None:
     """The host's facts for `component`: those a step's read-ahead already holds, else one read now."""
-    wanted = component.reading(settings, host)
-    commands = component.commands(settings)
-    if not commands:
-        found = known_facts(task, **wanted)
-        if found is not None:
-            return found
-    return read_facts(task, **wanted, commands=commands)
+    reading = component.reading(settings, host)
+    found = None if reading.commands else known_facts(task, reading)
+    return found if found is not None else read_facts(task, reading)
 
 
 def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[Result]:

@@ -41,70 +41,58 @@ class HostFacts:
     commands: Mapping[str, str] = field(default_factory=dict)  # a component's own read-only commands → output
 
 
-def read_script(
-    packages: Sequence[str],
-    files: Sequence[str],
-    units: Sequence[str],
-    users: Sequence[str],
-    commands: Mapping[str, str],
-) -> str:
-    """The one command reading all of it, in sections."""
-    scripts = {
-        "package": query_script(list(packages)) if packages else "",
-        "file": facts_script(list(files)) if files else "",
-        "unit": f"{show_script(list(units))} || true" if units else "",
-        "user": users_script(users) if users else "",
-    } | {f"command {name}": f"( {text} ) || true" for name, text in commands.items()}
-    return "\n".join(f"echo '{SECTION}{kind}'\n{text}" for kind, text in scripts.items() if text)
+@dataclass(frozen=True)
+class Reading:
+    """What one read-ahead reads: packages, files, units, users, and a component's own read-only commands."""
+
+    packages: Sequence[str] = ()
+    files: Sequence[str] = ()
+    units: Sequence[str] = ()
+    users: Sequence[str] = ()
+    commands: Mapping[str, str] = field(default_factory=dict)  # name → command
+
+    @property
+    def script(self) -> str:
+        """The one command reading all of it, in sections. The commands' exit status is not checked."""
+        scripts = {
+            "package": query_script(list(self.packages)) if self.packages else "",
+            "file": facts_script(list(self.files)) if self.files else "",
+            "unit": f"{show_script(list(self.units))} || true" if self.units else "",
+            "user": users_script(self.users) if self.users else "",
+        } | {f"command {name}": f"( {text} ) || true" for name, text in self.commands.items()}
+        return "\n".join(f"echo '{SECTION}{kind}'\n{text}" for kind, text in scripts.items() if text)
+
+    def parse(self, out: str) -> HostFacts:
+        """The script's output as facts."""
+        sections: dict[str, str] = {}
+        kind = ""
+        for line in out.splitlines(keepends=True):
+            if line.startswith(SECTION):
+                kind = line[len(SECTION) :].strip()
+                sections[kind] = ""
+            elif kind:
+                sections[kind] += line
+        absent = missing(list(self.packages), sections.get("package", ""))
+        users = {}
+        for line in sections.get("user", "").splitlines():
+            name, _, answer = line.partition(" ")
+            users[name] = answer == "yes"
+        shown = parse_show_many(sections.get("unit", ""))
+        return HostFacts(
+            packages={name: name not in absent for name in self.packages},
+            files=parse_facts(list(self.files), sections.get("file", "")),
+            units={unit: shown[unit] for unit in self.units if unit in shown},
+            users=users,
+            commands={name: sections.get(f"command {name}", "") for name in self.commands},
+        )
 
 
-def parse_read(
-    out: str, packages: Sequence[str], files: Sequence[str], units: Sequence[str], commands: Mapping[str, str]
-) -> HostFacts:
-    """`read_script`'s output as facts."""
-    sections: dict[str, str] = {}
-    kind = ""
-    for line in out.splitlines(keepends=True):
-        if line.startswith(SECTION):
-            kind = line[len(SECTION) :].strip()
-            sections[kind] = ""
-        elif kind:
-            sections[kind] += line
-    absent = missing(list(packages), sections.get("package", ""))
-    users = {}
-    for line in sections.get("user", "").splitlines():
-        name, _, answer = line.partition(" ")
-        users[name] = answer == "yes"
-    shown = parse_show_many(sections.get("unit", ""))
-    return HostFacts(
-        packages={name: name not in absent for name in packages},
-        files=parse_facts(list(files), sections.get("file", "")),
-        units={unit: shown[unit] for unit in units if unit in shown},
-        users=users,
-        commands={name: sections.get(f"command {name}", "") for name in commands},
-    )
-
-
-def read_facts(
-    task: Task,
-    *,
-    packages: Sequence[str] = (),
-    files: Sequence[str] = (),
-    units: Sequence[str] = (),
-    users: Sequence[str] = (),
-    commands: Mapping[str, str] | None = None,
-) -> HostFacts | None:
-    """Read the state of `packages`, `files`, `units` and `users` in one command; None in plan mode.
-
-    `commands` are further read-only commands of the component's own (named). Their exit
-    status is not checked: print what matters. The facts are kept for the primitives too.
-    """
+def read_facts(task: Task, reading: Reading) -> HostFacts | None:
+    """Read everything of `reading` in one command; None in plan mode. The facts are kept for the primitives too."""
     if mode(task) is Mode.PLAN:
         return None
-    commands = commands or {}
-    script = read_script(packages, files, units, users, commands)
-    out = run(task, script, what=Expectation("the component's state"), reads_only=True).stdout
-    facts = parse_read(out, packages, files, units, commands)
+    out = run(task, reading.script, what=Expectation("the component's state"), reads_only=True).stdout
+    facts = reading.parse(out)
     kinds = {"package": facts.packages, "file": facts.files, "unit": facts.units, "user": facts.users}
     conn = shell(task)
     conn.read_ahead = {f"{kind}:{name}": fact for kind, found in kinds.items() for name, fact in found.items()}
@@ -112,12 +100,10 @@ def read_facts(
     return facts
 
 
-def known_facts(
-    task: Task, *, packages: Sequence[str] = (), files: Sequence[str] = (), units: Sequence[str] = ()
-) -> HostFacts | None:
-    """The facts of `packages`, `files` and `units` when this step's read-ahead holds all of them, else None."""
+def known_facts(task: Task, reading: Reading) -> HostFacts | None:
+    """The facts of `reading` (without commands) when this step's read-ahead holds all of them, else None."""
     found = {}
-    for kind, names in (("package", packages), ("file", files), ("unit", units)):
+    for kind, names in (("package", reading.packages), ("file", reading.files), ("unit", reading.units)):
         found[kind] = known(task, kind, list(names)) if names else {}
         if found[kind] is None:
             return None
@@ -134,5 +120,5 @@ def read_ahead(
     commands: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """`read_facts` for a component still built from primitives: returns its own commands' outputs by name."""
-    facts = read_facts(task, packages=packages, files=files, units=units, users=users, commands=commands)
+    facts = read_facts(task, Reading(packages, files, units, users, commands or {}))
     return dict(facts.commands) if facts else {}
