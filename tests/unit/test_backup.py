@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
+from tasks.backup import BACKUP_REPOSITORY, stanza
+from tasks.facts import HostFacts
 from tasks.files import JINJA
 from tasks.restore_drill import pgbackrest_time, target_time_problems
 from tests.conftest import Site, load_runbook
@@ -108,3 +112,33 @@ def test_plan_of_a_recovery_bootstraps_patroni_from_the_backup(site: Site, capsy
     assert "  method: pgbackrest\n" in config and 'recovery_target_time: "2026-11-28 03:00:00+00"' in config
     script = (host / "usr" / "local" / "sbin" / "matrix-bootstrap-from-backup").read_text()
     assert '--type=time --target="2026-11-28 03:00:00+00" restore' in script
+
+
+FAKE_RUNUSER = """#!/bin/sh
+# runuser -u postgres -- pgbackrest ARGS: answers `info` with the status code in $CODE, logs the rest
+shift 3
+case "$*" in *" info") [ "$CODE" = fail ] && exit 1; echo "[{\\"status\\": {\\"code\\": $CODE}}]" ;;
+  *) echo "$*" >> "$LOG" ;; esac
+"""
+
+
+@pytest.mark.parametrize(("code", "created", "exit_code"), [("1", True, 0), ("0", False, 0), ("fail", False, 1)])
+def test_the_stanza_is_created_on_the_host_only_when_pgbackrest_finds_it_missing(
+    tmp_path: Path, lab_settings: Settings, code: str, created: bool, exit_code: int
+) -> None:
+    """The command the repository runs when its config changed first: it asks pgBackRest itself, and says so."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "runuser").write_text(FAKE_RUNUSER)
+    (bin_dir / "runuser").chmod(0o755)
+    log = tmp_path / "calls"
+    component = BACKUP_REPOSITORY
+    facts = HostFacts(commands={"info": ""})  # unreadable: decided on the host
+    context = component.context(lab_settings, "backup1", facts)
+    (command,) = stanza(context, facts, frozenset())
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "CODE": code}
+    done = subprocess.run(["bash", "-c", command.script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == exit_code, done.stderr
+    assert (command.marker in done.stdout) is created
+    calls = log.read_text() if log.exists() else ""
+    assert calls == ("pgbackrest --stanza=matrix stanza-create\n" if created else "")
