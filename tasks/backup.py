@@ -177,7 +177,8 @@ def stanza(context: Context, facts: HostFacts | None, written: frozenset[str]) -
     elif code != 1:
         return []
     expect = f"pgbackrest --stanza={name} stanza-create"
-    return [Command(script, f"stanza {name} created", expect, PGBACKREST_HINT, timeout=300, marker=marker)]
+    pending = f"stanza {name} created if pgBackRest then finds it missing" if marker else ""
+    return [Command(script, f"stanza {name} created", expect, PGBACKREST_HINT, 300, marker=marker, pending=pending)]
 
 
 STATUS_CODE = 'import json,sys; print(json.load(sys.stdin)[0]["status"]["code"])'

@@ -153,6 +153,7 @@ class Command:
     confirm: str = ""
     unconfirmed: str = ""
     name: str = ""  # how fixtures and listings name a long script
+    pending: str = ""  # what check mode says, where that is not `change` (a change decided on the host)
 
     def __str__(self) -> str:
         return (self.name or self.script) + (f"; then, over a new SSH login: {self.confirm}" if self.confirm else "")
@@ -374,7 +375,7 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
 def command(task: Task, action: Command) -> Result:
     """Carry out a behaviour's command in the run's mode: pending (plan, check) or run (apply)."""
     if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, changed=bool(action.change), diff=action.change)
+        return Result(host=task.host, changed=bool(action.change), diff=action.pending or action.change)
     out = run(task, action.script, timeout=action.timeout, what=Expectation(action.expect, action.on_failure))
     done = bool(action.change) and (action.marker in out.stdout if action.marker else True)
     if action.confirm:
