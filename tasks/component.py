@@ -113,17 +113,6 @@ class Handler:
     expect: str
 
 
-@dataclass(frozen=True)
-class Run:
-    """A handler's command, due because its files changed."""
-
-    command: str
-    expect: str
-
-    def __str__(self) -> str:
-        return self.command
-
-
 class Stage(IntEnum):
     """When a behaviour's command runs among the component's actions."""
 
@@ -187,7 +176,7 @@ class Verify:
 
 
 Ready = Port | Verify
-Action = Install | Write | EditBlock | Run | Systemctl | UnitsWanted | Command
+Action = Install | Write | EditBlock | Systemctl | UnitsWanted | Command
 # A component's behaviour of its own: from the context, the facts (None: not read) and the
 # files about to change (as declared), the further commands it needs after its units.
 Behaviour = Callable[[Context, HostFacts | None, frozenset[str]], list[Command]]
@@ -256,8 +245,10 @@ class Component:
                 block.path, block.name, block.body(context), facts and parse(facts.commands[block.read]), block.new_mode
             )
         ]
-        runs = [Run(h.command, h.expect) for h in self.handlers if written & set(h.after)]
-        own = self.behaviour(context, facts, frozenset(written)) if self.behaviour else []
+        handled = [
+            Command(h.command, "", h.expect, stage=Stage.BEFORE_UNITS) for h in self.handlers if written & set(h.after)
+        ]
+        own = handled + (self.behaviour(context, facts, frozenset(written)) if self.behaviour else [])
         staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}
         units = self.unit_actions(facts, bool(installs), written, changed)
         return [
@@ -265,7 +256,6 @@ class Component:
             *staged[Stage.BEFORE_FILES],
             *writes,
             *edits,
-            *runs,
             *staged[Stage.BEFORE_UNITS],
             *units,
             *staged[Stage.AFTER_UNITS],
@@ -362,9 +352,6 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
                 results.append(write_files(task, writes, facts and facts.files))
         elif isinstance(action, EditBlock):
             results.append(edit_block(task, action))
-        elif isinstance(action, Run):
-            if mode(task) is Mode.APPLY:
-                run(task, action.command, what=Expectation(action.expect))
         elif isinstance(action, Command):
             results.append(command(task, action))
         else:
