@@ -268,22 +268,30 @@ class Component:
         if not self.services:
             return []
         units = None if facts is None else dict(facts.units)
-        # Installing may have started and enabled the packages' units with their defaults (not
-        # the units whose files are ours): the state read is stale, so assume the worst — restart
-        # (which also starts a stopped unit) what must run, enable it; stop and disable the rest.
+        # Installing a package may enable its units (Debian does so even when a policy-rc.d
+        # keeps them from starting) and, with `autostart`, start them with the package's
+        # defaults: for those units (not the ones whose files are ours) the state read before
+        # the install is stale. Assume the worst: enable what must run and disable the rest;
+        # after an autostart install, restart (which also starts a stopped unit) and stop.
         ours = {file.path for file in self.files}
-        packaged = {s.unit for s in self.services if f"{UNIT_DIR}/{s.unit}" not in ours}
-        stale = packaged if units is not None and self.autostart and installing else set()
+        stale = (
+            set()
+            if units is None or not installing
+            else {s.unit for s in self.services if f"{UNIT_DIR}/{s.unit}" not in ours}
+        )
+        started = stale if self.autostart else set()
         if units is not None:
             for service in self.services:
                 if service.unit in stale:
-                    units[service.unit] = ServiceFact("loaded", "active", "" if service.running else "enabled")
+                    read = units.get(service.unit, ServiceFact("", "", ""))
+                    active = "active" if service.unit in started else read.active_state
+                    units[service.unit] = ServiceFact("loaded", active, "" if service.running else "enabled")
         waves: dict[int, dict[str, Wanted]] = {}
         for service in sorted(self.services, key=lambda s: s.wave):
             depends = written & set(service.restart_on) if service.restart_on is not None else written
             restarts = depends - set(service.reload_on)
-            restart = service.unit in stale or bool(depends)
-            reload = (service.reload or not restarts) and service.unit not in stale  # a stale unit may be stopped
+            restart = service.unit in started or bool(depends)
+            reload = (service.reload or not restarts) and service.unit not in started  # it may not be running
             wanted = Wanted(service.running, service.running, restart and service.running, reload)
             waves.setdefault(service.wave, {})[service.unit] = wanted
         daemon_reload = any(path.startswith(f"{UNIT_DIR}/") for path in changed)
