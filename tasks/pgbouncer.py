@@ -42,6 +42,7 @@ def ini(context: Context) -> dict[str, object]:
         "database": config.database.name,
         "user": config.database.user,
         "primary_port": POSTGRES_PRIMARY_PORT,
+        "pool_mode": config.pgbouncer.pool_mode,
         "default_pool_size": config.pgbouncer.default_pool_size,
         "reserve_pool_size": config.pgbouncer.reserve_pool_size,
         "max_client_conn": config.pgbouncer.max_client_conn,
