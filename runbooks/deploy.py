@@ -24,7 +24,7 @@ from tasks.firewall import FIREWALL
 from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
-from tasks.livekit import LIVEKIT_REDIS, livekit_jwt, livekit_server
+from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import minio, minio_bucket, minio_healthy
 from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER, grafana
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
@@ -97,20 +97,8 @@ RUNBOOK = Runbook(
         KEEPALIVED.step(),
         COTURN.step(),
         LIVEKIT_REDIS.step(),
-        Step(
-            "livekit",
-            "livekit-server on every livekit host, meshed through its Redis",
-            livekit_server,
-            groups=("livekit",),
-            needs=("livekit-server",),
-        ),
-        Step(
-            "livekit-jwt",
-            "Element Call's JWT service beside every SFU, its state in the mesh's Redis",
-            livekit_jwt,
-            groups=("livekit",),
-            needs=("lk-jwt-service",),
-        ),
+        LIVEKIT.step(),
+        LIVEKIT_JWT.step(),
         Step(
             "synapse",
             "Synapse (native mode: pinned wheels in a venv, systemd); answers /health",

@@ -17,17 +17,29 @@ from enum import IntEnum
 
 from nornir.core.task import Result, Task
 
+from core import artifacts
 from core.connection import CONNECTION
 from core.errors import HostError, InputProblem
 from core.settings import HostInfo, Settings
 from core.step import Step
 from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_script
 from tasks.facts import HostFacts, Reading, known_facts, read_facts
-from tasks.files import JINJA, FileSpec, Write, write_actions, write_files
+from tasks.files import JINJA, ArtifactSpec, Copy, FileSpec, Write, copy_actions, copy_files, write_actions, write_files
 from tasks.packages import Install, install, install_actions
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, ServiceFact, Systemctl, UnitsWanted, Wanted, converge_units, unit_actions
-from tasks.waits import wait_for_port
+from tasks.systemd import (
+    UNIT_DIR,
+    AddUser,
+    ServiceFact,
+    Systemctl,
+    UnitsWanted,
+    Wanted,
+    add_user,
+    converge_units,
+    unit_actions,
+    user_actions,
+)
+from tasks.waits import wait_for_http, wait_for_port
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,25 @@ class File:
     def spec(self, context: Context) -> FileSpec:
         path = self.where(context.settings)
         return FileSpec(path, self.content(context), self.owner, self.group, self.mode, self.secret, self.check)
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A vendor binary from the artifact cache (the first file of manifest entry `artifact`), put where it names."""
+
+    artifact: str
+    mode: int = 0o755
+
+    def spec(self) -> ArtifactSpec:
+        item = artifacts.manifest()[self.artifact].files[0]
+        assert item.target, f"artifacts/manifest.yaml: {self.artifact} names no target"
+        return ArtifactSpec(item.target, artifacts.binary(item), mode=self.mode)
+
+    @property
+    def path(self) -> str:
+        target = artifacts.manifest()[self.artifact].files[0].target
+        assert target, f"artifacts/manifest.yaml: {self.artifact} names no target"
+        return target
 
 
 @dataclass(frozen=True)
@@ -175,8 +206,16 @@ class Verify:
     check: HealthCheck
 
 
-Ready = Port | Verify
-Action = Install | Write | EditBlock | Systemctl | UnitsWanted | Command
+@dataclass(frozen=True)
+class Url:
+    """A URL that must answer 200, fetched from the host, once the component converged."""
+
+    url: Callable[[Context], str]
+    timeout: float = 30
+
+
+Ready = Port | Url | Verify
+Action = Install | AddUser | Copy | Write | EditBlock | Systemctl | UnitsWanted | Command
 # A component's behaviour of its own: from the context, the facts (None: not read) and the
 # files about to change (as declared), the further commands it needs after its units.
 Behaviour = Callable[[Context, HostFacts | None, frozenset[str]], list[Command]]
@@ -190,6 +229,8 @@ class Component:
     groups: tuple[str, ...] | None  # None: every host
     summary: str  # what the deploy step shows
     packages: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()  # system accounts its services run as
+    binaries: tuple[Binary, ...] = ()  # also what its step needs from the artifact cache
     # Whether installing the packages may start their units (Debian's default); without it a
     # policy-rc.d keeps a stock instance (a 15/main cluster, a single-member etcd) from starting.
     autostart: bool = False
@@ -214,7 +255,13 @@ class Component:
     def step(self) -> Step:
         """The deploy step of this component."""
         return Step(
-            self.name, self.summary, self.converge, groups=self.groups, check=self.check, requires=self.requires
+            self.name,
+            self.summary,
+            self.converge,
+            groups=self.groups,
+            check=self.check,
+            requires=self.requires,
+            needs=tuple(binary.artifact for binary in self.binaries),
         )
 
     def files_on(self, settings: Settings, host: HostInfo) -> list[File]:
@@ -234,10 +281,15 @@ class Component:
     def decide(self, context: Context, facts: HostFacts | None) -> list[Action]:
         """The actions that take a host with `facts` (None: not read) to this component's wanted state."""
         installs = install_actions(list(self.packages), facts and facts.packages, autostart=self.autostart)
+        accounts = user_actions(self.users, facts and facts.users)
+        copies = copy_actions([binary.spec() for binary in self.binaries], facts and facts.files)
         files = self.files_on(context.settings, context.host)
         writes = write_actions([file.spec(context) for file in files], facts and facts.files)
-        changed = {w.spec.path for w in writes}
-        written = {file.path for file in files if file.where(context.settings) in changed}  # as declared
+        changed = {w.spec.path for w in writes} | {c.spec.path for c in copies}
+        # As declared (a path may name the site), binaries by their target.
+        written = {file.path for file in files if file.where(context.settings) in changed} | {
+            c.spec.path for c in copies
+        }
         edits = [
             edit
             for block in self.blocks
@@ -253,7 +305,9 @@ class Component:
         units = self.unit_actions(facts, bool(installs), written, changed)
         return [
             *installs,
+            *accounts,
             *staged[Stage.BEFORE_FILES],
+            *copies,
             *writes,
             *edits,
             *staged[Stage.BEFORE_UNITS],
@@ -317,6 +371,8 @@ class Component:
         for item in self.ready:
             if isinstance(item, Verify):
                 task.run(task=item.check, settings=settings, severity_level=10)
+            elif isinstance(item, Url):
+                task.run(task=wait_for_http, url=item.url(context), timeout=item.timeout, severity_level=10)
             elif item.always or started:
                 address = host.private_ip if item.private else "127.0.0.1"
                 port = item.port(settings)
@@ -328,17 +384,19 @@ class Component:
         packages: list[str] = []
         files: list[str] = []
         units: list[str] = []
+        users: list[str] = []
         commands: dict[str, str] = {}
         for component in (*self.parts, self):
             packages += component.packages
-            files += component.paths(settings, host)
+            users += component.users
+            files += [binary.path for binary in component.binaries] + component.paths(settings, host)
             units += component.units
             commands |= {
                 name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()
             }
             commands |= {block.read: read_script(block.path) for block in component.blocks}
         unique = dict.fromkeys
-        return Reading(list(unique(packages)), list(unique(files)), list(unique(units)), commands=commands)
+        return Reading(*(list(unique(names)) for names in (packages, files, units, users)), commands=commands)
 
 
 def host_facts(task: Task, component: Component, settings: Settings, host: HostInfo) -> HostFacts | None:
@@ -352,9 +410,15 @@ def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[
     """Carry out `actions` in order, in the run's mode; the files are written together, as one result."""
     results = []
     writes = [action for action in actions if isinstance(action, Write)]
+    copies = [action for action in actions if isinstance(action, Copy)]
     for action in actions:
         if isinstance(action, Install):
             results.append(install(task, action))
+        elif isinstance(action, AddUser):
+            results.append(add_user(task, action))
+        elif isinstance(action, Copy):
+            if action is copies[0]:
+                results.append(copy_files(task, copies))
         elif isinstance(action, Write):
             if action is writes[0]:
                 results.append(write_files(task, writes, facts and facts.files))

@@ -103,11 +103,12 @@ def read_facts(task: Task, reading: Reading) -> HostFacts | None:
 def known_facts(task: Task, reading: Reading) -> HostFacts | None:
     """The facts of `reading` (without commands) when this step's read-ahead holds all of them, else None."""
     found = {}
-    for kind, names in (("package", reading.packages), ("file", reading.files), ("unit", reading.units)):
+    kinds = {"package": reading.packages, "file": reading.files, "unit": reading.units, "user": reading.users}
+    for kind, names in kinds.items():
         found[kind] = known(task, kind, list(names)) if names else {}
         if found[kind] is None:
             return None
-    return HostFacts(packages=found["package"], files=found["file"], units=found["unit"])
+    return HostFacts(packages=found["package"], files=found["file"], units=found["unit"], users=found["user"])
 
 
 def read_ahead(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from nornir.core.task import Result, Task
@@ -81,6 +82,9 @@ class ArtifactSpec:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+
+Spec = TypeVar("Spec", FileSpec, ArtifactSpec)
 
 
 def file_changes(fact: FileFact, spec: FileSpec | ArtifactSpec) -> list[str]:
@@ -166,27 +170,44 @@ def write_script(spec: FileSpec) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Copy:
+    """A file to copy from the controller and how it differs; `changes` is empty when the host was not read."""
+
+    spec: ArtifactSpec
+    changes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        spec = self.spec
+        how = ", ".join(self.changes) or "not read"
+        return f"copy {spec.source.name} to {spec.path} {spec.owner}:{spec.group} {spec.mode:04o} ({how})"
+
+
+def copy_actions(specs: list[ArtifactSpec], facts: Mapping[str, FileFact] | None) -> list[Copy]:
+    """The files of `specs` that differ from `facts` (every one when the host was not read)."""
+    return [Copy(spec, changes) for spec, changes in differing(specs, facts)]
+
+
+def copy_files(task: Task, copies: list[Copy]) -> Result:
+    """Carry out `copies` in the run's mode: named (plan), described (check), uploaded over SFTP (apply)."""
+    if mode(task) is Mode.PLAN:
+        diff = "\n".join(f"{c.spec.path}: would be copied from {c.spec.source}" for c in copies)
+        return Result(host=task.host, result=[c.spec.path for c in copies], changed=True, diff=diff)
+    diffs = []
+    for copy in copies:
+        spec = copy.spec
+        diffs.append(f"{spec.path}: {', '.join(copy.changes)} (from {spec.source})")
+        if mode(task) is Mode.APPLY:
+            shell(task).upload(spec.source, spec.path, owner=spec.owner, group=spec.group, mode=spec.mode)
+    changed = [c.spec.path for c in copies]
+    return Result(host=task.host, result=changed, changed=bool(changed), diff="\n".join(diffs))
+
+
 @primitive
 def put_artifacts(task: Task, specs: list[ArtifactSpec]) -> Result:
     """Converge files copied from the controller; one fact command when nothing differs."""
-    if mode(task) is Mode.PLAN:
-        return Result(
-            host=task.host,
-            result=[s.path for s in specs],
-            changed=True,
-            diff="\n".join(f"{s.path}: would be copied from {s.source}" for s in specs),
-        )
-    facts = file_facts(task, [s.path for s in specs])
-    changed, diffs = [], []
-    for spec in specs:
-        changes = file_changes(facts.get(spec.path, FileFact(exists=False)), spec)
-        if not changes:
-            continue
-        changed.append(spec.path)
-        diffs.append(f"{spec.path}: {', '.join(changes)} (from {spec.source})")
-        if mode(task) is Mode.APPLY:
-            shell(task).upload(spec.source, spec.path, owner=spec.owner, group=spec.group, mode=spec.mode)
-    return Result(host=task.host, result=changed, changed=bool(changed), diff="\n".join(diffs))
+    facts = None if mode(task) is Mode.PLAN else file_facts(task, [s.path for s in specs])
+    return copy_files(task, copy_actions(specs, facts))
 
 
 def render(task: Task, template: str, **context: object) -> str:
@@ -213,16 +234,21 @@ class Write:
         return f"write {spec.path} {spec.owner}:{spec.group} {spec.mode:04o} ({how})"
 
 
-def write_actions(specs: list[FileSpec], facts: Mapping[str, FileFact] | None) -> list[Write]:
-    """The files of `specs` that differ from `facts` (every one when the host was not read)."""
+def differing(specs: Sequence[Spec], facts: Mapping[str, FileFact] | None) -> list[tuple[Spec, tuple[str, ...]]]:
+    """Each spec that differs from `facts`, with how (every one, without words, when the host was not read)."""
     if facts is None:
-        return [Write(spec) for spec in specs]
-    writes = []
+        return [(spec, ()) for spec in specs]
+    found = []
     for spec in specs:
         changes = file_changes(facts.get(spec.path, FileFact(exists=False)), spec)
         if changes:
-            writes.append(Write(spec, tuple(changes)))
-    return writes
+            found.append((spec, tuple(changes)))
+    return found
+
+
+def write_actions(specs: list[FileSpec], facts: Mapping[str, FileFact] | None) -> list[Write]:
+    """The files of `specs` that differ from `facts` (every one when the host was not read)."""
+    return [Write(spec, changes) for spec, changes in differing(specs, facts)]
 
 
 def write_files(task: Task, writes: list[Write], facts: Mapping[str, FileFact] | None) -> Result:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from nornir.core.task import Result, Task
 
-from core import artifacts
 from core.ports import LIVEKIT_REDIS_EXPORTER_PORT
 from core.settings import HostInfo, Settings
-from tasks.files import FileSpec, render
+from tasks.component import Binary, Component, Context, File, Service, Url, template
 from tasks.redis import RedisInstance, redis_component, redis_pong
-from tasks.systemd import binary_service, service_user
+from tasks.systemd import UNIT_DIR
 
 REDIS_PORT = 6379
 CONFIG = "/etc/livekit/livekit.yaml"
@@ -62,10 +61,14 @@ def redis_host(settings: Settings) -> HostInfo:
     return settings.members("livekit")[0]
 
 
+def livekit_off(settings: Settings, _host: HostInfo) -> str:
+    return "" if settings.config.livekit.enabled else "livekit.enabled is false in config.yaml"
+
+
 def redis_absent(settings: Settings, host: HostInfo) -> str:
     """Why a livekit host runs no mesh Redis: LiveKit is off, or another host (the group's first) runs it."""
     if not settings.config.livekit.enabled:
-        return "livekit.enabled is false in config.yaml"
+        return livekit_off(settings, host)
     if host.name != redis_host(settings).name:
         return f"the mesh's Redis runs on {redis_host(settings).name}"
     return ""
@@ -113,39 +116,63 @@ def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:
     }
 
 
-def livekit_server(task: Task, settings: Settings) -> Result:
-    """livekit-server from the artifact cache, its config and unit; restart on change."""
-    host = settings.hosts[task.host.name]
-    if not settings.config.livekit.enabled:
-        return Result(host=task.host, result="livekit.enabled is false in config.yaml")
-    item = artifacts.manifest()["livekit-server"].files[0]
-    service_user(task, "livekit")
-    text = render(task, "livekit/livekit.yaml.j2", host_name=host.name, **livekit_config(settings, host))
-    unit = render(task, "livekit/livekit-server.service.j2", binary=item.target, config=CONFIG)
-    config = FileSpec(CONFIG, text, group="livekit", mode=0o640)
-    return binary_service(task, item, UNIT, unit, config, f"http://{host.private_ip}:{HTTP_PORT}/")
+SERVER = Binary("livekit-server")
+LIVEKIT = Component(
+    "livekit",
+    groups=("livekit",),
+    summary="livekit-server on every livekit host, meshed through its Redis",
+    users=("livekit",),
+    binaries=(SERVER,),
+    files=(
+        File(
+            f"{UNIT_DIR}/{UNIT}",
+            template("livekit/livekit-server.service.j2", lambda _: {"binary": SERVER.path, "config": CONFIG}),
+        ),
+        File(
+            CONFIG,
+            template(
+                "livekit/livekit.yaml.j2", lambda c: {"host_name": c.host.name, **livekit_config(c.settings, c.host)}
+            ),
+            group="livekit",
+            mode=0o640,
+        ),
+    ),
+    services=(Service(UNIT),),
+    ready=(Url(lambda c: f"http://{c.host.private_ip}:{HTTP_PORT}/"),),
+    absent=livekit_off,
+)
 
 
-def livekit_jwt(task: Task, settings: Settings) -> Result:
-    """Element Call's JWT service beside every SFU; its state in the mesh's Redis."""
-    host = settings.hosts[task.host.name]
-    if not settings.config.livekit.enabled:
-        return Result(host=task.host, result="livekit.enabled is false in config.yaml")
-    item = artifacts.manifest()["lk-jwt-service"].files[0]
-    service_user(task, "livekit")
-    secrets = settings.secrets
-    env = render(
-        task,
-        "livekit/jwt.env.j2",
-        host_name=host.name,
-        url=f"wss://{settings.config.homeserver_fqdn}{SFU_PATH}",
-        bind=f"{host.private_ip}:{JWT_PORT}",
-        homeserver=settings.config.domain,
-        redis=f"redis://{redis_host(settings).private_ip}:{REDIS_PORT}",
-        redis_password=secrets["livekit_redis_password"],
-        api_key=secrets["livekit_api_key"],
-        api_secret=secrets["livekit_api_secret"],
-    )
-    unit = render(task, "livekit/livekit-jwt.service.j2", binary=item.target, env_file=JWT_ENV)
-    config = FileSpec(JWT_ENV, env, group="livekit", mode=0o640)
-    return binary_service(task, item, JWT_UNIT, unit, config, f"http://{host.private_ip}:{JWT_PORT}/healthz")
+def jwt_environment(context: Context) -> dict[str, object]:
+    """Element Call's JWT service: its public URL, its own address, the mesh's Redis and the API key."""
+    settings, host, secrets = context.settings, context.host, context.settings.secrets
+    return {
+        "host_name": host.name,
+        "url": f"wss://{settings.config.homeserver_fqdn}{SFU_PATH}",
+        "bind": f"{host.private_ip}:{JWT_PORT}",
+        "homeserver": settings.config.domain,
+        "redis": f"redis://{redis_host(settings).private_ip}:{REDIS_PORT}",
+        "redis_password": secrets["livekit_redis_password"],
+        "api_key": secrets["livekit_api_key"],
+        "api_secret": secrets["livekit_api_secret"],
+    }
+
+
+JWT_SERVICE = Binary("lk-jwt-service")
+LIVEKIT_JWT = Component(
+    "livekit-jwt",
+    groups=("livekit",),
+    summary="Element Call's JWT service beside every SFU, its state in the mesh's Redis",
+    users=("livekit",),
+    binaries=(JWT_SERVICE,),
+    files=(
+        File(
+            f"{UNIT_DIR}/{JWT_UNIT}",
+            template("livekit/livekit-jwt.service.j2", lambda _: {"binary": JWT_SERVICE.path, "env_file": JWT_ENV}),
+        ),
+        File(JWT_ENV, template("livekit/jwt.env.j2", jwt_environment), group="livekit", mode=0o640),
+    ),
+    services=(Service(JWT_UNIT),),
+    ready=(Url(lambda c: f"http://{c.host.private_ip}:{JWT_PORT}/healthz"),),
+    absent=livekit_off,
+)

@@ -12,7 +12,7 @@ from tasks.firewall import FIREWALL
 from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
-from tasks.livekit import LIVEKIT_REDIS
+from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.pgbouncer import PGBOUNCER
 from tasks.synapse import SYNAPSE_REDIS
@@ -31,6 +31,8 @@ DECLARED = (
     KEEPALIVED,
     COTURN,
     LIVEKIT_REDIS,
+    LIVEKIT,
+    LIVEKIT_JWT,
     SYNAPSE_REDIS,
     BACKUP_SOURCE,
     MONITORING,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
@@ -209,26 +210,44 @@ def unit_file(task: Task, unit: str, content: str) -> Result:
     return put_files(task, [FileSpec(f"{UNIT_DIR}/{unit}", content)])
 
 
+@dataclass(frozen=True)
+class AddUser:
+    """A system account a service runs as (no home, no login), missing on the host."""
+
+    name: str
+
+    @property
+    def script(self) -> str:
+        user = shlex.quote(self.name)
+        return f"id -u {user} >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
+
+    def __str__(self) -> str:
+        return f"useradd {self.name}"
+
+
+def user_actions(names: Sequence[str], exists: Mapping[str, bool] | None) -> list[AddUser]:
+    """The accounts of `names` the host lacks; none when it was not read (plan mode shows no accounts)."""
+    return [] if exists is None else [AddUser(name) for name in names if not exists.get(name)]
+
+
+def add_user(task: Task, action: AddUser) -> Result:
+    """Carry out `action` in the run's mode: described (check) or created (apply)."""
+    if mode(task) is Mode.APPLY:
+        run(task, action.script, what=Expectation(f"system user {action.name}"))
+    return Result(host=task.host, result=[action.name], changed=True, diff=f"system user {action.name}: created")
+
+
 @primitive
 def service_user(task: Task, name: str) -> Result:
     """Create the system account a service runs as (no home, no login) if it is missing."""
-    if mode(task) is Mode.PLAN or known(task, "user", [name]) == {name: True}:
+    if mode(task) is Mode.PLAN:
         return Result(host=task.host, result=[], changed=False)
-    user = shlex.quote(name)
-    create = (
-        ""
-        if mode(task) is not Mode.APPLY
-        else f"useradd --system --no-create-home --shell /usr/sbin/nologin {user} && "
-    )
-    out = run(
-        task,
-        f"if id -u {user} >/dev/null 2>&1; then echo present; else {create}echo absent; fi",
-        what=Expectation(f"system user {name}"),
-        reads_only=mode(task) is not Mode.APPLY,
-    )
-    if out.stdout.strip() == "present":
-        return Result(host=task.host, result=[], changed=False)
-    return Result(host=task.host, result=[name], changed=True, diff=f"system user {name}: created")
+    exists = known(task, "user", [name])
+    if exists is None:
+        out = run(task, f"id -u {shlex.quote(name)} >/dev/null 2>&1 && echo yes; true", reads_only=True)
+        exists = {name: out.stdout.strip() == "yes"}
+    actions = user_actions([name], exists)
+    return add_user(task, actions[0]) if actions else Result(host=task.host, result=[], changed=False)
 
 
 def binary_service(

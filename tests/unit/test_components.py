@@ -13,17 +13,21 @@ overriding fields of "wanted" (e.g. {"mode": "0600"}). Units: "running", "stoppe
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core import artifacts
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.component import Component
 from tasks.facts import HostFacts
-from tasks.files import FileFact, FileSpec
+from tasks.files import ArtifactSpec, FileFact, FileSpec
 from tasks.registry import COMPONENTS
 from tasks.systemd import ServiceFact
 
@@ -37,6 +41,28 @@ UNITS = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def artifact_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Stand-ins for the vendor binaries the components copy (an archive where the manifest names a member):
+    what is decided depends on their checksums only, and the real ones need not be on this machine."""
+    cache = tmp_path_factory.mktemp("cache")
+    manifest = artifacts.manifest()
+    for component in COMPONENTS.values():
+        for binary in component.binaries:
+            item = manifest[binary.artifact].files[0]
+            content = f"stand-in for {item.name}\n".encode()
+            if item.member is None:
+                (cache / item.name).write_bytes(content)
+                continue
+            with tarfile.open(cache / item.name, "w:gz") as archive:
+                member = tarfile.TarInfo(item.member)
+                member.size = len(content)
+                archive.addfile(member, io.BytesIO(content))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(artifacts, "CACHE", cache)
+        yield
+
+
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The lab's settings with secrets and a CA of their own (the fixtures never see their values)."""
@@ -44,7 +70,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True, secrets_file=secrets)[0]
 
 
-def file_fact(spec: FileSpec, given: str | dict[str, str]) -> FileFact:
+def file_fact(spec: FileSpec | ArtifactSpec, given: str | dict[str, str]) -> FileFact:
     wanted = FileFact(True, spec.owner, spec.group, spec.mode, spec.sha256)
     if given == "missing":
         return FileFact(exists=False)
@@ -59,11 +85,12 @@ def file_fact(spec: FileSpec, given: str | dict[str, str]) -> FileFact:
 
 def host_facts(component: Component, settings: Settings, host: str, given: dict[str, Any]) -> HostFacts:
     context = component.context(settings, host, HostFacts(commands=given.get("commands", {})))
-    specs = {
+    specs: dict[str, FileSpec | ArtifactSpec] = {
         spec.path: spec
         for part in (*component.parts, component)
         for spec in (file.spec(context) for file in part.files_on(settings, context.host))
     }
+    specs |= {binary.path: binary.spec() for binary in component.binaries}
     unknown = set(given.get("files", {})) - set(specs)
     assert not unknown, f"facts for files {component.name} does not declare: {sorted(unknown)}"
     return HostFacts(
