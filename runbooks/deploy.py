@@ -25,7 +25,7 @@ from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
-from tasks.minio import minio, minio_bucket, minio_healthy
+from tasks.minio import MINIO, minio_bucket
 from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER, grafana
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import PGBOUNCER, login_check
@@ -78,14 +78,7 @@ RUNBOOK = Runbook(
             login_check,
             groups=("pgbouncer",),
         ),
-        Step(
-            "minio",
-            "MinIO: 4 nodes × 4 drives in one erasure set (EC:4); the cluster has write quorum",
-            minio,
-            groups=("minio",),
-            check=minio_healthy,
-            needs=("minio", "mc"),
-        ),
+        MINIO.step(),
         Step(
             "minio-bucket",
             "Synapse's media bucket and its least-privilege user",

@@ -16,11 +16,12 @@ import shlex
 
 from nornir.core.task import Result, Task
 
-from core import artifacts
-from core.settings import Settings
-from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from core.settings import HostInfo, Settings
+from tasks.component import Binary, Command, Component, Context, File, Service, Stage, template
+from tasks.facts import HostFacts
+from tasks.files import FileSpec, put_files
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import binary_service, service_user
+from tasks.systemd import UNIT_DIR
 from tasks.waits import wait_for_http
 
 API_PORT = 9000
@@ -73,35 +74,49 @@ def bucket_policy(bucket: str) -> str:
     )
 
 
-def minio(task: Task, settings: Settings) -> Result:
-    """Install the MinIO server on a node of the set; restart it when binary or settings changed."""
-    host = settings.hosts[task.host.name]
-    if not settings.config.minio.enabled:
-        return Result(host=task.host, result="minio.enabled is false in config.yaml")
-    service_user(task, USER)
-    if mode(task) is Mode.APPLY:
-        dirs = " ".join(shlex.quote(d) for d in drives(settings))
-        run(task, f"mkdir -p {dirs} && chown {USER}:{USER} {dirs}", what=Expectation("MinIO's drive folders"))
-    manifest = artifacts.manifest()
-    mc = manifest["mc"].files[0]
-    assert mc.target
-    task.run(task=put_artifacts, specs=[ArtifactSpec(mc.target, artifacts.binary(mc))], severity_level=10)
-    secrets = settings.secrets
-    env = render(
-        task,
-        "minio/minio.env.j2",
-        host_name=host.name,
-        volumes=volumes(settings),
-        address=f"{host.private_ip}:{API_PORT}",
-        console=f"{host.private_ip}:{CONSOLE_PORT}",
-        parity=PARITY,
-        root_user=secrets["minio_root_user"],
-        root_password=secrets["minio_root_password"],
-    )
-    server = manifest["minio"].files[0]
-    unit = render(task, "minio/minio.service.j2", binary=server.target, user=USER, env_file=ENV_FILE)
-    config = FileSpec(ENV_FILE, env, group=USER, mode=0o640)
-    return binary_service(task, server, UNIT, unit, config)
+def drive_owners_script(settings: Settings) -> str:
+    """Each drive folder's owner and path; a missing folder prints nothing."""
+    return f"stat -c '%U %n' {' '.join(shlex.quote(d) for d in drives(settings))} 2>/dev/null; true"
+
+
+def drive_folders(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """The drive folders MinIO's account owns, made where missing or owned by another account."""
+    if facts is None:
+        return []
+    owned = {
+        path
+        for owner, _, path in (line.partition(" ") for line in facts.commands["drives"].splitlines())
+        if owner == USER
+    }
+    wanted = [d for d in drives(context.settings) if d not in owned]
+    if not wanted:
+        return []
+    folders = " ".join(shlex.quote(d) for d in wanted)
+    return [
+        Command(
+            f"mkdir -p {folders} && chown {USER}:{USER} {folders}",
+            f"drive folders {', '.join(wanted)}: made {USER}'s",
+            "MinIO's drive folders",
+            stage=Stage.BEFORE_FILES,
+        )
+    ]
+
+
+def environment(context: Context) -> dict[str, object]:
+    settings, host, secrets = context.settings, context.host, context.settings.secrets
+    return {
+        "host_name": host.name,
+        "volumes": volumes(settings),
+        "address": f"{host.private_ip}:{API_PORT}",
+        "console": f"{host.private_ip}:{CONSOLE_PORT}",
+        "parity": PARITY,
+        "root_user": secrets["minio_root_user"],
+        "root_password": secrets["minio_root_password"],
+    }
+
+
+def minio_off(settings: Settings, _host: HostInfo) -> str:
+    return "" if settings.config.minio.enabled else "minio.enabled is false in config.yaml"
 
 
 def minio_healthy(task: Task, settings: Settings) -> Result:
@@ -160,3 +175,25 @@ def cluster_summary(info_json: str) -> str:
     backend = json.loads(info_json.strip().splitlines()[-1]).get("info", {}).get("backend", {})
     online, offline = backend.get("onlineDisks", "?"), backend.get("offlineDisks", "?")
     return f"{online} drives online, {offline} offline, parity EC:{backend.get('standardSCParity', '?')}"
+
+
+SERVER = Binary("minio")
+MINIO = Component(
+    "minio",
+    groups=("minio",),
+    summary="MinIO: 4 nodes × 4 drives in one erasure set (EC:4); the cluster has write quorum",
+    users=(USER,),
+    binaries=(SERVER, Binary("mc")),
+    files=(
+        File(
+            f"{UNIT_DIR}/{UNIT}",
+            template("minio/minio.service.j2", lambda _: {"binary": SERVER.path, "user": USER, "env_file": ENV_FILE}),
+        ),
+        File(ENV_FILE, template("minio/minio.env.j2", environment), group=USER, mode=0o640),
+    ),
+    services=(Service(UNIT, restart_on=(SERVER.path, f"{UNIT_DIR}/{UNIT}", ENV_FILE)),),
+    reads={"drives": drive_owners_script},
+    behaviour=drive_folders,
+    absent=minio_off,
+    check=minio_healthy,
+)

@@ -13,6 +13,7 @@ from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
+from tasks.minio import MINIO
 from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.pgbouncer import PGBOUNCER
 from tasks.synapse import SYNAPSE_REDIS
@@ -26,6 +27,7 @@ DECLARED = (
     PGBACKREST,
     BACKUP_REPOSITORY,
     PGBOUNCER,
+    MINIO,
     POSTGRES_EXPORTER,
     HAPROXY,
     KEEPALIVED,

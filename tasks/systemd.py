@@ -8,11 +8,8 @@ from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
-from core import artifacts
-from core.artifacts import ArtifactFile
-from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files
+from tasks.files import FileSpec, put_files
 from tasks.remote import Expectation, Mode, known, mode, primitive, run
-from tasks.waits import wait_for_http
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -248,18 +245,3 @@ def service_user(task: Task, name: str) -> Result:
         exists = {name: out.stdout.strip() == "yes"}
     actions = user_actions([name], exists)
     return add_user(task, actions[0]) if actions else Result(host=task.host, result=[], changed=False)
-
-
-def binary_service(
-    task: Task, item: ArtifactFile, unit: str, unit_text: str, config: FileSpec, health_url: str | None = None
-) -> Result:
-    """A vendor binary from the artifact cache run by its own unit: restart when binary, unit or config changed."""
-    assert item.target  # the manifest names where the binary goes
-    binary = task.run(task=put_artifacts, specs=[ArtifactSpec(item.target, artifacts.binary(item))], severity_level=10)
-    unit_changed = task.run(task=unit_file, unit=unit, content=unit_text, severity_level=10)[0].changed
-    written = task.run(task=put_files, specs=[config], severity_level=10)[0]
-    changed = binary[0].changed or written.changed or unit_changed
-    task.run(task=service, unit=unit, restart=changed, daemon_reload=unit_changed, severity_level=10)
-    if health_url:
-        task.run(task=wait_for_http, url=health_url, severity_level=10)
-    return Result(host=task.host, changed=changed, diff="\n".join(r.diff for r in (binary[0], written) if r.diff))
