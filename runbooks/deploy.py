@@ -26,7 +26,7 @@ from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO, minio_bucket
-from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER, grafana
+from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
 from tasks.pgbouncer import PGBOUNCER, login_check
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
@@ -131,13 +131,7 @@ RUNBOOK = Runbook(
             groups=("backup",),
         ),
         MONITORING.step(),
-        Step(
-            "grafana",
-            "Grafana from the artifact cache, its datasource and the platform's dashboards provisioned from files",
-            grafana,
-            groups=("monitoring",),
-            needs=("grafana",),
-        ),
+        GRAFANA.step(),
     ],
 )
 

@@ -85,19 +85,21 @@ class File:
 
 @dataclass(frozen=True)
 class Binary:
-    """A vendor binary from the artifact cache (the first file of manifest entry `artifact`), put where it names."""
+    """A vendor file from the artifact cache (the first file of manifest entry `artifact`): a binary put where the
+    manifest says, or a file staged at `to` (which may name the file: "{name}")."""
 
     artifact: str
     mode: int = 0o755
+    to: str = ""
 
     def spec(self) -> ArtifactSpec:
         item = artifacts.manifest()[self.artifact].files[0]
-        assert item.target, f"artifacts/manifest.yaml: {self.artifact} names no target"
-        return ArtifactSpec(item.target, artifacts.binary(item), mode=self.mode)
+        return ArtifactSpec(self.path, artifacts.binary(item), mode=self.mode)
 
     @property
     def path(self) -> str:
-        target = artifacts.manifest()[self.artifact].files[0].target
+        item = artifacts.manifest()[self.artifact].files[0]
+        target = self.to.format(name=item.name) if self.to else item.target
         assert target, f"artifacts/manifest.yaml: {self.artifact} names no target"
         return target
 

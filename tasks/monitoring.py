@@ -26,12 +26,11 @@ from core.errors import HostError
 from core.ports import ALERTMANAGER_PORT, BLACKBOX_PORT, GRAFANA_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT
 from core.settings import Settings
 from core.targets import jobs
-from tasks.component import Component, Context, File, Service, template
+from tasks.component import Binary, Command, Component, Content, Context, File, Service, Stage, Url, template
 from tasks.database import MONITOR_ROLE
-from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
+from tasks.facts import HostFacts
 from tasks.remote import Expectation, Mode, lost_hosts, mode, run
-from tasks.systemd import UNIT_DIR, Wanted, service_user, services
-from tasks.waits import wait_for_http
+from tasks.systemd import UNIT_DIR
 
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's built-in default, stated explicitly
 RULES_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "monitoring" / "platform.rules.yml"
@@ -202,71 +201,79 @@ def grafana_home(settings: Settings) -> str:
     return f"/opt/grafana-{artifacts.manifest()['grafana'].version}"
 
 
-def grafana(task: Task, settings: Settings) -> Result:
-    """Grafana from the artifact cache, with the Prometheus datasource and the platform's dashboards as files.
+def grafana_ini(context: Context) -> dict[str, object]:
+    return {
+        "ip": context.host.private_ip,
+        "port": GRAFANA_PORT,
+        "provisioning": GRAFANA_PROVISIONING,
+        "admin_password": context.settings.secrets["grafana_admin_password"],
+    }
 
-    Grafana is not in the reachable package repositories: its standalone archive is
-    pushed, unpacked once per version (a new version is a new directory, switched by the
-    unit), and started on the private address. Nothing is fetched at run time.
-    """
-    host = settings.hosts[task.host.name]
-    home = grafana_home(settings)
-    (archive,) = artifacts.deliverables(artifacts.manifest()["grafana"])
-    service_user(task, GRAFANA_USER)
-    staged = f"/opt/grafana-archives/{archive.name}"
-    pushed = task.run(task=put_artifacts, specs=[ArtifactSpec(staged, archive, mode=0o644)], severity_level=10)[0]
-    if mode(task) is Mode.APPLY:
-        run(
-            task,
-            f"test -x {home}/bin/grafana || {{ rm -rf {home}.new && mkdir -p {home}.new && "
-            f"tar -xzf {staged} -C {home}.new --strip-components=1 && mv {home}.new {home}; }}",
-            what=Expectation(f"Grafana unpacked in {home}", f"check {staged} on the host (tar -tzf)"),
+
+def datasource(context: Context) -> dict[str, object]:
+    monitoring = context.settings.members("monitoring")[0]
+    return {"uid": DATASOURCE_UID, "url": f"http://{monitoring.private_ip}:{PROMETHEUS_PORT}"}
+
+
+def unpacked(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """A version is unpacked once, into a directory of its own (the unit switches to it)."""
+    home = grafana_home(context.settings)
+    if facts is None or facts.commands["unpacked"].strip() == "yes":
+        return []
+    staged = GRAFANA_ARCHIVE.path
+    return [
+        Command(
+            f"rm -rf {home}.new && mkdir -p {home}.new && tar -xzf {staged} -C {home}.new --strip-components=1 && "
+            f"mv {home}.new {home}",
+            f"Grafana unpacked in {home}",
+            f"Grafana unpacked in {home}",
+            f"check {staged} on the host (tar -tzf)",
+            stage=Stage.BEFORE_UNITS,
         )
-    monitoring = settings.members("monitoring")[0]
-    readable = {"group": GRAFANA_USER, "mode": 0o640}
-    specs = [
-        FileSpec(
-            GRAFANA_INI,
-            render(
-                task,
-                "monitoring/grafana.ini.j2",
-                ip=host.private_ip,
-                port=GRAFANA_PORT,
-                provisioning=GRAFANA_PROVISIONING,
-                admin_password=settings.secrets["grafana_admin_password"],
-            ),
-            secret=True,
-            **readable,
-        ),
-        FileSpec(
-            f"{GRAFANA_PROVISIONING}/datasources/platform.yml",
-            render(
-                task,
-                "monitoring/grafana-datasource.yml.j2",
-                uid=DATASOURCE_UID,
-                url=f"http://{monitoring.private_ip}:{PROMETHEUS_PORT}",
-            ),
-            **readable,
-        ),
-        FileSpec(
-            f"{GRAFANA_PROVISIONING}/dashboards/platform.yml",
-            render(task, "monitoring/grafana-dashboards.yml.j2", path=GRAFANA_DASHBOARDS),
-            **readable,
-        ),
-        *(FileSpec(f"{GRAFANA_DASHBOARDS}/{d.uid}.json", dashboard_json(d), **readable) for d in DASHBOARDS),
-        FileSpec(
-            f"{UNIT_DIR}/{GRAFANA_UNIT}",
-            render(task, "monitoring/grafana.service.j2", home=home, config=GRAFANA_INI, user=GRAFANA_USER),
-        ),
     ]
-    result = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    unit_changed = f"{UNIT_DIR}/{GRAFANA_UNIT}" in (result.result or [])
-    changed = result.changed or pushed.changed
-    services(task, {GRAFANA_UNIT: Wanted(restart=changed)}, daemon_reload=unit_changed)
-    task.run(
-        task=wait_for_http, url=f"http://{host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120, severity_level=10
-    )
-    return Result(host=task.host, changed=changed, diff=result.diff)
+
+
+GRAFANA_ARCHIVE = Binary("grafana", mode=0o644, to="/opt/grafana-archives/{name}")
+
+
+def grafana_file(path: str, content: Content, secret: bool = False) -> File:
+    """A file Grafana's account reads and nobody else."""
+    return File(path, content, group=GRAFANA_USER, mode=0o640, secret=secret)
+
+
+# Grafana is not in the reachable package repositories: its standalone archive is pushed,
+# unpacked once per version, and started on the private address with the Prometheus
+# datasource and the platform's dashboards as files. Nothing is fetched at run time.
+GRAFANA = Component(
+    "grafana",
+    groups=("monitoring",),
+    summary="Grafana from the artifact cache, its datasource and the platform's dashboards provisioned from files",
+    users=(GRAFANA_USER,),
+    binaries=(GRAFANA_ARCHIVE,),
+    files=(
+        grafana_file(GRAFANA_INI, template("monitoring/grafana.ini.j2", grafana_ini), secret=True),
+        grafana_file(
+            f"{GRAFANA_PROVISIONING}/datasources/platform.yml",
+            template("monitoring/grafana-datasource.yml.j2", datasource),
+        ),
+        grafana_file(
+            f"{GRAFANA_PROVISIONING}/dashboards/platform.yml",
+            template("monitoring/grafana-dashboards.yml.j2", lambda _: {"path": GRAFANA_DASHBOARDS}),
+        ),
+        *(grafana_file(f"{GRAFANA_DASHBOARDS}/{d.uid}.json", lambda _, d=d: dashboard_json(d)) for d in DASHBOARDS),
+        File(
+            f"{UNIT_DIR}/{GRAFANA_UNIT}",
+            template(
+                "monitoring/grafana.service.j2",
+                lambda c: {"home": grafana_home(c.settings), "config": GRAFANA_INI, "user": GRAFANA_USER},
+            ),
+        ),
+    ),
+    services=(Service(GRAFANA_UNIT),),
+    reads={"unpacked": lambda settings: f"test -x {grafana_home(settings)}/bin/grafana && echo yes"},
+    behaviour=unpacked,
+    ready=(Url(lambda c: f"http://{c.host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120),),
+)
 
 
 PROMETHEUS_DEFAULTS = "/etc/default/prometheus"

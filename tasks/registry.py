@@ -14,7 +14,7 @@ from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO
-from tasks.monitoring import MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
+from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.pgbouncer import PGBOUNCER
 from tasks.synapse import SYNAPSE_REDIS
 
@@ -38,5 +38,6 @@ DECLARED = (
     SYNAPSE_REDIS,
     BACKUP_SOURCE,
     MONITORING,
+    GRAFANA,
 )
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
