@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.step import Step
 from runbooks.shell import Runbook
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST, first_backup
-from tasks.backup_files import BACKUP_SOURCE, backup_files
+from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
 from tasks.database import synapse_database
@@ -118,12 +118,7 @@ RUNBOOK = Runbook(
             applies=native,
         ),
         BACKUP_SOURCE.step(),
-        Step(
-            "backup-files",
-            "on the backup host: the daily pull of local media (hard-link snapshots) and the key archive",
-            backup_files,
-            groups=("backup",),
-        ),
+        BACKUP_FILES.step(),
         Step(
             "first-backup",
             "on the backup host: the first full database backup and media/key pull, where none exists yet",

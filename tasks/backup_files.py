@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nornir.core.task import Result, Task
-
 from core.secrets import ssh_public_key
 from core.settings import Settings
-from tasks.component import Command, Component, Context, File, Stage, template
-from tasks.facts import HostFacts, read_ahead
-from tasks.files import FileSpec, put_files, render
+from tasks.component import Command, Component, Context, File, Service, Stage, template
+from tasks.facts import HostFacts
 from tasks.monitoring import TEXTFILE_DIR
-from tasks.packages import packages
-from tasks.remote import Mode, host_key, mode
 from tasks.synapse import CONFIG_DIR, DATA, USER, native
-from tasks.systemd import UNIT_DIR, Wanted, services
+from tasks.systemd import UNIT_DIR
 
 ACCOUNT = "matrix-backup"  # on the Synapse host
 SERVE = "/usr/local/sbin/matrix-backup-serve"
@@ -96,77 +91,73 @@ BACKUP_SOURCE = Component(
 )
 
 
-def known_hosts(task: Task, settings: Settings) -> str:
+def known_hosts(context: Context) -> str:
     """The Synapse hosts' keys as the controller verified them, so the pull never trusts on first use."""
-    lines = []
-    for source in settings.members("synapse"):
-        key = (
-            "(read from the controller's verified connection)"
-            if mode(task) is Mode.PLAN
-            else host_key(task, source.name)
-        )
-        lines.append(f"{source.private_ip},{settings.service_name(source)} {key}\n")
-    return "".join(lines)
-
-
-def backup_files(task: Task, settings: Settings) -> Result:
-    """On the backup host: the pull script, its key and known_hosts, the secrets copy, the daily timer."""
-    backup = settings.config.backup
-    sources = [{"name": h.name, "ip": h.private_ip} for h in settings.members("synapse")]
-    script = render(
-        task,
-        "backup/backup-files.sh.j2",
-        root=ROOT,
-        key_dir=KEY_DIR,
-        account=ACCOUNT,
-        sources=sources,
-        kinds=MEDIA_KINDS,
-        includes=" ".join(f"'--include=/{kind}/***'" for kind in MEDIA_KINDS),
-        bwlimit=backup.media_bwlimit_kbps,
-        snapshots=backup.media_snapshots,
-        archives=backup.key_archives,
-        textfile_dir=TEXTFILE_DIR,
+    settings, keys = context.settings, context.host_keys
+    unknown = "(read from the controller's verified connection)"
+    return "".join(
+        f"{source.private_ip},{settings.service_name(source)} {unknown if keys is None else keys[source.name]}\n"
+        for source in settings.members("synapse")
     )
-    specs = [
-        FileSpec(PULL, script, mode=0o755),
-        FileSpec(f"{KEY_DIR}/id_ed25519", settings.secrets["backup_ssh_key"], mode=0o600, secret=True),
-        FileSpec(f"{KEY_DIR}/known_hosts", known_hosts(task, settings)),
-        # Every secret of the platform, archived with the keys (the repository's cipher pass
-        # included: keep one copy of this file off-site as well).
-        FileSpec(f"{KEY_DIR}/platform-secrets.yaml", settings.secrets.path.read_text(), mode=0o600, secret=True),
-        FileSpec(
-            f"{UNIT_DIR}/{PULL_UNIT}",
-            render(task, "backup/backup-files.service.j2", script=PULL),
-        ),
-        FileSpec(
-            f"{UNIT_DIR}/{PULL_TIMER}",
-            render(
-                task,
-                "backup/backup.timer.j2",
-                description="media pull and key archive (matrix-platform)",
-                schedule=backup.files_schedule,
-                unit=PULL_UNIT,
-            ),
-        ),
-        policy_metric(settings),
-    ]
-    names = ["rsync", "openssh-client"]
-    read_ahead(task, packages=names, files=[spec.path for spec in specs], units=[PULL_TIMER])
-    task.run(task=packages, names=names, severity_level=10)
-    written = task.run(task=put_files, specs=specs, severity_level=10)[0]
-    reload = any(path.startswith(UNIT_DIR) for path in written.result or [])
-    started = services(task, {PULL_TIMER: Wanted()}, daemon_reload=reload)
-    diff = "\n".join(d for d in (written.diff, started.diff) if d)
-    return Result(host=task.host, changed=written.changed or started.changed, diff=diff)
 
 
-def policy_metric(settings: Settings) -> FileSpec:
+def pull_script(context: Context) -> dict[str, object]:
+    backup = context.settings.config.backup
+    return {
+        "root": ROOT,
+        "key_dir": KEY_DIR,
+        "account": ACCOUNT,
+        "sources": [{"name": h.name, "ip": h.private_ip} for h in context.settings.members("synapse")],
+        "kinds": MEDIA_KINDS,
+        "includes": " ".join(f"'--include=/{kind}/***'" for kind in MEDIA_KINDS),
+        "bwlimit": backup.media_bwlimit_kbps,
+        "snapshots": backup.media_snapshots,
+        "archives": backup.key_archives,
+        "textfile_dir": TEXTFILE_DIR,
+    }
+
+
+def pull_timer(context: Context) -> dict[str, object]:
+    return {
+        "description": "media pull and key archive (matrix-platform)",
+        "schedule": context.settings.config.backup.files_schedule,
+        "unit": PULL_UNIT,
+    }
+
+
+def policy_metric(context: Context) -> str:
     """The configured maximum backup age, beside the success times, so the alert compares the two."""
-    seconds = round(settings.config.backup.max_age_hours * 3600)
-    text = (
+    seconds = round(context.settings.config.backup.max_age_hours * 3600)
+    return (
         "# HELP matrix_platform_backup_max_age_seconds Age after which a backup counts as missing "
         "(config.yaml backup.max_age_hours).\n"
         "# TYPE matrix_platform_backup_max_age_seconds gauge\n"
         f"matrix_platform_backup_max_age_seconds {seconds}\n"
     )
-    return FileSpec(f"{TEXTFILE_DIR}/backup-policy.prom", text)
+
+
+BACKUP_FILES = Component(
+    "backup-files",
+    groups=("backup",),
+    summary="on the backup host: the daily pull of local media (hard-link snapshots) and the key archive",
+    packages=("rsync", "openssh-client"),
+    autostart=True,
+    files=(
+        File(PULL, template("backup/backup-files.sh.j2", pull_script), mode=0o755),
+        File(f"{KEY_DIR}/id_ed25519", lambda c: c.settings.secrets["backup_ssh_key"], mode=0o600, secret=True),
+        File(f"{KEY_DIR}/known_hosts", known_hosts),
+        # Every secret of the platform, archived with the keys (the repository's cipher pass
+        # included: keep one copy of this file off-site as well).
+        File(
+            f"{KEY_DIR}/platform-secrets.yaml",
+            lambda c: c.settings.secrets.path.read_text(),
+            mode=0o600,
+            secret=True,
+        ),
+        File(f"{UNIT_DIR}/{PULL_UNIT}", template("backup/backup-files.service.j2", lambda _: {"script": PULL})),
+        File(f"{UNIT_DIR}/{PULL_TIMER}", template("backup/backup.timer.j2", pull_timer)),
+        File(f"{TEXTFILE_DIR}/backup-policy.prom", policy_metric),
+    ),
+    services=(Service(PULL_TIMER, restart_on=()),),
+    host_keys_of=("synapse",),
+)

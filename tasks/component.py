@@ -26,7 +26,7 @@ from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_scrip
 from tasks.facts import HostFacts, Reading, known_facts, read_facts
 from tasks.files import JINJA, ArtifactSpec, Copy, FileSpec, Write, copy_actions, copy_files, write_actions, write_files
 from tasks.packages import Install, install, install_actions
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, host_key, mode, run
 from tasks.systemd import (
     UNIT_DIR,
     AddUser,
@@ -49,6 +49,9 @@ class Context:
     settings: Settings
     host: HostInfo
     reads: Mapping[str, str] | None  # None when the host was not read (plan mode)
+    # The SSH host keys the controller verified, by host name, of the groups the component
+    # names in `host_keys_of` (the backup host's known_hosts); None in plan mode.
+    host_keys: Mapping[str, str] | None = None
 
 
 Content = Callable[[Context], str]
@@ -250,6 +253,7 @@ class Component:
     # feature switched off or a single instance on the group's first host.
     absent: Callable[[Settings, HostInfo], str] | None = None
     behaviour: Behaviour | None = None
+    host_keys_of: tuple[str, ...] = ()  # groups whose SSH host keys (as the controller verified them) files need
     # Components converged first, in the same step and from the same read-ahead (PgBouncer's
     # local HAProxy route to the primary).
     parts: tuple[Component, ...] = ()
@@ -277,8 +281,10 @@ class Component:
     def units(self) -> list[str]:
         return [service.unit for service in self.services]
 
-    def context(self, settings: Settings, host_name: str, facts: HostFacts | None) -> Context:
-        return Context(settings, settings.hosts[host_name], None if facts is None else facts.commands)
+    def context(
+        self, settings: Settings, host_name: str, facts: HostFacts | None, host_keys: Mapping[str, str] | None = None
+    ) -> Context:
+        return Context(settings, settings.hosts[host_name], None if facts is None else facts.commands, host_keys)
 
     def decide(self, context: Context, facts: HostFacts | None) -> list[Action]:
         """The actions that take a host with `facts` (None: not read) to this component's wanted state."""
@@ -365,7 +371,10 @@ class Component:
 
     def apply(self, task: Task, settings: Settings, host: HostInfo, facts: HostFacts | None) -> list[Result]:
         """Decide from `facts`, carry the actions out, then wait for what must answer; the results join the task's."""
-        context = Context(settings, host, None if facts is None else facts.commands)
+        keys = None
+        if facts is not None:
+            keys = {h.name: host_key(task, h.name) for g in self.host_keys_of for h in settings.members(g)}
+        context = self.context(settings, host.name, facts, keys)
         actions = self.decide(context, facts)
         results = execute(task, actions, facts)
         task.results.extend(results)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
-from tasks.backup_files import BACKUP_SOURCE
+from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
@@ -37,6 +37,7 @@ DECLARED = (
     LIVEKIT_JWT,
     SYNAPSE_REDIS,
     BACKUP_SOURCE,
+    BACKUP_FILES,
     MONITORING,
     GRAFANA,
 )
