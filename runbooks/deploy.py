@@ -27,7 +27,7 @@ from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO, minio_bucket
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
-from tasks.patroni import patroni, patroni_dynamic_config, wait_for_cluster
+from tasks.patroni import PATRONI, patroni_dynamic_config
 from tasks.pgbouncer import PGBOUNCER, login_check
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
 from tasks.preflight import duplicate_hostnames, preflight
@@ -48,14 +48,7 @@ RUNBOOK = Runbook(
         HOSTS_FILE.step(),
         NODE_EXPORTER.step(),
         ETCD.step(),
-        Step(
-            "patroni",
-            "PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
-            patroni,
-            groups=("patroni",),
-            check=wait_for_cluster,
-            artifacts=("patroni",),
-        ),
+        PATRONI.step(),
         Step(
             "patroni-config",
             "cluster-wide Patroni settings in etcd match the template (reported: pending restarts)",

@@ -16,7 +16,6 @@ The runbook options (--lab, --check, --yes, …) follow.
 import argparse
 import sys
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +31,7 @@ from tasks.disaster_recovery import (
     set_aside,
     stop_synapse,
 )
-from tasks.patroni import Recovery, patroni
+from tasks.patroni import Recovery, patroni_component
 from tasks.restore_drill import pgbackrest_time, target_time_problems
 
 INFRASTRUCTURE = ("firewall", "ca-trust", "hosts-file", "node-exporter", "etcd")
@@ -71,7 +70,7 @@ def steps(wipe: bool, time: str | None) -> list[Step]:
         replace(
             deploy["patroni"],
             summary="Patroni bootstraps the cluster from the newest backup (custom bootstrap with pgBackRest)",
-            task=partial(patroni, recovery=recovery),
+            task=patroni_component(recovery).converge,
         ),
     ]
     keys = Step(

@@ -11,9 +11,11 @@ check (described) and apply. No component branches on the mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import groupby
+from typing import cast
 
 from nornir.core.task import Result, Task
 
@@ -74,6 +76,7 @@ class File:
     secret: bool = False
     check: str | None = None  # a command that must accept the staged file, `{path}` its path
     when: Callable[[Settings, HostInfo], bool] | None = None  # only on the hosts this accepts
+    first: bool = False  # written before the packages are installed: it steers their install
 
     def wanted_on(self, settings: Settings, host: HostInfo) -> bool:
         return self.when is None or self.when(settings, host)
@@ -105,6 +108,18 @@ class Binary:
         target = self.to.format(name=item.name) if self.to else item.target
         assert target, f"artifacts/manifest.yaml: {self.artifact} names no target"
         return target
+
+
+@dataclass(frozen=True)
+class Wheels:
+    """Every file of manifest entry `artifact` (a pinned wheel set), copied into the folder `into`."""
+
+    artifact: str
+    into: str
+
+    def specs(self) -> list[ArtifactSpec]:
+        files = artifacts.deliverables(artifacts.manifest()[self.artifact])
+        return [ArtifactSpec(f"{self.into}/{path.name}", path, mode=0o644) for path in files]
 
 
 @dataclass(frozen=True)
@@ -233,9 +248,10 @@ class Component:
     name: str
     groups: tuple[str, ...] | None  # None: every host
     summary: str  # what the deploy step shows
-    packages: tuple[str, ...] = ()
+    packages: tuple[str | Callable[[Settings], str], ...] = ()  # a name, or one made from the settings
     users: tuple[str, ...] = ()  # system accounts its services run as
     binaries: tuple[Binary, ...] = ()  # also what its step needs from the artifact cache
+    wheels: tuple[Wheels, ...] = ()  # pinned wheel sets (the step requires them before any host is touched)
     # Whether installing the packages may start their units (Debian's default); without it a
     # policy-rc.d keeps a stock instance (a 15/main cluster, a single-member etcd) from starting.
     autostart: bool = False
@@ -254,6 +270,9 @@ class Component:
     absent: Callable[[Settings, HostInfo], str] | None = None
     behaviour: Behaviour | None = None
     host_keys_of: tuple[str, ...] = ()  # groups whose SSH host keys (as the controller verified them) files need
+    # What the step says of a host after the actions (its message, and a notice such as a
+    # restart left pending), from the context and the actions taken.
+    notes: Callable[[Context, Sequence[Action]], tuple[str, str]] | None = None
     # Components converged first, in the same step and from the same read-ahead (PgBouncer's
     # local HAProxy route to the primary).
     parts: tuple[Component, ...] = ()
@@ -268,7 +287,11 @@ class Component:
             check=self.check,
             requires=self.requires,
             needs=tuple(binary.artifact for binary in self.binaries),
+            artifacts=tuple(wheels.artifact for wheels in self.wheels),
         )
+
+    def package_names(self, settings: Settings) -> list[str]:
+        return [name if isinstance(name, str) else name(settings) for name in self.packages]
 
     def files_on(self, settings: Settings, host: HostInfo) -> list[File]:
         return [file for file in self.files if file.wanted_on(settings, host)]
@@ -288,11 +311,14 @@ class Component:
 
     def decide(self, context: Context, facts: HostFacts | None) -> list[Action]:
         """The actions that take a host with `facts` (None: not read) to this component's wanted state."""
-        installs = install_actions(list(self.packages), facts and facts.packages, autostart=self.autostart)
+        names = self.package_names(context.settings)
+        installs = install_actions(names, facts and facts.packages, autostart=self.autostart)
         accounts = user_actions(self.users, facts and facts.users)
-        copies = copy_actions([binary.spec() for binary in self.binaries], facts and facts.files)
+        copied = [binary.spec() for binary in self.binaries] + [spec for w in self.wheels for spec in w.specs()]
+        copies = copy_actions(copied, facts and facts.files)
         files = self.files_on(context.settings, context.host)
         writes = write_actions([file.spec(context) for file in files], facts and facts.files)
+        early = {file.where(context.settings) for file in files if file.first}
         changed = {w.spec.path for w in writes} | {c.spec.path for c in copies}
         # As declared (a path may name the site), binaries by their target.
         written = {file.path for file in files if file.where(context.settings) in changed} | {
@@ -312,11 +338,12 @@ class Component:
         staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}
         units = self.unit_actions(facts, bool(installs), written, changed)
         return [
+            *(w for w in writes if w.spec.path in early),
             *installs,
             *accounts,
-            *staged[Stage.BEFORE_FILES],
             *copies,
-            *writes,
+            *staged[Stage.BEFORE_FILES],
+            *(w for w in writes if w.spec.path not in early),
             *edits,
             *staged[Stage.BEFORE_UNITS],
             *units,
@@ -366,11 +393,17 @@ class Component:
         if reason:
             return Result(host=task.host, result=reason)
         facts = host_facts(task, self, settings, host)
-        results = [result for part in (*self.parts, self) for result in part.apply(task, settings, host, facts)]
-        return Result(host=task.host, changed=any(r.changed for r in results))
+        said = [part.apply(task, settings, host, facts) for part in (*self.parts, self)]
+        message, notice = said[-1][1]
+        return Result(
+            host=task.host, result=message, diff=notice, changed=any(r.changed for results, _ in said for r in results)
+        )
 
-    def apply(self, task: Task, settings: Settings, host: HostInfo, facts: HostFacts | None) -> list[Result]:
-        """Decide from `facts`, carry the actions out, then wait for what must answer; the results join the task's."""
+    def apply(
+        self, task: Task, settings: Settings, host: HostInfo, facts: HostFacts | None
+    ) -> tuple[list[Result], tuple[str, str]]:
+        """Decide from `facts`, carry the actions out, then wait for what must answer; the results join the task's.
+        Returns them, with what the step says of the host (`notes`)."""
         keys = None
         if facts is not None:
             keys = {h.name: host_key(task, h.name) for g in self.host_keys_of for h in settings.members(g)}
@@ -388,7 +421,7 @@ class Component:
                 address = host.private_ip if item.private else "127.0.0.1"
                 port = item.port(settings)
                 task.run(task=wait_for_port, port=port, address=address, timeout=item.timeout, severity_level=10)
-        return results
+        return results, self.notes(context, actions) if self.notes else ("", "")
 
     def reading(self, settings: Settings, host: HostInfo) -> Reading:
         """What the read-ahead reads for this component and its parts."""
@@ -398,9 +431,11 @@ class Component:
         users: list[str] = []
         commands: dict[str, str] = {}
         for component in (*self.parts, self):
-            packages += component.packages
+            packages += component.package_names(settings)
             users += component.users
-            files += [binary.path for binary in component.binaries] + component.paths(settings, host)
+            files += [binary.path for binary in component.binaries]
+            files += [spec.path for wheels in component.wheels for spec in wheels.specs()]
+            files += component.paths(settings, host)
             units += component.units
             commands |= {
                 name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()
@@ -418,28 +453,31 @@ def host_facts(task: Task, component: Component, settings: Settings, host: HostI
 
 
 def execute(task: Task, actions: list[Action], facts: HostFacts | None) -> list[Result]:
-    """Carry out `actions` in order, in the run's mode; the files are written together, as one result."""
+    """Carry out `actions` in order, in the run's mode; consecutive copies, or writes, go together as one result."""
     results = []
-    writes = [action for action in actions if isinstance(action, Write)]
-    copies = [action for action in actions if isinstance(action, Copy)]
-    for action in actions:
-        if isinstance(action, Install):
-            results.append(install(task, action))
-        elif isinstance(action, AddUser):
-            results.append(add_user(task, action))
-        elif isinstance(action, Copy):
-            if action is copies[0]:
-                results.append(copy_files(task, copies))
-        elif isinstance(action, Write):
-            if action is writes[0]:
-                results.append(write_files(task, writes, facts and facts.files))
-        elif isinstance(action, EditBlock):
-            results.append(edit_block(task, action))
-        elif isinstance(action, Command):
-            results.append(command(task, action))
+    for kind, run_of in groupby(actions, key=type):
+        batch = list(run_of)
+        if kind is Copy:
+            results.append(copy_files(task, cast(list[Copy], batch)))
+        elif kind is Write:
+            results.append(write_files(task, cast(list[Write], batch), facts and facts.files))
         else:
-            results.append(converge_units(task, action))
+            results += [one(task, action) for action in batch]
     return results
+
+
+def one(task: Task, action: Action) -> Result:
+    """Carry out one action that is not a copy or a write."""
+    if isinstance(action, Install):
+        return install(task, action)
+    if isinstance(action, AddUser):
+        return add_user(task, action)
+    if isinstance(action, EditBlock):
+        return edit_block(task, action)
+    if isinstance(action, Command):
+        return command(task, action)
+    assert isinstance(action, Systemctl | UnitsWanted), action
+    return converge_units(task, action)
 
 
 def command(task: Task, action: Command) -> Result:

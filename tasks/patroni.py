@@ -13,18 +13,19 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from nornir.core.task import Result, Task
 
-from core import artifacts
 from core.errors import HostError
-from core.settings import Settings
-from tasks.facts import read_ahead
-from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
-from tasks.packages import packages, venv_version_script
+from core.settings import HostInfo, Settings
+from tasks.component import Action, Command, Component, Context, File, Service, Stage, Wheels, template
+from tasks.facts import HostFacts
+from tasks.files import JINJA, Write
+from tasks.packages import venv_version_script
 from tasks.remote import Expectation, Mode, lost_hosts, mode, run
-from tasks.systemd import UNIT_DIR, service, unit_file
+from tasks.systemd import UNIT_DIR, Systemctl, UnitsWanted
 
 VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
@@ -84,13 +85,16 @@ def scope(settings: Settings) -> str:
     return f"matrix-{settings.site}"
 
 
+MEMORY = "awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo"
+UNREAD_MEMORY_MB = 16384  # what plan mode tunes for when the inventory gives no memory_mb
+
+
 def memory_mb(task: Task, settings: Settings) -> int:
     """RAM to tune for: the inventory's memory_mb, else MemTotal of the host."""
     configured = settings.hosts[task.host.name].memory_mb
     if configured or mode(task) is Mode.PLAN:
-        return configured or 16384
-    out = run(task, "awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo", what=Expectation("RAM in MiB"))
-    return int(out.stdout.strip())
+        return configured or UNREAD_MEMORY_MB
+    return int(run(task, MEMORY, what=Expectation("RAM in MiB")).stdout.strip())
 
 
 def data_dir(settings: Settings) -> str:
@@ -117,12 +121,17 @@ RESTORE_SCRIPT = "/usr/local/sbin/matrix-bootstrap-from-backup"
 
 def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = None) -> str:
     host = settings.hosts[task.host.name]
+    return JINJA.get_template("patroni/patroni.yml.j2").render(
+        **patroni_variables(settings, host, memory_mb(task, settings), recovery)
+    )
+
+
+def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recovery: Recovery | None) -> dict[str, Any]:
+    """Template data of patroni.yml for `host` with `total_mb` of RAM."""
     secrets = settings.secrets
-    memory = Memory(memory_mb(task, settings), settings.sizing.max_connections)
+    memory = Memory(total_mb, settings.sizing.max_connections)
     patroni_hosts = settings.members("patroni")
-    return render(
-        task,
-        "patroni/patroni.yml.j2",
+    return dict(
         patroni_version=settings.config.versions.patroni,
         scope=scope(settings),
         host_name=host.name,
@@ -152,114 +161,119 @@ def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = N
     )
 
 
-def wheels() -> list[ArtifactSpec]:
-    """The pinned Patroni wheels, and where each goes on a host."""
-    artifact = artifacts.manifest()["patroni"]  # verified by the runbook before any host was touched
-    return [ArtifactSpec(f"{WHEELS}/{path.name}", path, mode=0o644) for path in artifacts.deliverables(artifact)]
+def postgresql_package(settings: Settings) -> str:
+    return f"postgresql-{settings.config.versions.postgresql}"
 
 
-def install_patroni(task: Task, settings: Settings, installed: str | None = None) -> Result:
-    """Push the wheels and (re)build the venv when the installed version is not the pinned one.
+# Written before the server package is installed, so Debian creates and starts no cluster of its own.
+NO_MAIN_CLUSTER_DECLARED = File(NO_MAIN_CLUSTER_FILE, lambda _: NO_MAIN_CLUSTER, first=True)
+# PostgreSQL's server alone (the restore drill's scratch host): no cluster, no Patroni.
+POSTGRESQL_SERVER = Component(
+    "postgresql-server",
+    groups=("backup",),
+    summary="PostgreSQL's server package, without the cluster Debian would create and start",
+    packages=(postgresql_package,),
+    files=(NO_MAIN_CLUSTER_DECLARED,),
+)
+WHEEL_SET = Wheels("patroni", WHEELS)
+UNIT_FILE = f"{UNIT_DIR}/patroni.service"
 
-    `installed` is what INSTALLED printed, when the step read it ahead.
-    """
+
+def venv(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """(Re)build the venv when the installed Patroni is not the pinned one; refuse a host of another cluster."""
+    settings = context.settings
     version = settings.config.versions.patroni
-    pushed = task.run(task=put_artifacts, specs=wheels(), severity_level=10)[0].changed
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, changed=True, diff=f"patroni {version} in {VENV}")
-    if installed is None or pushed:
-        installed = run(task, INSTALLED, reads_only=True).stdout
-    lines = installed.splitlines()
+    install = (
+        f"set -e; [ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
+        f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} patroni=={version}"
+    )
+    expect, hint = (
+        f"patroni {version} installed in {VENV}",
+        "check that the Debian python3-* packages installed and the wheels are in "
+        f"{WHEELS}; pip's message above names the missing requirement",
+    )
+    name = venv_name(version)
+    if facts is None:
+        return [Command(install, f"patroni {version} in {VENV}", expect, hint, stage=Stage.BEFORE_FILES, name=name)]
+    lines = facts.commands["installed"].splitlines()
     found = next((line.strip() for line in lines if line.strip() and not line.startswith("scope:")), "")
     existing_scope = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("scope:")), None)
     if existing_scope and existing_scope != scope(settings):
         raise HostError(
-            f"{task.host.name}: this host already belongs to the Patroni cluster '{existing_scope}', not "
+            f"{context.host.name}: this host already belongs to the Patroni cluster '{existing_scope}', not "
             f"'{scope(settings)}' (the inventory's site '{settings.site}'). Refusing to reconfigure it: check that "
             "the inventory points at the right servers; to really move the host, remove it from its old "
             f"cluster first (patronictl remove {existing_scope}, then delete {CONFIG} and the data dir)"
         )
     if found == version:
-        return Result(host=task.host, result=version)
-    if mode(task) is Mode.APPLY:
-        run(
-            task,
-            f"set -e; [ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
-            f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} patroni=={version}",
-            what=Expectation(
-                f"patroni {version} installed in {VENV}",
-                "check that the Debian python3-* packages installed and the wheels are in "
-                f"{WHEELS}; pip's message above names the missing requirement",
+        return []
+    change = f"patroni {found or 'none'} → {version}"
+    return [Command(install, change, expect, hint, stage=Stage.BEFORE_FILES, name=name)]
+
+
+def venv_name(version: str) -> str:
+    return f"pip install patroni=={version} into {VENV} (from {WHEELS})"
+
+
+def pending_restart(context: Context, actions: Sequence[Action]) -> tuple[str, str]:
+    """A running Patroni is never restarted here (that stops PostgreSQL, on every host at once): a new binary or
+    unit waits for a restart one host at a time, and the step says so."""
+    version = context.settings.config.versions.patroni
+    installed = any(isinstance(a, Command) and a.name == venv_name(version) for a in actions)
+    new_unit = any(isinstance(a, Write) and a.spec.path == UNIT_FILE and a.changes for a in actions)
+    started = any(isinstance(a, Systemctl) and any(verb == "start" for verb, _ in a.verbs) for a in actions)
+    read = not any(isinstance(a, UnitsWanted) for a in actions)
+    if read and (installed or new_unit) and not started:
+        note = "; patroni.service runs the old binary/unit until restarted host by host"
+        return f"patroni {version}{note}", "patroni.service: restart pending (new binary or unit)"
+    return f"patroni {version}", ""
+
+
+def patroni_component(recovery: Recovery | None = None) -> Component:
+    """PostgreSQL and Patroni; with `recovery`, a cluster bootstrapped now starts from the newest backup: the
+    member that wins the bootstrap restores it, the others are cloned from that member."""
+
+    def config(context: Context) -> str:
+        memory = context.host.memory_mb or (int(context.reads["memory"]) if context.reads else UNREAD_MEMORY_MB)
+        variables = patroni_variables(context.settings, context.host, memory, recovery)
+        return JINJA.get_template("patroni/patroni.yml.j2").render(**variables)
+
+    restore = (
+        ()
+        if recovery is None
+        else (
+            File(
+                RESTORE_SCRIPT,
+                template(
+                    "patroni/bootstrap-from-backup.sh.j2",
+                    lambda c: {"stanza": c.settings.config.backup.stanza, "recovery": recovery},
+                ),
+                mode=0o755,
             ),
         )
-    before = found or "none"
-    return Result(host=task.host, result=version, changed=True, diff=f"patroni {before} → {version}")
-
-
-def postgresql_server(task: Task, settings: Settings, extra: Sequence[str] = ()) -> None:
-    """PostgreSQL's server package (and `extra` packages) without the cluster Debian would create and start."""
-    task.run(
-        task=put_files,
-        specs=[FileSpec(NO_MAIN_CLUSTER_FILE, NO_MAIN_CLUSTER)],
-        severity_level=10,
     )
-    pg = f"postgresql-{settings.config.versions.postgresql}"
-    task.run(task=packages, names=[pg, *extra], autostart=False, severity_level=10)
-
-
-def patroni(task: Task, settings: Settings, recovery: Recovery | None = None) -> Result:
-    """Install PostgreSQL and Patroni, write the config and unit, start Patroni; wait for PostgreSQL.
-
-    With `recovery`, a cluster bootstrapped now (no cluster in etcd, empty data directories)
-    starts from the newest backup: the member that wins the bootstrap restores it, the
-    others are cloned from that member.
-    """
-    ahead = read_ahead(
-        task,
-        packages=[f"postgresql-{settings.config.versions.postgresql}", *PYTHON_PACKAGES],
-        files=[NO_MAIN_CLUSTER_FILE, *(spec.path for spec in wheels()), CONFIG, f"{UNIT_DIR}/patroni.service"],
-        units=["patroni.service"],
-        commands={"installed": INSTALLED},
-    )
-    postgresql_server(task, settings, PYTHON_PACKAGES)
-    installed = task.run(task=install_patroni, settings=settings, installed=ahead.get("installed"), severity_level=10)[
-        0
-    ].changed
-    if recovery:
-        script = render(
-            task, "patroni/bootstrap-from-backup.sh.j2", stanza=settings.config.backup.stanza, recovery=recovery
-        )
-        task.run(task=put_files, specs=[FileSpec(RESTORE_SCRIPT, script, mode=0o755)], severity_level=10)
-    config = FileSpec(
-        CONFIG,
-        patroni_config(task, settings, recovery),
-        "postgres",
-        "postgres",
-        0o600,
-        secret=True,
-        check=VALIDATE,
-    )
-    config_changed = task.run(task=put_files, specs=[config], severity_level=10)[0].changed
-    unit_text = render(task, "patroni/patroni.service.j2", scope=scope(settings), venv=VENV)
-    unit_changed = task.run(task=unit_file, unit="patroni.service", content=unit_text, severity_level=10)[0].changed
-    # A config change is reloaded: Patroni applies it and flags parameters that need a
-    # PostgreSQL restart (patroni-config rolls those). Stopping Patroni stops PostgreSQL,
-    # so a running Patroni is never restarted here, on all hosts at once: a new binary
-    # or unit waits for a restart one host at a time, which is reported.
-    result = task.run(
-        task=service,
-        unit="patroni.service",
-        restart=config_changed,
-        reload=True,
-        daemon_reload=unit_changed,
-        severity_level=10,
-    )[0]
-    waiting = mode(task) is not Mode.PLAN and (installed or unit_changed) and "start" not in result.result
-    note = "; patroni.service runs the old binary/unit until restarted host by host" if waiting else ""
-    return Result(
-        host=task.host,
-        result=f"patroni {settings.config.versions.patroni}{note}",
-        diff="patroni.service: restart pending (new binary or unit)" if waiting else "",
+    return Component(
+        "patroni",
+        groups=("patroni",),
+        summary="PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
+        packages=(postgresql_package, *PYTHON_PACKAGES),
+        wheels=(WHEEL_SET,),
+        files=(
+            NO_MAIN_CLUSTER_DECLARED,
+            *restore,
+            File(CONFIG, config, "postgres", "postgres", 0o600, secret=True, check=VALIDATE),
+            File(
+                UNIT_FILE,
+                template("patroni/patroni.service.j2", lambda c: {"scope": scope(c.settings), "venv": VENV}),
+            ),
+        ),
+        # A config change is reloaded: Patroni applies it and flags parameters that need a
+        # PostgreSQL restart (patroni-config rolls those).
+        services=(Service("patroni.service", reload=True, restart_on=(CONFIG,)),),
+        reads={"installed": INSTALLED, "memory": MEMORY},
+        behaviour=venv,
+        notes=pending_restart,
+        check=wait_for_cluster,
     )
 
 
@@ -560,3 +574,6 @@ def wait_for_cluster(task: Task, settings: Settings) -> Result:
         wait_for_member(task, settings)
         state = await_cluster(task, settings, lambda _state: True, "the cluster")
     return Result(host=task.host, result=f"leader {leader_of(state)}, replicas streaming")
+
+
+PATRONI = patroni_component()

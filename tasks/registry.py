@@ -15,6 +15,7 @@ from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
+from tasks.patroni import PATRONI, POSTGRESQL_SERVER
 from tasks.pgbouncer import PGBOUNCER
 from tasks.synapse import SYNAPSE_REDIS
 
@@ -24,6 +25,8 @@ DECLARED = (
     HOSTS_FILE,
     NODE_EXPORTER,
     ETCD,
+    PATRONI,
+    POSTGRESQL_SERVER,
     PGBACKREST,
     BACKUP_REPOSITORY,
     PGBOUNCER,

@@ -21,7 +21,7 @@ from core.settings import Settings
 from tasks.backup import REPO_PATH, pgbackrest
 from tasks.backup_files import ROOT
 from tasks.files import FileSpec, put_files, render
-from tasks.patroni import postgresql_server
+from tasks.patroni import POSTGRESQL_SERVER
 from tasks.remote import Expectation, Mode, mode, run
 from tasks.synapse import SIGNING_KEY, native
 
@@ -95,7 +95,7 @@ def source_signing_key(task: Task, settings: Settings) -> str:
 
 def drill_files(task: Task, settings: Settings) -> Result:
     """PostgreSQL's server binaries (no cluster), the drill's pgBackRest config and script."""
-    postgresql_server(task, settings)
+    POSTGRESQL_SERVER.converge(task, settings)
     version = settings.config.versions.postgresql
     config = render(
         task,

@@ -43,11 +43,17 @@ UNITS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def artifact_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Stand-ins for the vendor binaries the components copy (an archive where the manifest names a member):
-    what is decided depends on their checksums only, and the real ones need not be on this machine."""
+    """Stand-ins for the vendor files the components copy (an archive where the manifest names a member, the
+    wheels of a wheel set): what is decided depends on their checksums only, and the real ones need not be here."""
     cache = tmp_path_factory.mktemp("cache")
     manifest = artifacts.manifest()
     for component in COMPONENTS.values():
+        for wheels in component.wheels:
+            for item in manifest[wheels.artifact].files:
+                built = cache / "built" / f"{artifacts.wheel_prefix(item)}py3-none-any.whl"
+                stand_in = built if item.build_wheel else cache / item.name
+                stand_in.parent.mkdir(exist_ok=True)
+                stand_in.write_text(f"stand-in for {item.name}\n")
         for binary in component.binaries:
             item = manifest[binary.artifact].files[0]
             content = f"stand-in for {item.name}\n".encode()
@@ -91,6 +97,7 @@ def host_facts(component: Component, settings: Settings, host: str, given: dict[
         for spec in (file.spec(context) for file in part.files_on(settings, context.host))
     }
     specs |= {binary.path: binary.spec() for binary in component.binaries}
+    specs |= {spec.path: spec for wheels in component.wheels for spec in wheels.specs()}
     unknown = set(given.get("files", {})) - set(specs)
     assert not unknown, f"facts for files {component.name} does not declare: {sorted(unknown)}"
     return HostFacts(

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
+from core.errors import HostError
+from core.settings import Settings
 from tasks.database import ROLE_SETTINGS, statements
-from tasks.patroni import Memory, cluster_problems, config_patch
+from tasks.facts import HostFacts
+from tasks.patroni import PATRONI, Memory, cluster_problems, config_patch, pending_restart
+from tasks.systemd import ServiceFact
 
 HEALTHY = {
     "members": [
@@ -84,3 +90,24 @@ def test_wrong_collation_is_refused_not_recreated() -> None:
         assert "needs UTF8 with C collation" in str(exc)
     else:
         raise AssertionError("a database with the wrong collation must be refused")
+
+
+def test_patroni_refuses_a_host_of_another_cluster(lab_settings: Settings) -> None:
+    """A host whose patroni.yml names another scope is another site's database: nothing is changed on it."""
+    facts = HostFacts(commands={"installed": "4.1.5\nscope: matrix-elsewhere\n", "memory": "512\n"})
+    context = PATRONI.context(lab_settings, "patroni1", facts)
+    with pytest.raises(HostError, match="already belongs to the Patroni cluster 'matrix-elsewhere'"):
+        PATRONI.decide(context, facts)
+
+
+def test_a_new_patroni_on_a_running_member_is_reported_as_a_pending_restart(lab_settings: Settings) -> None:
+    facts = HostFacts(
+        packages=dict.fromkeys(PATRONI.package_names(lab_settings), True),
+        units={"patroni.service": ServiceFact("loaded", "active", "enabled")},
+        commands={"installed": "4.1.4\nscope: matrix-lab\n", "memory": "512\n"},
+    )
+    context = PATRONI.context(lab_settings, "patroni1", facts)
+    message, notice = pending_restart(context, PATRONI.decide(context, facts))
+    assert message.startswith("patroni 4.1.5; patroni.service runs the old binary")
+    assert notice == "patroni.service: restart pending (new binary or unit)"
+    assert pending_restart(context, PATRONI.decide(context, None)) == ("patroni 4.1.5", "")  # plan: nothing read
