@@ -38,6 +38,8 @@ from tasks.systemd import (
     Wanted,
     add_user,
     converge_units,
+    parse_show_many,
+    show_script,
     unit_actions,
     user_actions,
 )
@@ -311,6 +313,13 @@ class Component:
 
     def decide(self, context: Context, facts: HostFacts | None) -> list[Action]:
         """The actions that take a host with `facts` (None: not read) to this component's wanted state."""
+        before, units, after = self.decide_around_units(context, facts)
+        return [*before, *units, *after]
+
+    def decide_around_units(
+        self, context: Context, facts: HostFacts | None
+    ) -> tuple[list[Action], list[Systemctl | UnitsWanted], list[Action]]:
+        """`decide`'s actions in three: those before the units, the units', those after."""
         names = self.package_names(context.settings)
         installs = install_actions(names, facts and facts.packages, autostart=self.autostart)
         accounts = user_actions(self.users, facts and facts.users)
@@ -319,11 +328,7 @@ class Component:
         files = self.files_on(context.settings, context.host)
         writes = write_actions([file.spec(context) for file in files], facts and facts.files)
         early = {file.where(context.settings) for file in files if file.first}
-        changed = {w.spec.path for w in writes} | {c.spec.path for c in copies}
-        # As declared (a path may name the site), binaries by their target.
-        written = {file.path for file in files if file.where(context.settings) in changed} | {
-            c.spec.path for c in copies
-        }
+        written = self.written(context, [*copies, *writes])
         edits = [
             edit
             for block in self.blocks
@@ -336,8 +341,7 @@ class Component:
         ]
         own = handled + (self.behaviour(context, facts, frozenset(written)) if self.behaviour else [])
         staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}
-        units = self.unit_actions(facts, bool(installs), written, changed)
-        return [
+        before: list[Action] = [
             *(w for w in writes if w.spec.path in early),
             *installs,
             *accounts,
@@ -346,45 +350,36 @@ class Component:
             *(w for w in writes if w.spec.path not in early),
             *edits,
             *staged[Stage.BEFORE_UNITS],
-            *units,
-            *staged[Stage.AFTER_UNITS],
         ]
+        units = self.unit_actions(facts and facts.units, [*copies, *writes], written)
+        return before, units, list(staged[Stage.AFTER_UNITS])
+
+    def written(self, context: Context, actions: Sequence[Action]) -> set[str]:
+        """The files `actions` change, as declared (a path may name the site), binaries by their target."""
+        changed = {a.spec.path for a in actions if isinstance(a, Write | Copy)}
+        ours = {
+            file.path
+            for file in self.files_on(context.settings, context.host)
+            if file.where(context.settings) in changed
+        }
+        return ours | {a.spec.path for a in actions if isinstance(a, Copy)}
 
     def unit_actions(
-        self, facts: HostFacts | None, installing: bool, written: set[str], changed: set[str]
+        self, units: Mapping[str, ServiceFact] | None, changes: Sequence[Write | Copy], written: set[str]
     ) -> list[Systemctl | UnitsWanted]:
-        """The units' actions: restarts from the files each unit depends on, a daemon-reload after a unit file."""
+        """The units' actions, from their state (None: not read): restarts from the files each unit depends on,
+        a daemon-reload after a unit file."""
         if not self.services:
             return []
-        units = None if facts is None else dict(facts.units)
-        # Installing a package may enable its units (Debian does so even when a policy-rc.d
-        # keeps them from starting) and, with `autostart`, start them with the package's
-        # defaults: for those units (not the ones whose files are ours) the state read before
-        # the install is stale. Assume the worst: enable what must run and disable the rest;
-        # after an autostart install, restart (which also starts a stopped unit) and stop.
-        ours = {file.path for file in self.files}
-        stale = (
-            set()
-            if units is None or not installing
-            else {s.unit for s in self.services if f"{UNIT_DIR}/{s.unit}" not in ours}
-        )
-        started = stale if self.autostart else set()
-        if units is not None:
-            for service in self.services:
-                if service.unit in stale:
-                    read = units.get(service.unit, ServiceFact("", "", ""))
-                    active = "active" if service.unit in started else read.active_state
-                    units[service.unit] = ServiceFact("loaded", active, "" if service.running else "enabled")
         waves: dict[int, dict[str, Wanted]] = {}
         for service in sorted(self.services, key=lambda s: s.wave):
             depends = written & set(service.restart_on) if service.restart_on is not None else written
-            restarts = depends - set(service.reload_on)
-            restart = service.unit in started or bool(depends)
-            reload = (service.reload or not restarts) and service.unit not in started  # it may not be running
+            restart = bool(depends)
+            reload = service.reload or not (depends - set(service.reload_on))
             wanted = Wanted(service.running, service.running, restart and service.running, reload)
             waves.setdefault(service.wave, {})[service.unit] = wanted
-        daemon_reload = any(path.startswith(f"{UNIT_DIR}/") for path in changed)
-        return unit_actions(tuple(waves.values()), units, daemon_reload=daemon_reload)
+        daemon_reload = any(change.spec.path.startswith(f"{UNIT_DIR}/") for change in changes)
+        return unit_actions(tuple(waves.values()), None if units is None else dict(units), daemon_reload=daemon_reload)
 
     def converge(self, task: Task, settings: Settings) -> Result:
         """The engine: read the host once, decide, carry the actions out in the run's mode, wait for the ports."""
@@ -408,8 +403,17 @@ class Component:
         if facts is not None:
             keys = {h.name: host_key(task, h.name) for g in self.host_keys_of for h in settings.members(g)}
         context = self.context(settings, host.name, facts, keys)
-        actions = self.decide(context, facts)
-        results = execute(task, actions, facts)
+        before, units, after = self.decide_around_units(context, facts)
+        results = execute(task, before, facts)
+        if self.services and mode(task) is Mode.APPLY and any(isinstance(a, Install) for a in before):
+            # The install may have enabled (Debian does, policy-rc.d or not) or, with `autostart`,
+            # started the packages' units: decide them again from their state now.
+            what = Expectation(f"the state of {', '.join(self.units)}", "check that the host runs systemd")
+            state = parse_show_many(run(task, show_script(self.units), what=what, reads_only=True).stdout)
+            changes = [a for a in before if isinstance(a, Write | Copy)]
+            units = self.unit_actions(state, changes, self.written(context, changes))
+        results += execute(task, [*units, *after], facts)
+        actions = [*before, *units, *after]
         task.results.extend(results)
         started = any(isinstance(action, Systemctl) and action.verbs for action in actions)
         for item in self.ready:
