@@ -170,19 +170,6 @@ def write_script(spec: FileSpec) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Copy:
-    """A file to copy from the controller and how it differs; `changes` is empty when the host was not read."""
-
-    spec: ArtifactSpec
-    changes: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        spec = self.spec
-        how = ", ".join(self.changes) or "not read"
-        return f"copy {spec.source.name} to {spec.path} {spec.owner}:{spec.group} {spec.mode:04o} ({how})"
-
-
 def copy_actions(specs: list[ArtifactSpec], facts: Mapping[str, FileFact] | None) -> list[Copy]:
     """The files of `specs` that differ from `facts` (every one when the host was not read)."""
     return [Copy(spec, changes) for spec, changes in differing(specs, facts)]
@@ -228,10 +215,25 @@ class Write:
     spec: FileSpec
     changes: tuple[str, ...] = ()
 
+    @property
+    def verb(self) -> str:
+        return "write"
+
     def __str__(self) -> str:
         spec = self.spec
         how = ", ".join(self.changes) or "not read"
-        return f"write {spec.path} {spec.owner}:{spec.group} {spec.mode:04o} ({how})"
+        return f"{self.verb} {spec.path} {spec.owner}:{spec.group} {spec.mode:04o} ({how})"
+
+
+@dataclass(frozen=True)
+class Copy(Write):
+    """A file to copy from the controller (a binary, an archive, a wheel) and how it differs."""
+
+    spec: ArtifactSpec  # type: ignore[assignment]  # a file taken as it is, not rendered
+
+    @property
+    def verb(self) -> str:
+        return f"copy {self.spec.source.name} to"
 
 
 def differing(specs: Sequence[Spec], facts: Mapping[str, FileFact] | None) -> list[tuple[Spec, tuple[str, ...]]]:
