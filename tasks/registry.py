@@ -17,7 +17,7 @@ from tasks.minio import MINIO
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, POSTGRESQL_SERVER
 from tasks.pgbouncer import PGBOUNCER
-from tasks.synapse import SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
+from tasks.synapse import SYNAPSE_REDIS
 
 DECLARED = (
     FIREWALL,
@@ -39,8 +39,6 @@ DECLARED = (
     LIVEKIT,
     LIVEKIT_JWT,
     SYNAPSE_REDIS,
-    SYNAPSE,
-    SYNAPSE_STAGE,
     BACKUP_SOURCE,
     BACKUP_FILES,
     MONITORING,
