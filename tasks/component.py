@@ -356,7 +356,7 @@ class Component:
 
     def written(self, context: Context, actions: Sequence[Action]) -> set[str]:
         """The files `actions` change, as declared (a path may name the site), binaries by their target."""
-        changed = {a.spec.path for a in actions if isinstance(a, Write | Copy)}
+        changed = {a.spec.path for a in actions if isinstance(a, Write)}
         ours = {
             file.path
             for file in self.files_on(context.settings, context.host)
@@ -365,7 +365,7 @@ class Component:
         return ours | {a.spec.path for a in actions if isinstance(a, Copy)}
 
     def unit_actions(
-        self, units: Mapping[str, ServiceFact] | None, changes: Sequence[Write | Copy], written: set[str]
+        self, units: Mapping[str, ServiceFact] | None, changes: Sequence[Write], written: set[str]
     ) -> list[Systemctl | UnitsWanted]:
         """The units' actions, from their state (None: not read): restarts from the files each unit depends on,
         a daemon-reload after a unit file."""
@@ -410,7 +410,7 @@ class Component:
             # started the packages' units: decide them again from their state now.
             what = Expectation(f"the state of {', '.join(self.units)}", "check that the host runs systemd")
             state = parse_show_many(run(task, show_script(self.units), what=what, reads_only=True).stdout)
-            changes = [a for a in before if isinstance(a, Write | Copy)]
+            changes = [a for a in before if isinstance(a, Write)]
             units = self.unit_actions(state, changes, self.written(context, changes))
         results += execute(task, [*units, *after], facts)
         actions = [*before, *units, *after]
