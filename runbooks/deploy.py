@@ -31,7 +31,7 @@ from tasks.patroni import PATRONI, patroni_dynamic_config
 from tasks.pgbouncer import PGBOUNCER, login_check
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
 from tasks.preflight import duplicate_hostnames, preflight
-from tasks.synapse import admin_user, native, synapse, synapse_healthy
+from tasks.synapse import SYNAPSE, admin_user, native
 
 RUNBOOK = Runbook(
     "deploy",
@@ -85,15 +85,7 @@ RUNBOOK = Runbook(
         LIVEKIT_REDIS.step(),
         LIVEKIT.step(),
         LIVEKIT_JWT.step(),
-        Step(
-            "synapse",
-            "Synapse (native mode: pinned wheels in a venv, systemd); answers /health",
-            synapse,
-            groups=("synapse",),
-            check=synapse_healthy,
-            artifacts=("synapse",),
-            applies=native,
-        ),
+        SYNAPSE.step(),
         Step(
             "synapse-playbook",
             "Synapse, workers, Element and Ketesa via matrix-docker-ansible-deploy (playbook mode)",

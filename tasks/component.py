@@ -257,9 +257,9 @@ class Component:
     # Whether installing the packages may start their units (Debian's default); without it a
     # policy-rc.d keeps a stock instance (a 15/main cluster, a single-member etcd) from starting.
     autostart: bool = False
-    files: tuple[File, ...] = ()
+    files: tuple[File, ...] | Callable[[Settings], tuple[File, ...]] = ()  # or made from the settings
     blocks: tuple[Block, ...] = ()
-    services: tuple[Service, ...] = ()
+    services: tuple[Service, ...] | Callable[[Settings], tuple[Service, ...]] = ()  # or made from the settings
     handlers: tuple[Handler, ...] = ()
     # Read-only commands (or commands made from the settings) whose output the files or the behaviour need.
     reads: Mapping[str, str | Callable[[Settings], str]] = field(default_factory=dict)
@@ -275,6 +275,9 @@ class Component:
     # What the step says of a host after the actions (its message, and a notice such as a
     # restart left pending), from the context and the actions taken.
     notes: Callable[[Context, Sequence[Action]], tuple[str, str]] | None = None
+    # Units to restart whatever changed of their files, from the facts (a process on an old venv).
+    restarts: Callable[[Context, HostFacts | None, frozenset[str]], frozenset[str]] | None = None
+    applies: Callable[[Settings], bool] | None = None  # whether the settings use it at all (its docstring: why not)
     # Components converged first, in the same step and from the same read-ahead (PgBouncer's
     # local HAProxy route to the primary).
     parts: tuple[Component, ...] = ()
@@ -290,21 +293,30 @@ class Component:
             requires=self.requires,
             needs=tuple(binary.artifact for binary in self.binaries),
             artifacts=tuple(wheels.artifact for wheels in self.wheels),
+            applies=self.applies,
         )
 
     def package_names(self, settings: Settings) -> list[str]:
         return [name if isinstance(name, str) else name(settings) for name in self.packages]
 
     def files_on(self, settings: Settings, host: HostInfo) -> list[File]:
-        return [file for file in self.files if file.wanted_on(settings, host)]
+        declared = self.files if isinstance(self.files, tuple) else self.files(settings)
+        return [file for file in declared if file.wanted_on(settings, host)]
+
+    def services_of(self, settings: Settings) -> tuple[Service, ...]:
+        return self.services if isinstance(self.services, tuple) else self.services(settings)
+
+    def parts_on(self, settings: Settings, host: HostInfo) -> list[Component]:
+        """The parts that have something on `host`, then the component itself."""
+        present = [part for part in self.parts if not part.absent or not part.absent(settings, host)]
+        return [*present, self]
 
     def paths(self, settings: Settings, host: HostInfo) -> list[str]:
         """Where the component's files go on `host` (what the read-ahead reads)."""
         return [file.where(settings) for file in self.files_on(settings, host)]
 
-    @property
-    def units(self) -> list[str]:
-        return [service.unit for service in self.services]
+    def units(self, settings: Settings) -> list[str]:
+        return [service.unit for service in self.services_of(settings)]
 
     def context(
         self, settings: Settings, host_name: str, facts: HostFacts | None, host_keys: Mapping[str, str] | None = None
@@ -351,7 +363,8 @@ class Component:
             *edits,
             *staged[Stage.BEFORE_UNITS],
         ]
-        units = self.unit_actions(facts and facts.units, [*copies, *writes], written)
+        restarts = self.restarts(context, facts, frozenset(written)) if self.restarts else frozenset()
+        units = self.unit_actions(context, facts and facts.units, [*copies, *writes], written, restarts)
         return before, units, list(staged[Stage.AFTER_UNITS])
 
     def written(self, context: Context, actions: Sequence[Action]) -> set[str]:
@@ -365,17 +378,23 @@ class Component:
         return ours | {a.spec.path for a in actions if isinstance(a, Copy)}
 
     def unit_actions(
-        self, units: Mapping[str, ServiceFact] | None, changes: Sequence[Write], written: set[str]
+        self,
+        context: Context,
+        units: Mapping[str, ServiceFact] | None,
+        changes: Sequence[Write],
+        written: set[str],
+        restarts: frozenset[str] = frozenset(),
     ) -> list[Systemctl | UnitsWanted]:
-        """The units' actions, from their state (None: not read): restarts from the files each unit depends on,
-        a daemon-reload after a unit file."""
-        if not self.services:
+        """The units' actions, from their state (None: not read): restarts from the files each unit depends on and
+        for the units `restarts` names, a daemon-reload after a unit file."""
+        services = self.services_of(context.settings)
+        if not services:
             return []
         waves: dict[int, dict[str, Wanted]] = {}
-        for service in sorted(self.services, key=lambda s: s.wave):
+        for service in sorted(services, key=lambda s: s.wave):
             depends = written & set(service.restart_on) if service.restart_on is not None else written
-            restart = bool(depends)
-            reload = service.reload or not (depends - set(service.reload_on))
+            restart = bool(depends) or service.unit in restarts
+            reload = service.reload or (not (depends - set(service.reload_on)) and service.unit not in restarts)
             wanted = Wanted(service.running, service.running, restart and service.running, reload)
             waves.setdefault(service.wave, {})[service.unit] = wanted
         daemon_reload = any(change.spec.path.startswith(f"{UNIT_DIR}/") for change in changes)
@@ -388,7 +407,7 @@ class Component:
         if reason:
             return Result(host=task.host, result=reason)
         facts = host_facts(task, self, settings, host)
-        said = [part.apply(task, settings, host, facts) for part in (*self.parts, self)]
+        said = [part.apply(task, settings, host, facts) for part in self.parts_on(settings, host)]
         message, notice = said[-1][1]
         return Result(
             host=task.host, result=message, diff=notice, changed=any(r.changed for results, _ in said for r in results)
@@ -405,13 +424,16 @@ class Component:
         context = self.context(settings, host.name, facts, keys)
         before, units, after = self.decide_around_units(context, facts)
         results = execute(task, before, facts)
-        if self.services and mode(task) is Mode.APPLY and any(isinstance(a, Install) for a in before):
+        names = self.units(settings)
+        if names and mode(task) is Mode.APPLY and any(isinstance(a, Install) for a in before):
             # The install may have enabled (Debian does, policy-rc.d or not) or, with `autostart`,
             # started the packages' units: decide them again from their state now.
-            what = Expectation(f"the state of {', '.join(self.units)}", "check that the host runs systemd")
-            state = parse_show_many(run(task, show_script(self.units), what=what, reads_only=True).stdout)
+            what = Expectation(f"the state of {', '.join(names)}", "check that the host runs systemd")
+            state = parse_show_many(run(task, show_script(names), what=what, reads_only=True).stdout)
             changes = [a for a in before if isinstance(a, Write)]
-            units = self.unit_actions(state, changes, self.written(context, changes))
+            written = self.written(context, changes)
+            restarts = self.restarts(context, facts, frozenset(written)) if self.restarts else frozenset()
+            units = self.unit_actions(context, state, changes, written, restarts)
         results += execute(task, [*units, *after], facts)
         actions = [*before, *units, *after]
         task.results.extend(results)
@@ -434,13 +456,13 @@ class Component:
         units: list[str] = []
         users: list[str] = []
         commands: dict[str, str] = {}
-        for component in (*self.parts, self):
+        for component in self.parts_on(settings, host):
             packages += component.package_names(settings)
             users += component.users
             files += [binary.path for binary in component.binaries]
             files += [spec.path for wheels in component.wheels for spec in wheels.specs()]
             files += component.paths(settings, host)
-            units += component.units
+            units += component.units(settings)
             commands |= {
                 name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()
             }

@@ -17,7 +17,7 @@ from tasks.minio import MINIO
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, POSTGRESQL_SERVER
 from tasks.pgbouncer import PGBOUNCER
-from tasks.synapse import SYNAPSE_REDIS
+from tasks.synapse import SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
 DECLARED = (
     FIREWALL,
@@ -39,6 +39,8 @@ DECLARED = (
     LIVEKIT,
     LIVEKIT_JWT,
     SYNAPSE_REDIS,
+    SYNAPSE,
+    SYNAPSE_STAGE,
     BACKUP_SOURCE,
     BACKUP_FILES,
     MONITORING,

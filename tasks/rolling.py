@@ -23,10 +23,9 @@ from nornir.core.task import Result, Task
 from core import artifacts
 from core.errors import HostError
 from core.settings import Settings
-from tasks.files import put_files
 from tasks.haproxy import ADMIN, backends
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.synapse import UNIT, health_urls, host_processes, install_synapse, prune_venvs, unit_files
+from tasks.synapse import SYNAPSE_STAGE, UNIT, health_urls, host_processes, prune_venvs
 from tasks.waits import wait_for_urls
 
 DRAIN_SECONDS = 10
@@ -36,12 +35,7 @@ POLL = 0.5
 
 def stage(task: Task, settings: Settings) -> Result:
     """Install the pinned version into its own venv and point the units at it; nothing restarts."""
-    installed = task.run(task=install_synapse, settings=settings, severity_level=10)[0]
-    files = task.run(task=put_files, specs=unit_files(task), severity_level=10)[0]
-    if files.changed and mode(task) is Mode.APPLY:
-        run(task, "systemctl daemon-reload", what=Expectation("unit files reloaded"))
-    diff = "\n".join(d for d in (installed.diff, files.diff) if d)
-    return Result(host=task.host, changed=installed.changed or files.changed, diff=diff)
+    return SYNAPSE_STAGE.converge(task, settings)
 
 
 def edge_servers(settings: Settings, process: str) -> list[str]:
@@ -159,5 +153,5 @@ def rolling_update(task: Task, settings: Settings) -> Result:
     if mode(task) is Mode.CHECK or not stale:
         return Result(host=task.host, changed=bool(stale), diff="\n".join(f"{u}: restart on {version}" for u in stale))
     done = [restart_behind_edge(task, settings, unit, urls[unit]) for unit in stale]
-    prune_venvs(task)
-    return Result(host=task.host, changed=True, diff="\n".join(done))
+    pruned = prune_venvs(task).diff
+    return Result(host=task.host, changed=True, diff="\n".join([*done, *([pruned] if pruned else [])]))

@@ -28,17 +28,16 @@ from nornir.core.task import Result, Task
 
 from core import artifacts
 from core.ports import SYNAPSE_REDIS_EXPORTER_PORT
-from core.settings import Settings
+from core.settings import HostInfo, Settings
 from core.sizing import workers_for
 from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan
-from tasks import redis
+from tasks.component import Command, Component, Context, File, Handler, Service, Stage, Wheels, template
 from tasks.coturn import turn_uris
-from tasks.facts import read_ahead
-from tasks.files import ArtifactSpec, FileSpec, put_artifacts, put_files, render
-from tasks.packages import packages, venv_version_script
+from tasks.facts import HostFacts
+from tasks.packages import venv_version_script
 from tasks.redis import RedisInstance, redis_component
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.systemd import UNIT_DIR, Wanted, service_user, services
+from tasks.systemd import UNIT_DIR
 from tasks.waits import wait_for_urls
 
 VENVS = "/opt/synapse/venvs"
@@ -56,8 +55,16 @@ USER = "synapse"
 REDIS = RedisInstance(
     "synapse", "Synapse's worker replication streams", "synapse_redis_password", REDIS_PORT, SYNAPSE_REDIS_EXPORTER_PORT
 )
+
+
+def no_workers(settings: Settings, _host: HostInfo) -> str:
+    return "" if workers(settings) else "Synapse runs no workers: no replication Redis"
+
+
 # Converged inside Synapse's step, and only when there are workers to replicate between.
-SYNAPSE_REDIS = redis_component(REDIS, "Redis for Synapse's worker replication, on loopback", ("synapse",))
+SYNAPSE_REDIS = redis_component(
+    REDIS, "Redis for Synapse's worker replication, on loopback", ("synapse",), absent=no_workers
+)
 
 
 def venv(version: str) -> str:
@@ -137,12 +144,11 @@ def room_list_publication_rules(settings: Settings) -> list[dict[str, str]]:
     return [] if user is None else [{"user_id": user, "alias": "*", "room_id": "*", "action": "allow"}]
 
 
-def wheels() -> list[ArtifactSpec]:
-    """The pinned Synapse wheel set, and where each wheel goes on the host."""
-    return [
-        ArtifactSpec(f"{WHEELS}/{p.name}", p, mode=0o644)
-        for p in artifacts.deliverables(artifacts.manifest()["synapse"])
-    ]
+WHEEL_SET = Wheels("synapse", WHEELS)
+MAIN_UNIT_FILE = f"{UNIT_DIR}/{UNIT}"
+WORKER_UNIT_FILE = f"{UNIT_DIR}/{WORKER_UNIT}"
+SHARED = (CONFIG, LOG_CONFIG, SIGNING_KEY)  # a change restarts every process
+VENVS_LISTING = f"ls -1t {VENVS} 2>/dev/null; true"  # newest first
 
 
 def version_probe() -> str:
@@ -150,134 +156,154 @@ def version_probe() -> str:
     return venv_version_script(pinned_venv(), "matrix_synapse")
 
 
-def install_synapse(task: Task, settings: Settings, version: str | None = None) -> Result:
-    """Push the wheel set; install the pinned version into its own venv unless it is there already.
-
-    `version` is what `version_probe` printed, when the step read it ahead.
-    """
-    artifact = artifacts.manifest()["synapse"]
-    target = venv(artifact.version)
-    pushed = task.run(task=put_artifacts, specs=wheels(), severity_level=10)[0]
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} in {target}")
-    if version is None or pushed.changed:
-        version = run(task, version_probe(), reads_only=True).stdout
-    installed = version.strip()
-    if installed == artifact.version and not pushed.changed:
-        return Result(host=task.host, result=installed)
-    if mode(task) is Mode.APPLY:
-        run(
-            task,
-            f"set -e; install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; "
-            f"[ -x {target}/bin/pip ] || python3 -m venv --system-site-packages {target}; "
-            f"{target}/bin/pip install --quiet --no-index --find-links {WHEELS} "
-            f"{shlex.quote(f'matrix-synapse[redis]=={artifact.version}')}",
-            timeout=900,
-            what=Expectation(
-                f"matrix-synapse {artifact.version} installed in {target}",
-                f"pip's message above names the missing wheel; check {WHEELS} and python3-venv on the host",
-            ),
-        )
-    return Result(host=task.host, changed=True, diff=f"synapse {artifact.version} installed in {target}")
-
-
-def unit_files(task: Task) -> list[FileSpec]:
-    """The main process's unit and the workers' template unit, both running the pinned version's venv."""
-    context = {"venv": pinned_venv(), "config": CONFIG, "data": DATA, "user": USER, "workers_dir": WORKERS_DIR}
+def venv_install(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
+    """Install the pinned version into its own venv, unless it is there already and no wheel changed."""
+    version = artifacts.manifest()["synapse"].version
+    target = venv(version)
+    changed_wheels = any(path.startswith(f"{WHEELS}/") for path in written)
+    if facts is not None and facts.commands["version"].strip() == version and not changed_wheels:
+        return []
+    install = (
+        f"set -e; install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; "
+        f"[ -x {target}/bin/pip ] || python3 -m venv --system-site-packages {target}; "
+        f"{target}/bin/pip install --quiet --no-index --find-links {WHEELS} "
+        f"{shlex.quote(f'matrix-synapse[redis]=={version}')}"
+    )
     return [
-        FileSpec(f"{UNIT_DIR}/{UNIT}", render(task, "synapse/synapse.service.j2", **context)),
-        FileSpec(f"{UNIT_DIR}/{WORKER_UNIT}", render(task, "synapse/synapse-worker@.service.j2", **context)),
+        Command(
+            install,
+            f"synapse {version} in {target}" if facts is None else f"synapse {version} installed in {target}",
+            f"matrix-synapse {version} installed in {target}",
+            f"pip's message above names the missing wheel; check {WHEELS} and python3-venv on the host",
+            timeout=900,
+            stage=Stage.BEFORE_FILES,
+            name=f"pip install matrix-synapse[redis]=={version} into {target} (from {WHEELS})",
+        )
     ]
 
 
-def prune_venvs(task: Task) -> None:
-    """Remove the venvs of old versions, keeping the pinned one and the newest other (to roll back to)."""
-    if mode(task) is Mode.APPLY:
-        keep = shlex.quote(artifacts.manifest()["synapse"].version)
-        run(
-            task,
-            f"cd {VENVS} && ls -1t | grep -vxF -- {keep} | tail -n +2 | xargs -r rm -rf --",
-            what=Expectation(f"old venvs removed from {VENVS}"),
-        )
+def unit_variables(_context: Context) -> dict[str, object]:
+    """Both units run the pinned version's venv."""
+    return {"venv": pinned_venv(), "config": CONFIG, "data": DATA, "user": USER, "workers_dir": WORKERS_DIR}
 
 
-def synapse(task: Task, settings: Settings) -> Result:
-    """Native Synapse: packages, venv, Redis, configs, units; restart only the processes whose inputs changed."""
-    host = settings.hosts[task.host.name]
-    processes = workers(settings)
-    names = ["python3-venv", "python3-psycopg2"]
-    ahead = read_ahead(
-        task,
-        packages=[*names, *(redis.PACKAGES if processes else [])],
-        files=[
-            *(spec.path for spec in wheels()),
-            *(SYNAPSE_REDIS.paths(settings, host) if processes else []),
-            CONFIG,
-            LOG_CONFIG,
-            SIGNING_KEY,
-            f"{UNIT_DIR}/{UNIT}",
-            f"{UNIT_DIR}/{WORKER_UNIT}",
-            *(f"{WORKERS_DIR}/{w.name}.yaml" for w in processes),
-        ],
-        units=[*(SYNAPSE_REDIS.units if processes else []), UNIT, *(worker_unit(w.name) for w in processes)],
-        users=[USER],
-        commands={"version": version_probe(), "processes": PROCESSES},
+UNIT_FILES = (
+    File(MAIN_UNIT_FILE, template("synapse/synapse.service.j2", unit_variables)),
+    File(WORKER_UNIT_FILE, template("synapse/synapse-worker@.service.j2", unit_variables)),
+)
+
+
+def worker_config(worker: Worker) -> File:
+    def variables(context: Context) -> dict[str, object]:
+        return {"worker": worker, "ip": context.host.private_ip, "loopback": LOOPBACK, "log_config": LOG_CONFIG}
+
+    return File(
+        f"{WORKERS_DIR}/{worker.name}.yaml", template("synapse/worker.yaml.j2", variables), group=USER, mode=0o640
     )
-    task.run(task=packages, names=names, severity_level=10)
-    service_user(task, USER)
-    installed = task.run(task=install_synapse, settings=settings, version=ahead.get("version"), severity_level=10)[
-        0
-    ].changed
-    if processes:
-        SYNAPSE_REDIS.converge(task, settings)
-    shared = [
-        FileSpec(
+
+
+def synapse_files(settings: Settings) -> tuple[File, ...]:
+    """The shared config, log config and signing key, both units, one config per worker."""
+    return (
+        File(
             CONFIG,
-            render(task, "synapse/homeserver.yaml.j2", **homeserver_config(settings, host.private_ip)),
+            template("synapse/homeserver.yaml.j2", lambda c: homeserver_config(c.settings, c.host.private_ip)),
             group=USER,
             mode=0o640,
         ),
-        FileSpec(LOG_CONFIG, render(task, "synapse/log.yaml.j2")),
-        FileSpec(SIGNING_KEY, settings.secrets["synapse_signing_key"] + "\n", USER, USER, 0o640, secret=True),
-    ]
-    units = unit_files(task)
-    per_worker = {
-        w.name: FileSpec(
-            f"{WORKERS_DIR}/{w.name}.yaml",
-            render(
-                task, "synapse/worker.yaml.j2", worker=w, ip=host.private_ip, loopback=LOOPBACK, log_config=LOG_CONFIG
-            ),
-            group=USER,
-            mode=0o640,
-        )
-        for w in processes
-    }
-    files = task.run(task=put_files, specs=[*shared, *units, *per_worker.values()], severity_level=10)[0]
-    written = set(files.result or [])
-    all_restart = installed or any(spec.path in written for spec in shared)
-    main_unit_changed = units[0].path in written
-    worker_unit_changed = units[1].path in written
-    running = host_processes(task, ahead.get("processes") if not installed else None)
-    stale = running.stale()  # left on an older version by an interrupted `maintenance.py update`
-    main = {UNIT: Wanted(restart=all_restart or main_unit_changed or UNIT in stale)}
-    peers = {
-        worker_unit(name): Wanted(
-            restart=all_restart or worker_unit_changed or spec.path in written or worker_unit(name) in stale
-        )
-        for name, spec in per_worker.items()
-    }
-    retired = sorted(running.configs - set(per_worker))
-    peers |= {worker_unit(name): Wanted(running=False, enabled=False) for name in retired}
-    # The main process first (its first start creates the schema), then every worker at once.
-    started = services(task, main, peers, daemon_reload=main_unit_changed or worker_unit_changed)
-    if retired and mode(task) is Mode.APPLY:
+        File(LOG_CONFIG, template("synapse/log.yaml.j2", lambda _: {})),
+        File(SIGNING_KEY, lambda c: c.settings.secrets["synapse_signing_key"] + "\n", USER, USER, 0o640, secret=True),
+        *UNIT_FILES,
+        *(worker_config(w) for w in workers(settings)),
+    )
+
+
+def synapse_services(settings: Settings) -> tuple[Service, ...]:
+    """The main process first (its first start creates the schema), then every worker at once; each restarts
+    for the shared files and its own, never for another worker's."""
+    return (
+        Service(UNIT, restart_on=(*SHARED, MAIN_UNIT_FILE)),
+        *(
+            Service(worker_unit(w.name), restart_on=(*SHARED, WORKER_UNIT_FILE, worker_config(w).path), wave=1)
+            for w in workers(settings)
+        ),
+    )
+
+
+def process_restarts(context: Context, facts: HostFacts | None, written: frozenset[str]) -> frozenset[str]:
+    """Every process after a new venv; otherwise those still running an older one (an interrupted update)."""
+    if facts is None:
+        return frozenset()
+    if venv_install(context, facts, written):
+        return frozenset(service.unit for service in synapse_services(context.settings))
+    return frozenset(parse_processes(facts.commands["processes"]).stale())
+
+
+def old_venvs(listing: str, version: str) -> list[str]:
+    """The venvs to remove from `ls -1t`'s listing: all but the pinned version's and the newest other."""
+    return [name for name in listing.split() if name != version][1:]
+
+
+def retire_and_prune(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
+    """After the units: workers the settings no longer name are stopped, disabled and their configs removed; once
+    every process runs the pinned venv, old venvs go (the newest other kept, to roll back to)."""
+    if facts is None:
+        return []
+    running = parse_processes(facts.commands["processes"])
+    retired = sorted(running.configs - {w.name for w in workers(context.settings)})
+    commands = []
+    if retired:
+        units = " ".join(shlex.quote(worker_unit(name)) for name in retired)
         paths = " ".join(shlex.quote(f"{WORKERS_DIR}/{name}.yaml") for name in retired)
-        run(task, f"rm -f -- {paths}", what=Expectation(f"configs of retired workers {', '.join(retired)} removed"))
-    if main_unit_changed or stale:  # every process now runs the pinned venv
-        prune_venvs(task)
-    changed = files.changed or installed or started.changed or bool(retired)
-    diff = "\n".join(d for d in (files.diff, started.diff) if d)
-    return Result(host=task.host, changed=changed, diff=diff)
+        commands.append(
+            Command(
+                f"systemctl disable --now -- {units} && rm -f -- {paths}",
+                f"retired workers {', '.join(retired)}: stopped, disabled, configs removed",
+                f"workers {', '.join(retired)} retired",
+                "look at 'journalctl -u <unit> -n 50' on the host for why the unit did not stop",
+            )
+        )
+    victims = old_venvs(facts.commands["venvs"], artifacts.manifest()["synapse"].version)
+    if victims and (MAIN_UNIT_FILE in written or running.stale()):
+        paths = " ".join(shlex.quote(f"{VENVS}/{name}") for name in victims)
+        commands.append(Command(f"rm -rf -- {paths}", f"old venvs removed: {', '.join(victims)}", "old venvs removed"))
+    return commands
+
+
+def synapse_behaviour(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
+    return [*venv_install(context, facts, written), *retire_and_prune(context, facts, written)]
+
+
+# Staging a new version for `maintenance.py update`: the venv and the units pointing at it,
+# nothing restarted (tasks/rolling.py then restarts one process at a time).
+SYNAPSE_STAGE = Component(
+    "synapse-stage",
+    groups=("synapse",),
+    summary="the pinned Synapse installed in its own venv, the units pointing at it; nothing restarts",
+    users=(USER,),
+    wheels=(WHEEL_SET,),
+    files=UNIT_FILES,
+    handlers=(
+        Handler("systemctl daemon-reload", after=(MAIN_UNIT_FILE, WORKER_UNIT_FILE), expect="unit files reloaded"),
+    ),
+    reads={"version": lambda _: version_probe()},
+    behaviour=venv_install,
+)
+
+
+def prune_venvs(task: Task) -> Result:
+    """Remove the venvs of old versions, keeping the pinned one and the newest other (to roll back to)."""
+    listing = run(task, VENVS_LISTING, what=Expectation(f"the venvs in {VENVS}"), reads_only=True).stdout
+    victims = old_venvs(listing, artifacts.manifest()["synapse"].version)
+    if victims and mode(task) is Mode.APPLY:
+        run(
+            task,
+            f"rm -rf -- {' '.join(shlex.quote(f'{VENVS}/{n}') for n in victims)}",
+            what=Expectation("old venvs removed"),
+        )
+    return Result(
+        host=task.host, changed=bool(victims), diff=f"old venvs removed: {', '.join(victims)}" if victims else ""
+    )
 
 
 @dataclass(frozen=True)
@@ -384,3 +410,22 @@ def admin_user(task: Task, settings: Settings) -> Result:
     )
     created = out.stdout.strip() == "created"
     return Result(host=task.host, changed=created, diff=f"@{user}:{settings.config.domain} created" if created else "")
+
+
+SYNAPSE = Component(
+    "synapse",
+    groups=("synapse",),
+    summary="Synapse (native mode: pinned wheels in a venv, systemd); answers /health",
+    packages=("python3-venv", "python3-psycopg2"),
+    autostart=True,
+    users=(USER,),
+    wheels=(WHEEL_SET,),
+    files=synapse_files,
+    services=synapse_services,
+    reads={"version": lambda _: version_probe(), "processes": PROCESSES, "venvs": VENVS_LISTING},
+    behaviour=synapse_behaviour,
+    restarts=process_restarts,
+    parts=(SYNAPSE_REDIS,),
+    check=synapse_healthy,
+    applies=native,
+)

@@ -7,7 +7,8 @@ command), those of the component's parts first. File facts are given relative to
 component renders for that host, so fixtures do not depend on generated secrets or
 certificates:
 "wanted" (content, owner and mode as rendered), "missing", "other content", or an object
-overriding fields of "wanted" (e.g. {"mode": "0600"}). Units: "running", "stopped",
+overriding fields of "wanted" (e.g. {"mode": "0600"}); "other files" gives the state of
+every declared file the fixture does not name (a wheel set). Units: "running", "stopped",
 "disabled" (stopped, not enabled) or "absent".
 """
 
@@ -102,7 +103,11 @@ def host_facts(component: Component, settings: Settings, host: str, given: dict[
     assert not unknown, f"facts for files {component.name} does not declare: {sorted(unknown)}"
     return HostFacts(
         packages=given.get("packages", {}),
-        files={path: file_fact(specs[path], fact) for path, fact in given.get("files", {}).items()},
+        files={
+            path: file_fact(spec, given.get("files", {}).get(path, given.get("other files", "missing")))
+            for path, spec in specs.items()
+            if path in given.get("files", {}) or "other files" in given
+        },
         units={unit: UNITS[state] for unit, state in given.get("units", {}).items()},
         users=given.get("users", {}),
         commands=given.get("commands", {}),
@@ -116,7 +121,7 @@ def test_component_decides(case: Path, settings: Settings) -> None:
     given = fixture["facts"]
     facts = None if given is None else host_facts(component, settings, fixture["host"], given)
     context = component.context(settings, fixture["host"], facts)
-    actions = [action for part in (*component.parts, component) for action in part.decide(context, facts)]
+    actions = [action for part in component.parts_on(settings, context.host) for action in part.decide(context, facts)]
     assert [str(action) for action in actions] == fixture["actions"], fixture.get("why", "")
 
 
