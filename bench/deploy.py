@@ -26,6 +26,7 @@ from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.lab import Lab, lab_hosts
 from runbooks.shell import REPO
+from tasks.registry import CATALOG
 
 
 def run_deploy(report: Path) -> dict:
@@ -61,7 +62,7 @@ def run_deploy(report: Path) -> dict:
 def main() -> int:
     # No options; parsed all the same, so that --help or a typo does not rebuild the lab.
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)
     lab = Lab(lab_hosts(settings))
     lab.down()
     lab.up()

@@ -53,6 +53,7 @@ from lab.lab import STATE, Lab, LabHost, lab_hosts
 from runbooks.shell import REPO, inventory_nornir, make_nornir
 from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
+from tasks.registry import CATALOG
 from tasks.remote import Mode, run
 
 FIRST = IPv4Address("198.18.4.1")
@@ -137,7 +138,7 @@ def timed_runs(nr: Nornir, revision: int) -> dict:
 
 def on_lab_hosts(sizes: list[int], revision: int) -> dict[str, object]:
     """Each size on its own set of fresh lightweight lab hosts (the main lab is taken down first)."""
-    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)
     Lab(lab_hosts(settings)).down()
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -169,7 +170,7 @@ def on_servers(settings: Settings, sizes: list[int], revision: int) -> dict[str,
 def servers(config: Path, inventory_dir: Path, sizes: list[int]) -> Settings:
     """The operator's validated settings, with at least as many servers as the largest size; else exit 2."""
     try:
-        settings, _ = load_settings(config, inventory_dir, allow_placeholders=False)
+        settings, _ = load_settings(config, inventory_dir, catalog=CATALOG, allow_placeholders=False)
     except InputError as exc:
         problem = str(exc)
     else:

@@ -20,6 +20,7 @@ from bench.figures import publish
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, machines
 from lab.lab import STATE, Lab, lab_hosts
+from tasks.registry import CATALOG
 
 
 def pss_kib(pid: int) -> int:
@@ -61,7 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cold", action="store_true", help="delete the cached base first")
     args = parser.parse_args()
-    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)
     lab = Lab(lab_hosts(settings))
     figures: dict[str, object] = {"hosts": len(lab.hosts)}
     lab.down()

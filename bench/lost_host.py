@@ -28,6 +28,7 @@ from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.faults import Link, cut_when_step_starts, run_runbook
 from lab.lab import Lab, lab_hosts
+from tasks.registry import CATALOG
 
 
 def stop_everywhere(lab: Lab, unit: str) -> None:
@@ -54,7 +55,7 @@ def main() -> int:
     parser.add_argument("--step", default="node-exporter", help="the step it is cut in (default node-exporter)")
     parser.add_argument("--rounds", type=int, default=2, choices=range(1, 11), metavar="1-10")
     args = parser.parse_args()
-    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)
     lab = Lab(lab_hosts(settings))
     if args.host not in settings.hosts:
         parser.error(f"--host {args.host}: not in {LAB_INVENTORY / 'hosts.yaml'}")

@@ -15,23 +15,6 @@ from core.config import Address, Network, Port
 
 HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")]
 
-# Inventory groups the platform knows, with the fewest hosts each must have for HA
-# (SPEC "Topology"); `None` as maximum means no upper bound.
-GROUP_SIZES: dict[str, tuple[int, int | None]] = {
-    "patroni": (3, None),
-    "pgbouncer": (2, None),
-    "minio": (4, None),
-    "haproxy": (2, None),
-    "coturn": (2, None),
-    "livekit": (2, None),
-    "synapse": (1, 1),
-    "monitoring": (1, 1),
-    "backup": (1, 1),
-}
-
-# Groups that a feature switch in config.yaml can turn off (then they may be empty).
-OPTIONAL_GROUPS = {"minio": "minio.enabled", "livekit": "livekit.enabled"}
-
 
 class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,7 +52,7 @@ class Host(Entry):
     port: Port | None = Field(None, description="SSH port, e.g. 22")
     username: str | None = Field(None, description="SSH user with passwordless sudo, e.g. root or deploy")
     platform: str | None = None
-    groups: list[str] = Field(min_length=1, description=f"one or more of {', '.join(GROUP_SIZES)}")
+    groups: list[str] = Field(min_length=1, description="one or more of the platform's groups (groups.yaml)")
     data: HostData = HostData()
     connection_options: dict[str, ConnectionOptions] = {}
 

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core import validate
+from core.catalog import Catalog
 from core.config import Config
 from core.errors import InputError, InputProblem
 from core.inventory import Defaults, Group, Host
@@ -51,6 +52,7 @@ class Settings:
     sizing: Sizing
     placeholders: tuple[Placeholder, ...]
     secrets: Secrets
+    catalog: Catalog  # what the components declare (tasks/registry.py): groups, ports, scrape jobs
 
     @property
     def site(self) -> str:
@@ -88,15 +90,21 @@ class Parsed:
 
 
 def load_settings(
-    config_path: Path, inventory_dir: Path, *, allow_placeholders: bool, secrets_file: Path | None = None
+    config_path: Path,
+    inventory_dir: Path,
+    *,
+    catalog: Catalog,
+    allow_placeholders: bool,
+    secrets_file: Path | None = None,
 ) -> tuple[Settings, list[str]]:
-    """Validate everything, then load or create the secrets; returns (settings, warnings).
+    """Validate everything against the components' `catalog`, then load or create the secrets; returns
+    (settings, warnings).
 
     The secrets file: `secrets_file` (--secrets), else the config's `secrets_file`, else
     `.secrets/<site>.yaml` beside the config file.
     """
     parsed = _parse(config_path, inventory_dir)
-    problems = validate.check(parsed)
+    problems = validate.check(parsed, catalog)
     placeholders = tuple(p for doc in parsed.docs.values() for p in doc.placeholders)
     warnings = []
     if allow_placeholders:
@@ -132,6 +140,7 @@ def load_settings(
         secrets=load_or_create(
             secrets_file or config_path.parent / (config.secrets_file or f".secrets/{parsed.defaults.data.site}.yaml")
         ),
+        catalog=catalog,
     )
     return settings, warnings
 

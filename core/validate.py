@@ -9,9 +9,9 @@ from collections import defaultdict
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
+from core.catalog import Catalog
 from core.errors import InputProblem
-from core.inventory import GROUP_SIZES, OPTIONAL_GROUPS
-from core.ports import clashes, host_ports
+from core.ports import clashes
 from core.sizing import SCALE_CCU, for_config
 
 if TYPE_CHECKING:
@@ -19,23 +19,29 @@ if TYPE_CHECKING:
     from core.yamlsource import YamlDoc
 
 
-def check(parsed: Parsed) -> list[InputProblem]:
-    problems: list[InputProblem] = []
-    for rule in (_group_names, _group_sizes, _addresses, _ports, _admin_path, _port_ranges, _connections):
-        problems.extend(rule(parsed))
-    return problems
+def check(parsed: Parsed, catalog: Catalog) -> list[InputProblem]:
+    """Every problem the checks find; `catalog` holds the groups and ports the components declare."""
+    return [
+        *_group_names(parsed, catalog),
+        *_group_sizes(parsed, catalog),
+        *_addresses(parsed),
+        *_ports(parsed, catalog),
+        *_admin_path(parsed),
+        *_port_ranges(parsed),
+        *_connections(parsed),
+    ]
 
 
-def _group_names(parsed: Parsed) -> list[InputProblem]:
-    known = ", ".join(GROUP_SIZES)
+def _group_names(parsed: Parsed, catalog: Catalog) -> list[InputProblem]:
+    known = ", ".join(catalog.groups)
     problems = [
         parsed.docs["groups.yaml"].problem((name,), f"unknown group '{name}'", f"use the platform's groups: {known}")
         for name in parsed.groups
-        if name not in GROUP_SIZES
+        if name not in catalog.groups
     ]
     for name, host in parsed.hosts.items():
         for index, group in enumerate(host.groups):
-            if group not in GROUP_SIZES:
+            if group not in catalog.groups:
                 problems.append(
                     parsed.host_problem(name, ("groups", index), f"unknown group '{group}'", f"use one of: {known}")
                 )
@@ -51,56 +57,46 @@ def _group_names(parsed: Parsed) -> list[InputProblem]:
     return problems
 
 
-def _enabled(parsed: Parsed, group: str) -> bool:
-    switch = OPTIONAL_GROUPS.get(group)
-    if switch is None:
-        return True
-    section, key = switch.split(".")
-    return bool(getattr(getattr(parsed.config, section), key))
-
-
-def _group_sizes(parsed: Parsed) -> list[InputProblem]:
+def _group_sizes(parsed: Parsed, catalog: Catalog) -> list[InputProblem]:
     members: dict[str, list[str]] = defaultdict(list)
     for name, host in parsed.hosts.items():
         for group in host.groups:
             members[group].append(name)
     hosts_doc = parsed.docs["hosts.yaml"]
     problems = []
-    for group, (low, high) in GROUP_SIZES.items():
+    for group, rule in catalog.groups.items():
         count = len(members[group])
-        if not _enabled(parsed, group):
+        if not rule.enabled(parsed.config):
             continue
         where = f"({', '.join(members[group]) or 'none'})"
-        if count < low:
-            switch = OPTIONAL_GROUPS.get(group)
-            off = f", or set {switch}: false in config.yaml" if switch else ""
+        if count < rule.fewest:
+            off = f", or set {rule.switch}: false in config.yaml" if rule.switch else ""
             problems.append(
                 InputProblem(
                     hosts_doc.label,
                     f"group {group}",
-                    f"has {count} host(s) {where}; at least {low} are needed for high availability",
+                    f"has {count} host(s) {where}; at least {rule.fewest} are needed for high availability",
                     f"add hosts with '{group}' in their groups{off}",
                 )
             )
-        elif high is not None and count > high:
+        elif rule.most is not None and count > rule.most:
             problems.append(
                 InputProblem(
                     hosts_doc.label,
                     f"group {group}",
-                    f"has {count} hosts {where}; the platform supports {high}",
-                    f"keep '{group}' on {high} host(s)",
+                    f"has {count} hosts {where}; the platform supports {rule.most}",
+                    f"keep '{group}' on {rule.most} host(s)",
                 )
             )
-    etcd = len(members["patroni"])
-    if etcd >= 3 and etcd % 2 == 0:
-        problems.append(
-            InputProblem(
-                hosts_doc.label,
-                "group patroni",
-                f"has {etcd} hosts, and each runs an etcd member: an even count adds no fault tolerance",
-                "use an odd number of patroni hosts (3 or 5)",
+        elif rule.odd and count % 2 == 0:
+            problems.append(
+                InputProblem(
+                    hosts_doc.label,
+                    f"group {group}",
+                    f"has {count} hosts, and {rule.odd}: an even count adds no fault tolerance",
+                    f"use an odd number of {group} hosts (3 or 5)",
+                )
             )
-        )
     return problems
 
 
@@ -158,11 +154,11 @@ def _addresses(parsed: Parsed) -> list[InputProblem]:
     return problems
 
 
-def _ports(parsed: Parsed) -> list[InputProblem]:
+def _ports(parsed: Parsed, catalog: Catalog) -> list[InputProblem]:
     problems = []
     defaults_port = parsed.defaults.port
     for name, host in parsed.hosts.items():
-        uses = host_ports(parsed.config, [g for g in host.groups if g in GROUP_SIZES], host.port or defaults_port)
+        uses = catalog.host_ports(parsed.config, host.groups, host.port or defaults_port)
         for first, second in clashes(uses):
             problems.append(
                 parsed.host_problem(

@@ -24,10 +24,11 @@ from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.lab import Lab, lab_hosts
 from lab.shell import LabError
+from tasks.registry import CATALOG
 
 
 def load_lab(config: Path, inventory: Path) -> Lab:
-    settings, _ = load_settings(config, inventory, allow_placeholders=True)
+    settings, _ = load_settings(config, inventory, catalog=CATALOG, allow_placeholders=True)
     return Lab(lab_hosts(settings))
 
 

@@ -52,6 +52,7 @@ from runbooks.display import (
     summary_table,
 )
 from tasks import site_identity
+from tasks.registry import CATALOG
 
 REPO = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
@@ -213,6 +214,7 @@ class Runbook:
             settings, warnings = load_settings(
                 options.config,
                 options.inventory,
+                catalog=CATALOG,
                 allow_placeholders=options.mode is Mode.PLAN or options.lab,
                 secrets_file=args.secrets.resolve() if args.secrets else None,
             )

@@ -24,6 +24,7 @@ from core.errors import InputError
 from core.settings import load_settings
 from core.sizing import explain, for_config
 from lab import LAB_CONFIG, LAB_INVENTORY
+from tasks.registry import CATALOG
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     inventory = args.inventory or (LAB_INVENTORY if args.lab else REPO / "inventory")
     console = Console(highlight=False, soft_wrap=True)
     try:
-        settings, _ = load_settings(config_path.resolve(), inventory.resolve(), allow_placeholders=True)
+        settings, _ = load_settings(
+            config_path.resolve(), inventory.resolve(), catalog=CATALOG, allow_placeholders=True
+        )
     except InputError as exc:
         console.print("[bold red]sizing: cannot read the settings:[/bold red]")
         for problem in exc.problems:

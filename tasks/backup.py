@@ -20,9 +20,10 @@ from typing import Any
 
 from nornir.core.task import AggregatedResult, Result, Task
 
+from core.catalog import GroupRule
 from core.errors import HostError
 from core.pki import ServerCertificate
-from core.ports import PGBACKREST_PORT
+from core.ports import tcp
 from core.settings import HostInfo, Settings
 from tasks.backup_files import PULL_UNIT
 from tasks.component import Command, Component, Context, File, Service, template
@@ -36,6 +37,7 @@ CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 TLS_DIR = "/etc/pgbackrest/tls"
 REPO_PATH = "/var/lib/pgbackrest"
 SERVER_UNIT = "pgbackrest.service"  # Debian's: `pgbackrest server` as postgres
+PGBACKREST_PORT = 8432  # its TLS server, between the database hosts and the repository
 BACKUP_SCRIPT = "/usr/local/sbin/matrix-backup-database"
 KINDS = ("full", "diff")
 PGBACKREST_HINT = "read pgBackRest's message above; its log is in /var/log/pgbackrest"
@@ -98,6 +100,7 @@ def pgbackrest_component(
             Service(SERVER_UNIT, restart_on=tuple(file.path for file in server)),
             *(Service(timer, restart_on=()) for timer in timers),
         ),
+        ports=(tcp("pgbackrest-server", PGBACKREST_PORT, ("pgbackrest",)),),
         **declared,
     )
 
@@ -265,6 +268,7 @@ BACKUP_REPOSITORY = pgbackrest_component(
     reads={"info": info_command},
     behaviour=stanza,
     check=backup_check,
+    inventory=(GroupRule("backup", fewest=1, most=1, reboot_rank=1),),
 )
 
 

@@ -20,10 +20,14 @@ from typing import cast
 from nornir.core.task import Result, Task
 
 from core import artifacts
+from core.catalog import GroupRule
+from core.config import Config
 from core.connection import CONNECTION
 from core.errors import HostError, InputProblem
+from core.ports import PortUse
 from core.settings import HostInfo, Settings
 from core.step import Step
+from core.targets import Job
 from tasks.blocks import EditBlock, block_actions, edit_block, parse, read_script
 from tasks.facts import HostFacts, Reading, known_facts, read_facts
 from tasks.files import JINJA, ArtifactSpec, Copy, FileSpec, Write, copy_actions, copy_files, write_actions, write_files
@@ -281,6 +285,12 @@ class Component:
     # Components converged first, in the same step and from the same read-ahead (PgBouncer's
     # local HAProxy route to the primary).
     parts: tuple[Component, ...] = ()
+    # The inventory groups this component owns: their size rules and reboot rank (tasks/registry.py).
+    inventory: tuple[GroupRule, ...] = ()
+    # What it listens on, on every host of its groups (or made from the settings that move the ports).
+    ports: tuple[PortUse, ...] | Callable[[Config], list[PortUse]] = ()
+    # What Prometheus scrapes of it (core/targets.py), from the inventory and what the deploy runs.
+    scrape: Callable[[Settings], list[Job]] | None = None
 
     def step(self) -> Step:
         """The deploy step of this component."""
@@ -295,6 +305,9 @@ class Component:
             artifacts=tuple(wheels.artifact for wheels in self.wheels),
             applies=self.applies,
         )
+
+    def ports_of(self, config: Config) -> list[PortUse]:
+        return list(self.ports) if isinstance(self.ports, tuple) else self.ports(config)
 
     def package_names(self, settings: Settings) -> list[str]:
         return [name if isinstance(name, str) else name(settings) for name in self.packages]

@@ -14,13 +14,20 @@ import hashlib
 import hmac
 import time
 
+from core.catalog import GroupRule
+from core.config import Config
 from core.pki import ServerCertificate
+from core.ports import PortUse, public_tcp_udp
 from core.settings import HostInfo, Settings
+from core.targets import Job, per_host
 from tasks.component import Component, Context, File, Port, Service, template
 
 CONFIG = "/etc/turnserver.conf"
 CERT = "/etc/coturn/tls.crt"
 KEY = "/etc/coturn/tls.key"
+PORT = 3478
+TLS_PORT = 5349
+PROCESSES = ("turnserver",)
 # Peers no relay may reach: private, loopback, link-local, CGNAT, benchmark and
 # multicast ranges (IPv4 and IPv6). The platform's media servers are allowed back in.
 DENIED_PEERS = (
@@ -65,9 +72,9 @@ def turn_uris(settings: Settings) -> list[str]:
     uris = []
     for host in settings.members("coturn"):
         uris += [
-            f"turn:{host.private_ip}:3478?transport=udp",
-            f"turn:{host.private_ip}:3478?transport=tcp",
-            f"turns:{host.private_ip}:5349?transport=tcp",
+            f"turn:{host.private_ip}:{PORT}?transport=udp",
+            f"turn:{host.private_ip}:{PORT}?transport=tcp",
+            f"turns:{host.private_ip}:{TLS_PORT}?transport=tcp",
         ]
     return uris
 
@@ -90,6 +97,16 @@ def turnserver(context: Context) -> dict[str, object]:
     }
 
 
+def turn_ports(config: Config) -> list[PortUse]:
+    """TURN and TURN over TLS, and the relay range from config: all public, TCP and UDP."""
+    relays = "config.yaml turn.relay_min_port/relay_max_port"
+    return [
+        *public_tcp_udp("turn", PORT, PORT, PROCESSES),
+        *public_tcp_udp("turns", TLS_PORT, TLS_PORT, PROCESSES),
+        *public_tcp_udp("turn-relay", config.turn.relay_min_port, config.turn.relay_max_port, PROCESSES, relays),
+    ]
+
+
 COTURN = Component(
     "coturn",
     groups=("coturn",),
@@ -107,5 +124,12 @@ COTURN = Component(
         ),
     ),
     services=(Service("coturn.service"),),
-    ready=(Port(5349, private=True),),
+    ready=(Port(TLS_PORT, private=True),),
+    inventory=(GroupRule("coturn", fewest=2, reboot_rank=2),),
+    ports=turn_ports,
+    # Coturn has no metrics of its own in Debian's build: probed from the monitoring host.
+    scrape=lambda settings: [
+        Job("coturn", per_host(settings, "coturn", PORT), module="tcp_connect"),
+        Job("coturn-tls", per_host(settings, "coturn", TLS_PORT), module="tls_connect"),
+    ],
 )

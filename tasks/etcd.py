@@ -12,12 +12,15 @@ import json
 from nornir.core.task import Result, Task
 
 from core.errors import HostError
+from core.ports import tcp
 from core.settings import Settings
+from core.targets import Job, per_host
 from tasks.component import Component, Context, File, Service, template
 from tasks.remote import Expectation, Mode, lost_hosts, mode, run
 from tasks.waits import command_script
 
 CLIENT_PORT = 2379
+PEER_PORT = 2380
 
 
 def cluster_token(settings: Settings) -> str:
@@ -30,7 +33,7 @@ def environment(context: Context) -> dict[str, object]:
     return {
         "host_name": host.name,
         "ip": host.private_ip,
-        "initial_cluster": ",".join(f"{h.name}=http://{h.private_ip}:2380" for h in settings.members("patroni")),
+        "initial_cluster": ",".join(f"{h.name}=http://{h.private_ip}:{PEER_PORT}" for h in settings.members("patroni")),
         "cluster_token": cluster_token(settings),
     }
 
@@ -67,7 +70,7 @@ def etcd_healthy(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result=f"members {', '.join(seen)} healthy")
 
 
-MEMBERS = "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json"
+MEMBERS = f"etcdctl --endpoints=http://127.0.0.1:{CLIENT_PORT} member list -w json"
 
 
 def member_names(members_json: str) -> list[str]:
@@ -83,4 +86,6 @@ ETCD = Component(
     files=(File("/etc/default/etcd", template("etcd/etcd.env.j2", environment)),),
     services=(Service("etcd.service"),),
     check=etcd_healthy,
+    ports=(tcp("etcd-client", CLIENT_PORT, ("etcd",)), tcp("etcd-peer", PEER_PORT, ("etcd",))),
+    scrape=lambda settings: [Job("etcd", per_host(settings, "patroni", CLIENT_PORT))],
 )

@@ -1,4 +1,4 @@
-"""Each server's firewall: nftables rules generated from the port table (core/ports.py).
+"""Each server's firewall: nftables rules generated from the ports the components declare (`Component.ports`).
 
 Public ports (HTTPS, federation, TURN, LiveKit media) are open to everyone; every other
 port of the host's groups only to the private networks; the rest is dropped. SSH is
@@ -17,7 +17,7 @@ import hashlib
 import shlex
 from ipaddress import IPv4Network
 
-from core.ports import PortUse, host_ports
+from core.ports import PortUse
 from core.settings import Settings
 from tasks.component import Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
@@ -43,7 +43,7 @@ def port_set(uses: list[PortUse], proto: str) -> str:
 def ruleset(settings: Settings, host_name: str) -> dict[str, object]:
     """Template data of one host's rules."""
     host = settings.hosts[host_name]
-    uses = [u for u in host_ports(settings.config, list(host.groups), host.port) if u.service != "ssh"]
+    uses = [u for u in settings.catalog.host_ports(settings.config, host.groups, host.port) if u.service != "ssh"]
     public = [u for u in uses if u.public]
     private = [u for u in uses if not u.public]
     networks = settings.defaults.data.private_networks

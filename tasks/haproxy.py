@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import pki
+from core.catalog import GroupRule
+from core.config import Config
 from core.errors import InputError, InputProblem
 from core.pki import ServerCertificate
+from core.ports import PortUse, public_tcp, tcp
 from core.settings import HostInfo, Settings
+from core.targets import HAPROXY_PASSWORD_FILE, Job, per_host
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
 from tasks.component import Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
@@ -288,6 +292,15 @@ def edge_certificate(settings: Settings) -> ServerCertificate:
     return settings.ca.server("edge", names, config.certificates.lifetime_days, config.certificates.renew_before_days)
 
 
+def edge_ports(config: Config) -> list[PortUse]:
+    """HTTP (redirect and ACME), HTTPS, federation where it is on; the stats page from the private networks."""
+    public = (80, 443, 8448) if config.synapse.federation else (80, 443)
+    return [
+        *(public_tcp(f"haproxy-{port}", port, ("haproxy",)) for port in public),
+        tcp("haproxy-stats", STATS_PORT, ("haproxy",)),
+    ]
+
+
 HAPROXY = Component(
     "haproxy",
     groups=("haproxy",),
@@ -313,4 +326,9 @@ HAPROXY = Component(
     services=(Service(UNIT, reload=True),),
     behaviour=reload_in_order,
     requires=import_problems,
+    inventory=(GroupRule("haproxy", fewest=2, reboot_rank=5),),
+    ports=edge_ports,
+    scrape=lambda settings: [
+        Job("haproxy", per_host(settings, "haproxy", STATS_PORT), basic_auth=(STATS_USER, HAPROXY_PASSWORD_FILE))
+    ],
 )

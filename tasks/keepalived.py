@@ -18,6 +18,7 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
+from core.targets import Job, Target, labels
 from tasks.component import Component, Context, File, Service, template
 from tasks.waits import wait_for_tls
 
@@ -66,6 +67,12 @@ def vip_answers(task: Task, settings: Settings) -> Result:
     return wait_for_tls(task, settings.vip, 443, settings.config.homeserver_fqdn, timeout=30)
 
 
+def edge_probe(settings: Settings) -> list[Job]:
+    """The homeserver's client API through the VIP, probed from the monitoring host as a client would."""
+    url = f"https://{settings.config.homeserver_fqdn}/_matrix/client/versions"
+    return [Job("edge", [Target(url, labels(settings.members("monitoring")[0]))], module="http_2xx")]
+
+
 KEEPALIVED = Component(
     "keepalived",
     groups=("haproxy",),
@@ -82,4 +89,5 @@ KEEPALIVED = Component(
     services=(Service("keepalived.service", reload=True),),
     reads={"addresses": "ip -o -4 addr show"},
     check=vip_answers,
+    scrape=edge_probe,
 )

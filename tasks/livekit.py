@@ -14,16 +14,21 @@ from __future__ import annotations
 
 from nornir.core.task import Result, Task
 
-from core.ports import LIVEKIT_REDIS_EXPORTER_PORT
+from core.catalog import GroupRule
+from core.config import Config
+from core.ports import PortUse, public_tcp, tcp
 from core.settings import HostInfo, Settings
+from core.targets import Job, deployed, per_host
 from tasks.component import Binary, Component, Context, File, Service, Url, template
 from tasks.redis import RedisInstance, redis_component, redis_pong
 from tasks.systemd import UNIT_DIR
 
 REDIS_PORT = 6379
+REDIS_EXPORTER_PORT = 9121
 CONFIG = "/etc/livekit/livekit.yaml"
 UNIT = "livekit-server.service"
 HTTP_PORT = 7880
+RTC_TCP_PORT = 7881
 PROMETHEUS_PORT = 6789
 JWT_PORT = 8080
 JWT_ENV = "/etc/livekit/jwt.env"
@@ -86,7 +91,7 @@ MESH_REDIS = RedisInstance(
     "the LiveKit mesh's room and node state",
     "livekit_redis_password",
     REDIS_PORT,
-    LIVEKIT_REDIS_EXPORTER_PORT,
+    REDIS_EXPORTER_PORT,
     private=True,
 )
 LIVEKIT_REDIS = redis_component(
@@ -117,6 +122,21 @@ def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:
 
 
 SERVER = Binary("livekit-server")
+
+
+def sfu_ports(config: Config) -> list[PortUse]:
+    """Signalling (through HAProxy), ICE over TCP and the media range (public), its metrics."""
+    server = ("livekit-server",)
+    media = "config.yaml livekit.rtc_min_port/rtc_max_port"
+    return [
+        tcp("livekit-http", HTTP_PORT, server),
+        public_tcp("livekit-rtc-tcp", RTC_TCP_PORT, server),
+        # No 7882/udp: the single-port UDP mux would disable the media range below.
+        tcp("livekit-metrics", PROMETHEUS_PORT, server),
+        PortUse("livekit-media", config.livekit.rtc_min_port, config.livekit.rtc_max_port, "udp", server, media, True),
+    ]
+
+
 LIVEKIT = Component(
     "livekit",
     groups=("livekit",),
@@ -140,6 +160,11 @@ LIVEKIT = Component(
     services=(Service(UNIT),),
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{HTTP_PORT}/"),),
     absent=livekit_off,
+    inventory=(GroupRule("livekit", fewest=2, switch="livekit.enabled", reboot_rank=3),),
+    ports=sfu_ports,
+    scrape=lambda settings: (
+        [Job("livekit", per_host(settings, "livekit", PROMETHEUS_PORT))] if deployed("livekit-server") else []
+    ),
 )
 
 
@@ -175,4 +200,5 @@ LIVEKIT_JWT = Component(
     services=(Service(JWT_UNIT),),
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{JWT_PORT}/healthz"),),
     absent=livekit_off,
+    ports=(tcp("livekit-jwt", JWT_PORT, ("lk-jwt-service",)),),
 )

@@ -16,7 +16,10 @@ import shlex
 
 from nornir.core.task import Result, Task
 
+from core.catalog import GroupRule
+from core.ports import tcp
 from core.settings import HostInfo, Settings
+from core.targets import Job, deployed, per_host
 from tasks.component import Binary, Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.files import FileSpec, put_files
@@ -196,4 +199,11 @@ MINIO = Component(
     behaviour=drive_folders,
     absent=minio_off,
     check=minio_healthy,
+    inventory=(GroupRule("minio", fewest=4, switch="minio.enabled", reboot_rank=4),),
+    ports=(tcp("minio-api", API_PORT, ("minio",)), tcp("minio-console", CONSOLE_PORT, ("minio",))),
+    scrape=lambda settings: (
+        [Job("minio", per_host(settings, "minio", API_PORT), metrics_path="/minio/v2/metrics/node")]
+        if deployed("minio")
+        else []
+    ),
 )

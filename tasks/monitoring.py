@@ -1,8 +1,9 @@
 """Deployment step 12: node-exporter everywhere, postgres-exporter on the database nodes,
 and Prometheus, Alertmanager and the blackbox exporter on the monitoring host.
 
-The scrape targets come from core/targets.py (the inventory plus what the deploy runs),
-so a new worker or host is scraped after the next deploy without editing anything.
+The scrape targets come from the components (`Component.scrape`: the inventory plus what
+the deploy runs), so a new worker or host is scraped after the next deploy without editing
+anything.
 Every file is checked on the host before it is installed (promtool, amtool, the
 blackbox exporter's own check). Prometheus and Alertmanager reload on a changed config;
 the step's gate waits until Prometheus reports every expected target UP.
@@ -20,12 +21,14 @@ from pathlib import Path
 from nornir.core.task import Result, Task
 
 from core import artifacts
+from core.catalog import GroupRule
+from core.config import Config
 from core.dashboards import DASHBOARDS, DATASOURCE_UID
 from core.dashboards import render as dashboard_json
 from core.errors import HostError
-from core.ports import ALERTMANAGER_PORT, BLACKBOX_PORT, GRAFANA_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT
+from core.ports import PortUse, comm, tcp
 from core.settings import Settings
-from core.targets import jobs
+from core.targets import HAPROXY_PASSWORD_FILE, Job, Target, labels, per_host
 from tasks.component import Binary, Command, Component, Content, Context, File, Service, Stage, Url, template
 from tasks.database import MONITOR_ROLE
 from tasks.facts import HostFacts
@@ -38,7 +41,11 @@ PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 RULES = "/etc/prometheus/rules/platform.rules.yml"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 BLACKBOX_CONFIG = "/etc/prometheus/blackbox.yml"
-HAPROXY_PASSWORD_FILE = "/etc/prometheus/haproxy-stats.password"
+PROMETHEUS_PORT = 9090
+ALERTMANAGER_PORT = 9093
+BLACKBOX_PORT = 9115
+GRAFANA_PORT = 3000
+POSTGRES_EXPORTER_PORT = 9187
 PROMETHEUS_UNIT = "prometheus.service"
 ALERTMANAGER_UNIT = "prometheus-alertmanager.service"
 BLACKBOX_UNIT = "prometheus-blackbox-exporter.service"
@@ -61,6 +68,17 @@ def node_exporter_defaults(context: Context) -> str:
     )
 
 
+def node_exporter_port(config: Config) -> list[PortUse]:
+    processes = (comm("prometheus-node-exporter"), "node_exporter")
+    setting = "config.yaml monitoring.node_exporter_port"
+    return [tcp("node-exporter", config.monitoring.node_exporter_port, processes, setting)]
+
+
+def every_node(settings: Settings) -> list[Job]:
+    port = settings.config.monitoring.node_exporter_port
+    return [Job("node", [Target(f"{h.private_ip}:{port}", labels(h)) for h in settings.hosts.values()])]
+
+
 NODE_EXPORTER = Component(
     "node-exporter",
     groups=None,
@@ -68,6 +86,8 @@ NODE_EXPORTER = Component(
     packages=("prometheus-node-exporter",),
     files=(File("/etc/default/prometheus-node-exporter", node_exporter_defaults),),
     services=(Service("prometheus-node-exporter.service"),),
+    ports=node_exporter_port,
+    scrape=every_node,
 )
 
 
@@ -85,6 +105,8 @@ POSTGRES_EXPORTER = Component(
     packages=("prometheus-postgres-exporter",),
     files=(File("/etc/default/prometheus-postgres-exporter", postgres_exporter_defaults),),
     services=(Service("prometheus-postgres-exporter.service"),),
+    ports=(tcp("postgres-exporter", POSTGRES_EXPORTER_PORT, (comm("prometheus-postgres-exporter"),)),),
+    scrape=lambda settings: [Job("postgres", per_host(settings, "patroni", POSTGRES_EXPORTER_PORT))],
 )
 
 
@@ -97,7 +119,7 @@ def scrape_context(settings: Settings, rules: str = RULES) -> dict[str, object]:
         "alertmanager": f"{monitoring.private_ip}:{ALERTMANAGER_PORT}",
         "blackbox": f"{monitoring.private_ip}:{BLACKBOX_PORT}",
         "rules": rules,
-        "jobs": jobs(settings, HAPROXY_PASSWORD_FILE),
+        "jobs": settings.catalog.scrape(settings),
     }
 
 
@@ -155,7 +177,7 @@ def expected_targets(settings: Settings, without: Collection[str] = ()) -> set[t
     """(job, instance) of every target the platform should have, less those of the hosts `without`."""
     return {
         (job.name, target.address)
-        for job in jobs(settings, HAPROXY_PASSWORD_FILE)
+        for job in settings.catalog.scrape(settings)
         for target in job.targets
         if target.labels["host"] not in without
     }
@@ -273,6 +295,7 @@ GRAFANA = Component(
     reads={"unpacked": lambda settings: f"test -x {grafana_home(settings)}/bin/grafana && echo yes"},
     behaviour=unpacked,
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120),),
+    ports=(tcp("grafana", GRAFANA_PORT, ("grafana", "grafana-server")),),
 )
 
 
@@ -326,4 +349,18 @@ MONITORING = Component(
         Service(BLACKBOX_UNIT, restart_on=(BLACKBOX_CONFIG, BLACKBOX_DEFAULTS)),
     ),
     check=targets_up,
+    inventory=(GroupRule("monitoring", fewest=1, most=1, reboot_rank=0),),
+    ports=(
+        tcp("prometheus", PROMETHEUS_PORT, ("prometheus",)),
+        tcp("alertmanager", ALERTMANAGER_PORT, (comm("prometheus-alertmanager"), "alertmanager")),
+        tcp("blackbox-exporter", BLACKBOX_PORT, (comm("prometheus-blackbox-exporter"),)),
+    ),
+    scrape=lambda settings: [
+        Job(name, per_host(settings, "monitoring", port))
+        for name, port in (
+            ("prometheus", PROMETHEUS_PORT),
+            ("alertmanager", ALERTMANAGER_PORT),
+            ("blackbox", BLACKBOX_PORT),
+        )
+    ],
 )

@@ -18,8 +18,11 @@ from typing import Any
 import yaml
 from nornir.core.task import Result, Task
 
+from core.catalog import GroupRule
 from core.errors import HostError
+from core.ports import tcp
 from core.settings import HostInfo, Settings
+from core.targets import Job, per_host
 from tasks.component import Action, Command, Component, Context, File, Service, Stage, Wheels, template
 from tasks.facts import HostFacts
 from tasks.files import JINJA, Write
@@ -33,6 +36,7 @@ CONFIG = "/etc/patroni/patroni.yml"
 # What the host has: the venv's Patroni version and the cluster (scope) its config names.
 INSTALLED = f"{venv_version_script(VENV, 'patroni')}; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
 REST_PORT = 8008
+POSTGRES_PORT = 5432
 LOOP_WAIT = 2  # seconds; the template's loop_wait
 TTL = 20  # seconds a leader key lives without renewal; the template's ttl
 # Compiled dependencies come from Debian, so no wheel has to match the host's Python.
@@ -274,6 +278,9 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         behaviour=venv,
         notes=pending_restart,
         check=wait_for_cluster,
+        inventory=(GroupRule("patroni", fewest=3, odd="each runs an etcd member", reboot_rank=6),),
+        ports=(tcp("postgresql", POSTGRES_PORT, ("postgres",)), tcp("patroni-rest", REST_PORT, ("patroni",))),
+        scrape=lambda settings: [Job("patroni", per_host(settings, "patroni", REST_PORT))],
     )
 
 

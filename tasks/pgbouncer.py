@@ -13,6 +13,8 @@ import shlex
 from nornir.core.task import Result, Task
 
 from core import scram
+from core.catalog import GroupRule
+from core.ports import tcp
 from core.settings import Settings
 from tasks.component import Component, Context, File, Port, Service, template
 from tasks.haproxy import HAPROXY, POSTGRES_PRIMARY_PORT
@@ -73,6 +75,8 @@ PGBOUNCER = Component(
     services=(Service("pgbouncer.service", reload=True),),
     ready=(Port(lambda settings: settings.config.pgbouncer.port),),
     parts=(HAPROXY,),
+    inventory=(GroupRule("pgbouncer", fewest=2),),
+    ports=lambda config: [tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), "config.yaml pgbouncer.port")],
 )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nornir.core.task import AggregatedResult, Result, Task
 
 from core.errors import HostError
-from core.ports import PortUse, host_ports
+from core.ports import PortUse
 from core.settings import Settings
 from tasks.remote import Expectation, Mode, mode, run
 
@@ -114,7 +114,7 @@ def preflight(task: Task, settings: Settings) -> Result:
     host = settings.hosts[task.host.name]
     found = problems(
         facts,
-        ports=host_ports(settings.config, list(host.groups), host.port),
+        ports=settings.catalog.host_ports(settings.config, host.groups, host.port),
         skew=facts.time - (before + after) / 2,
         min_free_gb=settings.config.preflight.min_free_disk_gb,
         max_skew=settings.config.preflight.max_clock_skew_seconds,

@@ -1,10 +1,11 @@
 """Rolling OS restarts: every server rebooted, one at a time, each followed by health gates.
 
-The order (`reboot_rank`) goes from hosts whose loss nobody notices to the ones that
-matter most: monitoring and backup, then the redundant tiers one host at a time (Coturn,
-LiveKit, MinIO, HAProxy — Keepalived moves the VIP), the Patroni members (the primary
-hands over first — to the synchronous standby with synchronous_mode, else preferably to
-a replica already rebooted — as autobase's rolling maintenance does), and the Synapse host last: it has no peer, so its
+The order (each group's `reboot_rank`, declared by the component that owns the group) goes
+from hosts whose loss nobody notices to the ones that matter most: monitoring and backup,
+then the redundant tiers one host at a time (Coturn, LiveKit, MinIO, HAProxy — Keepalived
+moves the VIP), the Patroni members (the primary hands over first — to the synchronous
+standby with synchronous_mode, else preferably to a replica already rebooted — as
+autobase's rolling maintenance does), and the Synapse host last: it has no peer, so its
 reboot is an outage of the homeserver until it is back.
 
 Before each reboot the platform must be healthy (the drills' check: one Patroni leader
@@ -31,16 +32,15 @@ from tasks.remote import Expectation, Mode, inventory_host, mode, run
 from tasks.synapse import health_urls, native
 from tasks.waits import wait_for_urls
 
-ORDER = ("monitoring", "backup", "coturn", "livekit", "minio", "haproxy", "patroni", "synapse")
 BACK_SECONDS = 300  # from the reboot to SSH and systemd `running`
 HEALTHY_SECONDS = 300  # then to a healthy platform (a replica catching up, the VIP settling)
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
 def reboot_order(name: str, settings: Settings) -> tuple[int, int]:
-    """Where a host comes in the rolling order: by the most important group it is in, then as in the inventory."""
-    rank = max((ORDER.index(g) for g in settings.hosts[name].groups if g in ORDER), default=0)
-    return rank, list(settings.hosts).index(name)
+    """Where a host comes in the rolling order: by the most important group it is in (its `reboot_rank`), then as
+    in the inventory."""
+    return settings.catalog.reboot_rank(settings.hosts[name].groups), list(settings.hosts).index(name)
 
 
 def switchover(task: Task, settings: Settings) -> str:

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
+from core.config import Config
+from core.ports import PortUse, comm, tcp
 from core.settings import HostInfo, Settings
+from core.targets import Job, Target, labels
 from core.workers import LOOPBACK
 from tasks.component import Component, Context, File, HealthCheck, Port, Service, template
 from tasks.remote import Expectation, Mode, mode, run
@@ -71,9 +74,27 @@ def redis_component(
     *,
     absent: Callable[[Settings, HostInfo], str] | None = None,
     check: HealthCheck | None = None,
+    listens: Callable[[Config], bool] = lambda _: True,
 ) -> Component:
     """One Redis instance and its exporter: the server restarts when its config or limits change, the exporter
-    when its own files do; Debian's stock units stay off."""
+    when its own files do; Debian's stock units stay off. `listens`: whether the settings use it at all (its
+    ports on every host of `groups`); the exporter is scraped where the instance runs."""
+
+    def ports(config: Config) -> list[PortUse]:
+        if not listens(config):
+            return []
+        return [
+            tcp(f"{instance.name}-redis", instance.port, ("redis-server",)),
+            tcp(f"{instance.name}-redis-exporter", instance.exporter_port, (comm("prometheus-redis-exporter"),)),
+        ]
+
+    def scrape(settings: Settings) -> list[Job]:
+        hosts = [h for g in groups for h in settings.members(g) if not absent or not absent(settings, h)]
+        return [
+            Job(
+                f"{instance.name}-redis", [Target(f"{h.private_ip}:{instance.exporter_port}", labels(h)) for h in hosts]
+            )
+        ]
 
     def config(context: Context) -> dict[str, object]:
         return {
@@ -118,6 +139,8 @@ def redis_component(
         ready=(Port(instance.port, private=instance.private, always=False),),
         check=check,
         absent=absent,
+        ports=ports,
+        scrape=scrape,
     )
 
 

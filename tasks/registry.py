@@ -1,7 +1,19 @@
-"""Every component declared through `tasks.component`: the tables that span components loop over it."""
+"""Every component declared through `tasks.component`: the tables that span components loop over it.
+
+The deploy order is the order here; `CATALOG` gathers what the settings need from the
+components (the inventory's groups, the ports, the scrape jobs) and is handed to
+`load_settings`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from core.catalog import Catalog, GroupRule
+from core.config import Config
+from core.ports import PortUse
+from core.settings import Settings
+from core.targets import Job
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
@@ -47,3 +59,33 @@ DECLARED = (
     GRAFANA,
 )
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
+GROUPS: dict[str, GroupRule] = {rule.name: rule for component in DECLARED for rule in component.inventory}
+
+
+def switched_on(component: Component, config: Config) -> bool:
+    """Whether the settings use the component's groups at all (MinIO and LiveKit can be switched off)."""
+    return component.groups is None or any(GROUPS[group].enabled(config) for group in component.groups)
+
+
+def ports(config: Config, groups: Sequence[str]) -> list[PortUse]:
+    """What a host in `groups` listens on: the ports of every component it runs."""
+    return [
+        use
+        for component in DECLARED
+        if (component.groups is None or set(component.groups) & set(groups)) and switched_on(component, config)
+        for use in component.ports_of(config)
+    ]
+
+
+def scrape(settings: Settings) -> list[Job]:
+    """Every scrape job of the platform, in the registry's order; a job without targets is left out."""
+    jobs = [
+        job
+        for component in DECLARED
+        if component.scrape and switched_on(component, settings.config)
+        for job in component.scrape(settings)
+    ]
+    return [job for job in jobs if job.targets]
+
+
+CATALOG = Catalog(GROUPS, ports, scrape)

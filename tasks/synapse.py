@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from nornir.core.task import Result, Task
 
 from core import artifacts
-from core.ports import SYNAPSE_REDIS_EXPORTER_PORT
+from core.catalog import GroupRule
+from core.config import Config
+from core.ports import PortUse, tcp
 from core.settings import HostInfo, Settings
 from core.sizing import workers_for
-from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan
+from core.targets import Job, Target, labels
+from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan, playbook_plan, port_ranges
 from tasks.component import Command, Component, Context, File, Handler, Service, Stage, Wheels, template
 from tasks.coturn import turn_uris
 from tasks.facts import HostFacts
@@ -52,8 +55,9 @@ UNIT = "synapse.service"
 WORKER_UNIT = "synapse-worker@.service"
 HTTP_PORT = 8008
 USER = "synapse"
+REDIS_EXPORTER_PORT = 9122
 REDIS = RedisInstance(
-    "synapse", "Synapse's worker replication streams", "synapse_redis_password", REDIS_PORT, SYNAPSE_REDIS_EXPORTER_PORT
+    "synapse", "Synapse's worker replication streams", "synapse_redis_password", REDIS_PORT, REDIS_EXPORTER_PORT
 )
 
 
@@ -63,7 +67,11 @@ def no_workers(settings: Settings, _host: HostInfo) -> str:
 
 # Converged inside Synapse's step, and only when there are workers to replicate between.
 SYNAPSE_REDIS = redis_component(
-    REDIS, "Redis for Synapse's worker replication, on loopback", ("synapse",), absent=no_workers
+    REDIS,
+    "Redis for Synapse's worker replication, on loopback",
+    ("synapse",),
+    absent=no_workers,
+    listens=lambda config: config.synapse.mode == "native" and workers_for(config).total > 0,
 )
 
 
@@ -412,6 +420,38 @@ def admin_user(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, changed=created, diff=f"@{user}:{settings.config.domain} created" if created else "")
 
 
+def listeners(config: Config) -> list[PortUse]:
+    """Synapse's listeners, in either mode (in playbook mode its containers publish them), and native mode's
+    workers."""
+    processes = ("synapse", "python3", "python", "docker-proxy", "traefik")
+    uses = [
+        tcp("synapse-client", HTTP_PORT, processes),
+        tcp("synapse-replication", REPLICATION_PORT, processes),
+        tcp("synapse-metrics", config.synapse.metrics_port, processes, "config.yaml synapse.metrics_port"),
+    ]
+    if config.synapse.mode == "native":
+        counts = "config.yaml synapse.workers (or the scale)"
+        ranges = port_ranges(workers_for(config))
+        uses += [PortUse(label, first, last, "tcp", processes, counts) for label, first, last in ranges]
+    return uses
+
+
+def synapse_targets(settings: Settings) -> list[Job]:
+    """The main process and every worker with a metrics listener: ours in native mode, the playbook's otherwise."""
+    config = settings.config
+    host = settings.members("synapse")[0]
+    if config.synapse.mode == "native":
+        processes = plan(workers_for(config))
+    else:
+        processes = playbook_plan(workers_for(config), config.synapse.federation)
+    main = Target(f"{host.private_ip}:{config.synapse.metrics_port}", labels(host, worker="main"))
+    workers = [
+        Target(f"{host.private_ip}:{w.metrics_port}", labels(host, worker=w.name, worker_type=w.kind))
+        for w in processes
+    ]
+    return [Job("synapse", [main, *workers])]
+
+
 SYNAPSE = Component(
     "synapse",
     groups=("synapse",),
@@ -428,4 +468,7 @@ SYNAPSE = Component(
     parts=(SYNAPSE_REDIS,),
     check=synapse_healthy,
     applies=native,
+    inventory=(GroupRule("synapse", fewest=1, most=1, reboot_rank=7),),
+    ports=listeners,
+    scrape=synapse_targets,
 )

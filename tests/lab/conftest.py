@@ -23,6 +23,7 @@ from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, network, rootfs
 from lab.lab import Lab, LabHost, UpReport, lab_hosts
 from runbooks.shell import make_nornir
+from tasks.registry import CATALOG
 from tasks.remote import Mode
 from tests.conftest import load_runbook
 
@@ -39,7 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def lab_settings() -> Settings:
-    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)
+    settings, _ = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)
     return settings
 
 

@@ -6,9 +6,10 @@ import pytest
 
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
+from tasks.registry import CATALOG
 
 
 @pytest.fixture
 def lab_settings() -> Settings:
     """The lab's settings, read offline (its example values accepted)."""
-    return load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)[0]
+    return load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)[0]

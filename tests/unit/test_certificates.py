@@ -18,6 +18,7 @@ from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.certificates import Endpoint, Served, endpoints, metrics_text
 from tasks.haproxy import edge_certificate
+from tasks.registry import CATALOG
 from tests.conftest import Site, load_runbook
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -115,7 +116,7 @@ def test_a_bad_import_stops_distribution_before_any_host(
 
 def test_an_imported_certificate_is_what_haproxy_serves(site: Site, tmp_path: Path) -> None:
     import_site(site, acme_set(tmp_path / "live", ["chat.z3r0d3v.com"]))
-    settings = load_settings(site.config, site.inventory, allow_placeholders=False)[0]
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=False)[0]
     served = edge_certificate(settings)
     assert served.name == "imported" and served.cert_pem == (tmp_path / "live" / "fullchain.pem").read_text()
 
@@ -129,7 +130,7 @@ def test_renew_refuses_a_name_the_ca_never_issued(site: Site, capsys: pytest.Cap
 
 
 def test_lab_endpoints_and_the_expiry_metric() -> None:
-    settings = load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True)[0]
+    settings = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)[0]
     labels = [e.label for e in endpoints(settings)]
     assert labels == [
         "chat.lab.example:443 (VIP)",

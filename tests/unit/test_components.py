@@ -29,7 +29,7 @@ from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.component import Component
 from tasks.facts import HostFacts
 from tasks.files import ArtifactSpec, FileFact, FileSpec
-from tasks.registry import COMPONENTS
+from tasks.registry import CATALOG, COMPONENTS
 from tasks.systemd import ServiceFact
 
 FIXTURES = Path(__file__).resolve().parent.parent / "components"
@@ -74,7 +74,7 @@ def artifact_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The lab's settings with secrets and a CA of their own (the fixtures never see their values)."""
     secrets = tmp_path_factory.mktemp("site") / "secrets.yaml"
-    return load_settings(LAB_CONFIG, LAB_INVENTORY, allow_placeholders=True, secrets_file=secrets)[0]
+    return load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True, secrets_file=secrets)[0]
 
 
 def file_fact(spec: FileSpec | ArtifactSpec, given: str | dict[str, str]) -> FileFact:

@@ -21,6 +21,7 @@ from tasks.files import JINJA
 from tasks.firewall import port_set
 from tasks.haproxy import edge, well_known
 from tasks.keepalived import interface_of
+from tasks.registry import CATALOG
 from tests.conftest import Site
 
 IP_OUTPUT = """1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
@@ -98,7 +99,7 @@ def test_firewall_port_sets_merge_services_per_protocol() -> None:
 )
 def test_admin_ui_acls(site: Site, admin_path: str, acls: list[str]) -> None:
     site.edit("config.yaml", "admin_path: /synapse-admin", f"admin_path: {admin_path}")
-    settings, _ = load_settings(site.config, site.inventory, allow_placeholders=True)
+    settings, _ = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)
     frontends = edge(settings, settings.hosts["haproxy1"])
     assert frontends is not None and frontends["admin_ui"] == acls
     assert "/_matrix/" in frontends["matrix_paths"]  # stays public when the UI is at "/"
@@ -106,10 +107,10 @@ def test_admin_ui_acls(site: Site, admin_path: str, acls: list[str]) -> None:
 
 
 def test_the_edge_answers_the_well_known_files_in_native_mode_only(site: Site) -> None:
-    settings, _ = load_settings(site.config, site.inventory, allow_placeholders=True)
+    settings, _ = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)
     assert settings.config.synapse.mode == "playbook" and well_known(settings) is None  # the playbook serves them
     site.edit("config.yaml", "mode: playbook", "mode: native")
-    settings, _ = load_settings(site.config, site.inventory, allow_placeholders=True)
+    settings, _ = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)
     documents = {kind: json.loads(text) for kind, text in (well_known(settings) or {}).items()}
     assert documents == {
         "server": {"m.server": "chat.z3r0d3v.com:443"},

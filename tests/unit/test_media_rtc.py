@@ -17,12 +17,13 @@ from core.errors import InputError
 from core.settings import Settings, load_settings
 from tasks import coturn, livekit, minio
 from tasks.files import JINJA
+from tasks.registry import CATALOG
 from tests.conftest import Site
 
 
 @pytest.fixture
 def settings(site: Site) -> Settings:
-    return load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+    return load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import yaml
 from core.dashboards import DASHBOARDS, DATASOURCE_UID, expressions
 from core.dashboards import render as render_dashboard
 from core.settings import Settings, load_settings
-from core.targets import jobs
 from tasks.files import JINJA
 from tasks.monitoring import HAPROXY_PASSWORD_FILE, RULES_SOURCE, TARGETS, expected_targets, scrape_context
+from tasks.registry import CATALOG
 from tests.conftest import REPO, Site
 
 TOOLS = REPO / ".tools"
@@ -58,7 +58,7 @@ def test_prometheus_config_passes_promtool(which: str, lab_settings: Settings, s
     if which == "lab":
         settings = lab_settings
     else:
-        settings = load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+        settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
     context = scrape_context(settings, str(RULES_SOURCE))
     config = tmp_path / "prometheus.yml"
     config.write_text(JINJA.get_template("monitoring/prometheus.yml.j2").render(**context))
@@ -75,7 +75,7 @@ def test_alertmanager_config_passes_amtool(webhook: str | None, tmp_path: Path) 
 
 
 def test_lab_targets_follow_the_inventory(lab_settings: Settings) -> None:
-    by_job = {job.name: job for job in jobs(lab_settings, HAPROXY_PASSWORD_FILE)}
+    by_job = {job.name: job for job in lab_settings.catalog.scrape(lab_settings)}
     assert len(by_job["node"].targets) == len(lab_settings.hosts) == 16
     assert {t.address for t in by_job["node"].targets} >= {"198.18.1.11:9101", "198.18.1.71:9101"}
     assert [len(by_job[name].targets) for name in ("etcd", "patroni", "postgres", "haproxy")] == [3, 3, 3, 2]
@@ -92,14 +92,14 @@ def test_lab_targets_follow_the_inventory(lab_settings: Settings) -> None:
 
 
 def test_playbook_mode_scrapes_the_playbooks_workers(site: Site) -> None:
-    settings = load_settings(site.config, site.inventory, allow_placeholders=True)[0]
-    synapse = next(job for job in jobs(settings, HAPROXY_PASSWORD_FILE) if job.name == "synapse")
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
+    synapse = next(job for job in settings.catalog.scrape(settings) if job.name == "synapse")
     ports = {t.labels["worker"]: t.address.rsplit(":", 1)[1] for t in synapse.targets}
     # Large: 8 sync workers from 29211, 2 event writers first among the stream writers (19211+).
     assert ports["main"] == "9100" and ports["sync-worker-0"] == "29211" and ports["sync-worker-7"] == "29218"
     assert ports["stream-writer-0-events"] == "19211" and ports["stream-writer-2-typing"] == "19213"
     assert ports["media-repository-0"] == "19551" and len(set(ports.values())) == len(ports)
-    assert "synapse-redis" not in {job.name for job in jobs(settings, HAPROXY_PASSWORD_FILE)}  # the playbook's Valkey
+    assert "synapse-redis" not in {job.name for job in settings.catalog.scrape(settings)}  # the playbook's Valkey
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ import yaml
 
 from core.settings import Settings, load_settings
 from tasks import playbook
+from tasks.registry import CATALOG
 from tests.conftest import Site
 
 Deploy = Callable[..., tuple[int, str]]
 
 
 def settings_of(site: Site) -> Settings:
-    return load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+    return load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
 
 
 @pytest.mark.parametrize(

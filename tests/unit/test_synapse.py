@@ -14,6 +14,7 @@ from tasks import synapse
 from tasks.files import JINJA
 from tasks.haproxy import edge
 from tasks.playbook import playbook_vars
+from tasks.registry import CATALOG
 from tests.conftest import Site
 
 
@@ -97,13 +98,13 @@ def test_worker_configs_listen_where_haproxy_and_prometheus_reach_them(lab_setti
 
 
 def test_playbook_mode_runs_no_native_workers(site: Site) -> None:
-    settings = load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
     assert settings.config.synapse.mode == "playbook" and synapse.workers(settings) == []
 
 
 def test_federation_off_keeps_openid_and_allows_no_server(site: Site) -> None:
     site.edit("config.yaml", "federation: true", "federation: false")
-    config = rendered(load_settings(site.config, site.inventory, allow_placeholders=True)[0])
+    config = rendered(load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0])
     assert config["listeners"][0]["resources"][0]["names"] == ["client", "openid"]  # the JWT service needs openid
     assert config["federation_domain_whitelist"] == []
 
@@ -171,6 +172,6 @@ def test_haproxy_routes_worker_paths_as_synapse_documents(lab_settings: Settings
 )
 def test_room_directory_publication_follows_the_config(site: Site, who: str, rules: list[dict[str, str]]) -> None:
     site.edit("config.yaml", "room_directory: everyone", f"room_directory: {who}")
-    settings = load_settings(site.config, site.inventory, allow_placeholders=True)[0]
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
     assert rendered(settings)["room_list_publication_rules"] == rules
     assert playbook_vars(settings)["matrix_synapse_room_list_publication_rules"] == rules

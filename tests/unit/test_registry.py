@@ -1,0 +1,45 @@
+"""The tables that span components, derived from their declarations: groups, ports, scrape jobs, reboot order."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from core.settings import Settings
+from tasks.reboots import reboot_order
+from tasks.registry import DECLARED, GROUPS
+
+
+def test_every_group_is_declared_once_by_the_component_that_owns_it() -> None:
+    owners = Counter(rule.name for component in DECLARED for rule in component.inventory)
+    assert [name for name, count in owners.items() if count > 1] == []
+    used = {group for component in DECLARED for group in component.groups or ()}
+    assert used == set(GROUPS)  # no component runs on a group nobody declared, no group is unused
+
+
+def test_a_host_listens_on_the_ports_of_the_components_of_its_groups(lab_settings: Settings) -> None:
+    catalog, config = lab_settings.catalog, lab_settings.config
+    synapse = {use.service for use in catalog.host_ports(config, ("synapse",), 22)}
+    assert {"ssh", "node-exporter", "synapse-client", "synapse-redis", "synapse-redis-exporter"} <= synapse
+    assert not synapse & {"postgresql", "haproxy-443", "livekit-redis"}
+    # The livekit group's components all listen there; the switch in config.yaml takes them away.
+    livekit = {use.service for use in catalog.host_ports(config, ("livekit",), 22)}
+    assert {"livekit-http", "livekit-media", "livekit-jwt", "livekit-redis"} <= livekit
+    off = config.model_copy(update={"livekit": config.livekit.model_copy(update={"enabled": False})})
+    assert {use.service for use in catalog.host_ports(off, ("livekit",), 22)} == {"ssh", "node-exporter"}
+    # A group the catalog does not know contributes nothing (validation names it first).
+    assert [use.service for use in catalog.host_ports(config, ("custom",), 2222)] == ["ssh", "node-exporter"]
+
+
+def test_the_rolling_reboot_goes_from_the_least_noticed_hosts_to_the_synapse_host(lab_settings: Settings) -> None:
+    order = sorted(lab_settings.hosts, key=lambda name: reboot_order(name, lab_settings))
+    first_group = [lab_settings.hosts[name].groups[0] for name in order]
+    ranks = ["monitoring", "backup", "coturn", "livekit", "minio", "haproxy", "patroni", "synapse"]
+    seen = [group for index, group in enumerate(first_group) if group in ranks and group not in first_group[:index]]
+    assert seen == ranks
+    assert order[-1] == "synapse1"
+
+
+def test_every_scrape_job_is_named_once(lab_settings: Settings) -> None:
+    names = Counter(job.name for job in lab_settings.catalog.scrape(lab_settings))
+    assert [name for name, count in names.items() if count > 1] == []
+    assert {"node", "etcd", "patroni", "postgres", "haproxy", "synapse", "synapse-redis", "edge"} <= set(names)
