@@ -1,11 +1,11 @@
-"""What the components declare that spans them: the inventory's groups, the ports, the scrape jobs.
+"""What the components declare that spans them: the inventory's groups, the ports, the scrape jobs, the secrets.
 
-The inventory's groups with their size rules, the ports each group's services listen on
-and what Prometheus scrapes are declared by the components (tasks/), which sit above
-core/; the registry (tasks/registry.py) gathers them into one `Catalog` and hands it to
+The inventory's groups with their size rules, the ports each group's services listen on,
+what Prometheus scrapes and the secrets they use are declared by the components (tasks/),
+which sit above core/; the registry (tasks/registry.py) gathers them into one `Catalog` and hands it to
 `load_settings`, which validates with it and keeps it in the settings. So validation,
-the firewall, preflight, the rolling reboot and prometheus.yml read one table without
-core/ importing the components.
+the secrets file, the firewall, preflight, the rolling reboot and prometheus.yml read one
+table without core/ importing the components.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class Catalog:
     ports: Callable[[Config, Sequence[str]], list[PortUse]]
     # What Prometheus scrapes, every component's jobs in the registry's order.
     scrape: Callable[[Settings], list[Job]]
+    # Every secret the components use, with how to make a fresh one (the secrets file gains what it lacks).
+    secrets: Mapping[str, Callable[[], str]]
 
     def host_ports(self, config: Config, groups: Sequence[str], ssh_port: int) -> list[PortUse]:
         """Every port a host in `groups` listens on: SSH, then its services'."""

@@ -14,6 +14,7 @@ import secrets as random
 import stat
 import string
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,22 +31,24 @@ from cryptography.hazmat.primitives.serialization import (
 from core.errors import InputError, InputProblem
 
 
-def _token() -> str:
+def token() -> str:
+    """A password or key: 32 random bytes, URL-safe."""
     return random.token_urlsafe(32)
 
 
-def _vrrp_password() -> str:
-    # VRRP PASS authentication uses only the first 8 characters.
+def vrrp_password() -> str:
+    """VRRP PASS authentication uses only the first 8 characters."""
     alphabet = string.ascii_letters + string.digits
     return "".join(random.choice(alphabet) for _ in range(8))
 
 
-def _minio_access_key() -> str:
+def access_key() -> str:
+    """An S3-style access key id: 20 upper-case letters and digits."""
     alphabet = string.ascii_uppercase + string.digits
     return "".join(random.choice(alphabet) for _ in range(20))
 
 
-def _signing_key() -> str:
+def signing_key() -> str:
     """A Synapse signing key file line: `ed25519 <key id> <unpadded base64 seed>` (signedjson's format).
 
     Made on the controller and kept with the other secrets, so a rebuilt or restored
@@ -56,52 +59,22 @@ def _signing_key() -> str:
     return f"ed25519 {key_id} {base64.b64encode(seed).decode().rstrip('=')}"
 
 
-def _ssh_key() -> str:
+def ssh_key() -> str:
     """An Ed25519 private key in OpenSSH format (its public half is derived where it is authorised)."""
     key = ed25519.Ed25519PrivateKey.generate()
     return key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
 
 
 def ssh_public_key(private: str, comment: str) -> str:
-    """The authorized_keys form of an OpenSSH private key made by `_ssh_key`."""
+    """The authorized_keys form of an OpenSSH private key made by `ssh_key`."""
     key = load_ssh_private_key(private.encode(), None)
     return f"{key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()} {comment}"
 
 
-# Every secret the platform uses, with how to make a fresh one.
-GENERATORS = {
-    # Not a secret: names the site on every server (tasks/site_identity.py); kept with the secrets it goes with.
-    "site_id": lambda: uuid.uuid4().hex,
-    "postgres_superuser_password": _token,
-    "postgres_replication_password": _token,
-    "postgres_rewind_password": _token,
-    "synapse_db_password": _token,
-    "synapse_db_scram_salt": _token,
-    "pgbouncer_admin_password": _token,
-    "patroni_rest_password": _token,
-    "turn_shared_secret": _token,
-    "minio_root_user": _minio_access_key,
-    "minio_root_password": _token,
-    "minio_synapse_access_key": _minio_access_key,
-    "minio_synapse_secret_key": _token,
-    "livekit_api_key": lambda: "API" + _minio_access_key()[:12],
-    "livekit_api_secret": _token,
-    "livekit_redis_password": _token,
-    "synapse_registration_shared_secret": _token,
-    "synapse_macaroon_secret_key": _token,
-    "synapse_form_secret": _token,
-    "synapse_replication_secret": _token,
-    "playbook_generic_secret_key": _token,
-    "synapse_redis_password": _token,
-    "synapse_admin_password": _token,
-    "synapse_signing_key": _signing_key,
-    "keepalived_auth_pass": _vrrp_password,
-    "haproxy_stats_password": _token,
-    "grafana_admin_password": _token,
-    "pgbackrest_cipher_pass": _token,
-    # The backup host's key for pulling media and keys from the Synapse host (forced command there).
-    "backup_ssh_key": _ssh_key,
-}
+# The site's own entry, beside the secrets the components declare (`Component.secrets`): not
+# a secret, it names the site on every server (tasks/site_identity.py) and is kept with the
+# secrets it goes with.
+SITE = {"site_id": lambda: uuid.uuid4().hex}
 
 
 PREVIOUS = "previous_secrets_fingerprint"  # written by a deliberate rotation (rotate_secret.py)
@@ -164,8 +137,8 @@ def identity_names(secrets: Secrets) -> tuple[str, ...]:
     return tuple(sorted(n for n in secrets.values if n not in PUBLIC and not n.startswith(RETIRED)))
 
 
-def rotate(secrets: Secrets, name: str, *, write: bool) -> Secrets:
-    """`secrets` with a fresh value for `name`, remembering the fingerprint of the values before.
+def rotate(secrets: Secrets, name: str, make: Callable[[], str], *, write: bool) -> Secrets:
+    """`secrets` with a fresh value for `name` (from `make`), remembering the fingerprint of the values before.
 
     The servers carry that fingerprint until the deploy that follows has reached them; the
     site identity check accepts it for as long as this file says it was the previous one.
@@ -174,14 +147,14 @@ def rotate(secrets: Secrets, name: str, *, write: bool) -> Secrets:
     values = dict(secrets.values)
     values[PREVIOUS] = fingerprint(secrets, identity_names(secrets)) or ""
     values[f"{RETIRED}{name}"] = values[name]  # files on the servers still hold it: diffs must hide it
-    values[name] = GENERATORS[name]()
+    values[name] = make()
     if write:
         write_private(secrets.path, yaml.safe_dump(values, sort_keys=True))
     return Secrets(secrets.path, values, secrets.created)
 
 
-def load_or_create(path: Path) -> Secrets:
-    """Read the secrets file, adding any secret it lacks; refuse one others can read."""
+def load_or_create(path: Path, makers: Mapping[str, Callable[[], str]]) -> Secrets:
+    """Read the secrets file, adding any secret of `makers` it lacks; refuse one others can read."""
     values: dict[str, str] = {}
     label = str(path)
     created = not path.exists()
@@ -211,9 +184,9 @@ def load_or_create(path: Path) -> Secrets:
                 ]
             )
         values = dict(loaded)
-    missing = [name for name in GENERATORS if name not in values]
+    missing = [name for name in makers if name not in values]
     if missing:
-        values.update({name: GENERATORS[name]() for name in missing})
+        values.update({name: makers[name]() for name in missing})
         write_private(path, yaml.safe_dump(values, sort_keys=True))
     return Secrets(path, values, created)
 

@@ -22,7 +22,7 @@ from core.config import Config
 from core.errors import InputError, InputProblem
 from core.inventory import Defaults, Group, Host
 from core.pki import InternalCA
-from core.secrets import Secrets, load_or_create
+from core.secrets import SITE, Secrets, load_or_create
 from core.sizing import Sizing, for_config
 from core.yamlsource import KeyPath, Placeholder, YamlDoc, load_yaml
 
@@ -138,7 +138,8 @@ def load_settings(
         sizing=for_config(config, sum(1 for h in hosts.values() if "pgbouncer" in h.groups)),
         placeholders=placeholders,
         secrets=load_or_create(
-            secrets_file or config_path.parent / (config.secrets_file or f".secrets/{parsed.defaults.data.site}.yaml")
+            secrets_file or config_path.parent / (config.secrets_file or f".secrets/{parsed.defaults.data.site}.yaml"),
+            {**SITE, **catalog.secrets},
         ),
         catalog=catalog,
     )

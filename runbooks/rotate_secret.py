@@ -46,7 +46,7 @@ def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
     known, rest = own.parse_known_args(argv)
 
     def new_value(settings: Settings, mode: Mode) -> Settings:
-        secrets = rotate(settings.secrets, known.name, write=mode is Mode.APPLY)
+        secrets = rotate(settings.secrets, known.name, settings.catalog.secrets[known.name], write=mode is Mode.APPLY)
         return dataclasses.replace(settings, secrets=secrets)
 
     return Runbook("rotate_secret", __doc__ or "", DEPLOY.steps, confirm=True, prepare=new_value), rest

@@ -24,6 +24,7 @@ from core.catalog import GroupRule
 from core.errors import HostError
 from core.pki import ServerCertificate
 from core.ports import tcp
+from core.secrets import token
 from core.settings import HostInfo, Settings
 from tasks.backup_files import PULL_UNIT
 from tasks.component import Command, Component, Context, File, Service, template
@@ -269,6 +270,7 @@ BACKUP_REPOSITORY = pgbackrest_component(
     behaviour=stanza,
     check=backup_check,
     inventory=(GroupRule("backup", fewest=1, most=1, reboot_rank=1),),
+    secrets={"pgbackrest_cipher_pass": token},
 )
 
 

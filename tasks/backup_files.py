@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.secrets import ssh_public_key
+from core.secrets import ssh_key, ssh_public_key
 from core.settings import Settings
 from tasks.component import Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
@@ -160,4 +160,5 @@ BACKUP_FILES = Component(
     ),
     services=(Service(PULL_TIMER, restart_on=()),),
     host_keys_of=("synapse",),
+    secrets={"backup_ssh_key": ssh_key},  # the backup host's key; the Synapse host authorises its public half
 )

@@ -291,6 +291,8 @@ class Component:
     ports: tuple[PortUse, ...] | Callable[[Config], list[PortUse]] = ()
     # What Prometheus scrapes of it (core/targets.py), from the inventory and what the deploy runs.
     scrape: Callable[[Settings], list[Job]] | None = None
+    # The secrets it owns, with how to make a fresh one (core/secrets.py); others may read them.
+    secrets: Mapping[str, Callable[[], str]] = field(default_factory=dict)
 
     def step(self) -> Step:
         """The deploy step of this component."""

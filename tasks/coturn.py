@@ -18,6 +18,7 @@ from core.catalog import GroupRule
 from core.config import Config
 from core.pki import ServerCertificate
 from core.ports import PortUse, public_tcp_udp
+from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
 from tasks.component import Component, Context, File, Port, Service, template
@@ -126,6 +127,7 @@ COTURN = Component(
     services=(Service("coturn.service"),),
     ready=(Port(TLS_PORT, private=True),),
     inventory=(GroupRule("coturn", fewest=2, reboot_rank=2),),
+    secrets={"turn_shared_secret": token},
     ports=turn_ports,
     # Coturn has no metrics of its own in Debian's build: probed from the monitoring host.
     scrape=lambda settings: [

@@ -21,6 +21,7 @@ from core.config import Config
 from core.errors import InputError, InputProblem
 from core.pki import ServerCertificate
 from core.ports import PortUse, public_tcp, tcp
+from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import HAPROXY_PASSWORD_FILE, Job, per_host
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
@@ -327,6 +328,7 @@ HAPROXY = Component(
     behaviour=reload_in_order,
     requires=import_problems,
     inventory=(GroupRule("haproxy", fewest=2, reboot_rank=5),),
+    secrets={"haproxy_stats_password": token},
     ports=edge_ports,
     scrape=lambda settings: [
         Job("haproxy", per_host(settings, "haproxy", STATS_PORT), basic_auth=(STATS_USER, HAPROXY_PASSWORD_FILE))

@@ -17,6 +17,7 @@ from ipaddress import ip_address, ip_interface
 from nornir.core.task import Result, Task
 
 from core.errors import HostError
+from core.secrets import vrrp_password
 from core.settings import Settings
 from core.targets import Job, Target, labels
 from tasks.component import Component, Context, File, Service, template
@@ -90,4 +91,5 @@ KEEPALIVED = Component(
     reads={"addresses": "ip -o -4 addr show"},
     check=vip_answers,
     scrape=edge_probe,
+    secrets={"keepalived_auth_pass": vrrp_password},
 )

@@ -17,6 +17,7 @@ from nornir.core.task import Result, Task
 from core.catalog import GroupRule
 from core.config import Config
 from core.ports import PortUse, public_tcp, tcp
+from core.secrets import access_key, token
 from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
 from tasks.component import Binary, Component, Context, File, Service, Url, template
@@ -161,6 +162,7 @@ LIVEKIT = Component(
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{HTTP_PORT}/"),),
     absent=livekit_off,
     inventory=(GroupRule("livekit", fewest=2, switch="livekit.enabled", reboot_rank=3),),
+    secrets={"livekit_api_key": lambda: "API" + access_key()[:12], "livekit_api_secret": token},
     ports=sfu_ports,
     scrape=lambda settings: (
         [Job("livekit", per_host(settings, "livekit", PROMETHEUS_PORT))] if deployed("livekit-server") else []

@@ -18,6 +18,7 @@ from nornir.core.task import Result, Task
 
 from core.catalog import GroupRule
 from core.ports import tcp
+from core.secrets import access_key, token
 from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
 from tasks.component import Binary, Command, Component, Context, File, Service, Stage, template
@@ -200,6 +201,12 @@ MINIO = Component(
     absent=minio_off,
     check=minio_healthy,
     inventory=(GroupRule("minio", fewest=4, switch="minio.enabled", reboot_rank=4),),
+    secrets={
+        "minio_root_user": access_key,
+        "minio_root_password": token,
+        "minio_synapse_access_key": access_key,
+        "minio_synapse_secret_key": token,
+    },
     ports=(tcp("minio-api", API_PORT, ("minio",)), tcp("minio-console", CONSOLE_PORT, ("minio",))),
     scrape=lambda settings: (
         [Job("minio", per_host(settings, "minio", API_PORT), metrics_path="/minio/v2/metrics/node")]

@@ -27,6 +27,7 @@ from core.dashboards import DASHBOARDS, DATASOURCE_UID
 from core.dashboards import render as dashboard_json
 from core.errors import HostError
 from core.ports import PortUse, comm, tcp
+from core.secrets import token
 from core.settings import Settings
 from core.targets import HAPROXY_PASSWORD_FILE, Job, Target, labels, per_host
 from tasks.component import Binary, Command, Component, Content, Context, File, Service, Stage, Url, template
@@ -296,6 +297,7 @@ GRAFANA = Component(
     behaviour=unpacked,
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120),),
     ports=(tcp("grafana", GRAFANA_PORT, ("grafana", "grafana-server")),),
+    secrets={"grafana_admin_password": token},
 )
 
 

@@ -21,6 +21,7 @@ from nornir.core.task import Result, Task
 from core.catalog import GroupRule
 from core.errors import HostError
 from core.ports import tcp
+from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
 from tasks.component import Action, Command, Component, Context, File, Service, Stage, Wheels, template
@@ -279,6 +280,12 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         notes=pending_restart,
         check=wait_for_cluster,
         inventory=(GroupRule("patroni", fewest=3, odd="each runs an etcd member", reboot_rank=6),),
+        secrets={
+            "postgres_superuser_password": token,
+            "postgres_replication_password": token,
+            "postgres_rewind_password": token,
+            "patroni_rest_password": token,
+        },
         ports=(tcp("postgresql", POSTGRES_PORT, ("postgres",)), tcp("patroni-rest", REST_PORT, ("patroni",))),
         scrape=lambda settings: [Job("patroni", per_host(settings, "patroni", REST_PORT))],
     )

@@ -15,6 +15,7 @@ from nornir.core.task import Result, Task
 from core import scram
 from core.catalog import GroupRule
 from core.ports import tcp
+from core.secrets import token
 from core.settings import Settings
 from tasks.component import Component, Context, File, Port, Service, template
 from tasks.haproxy import HAPROXY, POSTGRES_PRIMARY_PORT
@@ -76,6 +77,7 @@ PGBOUNCER = Component(
     ready=(Port(lambda settings: settings.config.pgbouncer.port),),
     parts=(HAPROXY,),
     inventory=(GroupRule("pgbouncer", fewest=2),),
+    secrets={"pgbouncer_admin_password": token},
     ports=lambda config: [tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), "config.yaml pgbouncer.port")],
 )
 

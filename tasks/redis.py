@@ -16,6 +16,7 @@ from nornir.core.task import Result, Task
 
 from core.config import Config
 from core.ports import PortUse, comm, tcp
+from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, Target, labels
 from core.workers import LOOPBACK
@@ -141,6 +142,7 @@ def redis_component(
         absent=absent,
         ports=ports,
         scrape=scrape,
+        secrets={instance.password: token},
     )
 
 

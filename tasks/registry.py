@@ -1,13 +1,13 @@
 """Every component declared through `tasks.component`: the tables that span components loop over it.
 
 The deploy order is the order here; `CATALOG` gathers what the settings need from the
-components (the inventory's groups, the ports, the scrape jobs) and is handed to
-`load_settings`.
+components (the inventory's groups, the ports, the scrape jobs, the secrets) and is handed
+to `load_settings`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from core.catalog import Catalog, GroupRule
 from core.config import Config
@@ -62,6 +62,17 @@ COMPONENTS: dict[str, Component] = {component.name: component for component in D
 GROUPS: dict[str, GroupRule] = {rule.name: rule for component in DECLARED for rule in component.inventory}
 
 
+def owned_secrets(components: Sequence[Component]) -> dict[str, Callable[[], str]]:
+    """Every secret the components own; a name owned twice is a declaration error."""
+    owned: dict[str, Callable[[], str]] = {}
+    for component in components:
+        for name, make in component.secrets.items():
+            if name in owned:
+                raise ValueError(f"secret {name} is declared by more than one component (again by {component.name})")
+            owned[name] = make
+    return owned
+
+
 def switched_on(component: Component, config: Config) -> bool:
     """Whether the settings use the component's groups at all (MinIO and LiveKit can be switched off)."""
     return component.groups is None or any(GROUPS[group].enabled(config) for group in component.groups)
@@ -88,4 +99,4 @@ def scrape(settings: Settings) -> list[Job]:
     return [job for job in jobs if job.targets]
 
 
-CATALOG = Catalog(GROUPS, ports, scrape)
+CATALOG = Catalog(GROUPS, ports, scrape, owned_secrets(DECLARED))

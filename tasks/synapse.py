@@ -30,6 +30,7 @@ from core import artifacts
 from core.catalog import GroupRule
 from core.config import Config
 from core.ports import PortUse, tcp
+from core.secrets import signing_key, token
 from core.settings import HostInfo, Settings
 from core.sizing import workers_for
 from core.targets import Job, Target, labels
@@ -469,6 +470,19 @@ SYNAPSE = Component(
     check=synapse_healthy,
     applies=native,
     inventory=(GroupRule("synapse", fewest=1, most=1, reboot_rank=7),),
+    secrets={
+        # Its database account (PgBouncer's userlist and the role read them too).
+        "synapse_db_password": token,
+        "synapse_db_scram_salt": token,
+        "synapse_registration_shared_secret": token,
+        "synapse_macaroon_secret_key": token,
+        "synapse_form_secret": token,
+        "synapse_replication_secret": token,
+        "synapse_admin_password": token,
+        "synapse_signing_key": signing_key,
+        # Playbook mode: the playbook's generic secret (its Synapse derives its own keys from it).
+        "playbook_generic_secret_key": token,
+    },
     ports=listeners,
     scrape=synapse_targets,
 )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from core.settings import Settings
+from tasks.component import Component
 from tasks.reboots import reboot_order
-from tasks.registry import DECLARED, GROUPS
+from tasks.registry import DECLARED, GROUPS, owned_secrets
 
 
 def test_every_group_is_declared_once_by_the_component_that_owns_it() -> None:
@@ -43,3 +46,11 @@ def test_every_scrape_job_is_named_once(lab_settings: Settings) -> None:
     names = Counter(job.name for job in lab_settings.catalog.scrape(lab_settings))
     assert [name for name, count in names.items() if count > 1] == []
     assert {"node", "etcd", "patroni", "postgres", "haproxy", "synapse", "synapse-redis", "edge"} <= set(names)
+
+
+def test_a_secret_has_one_owner() -> None:
+    assert len(owned_secrets(DECLARED)) == sum(len(component.secrets) for component in DECLARED)
+    first = Component("first", ("coturn",), "", secrets={"shared": lambda: "a"})
+    second = Component("second", ("coturn",), "", secrets={"shared": lambda: "b"})
+    with pytest.raises(ValueError, match="secret shared is declared by more than one component"):
+        owned_secrets((first, second))

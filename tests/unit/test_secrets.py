@@ -9,17 +9,20 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from core.secrets import GENERATORS, PUBLIC, Redactor, load_or_create
+from core.secrets import PUBLIC, SITE, Redactor, load_or_create
+from tasks.registry import CATALOG
 from tests.conftest import Site
+
+MAKERS = {**SITE, **CATALOG.secrets}  # the site id and every secret a component declares
 
 
 def test_generated_once_with_private_modes(tmp_path: Path) -> None:
     path = tmp_path / ".secrets" / "site.yaml"
-    first = load_or_create(path)
-    assert set(first.values) == set(GENERATORS)
+    first = load_or_create(path, MAKERS)
+    assert set(first.values) == set(MAKERS)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert load_or_create(path).values == first.values
+    assert load_or_create(path, MAKERS).values == first.values
     assert len(first["keepalived_auth_pass"]) == 8
     assert first["postgres_superuser_password"] not in repr(first)
 
@@ -28,9 +31,9 @@ def test_missing_secrets_are_added_and_existing_ones_kept(tmp_path: Path) -> Non
     path = tmp_path / "s.yaml"
     path.write_text("turn_shared_secret: keep-me\n")
     path.chmod(0o600)
-    loaded = load_or_create(path)
+    loaded = load_or_create(path, MAKERS)
     assert loaded["turn_shared_secret"] == "keep-me"
-    assert set(loaded.values) == set(GENERATORS)
+    assert set(loaded.values) == set(MAKERS)
 
 
 def test_readable_secrets_file_is_refused(tmp_path: Path) -> None:
@@ -38,21 +41,21 @@ def test_readable_secrets_file_is_refused(tmp_path: Path) -> None:
     path.write_text("turn_shared_secret: x\n")
     path.chmod(0o644)
     with pytest.raises(InputError, match="chmod 600"):
-        load_or_create(path)
+        load_or_create(path, MAKERS)
 
 
 def test_redactor_replaces_every_value_longest_first(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("a: abc\nb: abcdef\n")
     path.chmod(0o600)
-    redact = Redactor(load_or_create(path))
+    redact = Redactor(load_or_create(path, MAKERS))
     assert redact("x abcdef y abc") == "x <secret:b> y <secret:a>"
 
 
 def test_no_secret_in_plan_output_or_files(deploy: Callable[..., tuple[int, str]], site: Site) -> None:
     code, out = deploy(*site.args("--plan", "--verbose", "--report", str(site.root / "report.json")))
     assert code == 0
-    secrets = load_or_create(site.root / ".secrets" / "production.yaml").values
+    secrets = load_or_create(site.root / ".secrets" / "production.yaml", MAKERS).values
     values = [value for name, value in secrets.items() if name not in PUBLIC]
     written = [
         p.read_text()

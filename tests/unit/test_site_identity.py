@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from core.secrets import Redactor, Secrets, fingerprint, load_or_create, rotate
+from core.secrets import Redactor, Secrets, fingerprint, load_or_create, rotate, token
 from core.settings import Settings
 from tasks.site_identity import IDENTITY_PATH, mismatch, ours, parse, problems, stale
 
@@ -84,14 +84,14 @@ def test_a_rotation_is_accepted_where_the_servers_still_carry_the_previous_finge
 ) -> None:
     before = with_secrets(lab_settings, tmp_path)
     theirs = ours(before)
-    rotated = dataclasses.replace(before, secrets=rotate(before.secrets, "turn_shared_secret", write=True))
+    rotated = dataclasses.replace(before, secrets=rotate(before.secrets, "turn_shared_secret", token, write=True))
     mine = ours(rotated)
     assert rotated.secrets["turn_shared_secret"] != before.secrets["turn_shared_secret"]
     assert rotated.secrets["previous turn_shared_secret"] == before.secrets["turn_shared_secret"]
     assert mine.names == theirs.names and mine.secrets != theirs.secrets  # the old value is not in use
     assert mismatch(theirs, rotated, mine) == "" and stale({"coturn1": theirs.text()}, mine) == ["coturn1"]
     # Written for good (0600), and the old value stays hidden in any output.
-    assert load_or_create(before.secrets.path).values == rotated.secrets.values
+    assert load_or_create(before.secrets.path, {}).values == rotated.secrets.values
     assert stat.S_IMODE(before.secrets.path.stat().st_mode) == 0o600
     old = before.secrets["turn_shared_secret"]
     assert (
@@ -99,5 +99,5 @@ def test_a_rotation_is_accepted_where_the_servers_still_carry_the_previous_finge
         == "static-auth-secret=<secret:previous turn_shared_secret>"
     )
     # Only the fingerprint right before the rotation counts: an older one is another file.
-    again = dataclasses.replace(rotated, secrets=rotate(rotated.secrets, "haproxy_stats_password", write=False))
+    again = dataclasses.replace(rotated, secrets=rotate(rotated.secrets, "haproxy_stats_password", token, write=False))
     assert mismatch(theirs, again, ours(again)).endswith("a secret in this file has another value")

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from core.secrets import GENERATORS
+from core.secrets import signing_key
 from core.settings import Settings, load_settings
 from tasks import synapse
 from tasks.files import JINJA
@@ -110,7 +110,7 @@ def test_federation_off_keeps_openid_and_allows_no_server(site: Site) -> None:
 
 
 def test_signing_key_has_signedjson_format() -> None:
-    algorithm, key_id, seed = GENERATORS["synapse_signing_key"]().split()
+    algorithm, key_id, seed = signing_key().split()
     assert algorithm == "ed25519" and key_id.startswith("a_") and len(key_id) == 6
     assert len(base64.b64decode(seed + "=" * (-len(seed) % 4))) == 32 and not seed.endswith("=")
 
