@@ -53,6 +53,9 @@ class Step:
     # For a serial step (one host at a time, none after a failure): the order of its hosts,
     # a sort key of (host name, settings); the inventory's order without it.
     order: Callable[[str, Settings], Any] | None = None
+    # Reads the running platform (a checklist item, a gate): run in check and apply mode; in
+    # plan mode, which contacts no host, it is reported as not run, never as passed.
+    live: bool = False
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)

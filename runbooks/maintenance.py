@@ -88,18 +88,21 @@ COMMANDS = {
             "every platform name resolves from /etc/hosts alone (no DNS server needed)",
             partial(verify_resolution, files_only=True),
             report=answers,
+            live=True,
         ),
         Step(
             "outside-dependencies",
             "nothing on a server needs the internet: its time source, Synapse's outbound settings",
             outside_dependencies,
             report=answers,
+            live=True,
         ),
         Step(
             "default-routes",
             "each server's default route, if any (the platform uses none)",
             outbound_route,
             report=answers,
+            live=True,
         ),
     ],
 }

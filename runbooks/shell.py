@@ -520,6 +520,10 @@ class Runbook:
             note = (step.applies.__doc__ or "not used with these settings").strip() if step.applies else ""
             self.console.print(f"  [dim]skipped: {escape(note)}[/dim]")
             return StepOutcome(step.name, "skipped", note=note), None
+        if step.live and options.mode is Mode.PLAN:
+            note = "not run in plan mode: it reads the running platform"
+            self.console.print(f"  [dim]skipped: {note}[/dim]")
+            return StepOutcome(step.name, "skipped", note=note), None
         absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
         if absent:
             for problem in absent:

@@ -43,7 +43,7 @@ from tasks.validate import (
 
 def check_step(name: str, summary: str, task: Callable[..., Result], **extra: Any) -> Step:
     """A step whose task returns Check results (tasks/validate.py), run once from the first Synapse host."""
-    return Step(name, summary, task, groups=("synapse",), gate=failed_checks, report=checks_report, **extra)
+    return Step(name, summary, task, groups=("synapse",), gate=failed_checks, report=checks_report, live=True, **extra)
 
 
 FEDERATION = check_step("federation", "federation on: 8448 answers the federation API; off: 8448 is closed", federation)
@@ -62,9 +62,9 @@ STEPS = [
         admin_allowlist,
     ),
     FEDERATION,
-    Step("prometheus-targets", "every expected Prometheus target is UP", targets_up, groups=("monitoring",)),
-    Step("clocks", "every server's clock agrees with this machine's", clock, report=clocks_report),
-    Step("hosts-file", "every platform name resolves to its address on every server", verify_resolution),
+    Step("prometheus-targets", "every expected Prometheus target is UP", targets_up, groups=("monitoring",), live=True),
+    Step("clocks", "every server's clock agrees with this machine's", clock, report=clocks_report, live=True),
+    Step("hosts-file", "every platform name resolves to its address on every server", verify_resolution, live=True),
     Step(
         "certificates",
         "from the monitoring host: every served certificate verifies, with its days left",
@@ -72,6 +72,7 @@ STEPS = [
         groups=("monitoring",),
         gate=expiring,
         report=expiry_table,
+        live=True,
     ),
 ]
 

@@ -223,8 +223,6 @@ def info(task: Task, settings: Settings, read: str | None = None) -> dict:
 
 def backup_check(task: Task, settings: Settings) -> Result:
     """Health gate: `pgbackrest check` (WAL reaches the repository from the primary), then the info as a fact."""
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result="not checked in this mode")
     # The archiver may sit in PostgreSQL's 60 s back-off after failed pushes (before the
     # stanza existed): give the forced WAL segment time to arrive.
     checked = pgbackrest(

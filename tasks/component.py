@@ -453,7 +453,7 @@ class Component:
         actions = [*before, *units, *after]
         task.results.extend(results)
         started = any(isinstance(action, Systemctl) and action.verbs for action in actions)
-        for item in self.ready:
+        for item in self.ready if mode(task) is Mode.APPLY else ():  # plan and check mode start nothing
             if isinstance(item, Verify):
                 task.run(task=item.check, settings=settings, severity_level=10)
             elif isinstance(item, Url):

@@ -16,7 +16,7 @@ from nornir.core.task import Result, Task
 from core.errors import HostError
 from core.settings import Settings
 from tasks.component import Block, Component, Context, Verify, template
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, run
 
 BLOCK = "hosts"
 
@@ -60,8 +60,6 @@ def wrong_resolutions(getent_output: str, expected: dict[str, str]) -> list[str]
 def verify_resolution(task: Task, settings: Settings, files_only: bool = False) -> Result:
     """Gate: every platform name resolves to its address on this host (`files_only`: from /etc/hosts
     alone, as after the intranet transition when no DNS server may answer)."""
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result="resolution not checked in this mode")
     expected = expected_names(settings)
     out = run(
         task,
@@ -81,8 +79,6 @@ def verify_resolution(task: Task, settings: Settings, files_only: bool = False) 
 
 def outbound_route(task: Task, settings: Settings) -> Result:
     """Fact for the intranet transition: the host's default route, if any (the platform uses none)."""
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result="not read in this mode")
     route = run(task, "ip -4 route show default", what=Expectation("the default route, if any")).stdout.strip()
     return Result(host=task.host, result=f"default route: {route.splitlines()[0] if route else 'none'}")
 
@@ -138,8 +134,6 @@ def outside_problems(stdout: str) -> tuple[str, list[str]]:
 
 def outside_dependencies(task: Task, settings: Settings) -> Result:
     """Fact and check for the intranet transition: nothing on the host needs the internet."""
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result="not read in this mode")
     out = run(task, OUTSIDE, what=Expectation("the time source and Synapse's outbound settings"))
     source, problems = outside_problems(out.stdout)
     if problems:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.settings import Settings
 from runbooks.display import HostOutcome, StepOutcome, evidence
 from tasks.validate import allowed
@@ -20,6 +22,15 @@ def test_the_checklist_and_its_opt_in_drills() -> None:
     assert with_drills.confirm  # a drill faults the cluster: asked first
     assert names[-6:] == ["healthy", "patroni-stop-1", "healthy-after-1", "vip-haproxy-2", "healthy-after-2", "restore"]
     assert next(s for s in with_drills.steps if s.name == "healthy").blocks  # an unhealthy cluster stops the drills
+
+
+def test_in_plan_mode_no_check_runs_and_none_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    validate = load_runbook("validate")
+    chosen, rest = validate.runbook(["--lab", "--plan"])
+    assert chosen.main(rest) == 0
+    out = capsys.readouterr().out
+    assert "PASS" not in out
+    assert out.count("not run in plan mode") >= len(chosen.steps)  # each step's line and its table row
 
 
 def test_the_admin_allowlist_sorts_the_inventory(lab_settings: Settings) -> None:
