@@ -18,7 +18,7 @@ from tasks.backup import BACKUP_REPOSITORY, PGBACKREST, first_backup
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
-from tasks.database import synapse_database
+from tasks.database import SYNAPSE_DATABASE
 from tasks.etcd import ETCD
 from tasks.firewall import FIREWALL
 from tasks.haproxy import HAPROXY
@@ -28,10 +28,10 @@ from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO, minio_bucket
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, patroni_dynamic_config
-from tasks.pgbouncer import PGBOUNCER, login_check
+from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
 from tasks.preflight import duplicate_hostnames, preflight
-from tasks.synapse import SYNAPSE, admin_user, native
+from tasks.synapse import ADMIN_USER, SYNAPSE
 
 RUNBOOK = Runbook(
     "deploy",
@@ -58,19 +58,9 @@ RUNBOOK = Runbook(
         PGBACKREST.step(),
         BACKUP_REPOSITORY.step(),
         PGBOUNCER.step(),
-        Step(
-            "synapse-database",
-            "database synapse (UTF8, C collation) and its role, on the leader",
-            synapse_database,
-            groups=("patroni",),
-        ),
+        SYNAPSE_DATABASE.step(),
         POSTGRES_EXPORTER.step(),
-        Step(
-            "database-access",
-            "Synapse's role logs in through every PgBouncer to the primary",
-            login_check,
-            groups=("pgbouncer",),
-        ),
+        DATABASE_ACCESS.step(),
         MINIO.step(),
         Step(
             "minio-bucket",
@@ -95,13 +85,7 @@ RUNBOOK = Runbook(
             applies=playbook,
             requires=requirements,
         ),
-        Step(
-            "admin-user",
-            "the first admin user (synapse.admin_user), created once",
-            admin_user,
-            groups=("synapse",),
-            applies=native,
-        ),
+        ADMIN_USER.step(),
         BACKUP_SOURCE.step(),
         BACKUP_FILES.step(),
         Step(

@@ -264,7 +264,7 @@ BACKUP_REPOSITORY = pgbackrest_component(
         *(timer(kind) for kind in KINDS),
     ),
     timers=tuple(f"matrix-backup-database-{kind}.timer" for kind in KINDS),
-    reads={"info": info_command},
+    reads={"info": lambda settings, _host: info_command(settings)},
     behaviour=stanza,
     check=backup_check,
     inventory=(GroupRule("backup", fewest=1, most=1, reboot_rank=1),),

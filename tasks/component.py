@@ -200,6 +200,7 @@ class Command:
     unconfirmed: str = ""
     name: str = ""  # how fixtures and listings name a long script
     pending: str = ""  # what check mode says, where that is not `change` (a change decided on the host)
+    stdin: str | None = field(default=None, repr=False)  # what the script reads: secrets never go in the script
 
     def __str__(self) -> str:
         return (self.name or self.script) + (f"; then, over a new SSH login: {self.confirm}" if self.confirm else "")
@@ -266,7 +267,7 @@ class Component:
     services: tuple[Service, ...] | Callable[[Settings], tuple[Service, ...]] = ()  # or made from the settings
     handlers: tuple[Handler, ...] = ()
     # Read-only commands (or commands made from the settings) whose output the files or the behaviour need.
-    reads: Mapping[str, str | Callable[[Settings], str]] = field(default_factory=dict)
+    reads: Mapping[str, str | Callable[[Settings, HostInfo], str]] = field(default_factory=dict)
     ready: tuple[Ready, ...] = ()
     check: HealthCheck | None = None  # the step's health check, once every host converged
     # What the controller must have for the step (an imported certificate set), checked before any host.
@@ -479,7 +480,7 @@ class Component:
             files += component.paths(settings, host)
             units += component.units(settings)
             commands |= {
-                name: read if isinstance(read, str) else read(settings) for name, read in component.reads.items()
+                name: read if isinstance(read, str) else read(settings, host) for name, read in component.reads.items()
             }
             commands |= {block.read: read_script(block.path) for block in component.blocks}
         unique = dict.fromkeys
@@ -525,7 +526,8 @@ def command(task: Task, action: Command) -> Result:
     """Carry out a behaviour's command in the run's mode: pending (plan, check) or run (apply)."""
     if mode(task) is not Mode.APPLY:
         return Result(host=task.host, changed=bool(action.change), diff=action.pending or action.change)
-    out = run(task, action.script, timeout=action.timeout, what=Expectation(action.expect, action.on_failure))
+    what = Expectation(action.expect, action.on_failure)
+    out = run(task, action.script, stdin=action.stdin, timeout=action.timeout, what=what)
     done = bool(action.change) and (action.marker in out.stdout if action.marker else True)
     if action.confirm:
         task.host.close_connection(CONNECTION)  # the old session would survive as an established connection

@@ -7,15 +7,16 @@ connection, because PgBouncer's transaction pooling does not keep session state.
 
 from __future__ import annotations
 
+import hashlib
 import json
-
-from nornir.core.task import Result, Task
+import shlex
+from collections.abc import Sequence
 
 from core.errors import HostError
-from core.settings import Settings
-from tasks.patroni import rest_get
+from core.settings import HostInfo, Settings
+from tasks.component import Action, Command, Component, Context
+from tasks.facts import HostFacts
 from tasks.pgbouncer import synapse_verifier
-from tasks.remote import Expectation, Mode, mode, run
 
 # Synapse sets these on each connection; with transaction pooling they must be defaults
 # of the role so that every pooled server connection already has them.
@@ -34,11 +35,18 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def facts_sql(database: str, user: str, verifier: str) -> str:
+def digest(verifier: str) -> str:
+    """A SHA-256 of the role's SCRAM verifier: compared on the host, so the verifier itself never is in a
+    command (it is password-equivalent for logging in to PostgreSQL)."""
+    return hashlib.sha256(verifier.encode()).hexdigest()
+
+
+def facts_sql(database: str, user: str, verifier_digest: str) -> str:
     return f"""SELECT json_build_object(
+  'primary', NOT pg_is_in_recovery(),
   'role', EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {literal(user)}),
   'password_current', EXISTS (SELECT 1 FROM pg_authid WHERE rolname = {literal(user)}
-                              AND rolpassword = {literal(verifier)}),
+                              AND encode(sha256(convert_to(rolpassword, 'UTF8')), 'hex') = {literal(verifier_digest)}),
   'database', (SELECT json_build_object('encoding', pg_encoding_to_char(encoding), 'collate', datcollate,
                                         'ctype', datctype, 'owner', pg_get_userbyid(datdba))
                FROM pg_database WHERE datname = {literal(database)}),
@@ -86,27 +94,54 @@ def statements(facts: dict, database: str, user: str, verifier: str) -> tuple[li
     return sql, changes
 
 
-def synapse_database(task: Task, settings: Settings) -> Result:
-    """On the Patroni leader: ensure the roles, their settings and the database; replicas follow."""
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result="database and role are converged on the leader at deploy time")
-    status, _ = rest_get(task, "/primary", settings.hosts[task.host.name].private_ip)
-    if status != 200:
-        return Result(host=task.host, result="replica: the leader converges the database")
-    database, user = settings.config.database.name, settings.config.database.user
-    verifier = synapse_verifier(settings)
-    out = run(
-        task,
-        PSQL,
-        stdin=facts_sql(database, user, verifier),
-        what=Expectation("the database and role as JSON", "check that PostgreSQL runs: patronictl list"),
-    )
-    sql, changes = statements(json.loads(out.stdout), database, user, verifier)
-    if sql and mode(task) is Mode.APPLY:
-        run(
-            task,
+NOT_RUNNING = '{"primary": null}'  # what the read says where PostgreSQL does not answer
+
+
+def facts_command(settings: Settings, _host: HostInfo) -> str:
+    database = settings.config.database
+    sql = facts_sql(database.name, database.user, digest(synapse_verifier(settings)))
+    return f"{PSQL} -c {shlex.quote(sql)} 2>/dev/null || echo {shlex.quote(NOT_RUNNING)}"
+
+
+def converge_sql(context: Context, _facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """On the primary: the SQL that takes the roles, their settings and the database to the wanted state."""
+    if context.reads is None:
+        return []
+    facts = json.loads(context.reads["database"])
+    if not facts["primary"]:  # a replica follows the primary; a member not running has nothing to change yet
+        return []
+    database, user = context.settings.config.database.name, context.settings.config.database.user
+    verifier = synapse_verifier(context.settings)
+    sql, changes = statements(facts, database, user, verifier)
+    if not sql:
+        return []
+    return [
+        Command(
             PSQL,
+            "\n".join(changes),
+            "database and role converged",
+            "read the PostgreSQL error above",
+            name="psql: the synapse database and roles",
             stdin="".join(f"{statement};\n" for statement in sql),
-            what=Expectation("database and role converged", "read the PostgreSQL error above"),
         )
-    return Result(host=task.host, result="leader", changed=bool(changes), diff="\n".join(changes))
+    ]
+
+
+def where_converged(context: Context, _actions: Sequence[Action]) -> tuple[str, str]:
+    if context.reads is None:
+        return "database and role are converged on the leader at deploy time", ""
+    primary = json.loads(context.reads["database"])["primary"]
+    if primary is None:
+        return "PostgreSQL does not answer here: nothing converged on this member", ""
+    return ("leader" if primary else "replica: the leader converges the database"), ""
+
+
+# Replicas follow the primary; the SQL runs where PostgreSQL is not in recovery.
+SYNAPSE_DATABASE = Component(
+    "synapse-database",
+    groups=("patroni",),
+    summary="database synapse (UTF8, C collation) and its role, on the leader",
+    reads={"database": facts_command},
+    behaviour=converge_sql,
+    notes=where_converged,
+)

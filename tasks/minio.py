@@ -196,7 +196,7 @@ MINIO = Component(
         File(ENV_FILE, template("minio/minio.env.j2", environment), group=USER, mode=0o640),
     ),
     services=(Service(UNIT, restart_on=(SERVER.path, f"{UNIT_DIR}/{UNIT}", ENV_FILE)),),
-    reads={"drives": drive_owners_script},
+    reads={"drives": lambda settings, _host: drive_owners_script(settings)},
     behaviour=drive_folders,
     absent=minio_off,
     check=minio_healthy,

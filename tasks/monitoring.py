@@ -291,7 +291,7 @@ GRAFANA = Component(
         ),
     ),
     services=(Service(GRAFANA_UNIT),),
-    reads={"unpacked": lambda settings: f"test -x {grafana_home(settings)}/bin/grafana && echo yes"},
+    reads={"unpacked": lambda settings, _host: f"test -x {grafana_home(settings)}/bin/grafana && echo yes"},
     behaviour=unpacked,
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120),),
     ports=(tcp("grafana", GRAFANA_PORT, ("grafana", "grafana-server")),),

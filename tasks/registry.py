@@ -19,6 +19,7 @@ from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.component import Component
 from tasks.coturn import COTURN
+from tasks.database import SYNAPSE_DATABASE
 from tasks.etcd import ETCD
 from tasks.firewall import FIREWALL
 from tasks.haproxy import HAPROXY
@@ -28,8 +29,8 @@ from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, POSTGRESQL_SERVER
-from tasks.pgbouncer import PGBOUNCER
-from tasks.synapse import SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
+from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
+from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
 DECLARED = (
     FIREWALL,
@@ -42,6 +43,8 @@ DECLARED = (
     PGBACKREST,
     BACKUP_REPOSITORY,
     PGBOUNCER,
+    SYNAPSE_DATABASE,
+    DATABASE_ACCESS,
     MINIO,
     POSTGRES_EXPORTER,
     HAPROXY,
@@ -53,6 +56,7 @@ DECLARED = (
     SYNAPSE_REDIS,
     SYNAPSE,
     SYNAPSE_STAGE,
+    ADMIN_USER,
     BACKUP_SOURCE,
     BACKUP_FILES,
     MONITORING,

@@ -295,7 +295,7 @@ SYNAPSE_STAGE = Component(
     handlers=(
         Handler("systemctl daemon-reload", after=(MAIN_UNIT_FILE, WORKER_UNIT_FILE), expect="unit files reloaded"),
     ),
-    reads={"version": lambda _: version_probe()},
+    reads={"version": lambda _settings, _host: version_probe()},
     behaviour=venv_install,
 )
 
@@ -402,21 +402,44 @@ except urllib.error.HTTPError as error:
 """
 
 
-def admin_user(task: Task, settings: Settings) -> Result:
-    """Deployment step 15: the first admin user, created once (its password is in the secrets file)."""
+# The admin the deploy registered (or found), so a re-run need not ask again; remove it to
+# have the next deploy register synapse.admin_user again (e.g. after emptying the database).
+REGISTERED = f"{DATA}/.admin-user"
+
+
+def register_admin(context: Context, _facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """Register synapse.admin_user with the shared secret unless this host recorded it already; an existing
+    user is left alone (and recorded)."""
+    settings = context.settings
     user = settings.config.synapse.admin_user
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=f"would make sure @{user}:{settings.config.domain} exists")
-    base = f"http://{settings.hosts[task.host.name].private_ip}:{HTTP_PORT}"
+    if context.reads is not None and context.reads["registered"].strip() == user:
+        return []
+    base = f"http://{context.host.private_ip}:{HTTP_PORT}"
     secrets = settings.secrets
-    out = run(
-        task,
-        f"python3 -c {shlex.quote(REGISTER_ADMIN)} {shlex.quote(base)} {shlex.quote(user)}",
-        stdin=f"{secrets['synapse_registration_shared_secret']}\n{secrets['synapse_admin_password']}\n",
-        what=Expectation(f"@{user} registered or already there", f"journalctl -u {UNIT} on the host"),
-    )
-    created = out.stdout.strip() == "created"
-    return Result(host=task.host, changed=created, diff=f"@{user}:{settings.config.domain} created" if created else "")
+    register = f"python3 -c {shlex.quote(REGISTER_ADMIN)} {shlex.quote(base)} {shlex.quote(user)}"
+    who = f"@{user}:{settings.config.domain}"
+    return [
+        Command(
+            f'answer=$({register}) && echo "$answer" && echo {shlex.quote(user)} > {REGISTERED}',
+            f"{who} created",
+            f"{who} registered or already there",
+            f"journalctl -u {UNIT} on the host",
+            marker="created",
+            pending=f"{who} registered unless it exists",
+            name=f"register {who} with the shared secret",
+            stdin=f"{secrets['synapse_registration_shared_secret']}\n{secrets['synapse_admin_password']}\n",
+        )
+    ]
+
+
+ADMIN_USER = Component(
+    "admin-user",
+    groups=("synapse",),
+    summary="the first admin user (synapse.admin_user), created once",
+    reads={"registered": f"cat {REGISTERED} 2>/dev/null || true"},
+    behaviour=register_admin,
+    applies=native,
+)
 
 
 def listeners(config: Config) -> list[PortUse]:
@@ -461,7 +484,7 @@ SYNAPSE = Component(
     wheels=(WHEEL_SET,),
     files=synapse_files,
     services=synapse_services,
-    reads={"version": lambda _: version_probe(), "processes": PROCESSES, "venvs": VENVS_LISTING},
+    reads={"version": lambda _settings, _host: version_probe(), "processes": PROCESSES, "venvs": VENVS_LISTING},
     behaviour=synapse_behaviour,
     restarts=process_restarts,
     parts=(SYNAPSE_REDIS,),

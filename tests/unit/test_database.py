@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.database import ROLE_SETTINGS, statements
+from tasks.component import Command
+from tasks.database import PSQL, ROLE_SETTINGS, SYNAPSE_DATABASE, digest, statements
 from tasks.facts import HostFacts
 from tasks.patroni import PATRONI, Memory, cluster_problems, config_patch, pending_restart
+from tasks.pgbouncer import synapse_verifier
 from tasks.systemd import ServiceFact
 
 HEALTHY = {
@@ -111,3 +115,20 @@ def test_a_new_patroni_on_a_running_member_is_reported_as_a_pending_restart(lab_
     assert message.startswith("patroni 4.1.5; patroni.service runs the old binary")
     assert notice == "patroni.service: restart pending (new binary or unit)"
     assert pending_restart(context, PATRONI.decide(context, None)) == ("patroni 4.1.5", "")  # plan: nothing read
+
+
+def test_the_read_compares_a_digest_of_the_verifier_and_never_carries_a_secret(lab_settings: Settings) -> None:
+    host = lab_settings.hosts["patroni1"]
+    read = SYNAPSE_DATABASE.reading(lab_settings, host).script
+    verifier = synapse_verifier(lab_settings)
+    assert digest(verifier) in read
+    assert verifier not in read and lab_settings.secrets["synapse_db_password"] not in read
+
+
+def test_the_sql_reaches_psql_on_stdin(lab_settings: Settings) -> None:
+    fresh = {**FRESH, "primary": True}
+    facts = HostFacts(commands={"database": json.dumps(fresh)})
+    [command] = SYNAPSE_DATABASE.decide(SYNAPSE_DATABASE.context(lab_settings, "patroni1", facts), facts)
+    assert isinstance(command, Command) and command.script == PSQL
+    assert command.stdin and synapse_verifier(lab_settings) in command.stdin  # the password, on stdin only
+    assert synapse_verifier(lab_settings) not in repr(command) + str(command)
