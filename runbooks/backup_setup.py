@@ -29,6 +29,7 @@ CHECK = Step(
     groups=("backup",),
     gate=too_old,
     report=freshness_table,
+    live=True,
 )
 
 

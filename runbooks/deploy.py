@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
 from runbooks.shell import Runbook
-from tasks.backup import BACKUP_REPOSITORY, PGBACKREST, first_backup
+from tasks.backup import BACKUP_REPOSITORY, FIRST_BACKUP, PGBACKREST
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.coturn import COTURN
@@ -88,12 +88,7 @@ RUNBOOK = Runbook(
         ADMIN_USER.step(),
         BACKUP_SOURCE.step(),
         BACKUP_FILES.step(),
-        Step(
-            "first-backup",
-            "on the backup host: the first full database backup and media/key pull, where none exists yet",
-            first_backup,
-            groups=("backup",),
-        ),
+        FIRST_BACKUP.step(),
         MONITORING.step(),
         GRAFANA.step(),
     ],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,11 +28,11 @@ from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from tasks.backup_files import PULL_UNIT
-from tasks.component import Command, Component, Context, File, Service, template
+from tasks.component import Action, Command, Component, Context, File, Service, template
 from tasks.facts import HostFacts
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.patroni import data_dir
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, run
 from tasks.systemd import UNIT_DIR
 
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -285,20 +286,17 @@ class Freshness:
     age_hours: float | None
 
 
-def backup_ages(task: Task, settings: Settings) -> Result:
-    """Fact: the newest database backup (pgBackRest's own record) and the last media/key pulls.
-
-    One command: the host's clock, `pgbackrest info` and the pull's success metric.
-    """
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result=[])
+def ages_command(settings: Settings, _host: HostInfo | None = None) -> str:
+    """One command: the host's clock, `pgbackrest info` and the pull's success metric."""
     stanza = settings.config.backup.stanza
-    out = run(
-        task,
+    return (
         f"date +%s; runuser -u postgres -- pgbackrest --stanza={stanza} --output=json info; "
-        f"cat {TEXTFILE_DIR}/backup-files.prom 2>/dev/null || true",
-        what=Expectation("the host's time, pgbackrest info and the file pull's metric"),
-    ).stdout
+        f"cat {TEXTFILE_DIR}/backup-files.prom 2>/dev/null || true"
+    )
+
+
+def parse_ages(out: str) -> list[Freshness]:
+    """The newest backup of each kind and its age, from `ages_command`'s output."""
     now_line, rest = out.split("\n", 1)
     now = float(now_line)
     decoder = json.JSONDecoder()
@@ -307,11 +305,17 @@ def backup_ages(task: Task, settings: Settings) -> Result:
     newest: dict[str, float | None] = {kind: None for kind in BACKUP_KINDS}
     newest["database"] = max(stops, default=None)
     newest |= {kind: float(value) for kind, value in SUCCESS.findall(rest.lstrip()[end:])}
-    ages = [
+    return [
         Freshness(kind, stamp, None if stamp is None else round((now - stamp) / 3600, 3))
         for kind, stamp in newest.items()
     ]
-    return Result(host=task.host, result=[asdict(a) for a in ages])
+
+
+def backup_ages(task: Task, settings: Settings) -> Result:
+    """Fact: the newest database backup (pgBackRest's own record) and the last media/key pulls."""
+    what = Expectation("the host's time, pgbackrest info and the file pull's metric")
+    out = run(task, ages_command(settings), what=what, reads_only=True).stdout
+    return Result(host=task.host, result=[asdict(a) for a in parse_ages(out)])
 
 
 # What makes each kind of backup: the timers' own services (oneshot: `systemctl start` returns when done).
@@ -319,31 +323,48 @@ FIRST_RUN = {"database": database_unit("full"), "media": PULL_UNIT, "keys": PULL
 FIRST_SECONDS = 3600  # an empty new platform's first backups take seconds; a restored, large one longer
 
 
-def first_backup(task: Task, settings: Settings) -> Result:
-    """On the backup host: a full database backup and a media/key pull now, where none was ever made.
+def never_backed_up(context: Context) -> list[str]:
+    """The kinds of backup never made, from the ages read ahead."""
+    assert context.reads is not None
+    return [age.kind for age in parse_ages(context.reads["ages"]) if age.newest is None]
 
-    Why: the timers fire on their schedule (the full backup weekly), so a new platform had
-    no backup at all until then: `backup_setup.py check` and the restore drill failed right
-    after the first deploy. One command when every kind has a backup already.
-    """
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result="the first backups are taken once the platform runs")
-    never = [row["kind"] for row in backup_ages(task, settings).result if row["newest"] is None]
+
+def take_first(context: Context, _facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """Start the services of the kinds never backed up (each timer's own oneshot service)."""
+    if context.reads is None:
+        return []
+    never = never_backed_up(context)
     units = list(dict.fromkeys(FIRST_RUN[kind] for kind in never))
     if not units:
-        return Result(host=task.host, result="every kind of backup exists")
-    if mode(task) is Mode.APPLY:
-        run(
-            task,
+        return []
+    return [
+        Command(
             f"systemctl start {' '.join(units)}",
+            f"first backup: {', '.join(never)} ({' '.join(units)})",
+            f"the first {', '.join(never)} backup(s) taken",
+            f"read 'journalctl {' '.join(f'-u {unit}' for unit in units)} -n 50' on the host",
             timeout=FIRST_SECONDS,
-            what=Expectation(
-                f"the first {', '.join(never)} backup(s) taken",
-                f"read 'journalctl {' '.join(f'-u {unit}' for unit in units)} -n 50' on the host",
-            ),
         )
-    diff = f"first backup: {', '.join(never)} ({' '.join(units)})"
-    return Result(host=task.host, result=units, changed=True, diff=diff)
+    ]
+
+
+def first_backup_notes(context: Context, actions: Sequence[Action]) -> tuple[str, str]:
+    if context.reads is None:
+        return "the first backups are taken once the platform runs", ""
+    return ("" if actions else "every kind of backup exists"), ""
+
+
+# Why: the timers fire on their schedule (the full backup weekly), so a new platform had no
+# backup at all until then: `backup_setup.py check` and the restore drill failed right
+# after the first deploy. One command when every kind has a backup already.
+FIRST_BACKUP = Component(
+    "first-backup",
+    groups=("backup",),
+    summary="on the backup host: the first full database backup and media/key pull, where none exists yet",
+    reads={"ages": ages_command},
+    behaviour=take_first,
+    notes=first_backup_notes,
+)
 
 
 def freshness_of(result: AggregatedResult) -> list[Freshness]:

@@ -14,7 +14,7 @@ from core.config import Config
 from core.ports import PortUse
 from core.settings import Settings
 from core.targets import Job
-from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
+from tasks.backup import BACKUP_REPOSITORY, FIRST_BACKUP, PGBACKREST
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.component import Component
@@ -59,6 +59,7 @@ DECLARED = (
     ADMIN_USER,
     BACKUP_SOURCE,
     BACKUP_FILES,
+    FIRST_BACKUP,
     MONITORING,
     GRAFANA,
 )
