@@ -42,6 +42,7 @@ RUNBOOK = Runbook(
             "SSH, sudo, OS, clock, disk, python3, free ports, unique host names",
             preflight,
             gate=lambda result, _settings: duplicate_hostnames(result),
+            live=True,
         ),
         FIREWALL.step(),
         CA_TRUST.step(),
