@@ -27,7 +27,7 @@ from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO, minio_bucket
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
-from tasks.patroni import PATRONI, patroni_dynamic_config
+from tasks.patroni import PATRONI, PATRONI_CONFIG
 from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
 from tasks.playbook import playbook, playbook_healthy, requirements, run_playbook
 from tasks.preflight import duplicate_hostnames, preflight
@@ -50,12 +50,7 @@ RUNBOOK = Runbook(
         NODE_EXPORTER.step(),
         ETCD.step(),
         PATRONI.step(),
-        Step(
-            "patroni-config",
-            "cluster-wide Patroni settings in etcd match the template (reported: pending restarts)",
-            patroni_dynamic_config,
-            groups=("patroni",),
-        ),
+        PATRONI_CONFIG.step(),
         PGBACKREST.step(),
         BACKUP_REPOSITORY.step(),
         PGBOUNCER.step(),

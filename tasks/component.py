@@ -207,6 +207,21 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Procedure:
+    """Work that must watch the platform while it goes (a rolling restart waits for each member before the next):
+    decided from facts like any action, carried out by the executor on apply; plan and check mode report
+    `pending`. `run` returns the changes it made."""
+
+    name: str  # how fixtures and listings name it
+    pending: str
+    run: Callable[[Task], list[str]] = field(compare=False, repr=False)
+    stage: Stage = Stage.AFTER_UNITS
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
 class Port:
     """A TCP port that must accept connections once the component converged.
 
@@ -242,10 +257,10 @@ class Url:
 
 
 Ready = Port | Url | Verify
-Action = Install | AddUser | Copy | Write | EditBlock | Systemctl | UnitsWanted | Command
+Action = Install | AddUser | Copy | Write | EditBlock | Systemctl | UnitsWanted | Command | Procedure
 # A component's behaviour of its own: from the context, the facts (None: not read) and the
-# files about to change (as declared), the further commands it needs after its units.
-Behaviour = Callable[[Context, HostFacts | None, frozenset[str]], list[Command]]
+# files about to change (as declared), the further commands (or procedures) it needs, each at its stage.
+Behaviour = Callable[[Context, HostFacts | None, frozenset[str]], Sequence[Command | Procedure]]
 
 
 @dataclass(frozen=True)
@@ -364,10 +379,10 @@ class Component:
                 block.path, block.name, block.body(context), facts and parse(facts.commands[block.read]), block.new_mode
             )
         ]
-        handled = [
+        handled: list[Command | Procedure] = [
             Command(h.command, "", h.expect, stage=Stage.BEFORE_UNITS) for h in self.handlers if written & set(h.after)
         ]
-        own = handled + (self.behaviour(context, facts, frozenset(written)) if self.behaviour else [])
+        own = handled + list(self.behaviour(context, facts, frozenset(written)) if self.behaviour else [])
         staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}
         before: list[Action] = [
             *(w for w in writes if w.spec.path in early),
@@ -518,6 +533,11 @@ def one(task: Task, action: Action) -> Result:
         return edit_block(task, action)
     if isinstance(action, Command):
         return command(task, action)
+    if isinstance(action, Procedure):
+        if mode(task) is not Mode.APPLY:
+            return Result(host=task.host, changed=bool(action.pending), diff=action.pending)
+        done = action.run(task)
+        return Result(host=task.host, changed=bool(done), diff="\n".join(done))
     assert isinstance(action, Systemctl | UnitsWanted), action
     return converge_units(task, action)
 

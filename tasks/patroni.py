@@ -24,11 +24,11 @@ from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
-from tasks.component import Action, Command, Component, Context, File, Service, Stage, Wheels, template
+from tasks.component import Action, Command, Component, Context, File, Procedure, Service, Stage, Wheels, template
 from tasks.facts import HostFacts
 from tasks.files import JINJA, Write
 from tasks.packages import venv_version_script
-from tasks.remote import Expectation, Mode, lost_hosts, mode, run
+from tasks.remote import Expectation, lost_hosts, run
 from tasks.systemd import UNIT_DIR, Systemctl, UnitsWanted
 
 VENV = "/opt/patroni/venv"
@@ -94,14 +94,6 @@ MEMORY = "awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo"
 UNREAD_MEMORY_MB = 16384  # what plan mode tunes for when the inventory gives no memory_mb
 
 
-def memory_mb(task: Task, settings: Settings) -> int:
-    """RAM to tune for: the inventory's memory_mb, else MemTotal of the host."""
-    configured = settings.hosts[task.host.name].memory_mb
-    if configured or mode(task) is Mode.PLAN:
-        return configured or UNREAD_MEMORY_MB
-    return int(run(task, MEMORY, what=Expectation("RAM in MiB")).stdout.strip())
-
-
 def data_dir(settings: Settings) -> str:
     return f"/var/lib/postgresql/{settings.config.versions.postgresql}/main"
 
@@ -122,13 +114,6 @@ class Recovery:
 
 
 RESTORE_SCRIPT = "/usr/local/sbin/matrix-bootstrap-from-backup"
-
-
-def patroni_config(task: Task, settings: Settings, recovery: Recovery | None = None) -> str:
-    host = settings.hosts[task.host.name]
-    return JINJA.get_template("patroni/patroni.yml.j2").render(
-        **patroni_variables(settings, host, memory_mb(task, settings), recovery)
-    )
 
 
 def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recovery: Recovery | None) -> dict[str, Any]:
@@ -291,11 +276,6 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
     )
 
 
-def dynamic_config(task: Task, settings: Settings) -> dict:
-    """The cluster-wide settings Patroni keeps in etcd, as the template's bootstrap.dcs says them."""
-    return yaml.safe_load(patroni_config(task, settings))["bootstrap"]["dcs"]
-
-
 def config_patch(desired: dict, current: dict) -> dict:
     """The part of `desired` that `current` (GET /config) lacks or holds differently."""
     patch = {}
@@ -334,38 +314,80 @@ def rest_write(task: Task, settings: Settings, method: str, url: str, body: dict
     return int(status), answer
 
 
-def patroni_dynamic_config(task: Task, settings: Settings) -> Result:
-    """On the leader: bring the cluster-wide config in etcd in line with the template.
+def rest_reads(settings: Settings, host: HostInfo) -> str:
+    """GET /primary, /config and /cluster from the member's own REST API, in one command (read ahead)."""
+    return f"python3 -c {shlex.quote(REST_GETS)} http://{host.private_ip}:{REST_PORT} /primary /config /cluster"
+
+
+# A PATCH through REST_WRITE that fails unless Patroni answered 200 (its answer is printed either way).
+PATCH_ACCEPTED = 'out=$(python3 -c {script} PATCH {url}) || exit 1; echo "$out"; [ "$(echo "$out" | head -n1)" = 200 ]'
+
+
+def sync_dynamic_config(
+    context: Context, _facts: HostFacts | None, _written: frozenset[str]
+) -> list[Procedure | Command]:
+    """On the leader: bring the cluster-wide config in etcd in line with the template, then restart PostgreSQL
+    where Patroni flags a pending restart (never all at once).
 
     bootstrap.dcs is read only when the cluster is first created; afterwards a change of,
     say, synchronous_mode in config.yaml must be sent to Patroni's REST API, or it would
-    silently not apply. Parameters that need a PostgreSQL restart are reported as pending.
+    silently not apply.
     """
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result="the dynamic config is compared with etcd at deploy time")
-    ip = settings.hosts[task.host.name].private_ip
-    answers = rest_gets(task, ["/primary", "/config", "/cluster"], ip)
+    if context.reads is None:
+        return []
+    answers = json.loads(context.reads["rest"])
     if answers["/primary"][0] != 200:
-        return Result(host=task.host, result="replica: the leader syncs the dynamic config")
+        return []
+    settings, host = context.settings, context.host
     status, body = answers["/config"]
     if status != 200:
-        raise HostError(f"{task.host.name}: Patroni REST /config answered {status}: {body.strip()[:200]}")
-    patch = config_patch(dynamic_config(task, settings), json.loads(body))
-    changes = []
+        raise HostError(f"{host.name}: Patroni REST /config answered {status}: {body.strip()[:200]}")
+    memory = host.memory_mb or int(context.reads["memory"])
+    rendered = JINJA.get_template("patroni/patroni.yml.j2").render(**patroni_variables(settings, host, memory, None))
+    patch = config_patch(yaml.safe_load(rendered)["bootstrap"]["dcs"], json.loads(body))
+    actions: list[Procedure | Command] = []
     if patch:
-        changes.append(f"dynamic config in etcd: {json.dumps(patch, sort_keys=True)}")
-        if mode(task) is Mode.APPLY:
-            status, answer = rest_write(task, settings, "PATCH", f"http://{ip}:{REST_PORT}/config", patch)
-            if status != 200:
-                raise HostError(f"{task.host.name}: Patroni refused the config change ({status}): {answer[:200]}")
+        url = f"http://{host.private_ip}:{REST_PORT}/config"
+        actions.append(
+            Command(
+                PATCH_ACCEPTED.format(script=shlex.quote(REST_WRITE), url=shlex.quote(url)),
+                f"dynamic config in etcd: {json.dumps(patch, sort_keys=True)}",
+                "Patroni accepted the config change (200)",
+                f"run '{VENV}/bin/patronictl -c {CONFIG} list'",
+                name=f"PATCH {url}",
+                stdin=settings.secrets["patroni_rest_password"] + "\n" + json.dumps(patch),
+            )
+        )
     status, body = answers["/cluster"]
-    seen = json.loads(body) if status == 200 and not patch else None  # the state before any change
-    if mode(task) is Mode.APPLY:
-        changes += rolling_restart(task, settings, settle=bool(patch), seen=seen)
-    else:
-        pending = [m["name"] for m in (seen or cluster(task, settings))["members"] if m.get("pending_restart")]
-        changes += [f"{name}: PostgreSQL restart pending" for name in pending]
-    return Result(host=task.host, result="leader", changed=bool(changes), diff="\n".join(changes))
+    seen = json.loads(body) if status == 200 else {"members": []}
+    pending = [m["name"] for m in seen["members"] if m.get("pending_restart")]
+    if patch or pending:
+        state = None if patch else seen  # after a change, the members are asked again once they settled
+        actions.append(
+            Procedure(
+                "restart PostgreSQL where Patroni flags it: replicas, a switchover, the old leader",
+                "\n".join(f"{name}: PostgreSQL restart pending" for name in pending),
+                lambda task: rolling_restart(task, settings, settle=bool(patch), seen=state),
+            )
+        )
+    return actions
+
+
+def leader_or_replica(context: Context, _actions: Sequence[Action]) -> tuple[str, str]:
+    if context.reads is None:
+        return "the dynamic config is compared with etcd at deploy time", ""
+    primary = json.loads(context.reads["rest"])["/primary"][0] == 200
+    return ("leader" if primary else "replica: the leader syncs the dynamic config"), ""
+
+
+PATRONI_CONFIG = Component(
+    "patroni-config",
+    groups=("patroni",),
+    summary="cluster-wide Patroni settings in etcd match the template (reported: pending restarts)",
+    reads={"rest": rest_reads, "memory": MEMORY},
+    behaviour=sync_dynamic_config,
+    notes=leader_or_replica,
+)
 
 
 def rolling_restart(task: Task, settings: Settings, *, settle: bool, seen: dict | None = None) -> list[str]:

@@ -28,7 +28,7 @@ from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
-from tasks.patroni import PATRONI, POSTGRESQL_SERVER
+from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
 from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
@@ -39,6 +39,7 @@ DECLARED = (
     NODE_EXPORTER,
     ETCD,
     PATRONI,
+    PATRONI_CONFIG,
     POSTGRESQL_SERVER,
     PGBACKREST,
     BACKUP_REPOSITORY,
