@@ -25,7 +25,7 @@ from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
-from tasks.minio import MINIO, minio_bucket
+from tasks.minio import MINIO, MINIO_BUCKET
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, PATRONI_CONFIG
 from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
@@ -58,13 +58,7 @@ RUNBOOK = Runbook(
         POSTGRES_EXPORTER.step(),
         DATABASE_ACCESS.step(),
         MINIO.step(),
-        Step(
-            "minio-bucket",
-            "Synapse's media bucket and its least-privilege user",
-            minio_bucket,
-            groups=("minio",),
-            needs=("minio", "mc"),
-        ),
+        MINIO_BUCKET.step(),
         HAPROXY.step(),
         KEEPALIVED.step(),
         COTURN.step(),

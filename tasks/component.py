@@ -273,6 +273,7 @@ class Component:
     packages: tuple[str | Callable[[Settings], str], ...] = ()  # a name, or one made from the settings
     users: tuple[str, ...] = ()  # system accounts its services run as
     binaries: tuple[Binary, ...] = ()  # also what its step needs from the artifact cache
+    needs: tuple[str, ...] = ()  # further artifacts without which its step is skipped (another component's)
     wheels: tuple[Wheels, ...] = ()  # pinned wheel sets (the step requires them before any host is touched)
     # Whether installing the packages may start their units (Debian's default); without it a
     # policy-rc.d keeps a stock instance (a 15/main cluster, a single-member etcd) from starting.
@@ -319,7 +320,7 @@ class Component:
             groups=self.groups,
             check=self.check,
             requires=self.requires,
-            needs=tuple(binary.artifact for binary in self.binaries),
+            needs=(*(binary.artifact for binary in self.binaries), *self.needs),
             artifacts=tuple(wheels.artifact for wheels in self.wheels),
             applies=self.applies,
         )

@@ -23,8 +23,6 @@ from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
 from tasks.component import Binary, Command, Component, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
-from tasks.files import FileSpec, put_files
-from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR
 from tasks.waits import wait_for_http
 
@@ -136,18 +134,19 @@ def mc_env_script() -> str:
     return f"IFS= read -r MC_HOST_{ALIAS}; export MC_HOST_{ALIAS}; "
 
 
-def minio_bucket(task: Task, settings: Settings) -> Result:
-    """On the first node: Synapse's bucket, its policy and its user (idempotent), then cluster facts."""
-    host = settings.hosts[task.host.name]
+def first_node_only(settings: Settings, host: HostInfo) -> str:
+    """Why a host has nothing of minio-bucket ("" on the first node, with MinIO on)."""
     if not settings.config.minio.enabled:
-        return Result(host=task.host, result="minio.enabled is false in config.yaml")
-    if host.name != settings.members("minio")[0].name:
-        return Result(host=task.host, result="bucket and user are managed from the first node")
-    bucket = settings.config.minio.bucket
-    policy = task.run(task=put_files, specs=[FileSpec(POLICY_FILE, bucket_policy(bucket))], severity_level=10)[0]
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, changed=policy.changed, diff=policy.diff)
+        return "minio.enabled is false in config.yaml"
+    return "" if host.name == settings.members("minio")[0].name else "bucket and user are managed from the first node"
+
+
+def ensure_bucket(context: Context, _facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """Synapse's bucket, its policy and its user through mc, every apply: each mc call is idempotent and nothing
+    readable without the root credentials says whether they exist."""
+    settings, host = context.settings, context.host
     secrets = settings.secrets
+    bucket = settings.config.minio.bucket
     alias = f"http://{secrets['minio_root_user']}:{secrets['minio_root_password']}@{host.private_ip}:{API_PORT}"
     access = secrets["minio_synapse_access_key"]
     # mc reads the new user's secret key from stdin when it is not given as an argument.
@@ -157,28 +156,30 @@ def minio_bucket(task: Task, settings: Settings) -> Result:
         + f"mc mb --ignore-existing {ALIAS}/{shlex.quote(bucket)}; "
         + f"mc admin policy create {ALIAS} {POLICY} {POLICY_FILE}; "
         + f'printf "%s\\n" "$SECRET" | mc admin user add {ALIAS} {shlex.quote(access)}; '
-        + f"mc admin policy attach {ALIAS} {POLICY} --user {shlex.quote(access)} 2>/dev/null || true; "
-        + f"mc admin info {ALIAS} --json"
+        + f"mc admin policy attach {ALIAS} {POLICY} --user {shlex.quote(access)} 2>/dev/null || true"
     )
-    out = run(
-        task,
-        script,
-        stdin=f"{alias}\n{secrets['minio_synapse_secret_key']}\n",
-        what=Expectation(f"bucket {bucket} and its user", "mc admin info on the node; journalctl -u minio"),
-    )
-    return Result(
-        host=task.host,
-        changed=policy.changed,
-        diff=policy.diff,
-        result=f"bucket {bucket}; {cluster_summary(out.stdout)}",
-    )
+    return [
+        Command(
+            script,
+            "",
+            f"bucket {bucket} and its user",
+            "mc admin info on the node; journalctl -u minio",
+            name=f"mc: bucket {bucket}, policy {POLICY}, Synapse's user",
+            stdin=f"{alias}\n{secrets['minio_synapse_secret_key']}\n",
+        )
+    ]
 
 
-def cluster_summary(info_json: str) -> str:
-    """The facts of `mc admin info --json` an operator looks at first."""
-    backend = json.loads(info_json.strip().splitlines()[-1]).get("info", {}).get("backend", {})
-    online, offline = backend.get("onlineDisks", "?"), backend.get("offlineDisks", "?")
-    return f"{online} drives online, {offline} offline, parity EC:{backend.get('standardSCParity', '?')}"
+MINIO_BUCKET = Component(
+    "minio-bucket",
+    groups=("minio",),
+    summary="Synapse's media bucket and its least-privilege user",
+    files=(File(POLICY_FILE, lambda c: bucket_policy(c.settings.config.minio.bucket)),),
+    behaviour=ensure_bucket,
+    absent=first_node_only,
+    needs=("minio", "mc"),
+    notes=lambda context, _actions: (f"bucket {context.settings.config.minio.bucket}", ""),
+)
 
 
 SERVER = Binary("minio")

@@ -26,7 +26,7 @@ from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
-from tasks.minio import MINIO
+from tasks.minio import MINIO, MINIO_BUCKET
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
 from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
@@ -47,6 +47,7 @@ DECLARED = (
     SYNAPSE_DATABASE,
     DATABASE_ACCESS,
     MINIO,
+    MINIO_BUCKET,
     POSTGRES_EXPORTER,
     HAPROXY,
     KEEPALIVED,

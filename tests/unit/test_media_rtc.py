@@ -190,11 +190,3 @@ def test_a_config_with_no_tcp_relay_is_rejected_on_the_host(tmp_path: Path) -> N
     check = coturn.NO_TCP_RELAY_CHECK
     assert subprocess.run(["bash", "-c", check.format(path=good)]).returncode == 0
     assert subprocess.run(["bash", "-c", check.format(path=bad)]).returncode != 0
-
-
-def test_minio_cluster_facts_from_mc_admin_info() -> None:
-    info = (
-        '{"status":"success","info":{"mode":"online","backend":{"backendType":"Erasure",'
-        '"onlineDisks":15,"offlineDisks":1,"standardSCParity":4}}}\n'
-    )
-    assert minio.cluster_summary(info) == "15 drives online, 1 offline, parity EC:4"
