@@ -34,6 +34,7 @@ from nornir.core.task import Result, Task
 from core.errors import HostError, InputProblem
 from core.secrets import write_private
 from core.settings import Settings
+from core.step import Step
 from core.workers import playbook_counts
 from tasks.coturn import turn_uris
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
@@ -361,3 +362,16 @@ def playbook_healthy(task: Task, settings: Settings) -> Result:
     fqdn = settings.config.homeserver_fqdn
     wait_for_http(task, f"http://{ip}:{TRAEFIK_WEB_PORT}/_matrix/client/versions", timeout=300, host_header=fqdn)
     return wait_for_http(task, f"https://{fqdn}/_matrix/client/versions", timeout=60)
+
+
+# Runs on the controller (ansible-playbook against the Synapse host), so a step of its own
+# rather than a component: what it changes is decided from the variables last applied.
+SYNAPSE_PLAYBOOK = Step(
+    "synapse-playbook",
+    "Synapse, workers, Element and Ketesa via matrix-docker-ansible-deploy (playbook mode)",
+    run_playbook,
+    groups=("synapse",),
+    check=playbook_healthy,
+    applies=playbook,
+    requires=requirements,
+)

@@ -1,6 +1,6 @@
 """Every component declared through `tasks.component`: the tables that span components loop over it.
 
-The deploy order is the order here; `CATALOG` gathers what the settings need from the
+The deploy's order is `DEPLOY`'s; `CATALOG` gathers what the settings need from the
 components (the inventory's groups, the ports, the scrape jobs, the secrets) and is handed
 to `load_settings`.
 """
@@ -13,6 +13,7 @@ from core.catalog import Catalog, GroupRule
 from core.config import Config
 from core.ports import PortUse
 from core.settings import Settings
+from core.step import Step
 from core.targets import Job
 from tasks.backup import BACKUP_REPOSITORY, FIRST_BACKUP, PGBACKREST
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
@@ -30,9 +31,11 @@ from tasks.minio import MINIO, MINIO_BUCKET
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
 from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
+from tasks.playbook import SYNAPSE_PLAYBOOK
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
-DECLARED = (
+# The deploy's steps after preflight, each after what it needs (issue 25 makes this a graph).
+DEPLOY: tuple[Component | Step, ...] = (
     FIREWALL,
     CA_TRUST,
     HOSTS_FILE,
@@ -40,24 +43,22 @@ DECLARED = (
     ETCD,
     PATRONI,
     PATRONI_CONFIG,
-    POSTGRESQL_SERVER,
     PGBACKREST,
     BACKUP_REPOSITORY,
     PGBOUNCER,
     SYNAPSE_DATABASE,
+    POSTGRES_EXPORTER,
     DATABASE_ACCESS,
     MINIO,
     MINIO_BUCKET,
-    POSTGRES_EXPORTER,
     HAPROXY,
     KEEPALIVED,
     COTURN,
     LIVEKIT_REDIS,
     LIVEKIT,
     LIVEKIT_JWT,
-    SYNAPSE_REDIS,
     SYNAPSE,
-    SYNAPSE_STAGE,
+    SYNAPSE_PLAYBOOK,
     ADMIN_USER,
     BACKUP_SOURCE,
     BACKUP_FILES,
@@ -65,6 +66,11 @@ DECLARED = (
     MONITORING,
     GRAFANA,
 )
+# Declared components with no deploy step of their own: converged inside another's step
+# (Synapse's replication Redis), or used by other runbooks (the restore drill's server,
+# maintenance update's staging of a new Synapse).
+OTHERS = (SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE)
+DECLARED: tuple[Component, ...] = (*(entry for entry in DEPLOY if isinstance(entry, Component)), *OTHERS)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
 GROUPS: dict[str, GroupRule] = {rule.name: rule for component in DECLARED for rule in component.inventory}
 
