@@ -28,7 +28,8 @@ from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from tasks.backup_files import PULL_UNIT
-from tasks.component import Action, Command, Component, Context, File, Service, template
+from tasks.component import Component
+from tasks.declaration import Action, Command, Context, File, Service, template
 from tasks.facts import HostFacts
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.patroni import data_dir

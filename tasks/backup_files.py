@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from core.secrets import ssh_key, ssh_public_key
 from core.settings import Settings
-from tasks.component import Command, Component, Context, File, Service, Stage, template
+from tasks.component import Component
+from tasks.declaration import Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.synapse import CONFIG_DIR, DATA, USER, native

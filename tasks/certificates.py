@@ -20,7 +20,8 @@ from nornir.core.task import AggregatedResult, Result, Task
 from core import pki
 from core.errors import InputProblem
 from core.settings import Settings
-from tasks.component import Component, File, Handler
+from tasks.component import Component
+from tasks.declaration import File, Handler
 from tasks.files import FileSpec, put_files
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.remote import Expectation, Mode, mode, run

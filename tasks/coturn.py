@@ -21,7 +21,8 @@ from core.ports import PortUse, public_tcp_udp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
-from tasks.component import Component, Context, File, Port, Service, template
+from tasks.component import Component
+from tasks.declaration import Context, File, Port, Service, template
 
 CONFIG = "/etc/turnserver.conf"
 CERT = "/etc/coturn/tls.crt"

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from core.errors import HostError
 from core.settings import HostInfo, Settings
-from tasks.component import Action, Command, Component, Context
+from tasks.component import Component
+from tasks.declaration import Action, Command, Context
 from tasks.facts import HostFacts
 from tasks.pgbouncer import synapse_verifier
 

@@ -15,7 +15,8 @@ from core.errors import HostError
 from core.ports import tcp
 from core.settings import Settings
 from core.targets import Job, per_host
-from tasks.component import Component, Context, File, Service, template
+from tasks.component import Component
+from tasks.declaration import Context, File, Service, template
 from tasks.remote import Expectation, lost_hosts, run
 from tasks.waits import command_script
 

@@ -19,7 +19,8 @@ from ipaddress import IPv4Network
 
 from core.ports import PortUse
 from core.settings import Settings
-from tasks.component import Command, Component, Context, File, Service, Stage, template
+from tasks.component import Component
+from tasks.declaration import Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.files import JINJA
 from tasks.systemd import UNIT_DIR

@@ -25,7 +25,8 @@ from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import HAPROXY_PASSWORD_FILE, Job, per_host
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
-from tasks.component import Command, Component, Context, File, Service, Stage, template
+from tasks.component import Component
+from tasks.declaration import Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
 from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH

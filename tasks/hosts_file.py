@@ -15,7 +15,8 @@ from nornir.core.task import Result, Task
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.component import Block, Component, Context, Verify, template
+from tasks.component import Component
+from tasks.declaration import Block, Context, Verify, template
 from tasks.remote import Expectation, run
 
 BLOCK = "hosts"

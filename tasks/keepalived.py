@@ -20,7 +20,8 @@ from core.errors import HostError
 from core.secrets import vrrp_password
 from core.settings import Settings
 from core.targets import Job, Target, labels
-from tasks.component import Component, Context, File, Service, template
+from tasks.component import Component
+from tasks.declaration import Context, File, Service, template
 from tasks.waits import wait_for_tls
 
 CONFIG = "/etc/keepalived/keepalived.conf"

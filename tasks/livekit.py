@@ -20,7 +20,8 @@ from core.ports import PortUse, public_tcp, tcp
 from core.secrets import access_key, token
 from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
-from tasks.component import Binary, Component, Context, File, Service, Url, template
+from tasks.component import Component
+from tasks.declaration import Binary, Context, File, Service, Url, template
 from tasks.redis import RedisInstance, redis_component, redis_pong
 from tasks.systemd import UNIT_DIR
 

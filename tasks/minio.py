@@ -21,7 +21,8 @@ from core.ports import tcp
 from core.secrets import access_key, token
 from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
-from tasks.component import Binary, Command, Component, Context, File, Service, Stage, template
+from tasks.component import Component
+from tasks.declaration import Binary, Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.systemd import UNIT_DIR
 from tasks.waits import wait_for_http

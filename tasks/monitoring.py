@@ -30,8 +30,9 @@ from core.ports import PortUse, comm, tcp
 from core.secrets import token
 from core.settings import Settings
 from core.targets import HAPROXY_PASSWORD_FILE, Job, Target, labels, per_host
-from tasks.component import Binary, Command, Component, Content, Context, File, Service, Stage, Url, template
+from tasks.component import Component
 from tasks.database import MONITOR_ROLE
+from tasks.declaration import Binary, Command, Content, Context, File, Service, Stage, Url, template
 from tasks.facts import HostFacts
 from tasks.remote import Expectation, lost_hosts, run
 from tasks.systemd import UNIT_DIR

@@ -24,7 +24,8 @@ from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
-from tasks.component import Action, Command, Component, Context, File, Procedure, Service, Stage, Wheels, template
+from tasks.component import Component
+from tasks.declaration import Action, Command, Context, File, Procedure, Service, Stage, Wheels, template
 from tasks.facts import HostFacts
 from tasks.files import JINJA, Write
 from tasks.packages import venv_version_script

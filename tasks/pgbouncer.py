@@ -17,7 +17,8 @@ from core.catalog import GroupRule
 from core.ports import tcp
 from core.secrets import token
 from core.settings import Settings
-from tasks.component import Component, Context, File, Port, Service, template
+from tasks.component import Component
+from tasks.declaration import Context, File, Port, Service, template
 from tasks.haproxy import HAPROXY, POSTGRES_PRIMARY_PORT
 from tasks.remote import Expectation, run
 

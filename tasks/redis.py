@@ -20,7 +20,8 @@ from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, Target, labels
 from core.workers import LOOPBACK
-from tasks.component import Component, Context, File, HealthCheck, Port, Service, template
+from tasks.component import Component
+from tasks.declaration import Context, File, HealthCheck, Port, Service, template
 from tasks.remote import Expectation, run
 from tasks.systemd import UNIT_DIR
 

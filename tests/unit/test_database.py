@@ -8,8 +8,8 @@ import pytest
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.component import Command
 from tasks.database import PSQL, ROLE_SETTINGS, SYNAPSE_DATABASE, digest, statements
+from tasks.declaration import Command
 from tasks.facts import HostFacts
 from tasks.patroni import PATRONI, Memory, cluster_problems, config_patch, pending_restart
 from tasks.pgbouncer import synapse_verifier
