@@ -40,29 +40,14 @@ from runbooks.shell import Runbook
 from runbooks.validate import FEDERATION
 from tasks.hosts_file import outbound_route, outside_dependencies, verify_resolution
 from tasks.reboots import reboot_order, rolling_reboot
-from tasks.rolling import rolling_update, stage
-from tasks.synapse import native, synapse_healthy
+from tasks.rolling import SYNAPSE_ROLLING
+from tasks.synapse import SYNAPSE_STAGE
 
 DEPLOY_STEPS = {step.name: step for step in DEPLOY.steps}
 UPDATE = [
     DEPLOY_STEPS["haproxy"],  # routing as the deploy wants it: every process and the main one as backup
-    Step(
-        "synapse-stage",
-        "the pinned Synapse version installed in its own venv, the units pointed at it; nothing restarts",
-        stage,
-        groups=("synapse",),
-        artifacts=("synapse",),
-        applies=native,
-    ),
-    Step(
-        "synapse-rolling",
-        "each Synapse process not on the pinned version restarted, one at a time, drained in HAProxy",
-        rolling_update,
-        groups=("synapse",),
-        serial=True,
-        check=synapse_healthy,
-        applies=native,
-    ),
+    SYNAPSE_STAGE.step(),
+    SYNAPSE_ROLLING.step(),
     DEPLOY_STEPS["synapse-playbook"],
 ]
 COMMANDS = {

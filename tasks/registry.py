@@ -32,6 +32,7 @@ from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORT
 from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
 from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
 from tasks.playbook import SYNAPSE_PLAYBOOK
+from tasks.rolling import SYNAPSE_ROLLING
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
 # The deploy's steps after preflight, each after what it needs (issue 25 makes this a graph).
@@ -68,8 +69,8 @@ DEPLOY: tuple[Component | Step, ...] = (
 )
 # Declared components with no deploy step of their own: converged inside another's step
 # (Synapse's replication Redis), or used by other runbooks (the restore drill's server,
-# maintenance update's staging of a new Synapse).
-OTHERS = (SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE)
+# maintenance update's staging of a new Synapse and its rolling restart).
+OTHERS = (SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE, SYNAPSE_ROLLING)
 DECLARED: tuple[Component, ...] = (*(entry for entry in DEPLOY if isinstance(entry, Component)), *OTHERS)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
 GROUPS: dict[str, GroupRule] = {rule.name: rule for component in DECLARED for rule in component.inventory}

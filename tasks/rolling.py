@@ -17,25 +17,33 @@ from __future__ import annotations
 import csv
 import shlex
 import time
+from collections.abc import Sequence
 
-from nornir.core.task import Result, Task
+from nornir.core.task import Task
 
 from core import artifacts
 from core.errors import HostError
 from core.settings import Settings
+from tasks.component import Component
+from tasks.declaration import Action, Command, Context, Procedure
+from tasks.facts import HostFacts
 from tasks.haproxy import ADMIN, backends
-from tasks.remote import Expectation, Mode, mode, run
-from tasks.synapse import SYNAPSE_STAGE, UNIT, health_urls, host_processes, prune_venvs
+from tasks.remote import Expectation, run
+from tasks.synapse import (
+    PROCESSES,
+    UNIT,
+    VENVS_LISTING,
+    health_urls,
+    native,
+    parse_processes,
+    prune,
+    synapse_healthy,
+)
 from tasks.waits import wait_for_urls
 
 DRAIN_SECONDS = 10
 UP_SECONDS = 60  # HAProxy's checks: rise 2 × inter 2 s after a fall of 3 × 2 s, with room
 POLL = 0.5
-
-
-def stage(task: Task, settings: Settings) -> Result:
-    """Install the pinned version into its own venv and point the units at it; nothing restarts."""
-    return SYNAPSE_STAGE.converge(task, settings)
 
 
 def edge_servers(settings: Settings, process: str) -> list[str]:
@@ -143,15 +151,43 @@ def restart_behind_edge(task: Task, settings: Settings, unit: str, health: str) 
     return f"{unit}: {where}restarted and healthy in {restarted - drained:.1f} s{back}"
 
 
-def rolling_update(task: Task, settings: Settings) -> Result:
-    """Restart, one at a time behind HAProxy, every Synapse process that does not run the pinned version."""
+def restarts_on_the_pinned_version(
+    context: Context, _facts: HostFacts | None, _written: frozenset[str]
+) -> list[Procedure | Command]:
+    """Every Synapse process not on the pinned version, restarted one at a time behind HAProxy (each waits for the
+    one before), main process first; then the old venvs go."""
+    if context.reads is None:
+        return []
+    settings = context.settings
     version = artifacts.manifest()["synapse"].version
-    if mode(task) is Mode.PLAN:
-        return Result(host=task.host, result=f"would restart every process not running {version}, one at a time")
-    urls = health_urls(settings, settings.hosts[task.host.name].private_ip)
-    stale = [unit for unit in host_processes(task).stale() if unit in urls]  # retired workers: `workers` stops them
-    if mode(task) is Mode.CHECK or not stale:
-        return Result(host=task.host, changed=bool(stale), diff="\n".join(f"{u}: restart on {version}" for u in stale))
-    done = [restart_behind_edge(task, settings, unit, urls[unit]) for unit in stale]
-    pruned = prune_venvs(task).diff
-    return Result(host=task.host, changed=True, diff="\n".join([*done, *([pruned] if pruned else [])]))
+    urls = health_urls(settings, context.host.private_ip)
+    stale = [unit for unit in parse_processes(context.reads["processes"]).stale() if unit in urls]
+    if not stale:  # retired workers are not in `urls`: maintenance.py workers stops them
+        return []
+    restarts: list[Procedure | Command] = [
+        Procedure(
+            f"{unit}: drained, restarted, taken back",
+            f"{unit}: restart on {version}",
+            lambda task, unit=unit: [restart_behind_edge(task, settings, unit, urls[unit])],
+        )
+        for unit in stale
+    ]
+    return [*restarts, *prune(context.reads["venvs"])]
+
+
+def restart_notes(context: Context, _actions: Sequence[Action]) -> tuple[str, str]:
+    if context.reads is None:
+        return f"would restart every process not running {artifacts.manifest()['synapse'].version}, one at a time", ""
+    return "", ""
+
+
+SYNAPSE_ROLLING = Component(
+    "synapse-rolling",
+    groups=("synapse",),
+    summary="each Synapse process not on the pinned version restarted, one at a time, drained in HAProxy",
+    reads={"processes": PROCESSES, "venvs": VENVS_LISTING},
+    behaviour=restarts_on_the_pinned_version,
+    notes=restart_notes,
+    check=synapse_healthy,
+    applies=native,
+)

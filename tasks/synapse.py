@@ -41,7 +41,6 @@ from tasks.declaration import Command, Context, File, Handler, Service, Stage, W
 from tasks.facts import HostFacts
 from tasks.packages import venv_version_script
 from tasks.redis import RedisInstance, redis_component
-from tasks.remote import Expectation, Mode, mode, run
 from tasks.systemd import UNIT_DIR
 from tasks.waits import wait_for_urls
 
@@ -273,11 +272,19 @@ def retire_and_prune(context: Context, facts: HostFacts | None, written: frozens
                 "look at 'journalctl -u <unit> -n 50' on the host for why the unit did not stop",
             )
         )
-    victims = old_venvs(facts.commands["venvs"], artifacts.manifest()["synapse"].version)
-    if victims and (MAIN_UNIT_FILE in written or running.stale()):
-        paths = " ".join(shlex.quote(f"{VENVS}/{name}") for name in victims)
-        commands.append(Command(f"rm -rf -- {paths}", f"old venvs removed: {', '.join(victims)}", "old venvs removed"))
+    if MAIN_UNIT_FILE in written or running.stale():
+        commands += prune(facts.commands["venvs"])
     return commands
+
+
+def prune(listing: str) -> list[Command]:
+    """Remove the venvs of old versions (from `ls -1t`'s `listing`), keeping the pinned one and the newest other
+    (to roll back to)."""
+    victims = old_venvs(listing, artifacts.manifest()["synapse"].version)
+    if not victims:
+        return []
+    paths = " ".join(shlex.quote(f"{VENVS}/{name}") for name in victims)
+    return [Command(f"rm -rf -- {paths}", f"old venvs removed: {', '.join(victims)}", "old venvs removed")]
 
 
 def synapse_behaviour(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
@@ -289,7 +296,7 @@ def synapse_behaviour(context: Context, facts: HostFacts | None, written: frozen
 SYNAPSE_STAGE = Component(
     "synapse-stage",
     groups=("synapse",),
-    summary="the pinned Synapse installed in its own venv, the units pointing at it; nothing restarts",
+    summary="the pinned Synapse version installed in its own venv, the units pointed at it; nothing restarts",
     users=(USER,),
     wheels=(WHEEL_SET,),
     files=UNIT_FILES,
@@ -298,22 +305,8 @@ SYNAPSE_STAGE = Component(
     ),
     reads={"version": lambda _settings, _host: version_probe()},
     behaviour=venv_install,
+    applies=native,
 )
-
-
-def prune_venvs(task: Task) -> Result:
-    """Remove the venvs of old versions, keeping the pinned one and the newest other (to roll back to)."""
-    listing = run(task, VENVS_LISTING, what=Expectation(f"the venvs in {VENVS}"), reads_only=True).stdout
-    victims = old_venvs(listing, artifacts.manifest()["synapse"].version)
-    if victims and mode(task) is Mode.APPLY:
-        run(
-            task,
-            f"rm -rf -- {' '.join(shlex.quote(f'{VENVS}/{n}') for n in victims)}",
-            what=Expectation("old venvs removed"),
-        )
-    return Result(
-        host=task.host, changed=bool(victims), diff=f"old venvs removed: {', '.join(victims)}" if victims else ""
-    )
 
 
 @dataclass(frozen=True)
@@ -349,16 +342,6 @@ def parse_processes(stdout: str) -> Processes:
             unit, _, argv0 = rest.partition(" ")
             venvs[unit] = argv0.removesuffix("/bin/python")
     return Processes(frozenset(configs), venvs)
-
-
-def host_processes(task: Task, read: str | None = None) -> Processes:
-    """What runs on the task's Synapse host (nothing is read in plan mode); `read`: PROCESSES's output read ahead."""
-    if mode(task) is Mode.PLAN:
-        return Processes(frozenset(), {})
-    if read is None:
-        what = Expectation("the Synapse worker configs and processes")
-        read = run(task, PROCESSES, what=what, reads_only=True).stdout
-    return parse_processes(read)
 
 
 def health_urls(settings: Settings, ip: str) -> dict[str, str]:
