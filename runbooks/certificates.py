@@ -46,6 +46,7 @@ DISTRIBUTION = [
         groups=("monitoring",),
         gate=unverified,
         report=expiry_table,
+        live=True,
     ),
 ]
 
@@ -56,6 +57,7 @@ CHECK = Step(
     groups=("monitoring",),
     gate=expiring,
     report=expiry_table,
+    live=True,
 )
 
 

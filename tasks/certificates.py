@@ -21,10 +21,11 @@ from core import pki
 from core.errors import InputProblem
 from core.settings import Settings
 from tasks.component import Component
-from tasks.declaration import File, Handler
+from tasks.declaration import File, Handler, Procedure
+from tasks.executor import execute
 from tasks.files import FileSpec, put_files
 from tasks.monitoring import TEXTFILE_DIR
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, run
 
 TRUSTED_CA = "/usr/local/share/ca-certificates/matrix-platform-{site}.crt"
 CA_TRUST = Component(
@@ -184,8 +185,6 @@ def metrics_text(served: list[Served]) -> str:
 def expiry_check(task: Task, settings: Settings) -> Result:
     """Fetch every served certificate and write their expiry for Prometheus (node-exporter's textfile)."""
     served = task.run(task=served_certificates, settings=settings, severity_level=10)[0].result
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=served)
     spec = FileSpec(f"{TEXTFILE_DIR}/certificates.prom", metrics_text(served))
     written = task.run(task=put_files, specs=[spec], severity_level=10)[0]
     return Result(host=task.host, result=served, changed=written.changed, diff=written.diff)
@@ -213,8 +212,12 @@ def unknown_names(settings: Settings, names: tuple[str, ...]) -> list[InputProbl
 def reissue(task: Task, settings: Settings, names: tuple[str, ...]) -> Result:
     """Internal CA: retire the named certificates so that the distribution steps issue and push new ones."""
     wanted = chosen(settings, names)
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, changed=True, diff=f"would issue anew: {', '.join(wanted)}")
-    for name in wanted:
-        settings.ca.retire(name)
-    return Result(host=task.host, changed=True, diff=f"to be issued anew: {', '.join(wanted)}")
+
+    def retire(_task: Task) -> list[str]:
+        for name in wanted:
+            settings.ca.retire(name)
+        return [f"to be issued anew: {', '.join(wanted)}"]
+
+    return execute(
+        task, [Procedure(f"retire {', '.join(wanted)}", f"would issue anew: {', '.join(wanted)}", retire)], None
+    )[0]
