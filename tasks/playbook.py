@@ -37,9 +37,11 @@ from core.settings import Settings
 from core.step import Step
 from core.workers import playbook_counts
 from tasks.coturn import turn_uris
+from tasks.declaration import Procedure
+from tasks.executor import execute
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
-from tasks.remote import Mode, mode, redactor
+from tasks.remote import redactor
 from tasks.synapse import room_list_publication_rules
 from tasks.waits import wait_for_http
 
@@ -335,25 +337,27 @@ def run_playbook(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, result="vars.yml as last applied")
     shown = ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
     summary = f"ansible-playbook --tags={tags} ({len(changed)} variables changed: {shown})"
-    if mode(task) is not Mode.APPLY:
-        return Result(host=task.host, changed=True, diff=f"would run {summary}")
-    write_private(where / "inventory" / "hosts", inventory_text(settings))
-    write_private(vars_path(settings), yaml.safe_dump(values, sort_keys=True))
-    command = [settings.config.playbook.ansible_playbook, "-i", "inventory/hosts", "setup.yml", f"--tags={tags}"]
-    done = subprocess.run(
-        command, cwd=where, capture_output=True, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}
-    )
-    output = redactor(task)(done.stdout + done.stderr)
-    recaps = parse_recap(output)
-    if done.returncode != 0 or not recaps or any(r.failed or r.unreachable for r in recaps):
-        tail = "\n".join(output.strip().splitlines()[-25:])
-        raise HostError(
-            f"{shlex.join(command)} in {where} exited with status {done.returncode}\n"
-            f"  play recap: {'; '.join(map(str, recaps)) or 'none'}\n{tail}\n"
-            "  fix the cause and re-run the deploy: the same tags run again until a run succeeds"
+
+    def apply(_task: Task) -> list[str]:
+        write_private(where / "inventory" / "hosts", inventory_text(settings))
+        write_private(vars_path(settings), yaml.safe_dump(values, sort_keys=True))
+        command = [settings.config.playbook.ansible_playbook, "-i", "inventory/hosts", "setup.yml", f"--tags={tags}"]
+        done = subprocess.run(
+            command, cwd=where, capture_output=True, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}
         )
-    write_private(record, json.dumps(fingerprints(state), indent=1, sort_keys=True))
-    return Result(host=task.host, changed=True, diff=f"{summary}\n" + "\n".join(f"  {r}" for r in recaps))
+        output = redactor(task)(done.stdout + done.stderr)
+        recaps = parse_recap(output)
+        if done.returncode != 0 or not recaps or any(r.failed or r.unreachable for r in recaps):
+            tail = "\n".join(output.strip().splitlines()[-25:])
+            raise HostError(
+                f"{shlex.join(command)} in {where} exited with status {done.returncode}\n"
+                f"  play recap: {'; '.join(map(str, recaps)) or 'none'}\n{tail}\n"
+                "  fix the cause and re-run the deploy: the same tags run again until a run succeeds"
+            )
+        write_private(record, json.dumps(fingerprints(state), indent=1, sort_keys=True))
+        return [summary, *(f"  {r}" for r in recaps)]
+
+    return execute(task, [Procedure(summary, f"would run {summary}", apply)], None)[0]
 
 
 def playbook_healthy(task: Task, settings: Settings) -> Result:
