@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+import sys
 from collections import Counter
 
 import pytest
@@ -54,3 +57,19 @@ def test_a_secret_has_one_owner() -> None:
     second = Component("second", ("coturn",), "", secrets={"shared": lambda: "b"})
     with pytest.raises(ValueError, match="secret shared is declared by more than one component"):
         owned_secrets((first, second))
+
+
+def test_no_component_module_looks_at_the_mode() -> None:
+    """Plan, check and apply are the executor's business (tasks/executor.py), never a component's."""
+    declared = {id(component) for component in DECLARED}
+    modules = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("tasks.") or name == "tasks.registry":
+            continue
+        source = inspect.getsource(module)
+        held = [key for key, value in vars(module).items() if id(value) in declared]
+        if any(re.search(rf"^{key} = ", source, re.M) for key in held):  # defined here, not imported
+            modules.add(module)
+    assert len(modules) >= 15
+    looking = [m.__name__ for m in modules if re.search(r"\bmode\(task\)|\bMode\.", inspect.getsource(m))]
+    assert looking == []
