@@ -43,6 +43,9 @@ class StepOutcome:
     report: str = ""  # what the step's report printed
 
 
+HEADS = 8  # change lines shown per host without --verbose
+
+
 def flatten(multi: MultiResult) -> list[Result]:
     """Every Result of a host, subtasks of subtasks included (Nornir nests their MultiResults)."""
     out: list[Result] = []
@@ -131,9 +134,12 @@ class Progress:
         elif outcome.diff and (self.show_diffs or self.verbose):
             self.console.print(escape(_indent(outcome.diff)), highlight=False)
         elif outcome.diff:
-            heads = [line for line in outcome.diff.splitlines() if line and line[0] not in "+-@ "]
-            for head in heads[:8]:
+            # What changed, without the content diffs under it (hunks, their +/- and context lines).
+            heads = [line for line in outcome.diff.splitlines() if line and line[0] not in "+- " and line[:2] != "@@"]
+            for head in heads[:HEADS]:
                 self.console.print(f"             {escape(head)}", highlight=False)
+            if len(heads) > HEADS:
+                self.console.print(f"             … {len(heads) - HEADS} more (--verbose shows them)", highlight=False)
 
 
 def _indent(text: str) -> str:
