@@ -65,6 +65,10 @@ def parse(data: bytes, txid: bytes) -> tuple[int, dict[int, bytes]]:
     return kind, attributes
 
 
+ALLOCATION_MISMATCH = 437  # RFC 8656: the 5-tuple already has an allocation
+STALE_RETRIES = 3
+
+
 def error_of(attributes: dict[int, bytes]) -> tuple[int, str]:
     value = attributes.get(ERROR_CODE, b"\0\0\0\0")
     return (value[2] & 0x7) * 100 + value[3], value[4:].decode(errors="replace")
@@ -121,7 +125,21 @@ class TurnClient:
         raise TurnError(f"no answer within {3 * self.timeout:.1f} s")
 
     def allocate(self, credential: Credential) -> str:
-        """Allocate a UDP relay with long-term credentials and release it; the relayed address."""
+        """Allocate a UDP relay with long-term credentials and release it; the relayed address.
+
+        A 437 to the first, unauthenticated request means the server still holds an
+        allocation for this 5-tuple: an earlier attempt from the same (reused) source port
+        that never got to release it. Its answer is sane, so the attempt is made again
+        from a new socket, twice at most.
+        """
+        for _ in range(STALE_RETRIES):
+            address = self._allocate(credential)
+            if address is not None:
+                return address
+        raise TurnError(f"{STALE_RETRIES} source ports in a row still held an allocation (437 Allocation Mismatch)")
+
+    def _allocate(self, credential: Credential) -> str | None:
+        """One attempt of `allocate` from a new socket; None on 437 to the unauthenticated request."""
         username, password = credential()
         transport = attribute(REQUESTED_TRANSPORT, bytes([UDP, 0, 0, 0]))
         kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
@@ -130,8 +148,11 @@ class TurnClient:
                 sock.settimeout(3 * self.timeout)
                 sock.connect((self.server, self.port))
                 kind, answer = self.ask(sock, ALLOCATE, transport)  # unauthenticated: the 401 names realm and nonce
-                if kind != ALLOCATE | ERROR or error_of(answer)[0] != 401:
-                    raise TurnError(f"expected 401 to an unauthenticated Allocate, got {kind:#06x}")
+                code, reason = error_of(answer) if kind == ALLOCATE | ERROR else (0, "")
+                if code == ALLOCATION_MISMATCH:
+                    return None
+                if code != 401:
+                    raise TurnError(f"expected 401 to an unauthenticated Allocate, got {kind:#06x} {code} {reason}")
                 realm, nonce = answer.get(REALM, b""), answer.get(NONCE, b"")
                 key = hashlib.md5(username.encode() + b":" + realm + b":" + password.encode()).digest()
                 auth = attribute(USERNAME, username.encode()) + attribute(REALM, realm) + attribute(NONCE, nonce)
