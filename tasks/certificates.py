@@ -98,11 +98,6 @@ class Served:
     error: str
 
 
-def checking_host(settings: Settings) -> str:
-    """Where the served certificates are checked from: the monitoring host (another host than the servers)."""
-    return settings.members("monitoring")[0].name
-
-
 def served_certificates(task: Task, settings: Settings) -> Result:
     """On the monitoring host: fetch and verify the certificate of every endpoint over the network."""
     points = endpoints(settings)
