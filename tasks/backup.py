@@ -324,17 +324,11 @@ FIRST_RUN = {"database": database_unit("full"), "media": PULL_UNIT, "keys": PULL
 FIRST_SECONDS = 3600  # an empty new platform's first backups take seconds; a restored, large one longer
 
 
-def never_backed_up(context: Context) -> list[str]:
-    """The kinds of backup never made, from the ages read ahead."""
-    assert context.reads is not None
-    return [age.kind for age in parse_ages(context.reads["ages"]) if age.newest is None]
-
-
 def take_first(context: Context, _facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
     """Start the services of the kinds never backed up (each timer's own oneshot service)."""
     if context.reads is None:
         return []
-    never = never_backed_up(context)
+    never = [age.kind for age in parse_ages(context.reads["ages"]) if age.newest is None]
     units = list(dict.fromkeys(FIRST_RUN[kind] for kind in never))
     if not units:
         return []
@@ -349,9 +343,7 @@ def take_first(context: Context, _facts: HostFacts | None, _written: frozenset[s
     ]
 
 
-def first_backup_notes(context: Context, actions: Sequence[Action]) -> tuple[str, str]:
-    if context.reads is None:
-        return "the first backups are taken once the platform runs", ""
+def first_backup_notes(_context: Context, actions: Sequence[Action]) -> tuple[str, str]:
     return ("" if actions else "every kind of backup exists"), ""
 
 
@@ -365,6 +357,7 @@ FIRST_BACKUP = Component(
     reads={"ages": ages_command},
     behaviour=take_first,
     notes=first_backup_notes,
+    unread="the first backups are taken once the platform runs",
 )
 
 

@@ -94,6 +94,7 @@ class Component:
     # What the step says of a host after the actions (its message, and a notice such as a
     # restart left pending), from the context and the actions taken.
     notes: Callable[[Context, Sequence[Action]], tuple[str, str]] | None = None
+    unread: str = ""  # what it says of a host in plan mode, where the reads it decides from were not read
     # Units to restart whatever changed of their files, from the facts (a process on an old venv).
     restarts: Callable[[Context, HostFacts | None, frozenset[str]], frozenset[str]] | None = None
     applies: Callable[[Settings], bool] | None = None  # whether the settings use it at all (its docstring: why not)
@@ -277,6 +278,8 @@ class Component:
                 address = host.private_ip if item.private else "127.0.0.1"
                 port = item.port(settings)
                 task.run(task=wait_for_port, port=port, address=address, timeout=item.timeout, severity_level=10)
+        if context.reads is None and self.unread:
+            return results, (self.unread, "")
         return results, self.notes(context, actions) if self.notes else ("", "")
 
     def reading(self, settings: Settings, host: HostInfo) -> Reading:

@@ -129,8 +129,7 @@ def converge_sql(context: Context, _facts: HostFacts | None, _written: frozenset
 
 
 def where_converged(context: Context, _actions: Sequence[Action]) -> tuple[str, str]:
-    if context.reads is None:
-        return "database and role are converged on the leader at deploy time", ""
+    assert context.reads is not None  # plan mode says `unread`
     primary = json.loads(context.reads["database"])["primary"]
     if primary is None:
         return "PostgreSQL does not answer here: nothing converged on this member", ""
@@ -145,4 +144,5 @@ SYNAPSE_DATABASE = Component(
     reads={"database": facts_command},
     behaviour=converge_sql,
     notes=where_converged,
+    unread="database and role are converged on the leader at deploy time",
 )

@@ -375,8 +375,7 @@ def sync_dynamic_config(
 
 
 def leader_or_replica(context: Context, _actions: Sequence[Action]) -> tuple[str, str]:
-    if context.reads is None:
-        return "the dynamic config is compared with etcd at deploy time", ""
+    assert context.reads is not None  # plan mode says `unread`
     primary = json.loads(context.reads["rest"])["/primary"][0] == 200
     return ("leader" if primary else "replica: the leader syncs the dynamic config"), ""
 
@@ -388,6 +387,7 @@ PATRONI_CONFIG = Component(
     reads={"rest": rest_reads, "memory": MEMORY},
     behaviour=sync_dynamic_config,
     notes=leader_or_replica,
+    unread="the dynamic config is compared with etcd at deploy time",
 )
 
 

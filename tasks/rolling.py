@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import shlex
 import time
-from collections.abc import Sequence
 
 from nornir.core.task import Task
 
@@ -25,7 +24,7 @@ from core import artifacts
 from core.errors import HostError
 from core.settings import Settings
 from tasks.component import Component
-from tasks.declaration import Action, Command, Context, Procedure
+from tasks.declaration import Command, Context, Procedure
 from tasks.facts import HostFacts
 from tasks.haproxy import ADMIN, backends
 from tasks.remote import Expectation, run
@@ -175,19 +174,13 @@ def restarts_on_the_pinned_version(
     return [*restarts, *prune(context.reads["venvs"])]
 
 
-def restart_notes(context: Context, _actions: Sequence[Action]) -> tuple[str, str]:
-    if context.reads is None:
-        return f"would restart every process not running {artifacts.manifest()['synapse'].version}, one at a time", ""
-    return "", ""
-
-
 SYNAPSE_ROLLING = Component(
     "synapse-rolling",
     groups=("synapse",),
     summary="each Synapse process not on the pinned version restarted, one at a time, drained in HAProxy",
     reads={"processes": PROCESSES, "venvs": VENVS_LISTING},
     behaviour=restarts_on_the_pinned_version,
-    notes=restart_notes,
+    unread="would restart every process not running the pinned version, one at a time",
     check=synapse_healthy,
     applies=native,
 )

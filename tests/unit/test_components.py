@@ -140,10 +140,3 @@ def test_every_component_has_its_fixtures() -> None:
         else:
             assert component.check and not cases, f"{name}: declares nothing to decide, so only checks"
     assert {p.name for p in FIXTURES.iterdir()} <= set(COMPONENTS), "fixtures for a component not declared"
-
-
-def test_a_component_that_only_checks_changes_nothing(settings: Settings) -> None:
-    for component in (c for c in COMPONENTS.values() if not decides(c)):
-        host = settings.members(component.groups[0] if component.groups else "patroni")[0].name
-        for facts in (None, HostFacts()):
-            assert component.decide(component.context(settings, host, facts), facts) == []
