@@ -56,6 +56,9 @@ class Step:
     # Reads the running platform (a checklist item, a gate): run in check and apply mode; in
     # plan mode, which contacts no host, it is reported as not run, never as passed.
     live: bool = False
+    # The steps (by name) that must have succeeded before this one starts: what it uses.
+    # The runbook's order respects them (tasks/registry.py checks the deploy's).
+    after: tuple[str, ...] = ()
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)

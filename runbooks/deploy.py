@@ -4,7 +4,7 @@
     python runbooks/deploy.py --check    # read every host, show what would change
     python runbooks/deploy.py            # converge; a re-run that changes nothing says so
 
-The steps after preflight are the components of tasks/registry.py's DEPLOY, in its order.
+The steps after preflight are tasks/registry.py's STEPS: its components in DEPLOY's order.
 """
 
 import sys
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.step import Step
 from runbooks.shell import Runbook
 from tasks.preflight import duplicate_hostnames, preflight
-from tasks.registry import DEPLOY
+from tasks.registry import STEPS
 
 PREFLIGHT = Step(
     "preflight",
@@ -27,7 +27,7 @@ PREFLIGHT = Step(
 RUNBOOK = Runbook(
     "deploy",
     "Deploy the Matrix homeserver platform onto the servers of the inventory.",
-    [PREFLIGHT, *(entry if isinstance(entry, Step) else entry.step() for entry in DEPLOY)],
+    [PREFLIGHT, *STEPS],
 )
 
 

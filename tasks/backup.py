@@ -126,6 +126,7 @@ PGBACKREST = pgbackrest_component(
     ("patroni",),
     "pgBackRest on each database host: WAL to the backup host's repository, TLS server for backups",
     File(CONFIG, template("backup/pgbackrest-db.conf.j2", database_config), group="postgres", mode=0o640),
+    after=("patroni",),
 )
 
 
@@ -271,6 +272,7 @@ BACKUP_REPOSITORY = pgbackrest_component(
     check=backup_check,
     inventory=(GroupRule("backup", fewest=1, most=1, reboot_rank=1),),
     secrets={"pgbackrest_cipher_pass": token},
+    after=("pgbackrest",),
 )
 
 
@@ -354,6 +356,7 @@ FIRST_BACKUP = Component(
     "first-backup",
     groups=("backup",),
     summary="on the backup host: the first full database backup and media/key pull, where none exists yet",
+    after=("backup-repository", "backup-files"),
     reads={"ages": ages_command},
     behaviour=take_first,
     notes=first_backup_notes,

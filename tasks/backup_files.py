@@ -84,6 +84,7 @@ BACKUP_SOURCE = Component(
     "backup-source",
     groups=("synapse",),
     summary="on the Synapse host: the matrix-backup account the backup host pulls media and keys as",
+    after=("synapse", "synapse-playbook"),
     packages=("rsync",),
     autostart=True,
     files=(File(SERVE, template("backup/backup-serve.sh.j2", serve), mode=0o755), File(AUTHORIZED, authorized_key)),
@@ -141,6 +142,7 @@ BACKUP_FILES = Component(
     "backup-files",
     groups=("backup",),
     summary="on the backup host: the daily pull of local media (hard-link snapshots) and the key archive",
+    after=("backup-source",),
     packages=("rsync", "openssh-client"),
     autostart=True,
     files=(

@@ -109,6 +109,9 @@ class Component:
     scrape: Callable[[Settings], list[Job]] | None = None
     # The secrets it owns, with how to make a fresh one (core/secrets.py); others may read them.
     secrets: Mapping[str, Callable[[], str]] = field(default_factory=dict)
+    # The steps whose work it uses (a database before its users, the VIP before what answers on it).
+    # The registry adds the firewall before anything that listens.
+    after: tuple[str, ...] = ()
 
     def step(self) -> Step:
         """The deploy step of this component."""
@@ -122,6 +125,7 @@ class Component:
             needs=(*(binary.artifact for binary in self.binaries), *self.needs),
             artifacts=tuple(wheels.artifact for wheels in self.wheels),
             applies=self.applies,
+            after=self.after,
         )
 
     def ports_of(self, config: Config) -> list[PortUse]:

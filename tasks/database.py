@@ -141,6 +141,7 @@ SYNAPSE_DATABASE = Component(
     "synapse-database",
     groups=("patroni",),
     summary="database synapse (UTF8, C collation) and its role, on the leader",
+    after=("patroni",),
     reads={"database": facts_command},
     behaviour=converge_sql,
     notes=where_converged,

@@ -79,6 +79,7 @@ KEEPALIVED = Component(
     "keepalived",
     groups=("haproxy",),
     summary="Keepalived moves the VIP between the haproxy hosts; the VIP answers HTTPS",
+    after=("haproxy", "hosts-file", "ca-trust"),
     packages=("keepalived",),
     files=(
         File(

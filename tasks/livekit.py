@@ -143,6 +143,7 @@ LIVEKIT = Component(
     "livekit",
     groups=("livekit",),
     summary="livekit-server on every livekit host, meshed through its Redis",
+    after=("livekit-redis",),
     users=("livekit",),
     binaries=(SERVER,),
     files=(
@@ -191,6 +192,7 @@ LIVEKIT_JWT = Component(
     "livekit-jwt",
     groups=("livekit",),
     summary="Element Call's JWT service beside every SFU, its state in the mesh's Redis",
+    after=("livekit-redis",),
     users=("livekit",),
     binaries=(JWT_SERVICE,),
     files=(

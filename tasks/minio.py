@@ -175,6 +175,7 @@ MINIO_BUCKET = Component(
     "minio-bucket",
     groups=("minio",),
     summary="Synapse's media bucket and its least-privilege user",
+    after=("minio",),
     files=(File(POLICY_FILE, lambda c: bucket_policy(c.settings.config.minio.bucket)),),
     behaviour=ensure_bucket,
     absent=first_node_only,

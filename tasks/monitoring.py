@@ -104,6 +104,7 @@ POSTGRES_EXPORTER = Component(
     "postgres-exporter",
     groups=("patroni",),
     summary="postgres-exporter beside each PostgreSQL, as the read-only pg_monitor role",
+    after=("synapse-database",),
     packages=("prometheus-postgres-exporter",),
     files=(File("/etc/default/prometheus-postgres-exporter", postgres_exporter_defaults),),
     services=(Service("prometheus-postgres-exporter.service"),),
@@ -270,6 +271,7 @@ GRAFANA = Component(
     "grafana",
     groups=("monitoring",),
     summary="Grafana from the artifact cache, its datasource and the platform's dashboards provisioned from files",
+    after=("monitoring",),
     users=(GRAFANA_USER,),
     binaries=(GRAFANA_ARCHIVE,),
     files=(
@@ -309,6 +311,9 @@ MONITORING = Component(
     "monitoring",
     groups=("monitoring",),
     summary="Prometheus (targets from the inventory, alert rules), Alertmanager, blackbox probes; every target UP",
+    # In playbook mode Synapse's metrics come from the playbook's step; the registry adds every
+    # component that declares a scrape job (only then can every target be UP).
+    after=("synapse-playbook",),
     packages=("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"),
     files=(
         File(RULES, lambda _: RULES_SOURCE.read_text(), check="promtool check rules {path}"),

@@ -247,6 +247,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         "patroni",
         groups=("patroni",),
         summary="PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
+        after=("etcd",),
         packages=(postgresql_package, *PYTHON_PACKAGES),
         wheels=(WHEEL_SET,),
         files=(
@@ -384,6 +385,7 @@ PATRONI_CONFIG = Component(
     "patroni-config",
     groups=("patroni",),
     summary="cluster-wide Patroni settings in etcd match the template (reported: pending restarts)",
+    after=("patroni",),
     reads={"rest": rest_reads, "memory": MEMORY},
     behaviour=sync_dynamic_config,
     notes=leader_or_replica,

