@@ -16,7 +16,7 @@ from core import artifacts
 from core.settings import HostInfo, Settings
 from tasks.blocks import EditBlock
 from tasks.facts import HostFacts
-from tasks.files import JINJA, ArtifactSpec, Copy, FileSpec, Write
+from tasks.files import JINJA, ArtifactSpec, Copy, FileSpec, Placed, Write
 from tasks.packages import Install
 from tasks.systemd import (
     AddUser,
@@ -46,16 +46,9 @@ def template(name: str, variables: Callable[[Context], Mapping[str, object]]) ->
 
 
 @dataclass(frozen=True)
-class File:
-    """A file the component owns entirely: its content, owner, mode, whether it is secret, its validation."""
+class File(Placed[Content]):
+    """A file the component owns entirely; its path may name the site ("{site}") or the homeserver ("{fqdn}")."""
 
-    path: str  # may name the site ("{site}") or the homeserver ("{fqdn}")
-    content: Content
-    owner: str = "root"
-    group: str = "root"
-    mode: int = 0o644
-    secret: bool = False
-    check: str | None = None  # a command that must accept the staged file, `{path}` its path
     when: Callable[[Settings, HostInfo], bool] | None = None  # only on the hosts this accepts
     first: bool = False  # written before the packages are installed: it steers their install
 

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from nornir.core.task import Result, Task
@@ -34,17 +34,25 @@ JINJA = Environment(
 MAX_DIFF_BYTES = 256 * 1024
 
 
+ContentT = TypeVar("ContentT")
+
+
 @dataclass(frozen=True)
-class FileSpec:
-    """The desired state of one file. `secret` files never show their content in a diff."""
+class Placed(Generic[ContentT]):
+    """A file as it is wanted: where, its content (or what makes it), owner, mode, secret or not, its validation."""
 
     path: str
-    content: str
+    content: ContentT
     owner: str = "root"
     group: str = "root"
     mode: int = 0o644
-    secret: bool = False
+    secret: bool = False  # never shows its content in a diff
     check: str | None = None  # a command that must accept the staged file, `{path}` its path
+
+
+@dataclass(frozen=True)
+class FileSpec(Placed[str]):
+    """The desired state of one file, its content rendered for the host."""
 
     @property
     def sha256(self) -> str:
