@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.config import Config
-from core.ports import PortUse, tcp
+from core.ports import PortUse, public_tcp
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -55,7 +55,7 @@ class Catalog:
     def host_ports(self, config: Config, groups: Sequence[str], ssh_port: int) -> list[PortUse]:
         """Every port a host in `groups` listens on: SSH, then its services'."""
         known = [group for group in groups if group in self.groups]
-        return [tcp("ssh", ssh_port, ("sshd", "systemd"), "inventory port"), *self.ports(config, known)]
+        return [public_tcp("ssh", ssh_port, ("sshd", "systemd"), "inventory port"), *self.ports(config, known)]
 
     def reboot_rank(self, groups: Sequence[str]) -> int:
         return max((self.groups[g].reboot_rank for g in groups if g in self.groups), default=0)

@@ -2,8 +2,9 @@
 
 The ports of a host's components serve three purposes: clashes between two services
 placed on one host (validation), ports already taken by a foreign process (preflight),
-and each host's firewall (public ports open to everyone, the rest to the private networks
-only). Process names are what `ss -p` shows (the kernel's 15-character comm).
+and each host's firewall: public ports open to everyone, a private port only to the hosts
+of the inventory groups that use it (its `clients`), the rest dropped. Process names are
+what `ss -p` shows (the kernel's 15-character comm).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ def comm(program: str) -> str:
 
 @dataclass(frozen=True)
 class PortUse:
-    """A port or range a service listens on; `processes` are the names allowed to hold it."""
+    """A port or range a service listens on; `processes` are the names allowed to hold it.
+
+    A private port is reached only from the hosts of the groups in `clients` (none: from the
+    host itself, e.g. over an SSH tunnel); a public one from anywhere.
+    """
 
     service: str
     start: int
@@ -28,7 +33,8 @@ class PortUse:
     proto: str
     processes: tuple[str, ...]
     setting: str  # where the operator changes it
-    public: bool = False  # reached by clients from anywhere, not only from the private networks
+    public: bool = False  # reached by clients from anywhere
+    clients: tuple[str, ...] = ()  # the inventory groups whose hosts may connect to a private port
 
     def overlaps(self, other: PortUse) -> bool:
         return self.proto == other.proto and self.start <= other.end and other.start <= self.end
@@ -38,9 +44,9 @@ class PortUse:
         return f"{self.service} {span}/{self.proto}"
 
 
-def tcp(service: str, port: int, processes: tuple[str, ...], setting: str = FIXED) -> PortUse:
-    """A TCP port reached from the private networks only."""
-    return PortUse(service, port, port, "tcp", processes, setting)
+def tcp(service: str, port: int, processes: tuple[str, ...], clients: tuple[str, ...], setting: str = FIXED) -> PortUse:
+    """A private TCP port, reached only from the hosts of the groups `clients`."""
+    return PortUse(service, port, port, "tcp", processes, setting, clients=clients)
 
 
 def public_tcp(service: str, port: int, processes: tuple[str, ...], setting: str = FIXED) -> PortUse:

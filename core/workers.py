@@ -139,15 +139,20 @@ def of_kind(workers: list[Worker], kind: str) -> list[Worker]:
     return [w for w in workers if w.kind == kind]
 
 
-def port_ranges(workers: Workers) -> list[tuple[str, int, int]]:
-    """(label, first, last) of each kind's HTTP and metrics ports, for the port table."""
+def port_ranges(workers: Workers) -> list[tuple[str, int, int, tuple[str, ...]]]:
+    """(label, first, last, the groups that reach them) of each kind's HTTP and metrics ports, for the port table:
+    HAProxy reaches what it routes, Prometheus the metrics; replication (on loopback) and a federation
+    sender's /health stay on the host."""
     ranges = []
     for kind in KINDS:
         count = getattr(workers, kind.count_field)
         if count:
             label = kind.name.replace("_", "-")
-            ranges.append((f"synapse-{label}", kind.http_start, kind.http_start + count - 1))
-            ranges.append((f"synapse-{label}-metrics", kind.metrics_start, kind.metrics_start + count - 1))
+            reached = () if {"replication", "health"} & set(kind.resources) else ("haproxy",)
+            ranges.append((f"synapse-{label}", kind.http_start, kind.http_start + count - 1, reached))
+            ranges.append(
+                (f"synapse-{label}-metrics", kind.metrics_start, kind.metrics_start + count - 1, ("monitoring",))
+            )
     return ranges
 
 

@@ -84,11 +84,13 @@ def pgbackrest_component(
     summary: str,
     config: File,
     *,
+    peers: tuple[str, ...],
     extra: tuple[File, ...] = (),
     timers: tuple[str, ...] = (),
     **declared: Any,
 ) -> Component:
-    """pgBackRest, its TLS files and config (+ `extra` files and `timers` kept running).
+    """pgBackRest, its TLS files and config (+ `extra` files and `timers` kept running); its TLS server is
+    reached by the hosts of `peers` (the repository by the database hosts, and the other way round).
 
     Its TLS server restarts when its own files changed, not for the extra ones.
     """
@@ -103,7 +105,7 @@ def pgbackrest_component(
             Service(SERVER_UNIT, restart_on=tuple(file.path for file in server)),
             *(Service(timer, restart_on=()) for timer in timers),
         ),
-        ports=(tcp("pgbackrest-server", PGBACKREST_PORT, ("pgbackrest",)),),
+        ports=(tcp("pgbackrest-server", PGBACKREST_PORT, ("pgbackrest",), peers),),
         **declared,
     )
 
@@ -126,6 +128,7 @@ PGBACKREST = pgbackrest_component(
     ("patroni",),
     "pgBackRest on each database host: WAL to the backup host's repository, TLS server for backups",
     File(CONFIG, template("backup/pgbackrest-db.conf.j2", database_config), group="postgres", mode=0o640),
+    peers=("backup",),
     after=("patroni",),
 )
 
@@ -272,6 +275,7 @@ BACKUP_REPOSITORY = pgbackrest_component(
     check=backup_check,
     inventory=(GroupRule("backup", fewest=1, most=1, reboot_rank=1),),
     secrets={"pgbackrest_cipher_pass": token},
+    peers=("patroni",),
     after=("pgbackrest",),
 )
 

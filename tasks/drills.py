@@ -95,11 +95,13 @@ def anchor(task: Task, settings: Settings) -> bool:
 
 
 def cluster(task: Task, settings: Settings, skip: str = "") -> dict:
-    """Patroni's /cluster document, asked of the first member that answers (not `skip`)."""
+    """Patroni's /cluster document, asked of the first member that answers (not `skip`), from the drills' host
+    (a rolling reboot asks on behalf of any host; only the drills' host may reach Patroni's REST API)."""
+    asker = settings.members("synapse")[0].name
     for host in settings.members("patroni"):
         if host.name == skip:
             continue
-        status, body = rest_get(task, "/cluster", host.private_ip)
+        status, body = rest_get(task, "/cluster", host.private_ip, asker)
         if status == 200:
             return json.loads(body)
     return {"members": []}

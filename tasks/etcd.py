@@ -85,6 +85,9 @@ ETCD = Component(
     files=(File("/etc/default/etcd", template("etcd/etcd.env.j2", environment)),),
     services=(Service("etcd.service"),),
     check=etcd_healthy,
-    ports=(tcp("etcd-client", CLIENT_PORT, ("etcd",)), tcp("etcd-peer", PEER_PORT, ("etcd",))),
+    ports=(
+        tcp("etcd-client", CLIENT_PORT, ("etcd",), ("patroni", "monitoring")),  # Patroni; Prometheus's metrics
+        tcp("etcd-peer", PEER_PORT, ("etcd",), ("patroni",)),
+    ),
     scrape=lambda settings: [Job("etcd", per_host(settings, "patroni", CLIENT_PORT))],
 )

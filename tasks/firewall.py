@@ -1,7 +1,9 @@
 """Each server's firewall: nftables rules generated from the ports the components declare (`Component.ports`).
 
 Public ports (HTTPS, federation, TURN, LiveKit media) are open to everyone; every other
-port of the host's groups only to the private networks; the rest is dropped. SSH is
+port of the host's groups only to the addresses of the hosts whose groups use it (the
+port's `clients`: Synapse's listeners to the HAProxy hosts, the exporters to the
+monitoring host, …); the rest is dropped. SSH is
 accepted before anything else is decided, and new rules are applied with a timed
 rollback that only a fresh SSH login from the controller cancels, so a wrong rule set
 undoes itself instead of locking the operator out.
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from ipaddress import IPv4Network
+from dataclasses import dataclass
+from ipaddress import ip_address
 
 from core.ports import PortUse
-from core.settings import Settings
+from core.settings import HostInfo, Settings
 from tasks.component import Component
 from tasks.declaration import Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
@@ -41,22 +44,55 @@ def port_set(uses: list[PortUse], proto: str) -> str:
     return "{ " + ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) + " }"
 
 
+@dataclass(frozen=True)
+class Allow:
+    """One accept rule: the ports of `services` on `proto`, from the addresses of the hosts of `clients`."""
+
+    services: str
+    clients: str
+    family: str  # "ip" or "ip6"
+    sources: str
+    proto: str
+    ports: str
+
+
+def reachers(settings: Settings, host: HostInfo, use: PortUse) -> list[HostInfo] | None:
+    """The other hosts that may reach `use` on `host`, those of its client groups; None: anyone (a public port).
+    The host itself reaches its own ports over the loopback interface."""
+    if use.public:
+        return None
+    return [h for h in settings.hosts.values() if h.name != host.name and set(h.groups) & set(use.clients)]
+
+
+def allows(settings: Settings, host: HostInfo, private: list[PortUse]) -> list[Allow]:
+    """The host's private ports as accept rules, one per set of client groups, family and protocol."""
+    by_clients: dict[tuple[str, ...], list[PortUse]] = {}
+    for use in private:
+        by_clients.setdefault(tuple(sorted(set(use.clients))), []).append(use)
+    rules = []
+    for clients, uses in sorted(by_clients.items()):
+        addresses = {ip_address(h.private_ip) for h in reachers(settings, host, uses[0]) or []}
+        for family, version in (("ip", 4), ("ip6", 6)):
+            sources = ", ".join(str(a) for a in sorted(a for a in addresses if a.version == version))
+            for proto in ("tcp", "udp"):
+                ports = port_set(uses, proto)
+                if sources and ports:
+                    services = ", ".join(sorted({u.service for u in uses if u.proto == proto}))
+                    rules.append(Allow(services, ", ".join(clients), family, sources, proto, ports))
+    return rules
+
+
 def ruleset(settings: Settings, host_name: str) -> dict[str, object]:
     """Template data of one host's rules."""
     host = settings.hosts[host_name]
     uses = [u for u in settings.catalog.host_ports(settings.config, host.groups, host.port) if u.service != "ssh"]
     public = [u for u in uses if u.public]
-    private = [u for u in uses if not u.public]
-    networks = settings.defaults.data.private_networks
     vrrp_peers = [h.private_ip for h in settings.members("haproxy") if h.name != host_name]
     return {
         "ssh_port": host.port,
         "public_tcp": port_set(public, "tcp"),
         "public_udp": port_set(public, "udp"),
-        "private_tcp": port_set(private, "tcp"),
-        "private_udp": port_set(private, "udp"),
-        "private_v4": ", ".join(str(n) for n in networks if isinstance(n, IPv4Network)),
-        "private_v6": ", ".join(str(n) for n in networks if not isinstance(n, IPv4Network)),
+        "private": allows(settings, host, [u for u in uses if not u.public]),
         "vrrp_peers": ", ".join(vrrp_peers) if "haproxy" in host.groups else "",
     }
 

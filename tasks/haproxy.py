@@ -299,7 +299,7 @@ def edge_ports(config: Config) -> list[PortUse]:
     public = (80, 443, 8448) if config.synapse.federation else (80, 443)
     return [
         *(public_tcp(f"haproxy-{port}", port, ("haproxy",)) for port in public),
-        tcp("haproxy-stats", STATS_PORT, ("haproxy",)),
+        tcp("haproxy-stats", STATS_PORT, ("haproxy",), ("monitoring",)),
     ]
 
 

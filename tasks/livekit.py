@@ -100,6 +100,7 @@ LIVEKIT_REDIS = redis_component(
     MESH_REDIS,
     "the LiveKit mesh's own Redis (password, private address)",
     ("livekit",),
+    clients=("livekit",),  # every SFU and JWT service
     absent=redis_absent,
     check=redis_answers,
 )
@@ -131,10 +132,10 @@ def sfu_ports(config: Config) -> list[PortUse]:
     server = ("livekit-server",)
     media = "config.yaml livekit.rtc_min_port/rtc_max_port"
     return [
-        tcp("livekit-http", HTTP_PORT, server),
+        tcp("livekit-http", HTTP_PORT, server, ("haproxy",)),
         public_tcp("livekit-rtc-tcp", RTC_TCP_PORT, server),
         # No 7882/udp: the single-port UDP mux would disable the media range below.
-        tcp("livekit-metrics", PROMETHEUS_PORT, server),
+        tcp("livekit-metrics", PROMETHEUS_PORT, server, ("monitoring",)),
         PortUse("livekit-media", config.livekit.rtc_min_port, config.livekit.rtc_max_port, "udp", server, media, True),
     ]
 
@@ -205,5 +206,5 @@ LIVEKIT_JWT = Component(
     services=(Service(JWT_UNIT),),
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{JWT_PORT}/healthz"),),
     absent=livekit_off,
-    ports=(tcp("livekit-jwt", JWT_PORT, ("lk-jwt-service",)),),
+    ports=(tcp("livekit-jwt", JWT_PORT, ("lk-jwt-service",), ("haproxy",)),),
 )

@@ -17,7 +17,8 @@ import shlex
 from nornir.core.task import Result, Task
 
 from core.catalog import GroupRule
-from core.ports import tcp
+from core.config import Config
+from core.ports import PortUse, tcp
 from core.secrets import access_key, token
 from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
@@ -171,6 +172,16 @@ def ensure_bucket(context: Context, _facts: HostFacts | None, _written: frozense
     ]
 
 
+def minio_ports(config: Config) -> list[PortUse]:
+    """The API to the erasure set's peers, Prometheus and, in playbook mode, Synapse's media store (native
+    Synapse keeps media on its host); the console over an SSH tunnel only."""
+    media = ("synapse",) if config.synapse.mode == "playbook" else ()
+    return [
+        tcp("minio-api", API_PORT, ("minio",), ("minio", "monitoring", *media)),
+        tcp("minio-console", CONSOLE_PORT, ("minio",), ()),
+    ]
+
+
 MINIO_BUCKET = Component(
     "minio-bucket",
     groups=("minio",),
@@ -210,7 +221,7 @@ MINIO = Component(
         "minio_synapse_access_key": access_key,
         "minio_synapse_secret_key": token,
     },
-    ports=(tcp("minio-api", API_PORT, ("minio",)), tcp("minio-console", CONSOLE_PORT, ("minio",))),
+    ports=minio_ports,
     scrape=lambda settings: (
         [Job("minio", per_host(settings, "minio", API_PORT), metrics_path="/minio/v2/metrics/node")]
         if deployed("minio")

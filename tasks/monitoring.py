@@ -73,7 +73,7 @@ def node_exporter_defaults(context: Context) -> str:
 def node_exporter_port(config: Config) -> list[PortUse]:
     processes = (comm("prometheus-node-exporter"), "node_exporter")
     setting = "config.yaml monitoring.node_exporter_port"
-    return [tcp("node-exporter", config.monitoring.node_exporter_port, processes, setting)]
+    return [tcp("node-exporter", config.monitoring.node_exporter_port, processes, ("monitoring",), setting)]
 
 
 def every_node(settings: Settings) -> list[Job]:
@@ -108,7 +108,7 @@ POSTGRES_EXPORTER = Component(
     packages=("prometheus-postgres-exporter",),
     files=(File("/etc/default/prometheus-postgres-exporter", postgres_exporter_defaults),),
     services=(Service("prometheus-postgres-exporter.service"),),
-    ports=(tcp("postgres-exporter", POSTGRES_EXPORTER_PORT, (comm("prometheus-postgres-exporter"),)),),
+    ports=(tcp("postgres-exporter", POSTGRES_EXPORTER_PORT, (comm("prometheus-postgres-exporter"),), ("monitoring",)),),
     scrape=lambda settings: [Job("postgres", per_host(settings, "patroni", POSTGRES_EXPORTER_PORT))],
 )
 
@@ -297,7 +297,7 @@ GRAFANA = Component(
     reads={"unpacked": lambda settings, _host: f"test -x {grafana_home(settings)}/bin/grafana && echo yes"},
     behaviour=unpacked,
     ready=(Url(lambda c: f"http://{c.host.private_ip}:{GRAFANA_PORT}/api/health", timeout=120),),
-    ports=(tcp("grafana", GRAFANA_PORT, ("grafana", "grafana-server")),),
+    ports=(tcp("grafana", GRAFANA_PORT, ("grafana", "grafana-server"), ()),),
     secrets={"grafana_admin_password": token},
 )
 
@@ -357,9 +357,9 @@ MONITORING = Component(
     check=targets_up,
     inventory=(GroupRule("monitoring", fewest=1, most=1, reboot_rank=0),),
     ports=(
-        tcp("prometheus", PROMETHEUS_PORT, ("prometheus",)),
-        tcp("alertmanager", ALERTMANAGER_PORT, (comm("prometheus-alertmanager"), "alertmanager")),
-        tcp("blackbox-exporter", BLACKBOX_PORT, (comm("prometheus-blackbox-exporter"),)),
+        tcp("prometheus", PROMETHEUS_PORT, ("prometheus",), ()),
+        tcp("alertmanager", ALERTMANAGER_PORT, (comm("prometheus-alertmanager"), "alertmanager"), ()),
+        tcp("blackbox-exporter", BLACKBOX_PORT, (comm("prometheus-blackbox-exporter"),), ()),
     ),
     scrape=lambda settings: [
         Job(name, per_host(settings, "monitoring", port))

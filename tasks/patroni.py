@@ -273,7 +273,13 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
             "postgres_rewind_password": token,
             "patroni_rest_password": token,
         },
-        ports=(tcp("postgresql", POSTGRES_PORT, ("postgres",)), tcp("patroni-rest", REST_PORT, ("patroni",))),
+        ports=(
+            # Replication and rewind between members; PgBouncer's route to the primary.
+            tcp("postgresql", POSTGRES_PORT, ("postgres",), ("patroni", "pgbouncer")),
+            # Members, the route's health check, Prometheus, and the drills and checks run from
+            # the first Synapse host (tasks/drills.py).
+            tcp("patroni-rest", REST_PORT, ("patroni",), ("patroni", "pgbouncer", "monitoring", "synapse")),
+        ),
         scrape=lambda settings: [Job("patroni", per_host(settings, "patroni", REST_PORT))],
     )
 
@@ -538,18 +544,21 @@ print(json.dumps(answers))
 """
 
 
-def rest_gets(task: Task, paths: list[str], address: str = "127.0.0.1") -> dict[str, tuple[int, str]]:
-    """GET Patroni REST endpoints from the host itself, in one command; (status, body) by path."""
+def rest_gets(
+    task: Task, paths: list[str], address: str = "127.0.0.1", asker: str | None = None
+) -> dict[str, tuple[int, str]]:
+    """GET Patroni REST endpoints, in one command run on the host `asker` (the task's host when None), which the
+    firewall must let in (the port's clients); (status, body) by path."""
     base = f"http://{address}:{REST_PORT}"
     quoted = " ".join(shlex.quote(p) for p in paths)
     what = Expectation(f"Patroni REST {', '.join(paths)}")
-    out = run(task, f"python3 -c {shlex.quote(REST_GETS)} {base} {quoted}", what=what, reads_only=True)
+    out = run(task, f"python3 -c {shlex.quote(REST_GETS)} {base} {quoted}", host=asker, what=what, reads_only=True)
     return {path: (status, body) for path, (status, body) in json.loads(out.stdout).items()}
 
 
-def rest_get(task: Task, path: str, address: str = "127.0.0.1") -> tuple[int, str]:
-    """GET a Patroni REST endpoint from the host itself; returns (status, body)."""
-    return rest_gets(task, [path], address)[path]
+def rest_get(task: Task, path: str, address: str = "127.0.0.1", asker: str | None = None) -> tuple[int, str]:
+    """GET a Patroni REST endpoint (from the task's host, or `asker`); returns (status, body)."""
+    return rest_gets(task, [path], address, asker)[path]
 
 
 def wait_for_member(task: Task, settings: Settings, timeout: float = 120) -> None:

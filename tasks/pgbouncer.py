@@ -80,7 +80,9 @@ PGBOUNCER = Component(
     parts=(HAPROXY,),
     inventory=(GroupRule("pgbouncer", fewest=2),),
     secrets={"pgbouncer_admin_password": token},
-    ports=lambda config: [tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), "config.yaml pgbouncer.port")],
+    ports=lambda config: [
+        tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), ("synapse",), "config.yaml pgbouncer.port")
+    ],
 )
 
 

@@ -74,6 +74,7 @@ def redis_component(
     summary: str,
     groups: tuple[str, ...],
     *,
+    clients: tuple[str, ...],
     absent: Callable[[Settings, HostInfo], str] | None = None,
     check: HealthCheck | None = None,
     listens: Callable[[Config], bool] = lambda _: True,
@@ -86,8 +87,13 @@ def redis_component(
         if not listens(config):
             return []
         return [
-            tcp(f"{instance.name}-redis", instance.port, ("redis-server",)),
-            tcp(f"{instance.name}-redis-exporter", instance.exporter_port, (comm("prometheus-redis-exporter"),)),
+            tcp(f"{instance.name}-redis", instance.port, ("redis-server",), clients),
+            tcp(
+                f"{instance.name}-redis-exporter",
+                instance.exporter_port,
+                (comm("prometheus-redis-exporter"),),
+                ("monitoring",),
+            ),
         ]
 
     def scrape(settings: Settings) -> list[Job]:

@@ -71,6 +71,7 @@ SYNAPSE_REDIS = redis_component(
     REDIS,
     "Redis for Synapse's worker replication, on loopback",
     ("synapse",),
+    clients=(),  # bound to loopback
     absent=no_workers,
     listens=lambda config: config.synapse.mode == "native" and workers_for(config).total > 0,
 )
@@ -432,14 +433,22 @@ def listeners(config: Config) -> list[PortUse]:
     workers."""
     processes = ("synapse", "python3", "python", "docker-proxy", "traefik")
     uses = [
-        tcp("synapse-client", HTTP_PORT, processes),
-        tcp("synapse-replication", REPLICATION_PORT, processes),
-        tcp("synapse-metrics", config.synapse.metrics_port, processes, "config.yaml synapse.metrics_port"),
+        tcp("synapse-client", HTTP_PORT, processes, ("haproxy",)),
+        tcp("synapse-replication", REPLICATION_PORT, processes, ()),  # on loopback
+        tcp(
+            "synapse-metrics",
+            config.synapse.metrics_port,
+            processes,
+            ("monitoring",),
+            "config.yaml synapse.metrics_port",
+        ),
     ]
     if config.synapse.mode == "native":
         counts = "config.yaml synapse.workers (or the scale)"
         ranges = port_ranges(workers_for(config))
-        uses += [PortUse(label, first, last, "tcp", processes, counts) for label, first, last in ranges]
+        uses += [
+            PortUse(label, first, last, "tcp", processes, counts, clients=who) for label, first, last, who in ranges
+        ]
     return uses
 
 

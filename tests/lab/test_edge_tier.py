@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from core.probe import HttpsProbe
 from core.settings import Settings
@@ -205,3 +208,57 @@ def test_keepalived_config_test_accepts_ours_and_refuses_a_broken_file(deployed:
         ssh(lab, "haproxy1", "sudo keepalived --config-test -f /tmp/broken-keepalived.conf", check=False).returncode
         != 0
     )
+
+
+ADMIN_API = (
+    'python3 -c "import urllib.request; '
+    "print(urllib.request.urlopen('http://198.18.1.61:8008/_synapse/admin/v1/server_version', timeout=3).status)\""
+)
+
+
+def test_every_server_reaches_exactly_the_ports_the_matrix_opens_to_it(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From every lab host to every listening TCP port of every other: 0 holes, 0 ports the matrix opens closed."""
+    firewall = load_runbook("firewall")
+    assert firewall.main(["matrix", "--lab"]) == 0
+    shown = capsys.readouterr().out
+    code = firewall.main(["audit", "--lab"])
+    out = capsys.readouterr().out
+    print(shown, out)
+    assert code == 0, out
+    counts = re.search(
+        r"(\d+) connections probed .*: (\d+) let through as the matrix says, (\d+) dropped as it says", out
+    )
+    assert counts and int(counts[2]) > 100 and int(counts[3]) > 100, out  # both verdicts were exercised
+    assert "0 not as it says" in out
+    # Synapse's admin API answers HAProxy, which keeps the admin allowlist, and nobody else.
+    assert ssh(lab, "haproxy1", ADMIN_API).stdout.strip() == "200"
+    refused = ssh(lab, "monitoring1", ADMIN_API, check=False)
+    assert refused.returncode != 0 and "timed out" in refused.stderr, refused.stderr
+
+
+FORGED = """import sys, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"X-Forwarded-For": "198.18.250.250"})
+print(urllib.request.urlopen(request, timeout=10).status)
+"""
+
+
+def test_a_forged_x_forwarded_for_reaches_synapse_as_the_real_source(deployed: None, lab: Lab) -> None:
+    """Synapse logs, rate-limits and audits the address HAProxy saw, not the one a client claims."""
+    marker = f"forged-{time.time_ns()}"
+    url = f"https://chat.lab.example/_matrix/client/versions?{marker}"
+    assert ssh(lab, "monitoring1", f"python3 -c {shlex.quote(FORGED)} {shlex.quote(url)}").stdout.strip() == "200"
+    logged: list[str] = []
+
+    def seen() -> bool:
+        logged[:] = [
+            line
+            for line in ssh(lab, "synapse1", "sudo journalctl --since=-5min -o cat").stdout.splitlines()
+            if marker in line
+        ]
+        return bool(logged)
+
+    wait_for(seen, timeout=20)
+    assert len(logged) == 1 and " - 198.18.1.71 - " in logged[0], logged  # monitoring1's address, as HAProxy saw it
+    assert "198.18.250.250" not in logged[0]

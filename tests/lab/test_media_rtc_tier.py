@@ -163,7 +163,7 @@ def test_livekit_nodes_register_in_the_mesh_redis(deployed: None, lab: Lab, lab_
     for node in ("198.18.1.51", "198.18.1.52"):
         answer = ssh(
             lab,
-            "livekit2",
+            "haproxy1",  # signalling reaches the SFUs through HAProxy only
             f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{node}:7880/').read().decode())\"",
         )
         assert answer.stdout.strip() == "OK"

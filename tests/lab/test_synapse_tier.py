@@ -100,9 +100,11 @@ def test_every_worker_answers_health_and_metrics(deployed: None, lab: Lab, lab_s
     assert len(processes) == 7
     metrics = [f"http://{ip}:{port}/_synapse/metrics" for port in [9100, *(w.metrics_port for w in processes)]]
     health = [f"http://{ip}:{w.http_port}/health" for w in processes if not w.replication]
-    answers = fetch(lab, "monitoring1", metrics + health)
-    # Event persisters take replication on loopback only: asked on the Synapse host itself.
-    answers |= fetch(lab, "synapse1", [f"http://127.0.0.1:{w.http_port}/health" for w in processes if w.replication])
+    answers = fetch(lab, "monitoring1", metrics)  # Prometheus's host may scrape every process
+    # Only HAProxy may reach the listeners (the firewall matrix); event persisters take replication on
+    # loopback only: health asked on the Synapse host itself.
+    replication = [f"http://127.0.0.1:{w.http_port}/health" for w in processes if w.replication]
+    answers |= fetch(lab, "synapse1", health + replication)
     assert {url: status for url, (status, _) in answers.items()} == dict.fromkeys(answers, 200)
     assert all("synapse_http_server_requests_received_total" in answers[url][1] for url in metrics)
 

@@ -57,6 +57,7 @@ def test_plan_of_the_edge(deploy: Deploy, site: Site) -> None:
     haproxy = (plan / "haproxy1" / "etc" / "haproxy" / "haproxy.cfg").read_text()
     assert "bind 10.0.1.11:8404" in haproxy  # stats on the private address only
     assert "acl admin_network src 10.0.0.0/8" in haproxy
+    assert "http-request set-header X-Forwarded-For %[src]" in haproxy and "option forwardfor" not in haproxy
     assert "server synapse1 10.0.5.51:81 check" in haproxy  # playbook mode: Traefik's web entrypoint
     assert "server synapse1 10.0.5.51:8449 check" in haproxy
     assert "<secret:haproxy_stats_password>" in haproxy
@@ -71,8 +72,12 @@ def test_plan_of_the_edge(deploy: Deploy, site: Site) -> None:
     assert "priority 140" in keepalived and "auth_pass <secret:keepalived_auth_pass>" in keepalived
     coturn = (plan / "coturn1" / "etc" / "matrix-platform" / "firewall.nft").read_text()
     assert "udp dport { 3478, 5349, 49152-49172 } accept" in coturn
-    assert "ip saddr { 10.0.0.0/16 } tcp dport { 9101 } accept" in coturn
-    assert "6432" not in coturn and "protocol 112" not in coturn
+    # A private port only from the hosts whose groups use it: node-exporter from the monitoring host.
+    assert "ip saddr { 10.0.6.61 } tcp dport { 9101 } accept" in coturn
+    assert "6432" not in coturn and "protocol 112" not in coturn and "10.0.0.0/16" not in coturn
+    synapse = (plan / "synapse1" / "etc" / "matrix-platform" / "firewall.nft").read_text()
+    assert "ip saddr { 10.0.1.11, 10.0.1.12 } tcp dport { 8008 } accept" in synapse  # the admin API behind HAProxy
+    assert "9093" not in synapse  # replication stays on the host
 
 
 def test_second_plan_shows_the_difference_to_the_previous_one(deploy: Deploy, site: Site) -> None:

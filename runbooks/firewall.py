@@ -1,0 +1,84 @@
+"""Firewall: who may open which port of which server, and whether the servers agree.
+
+    python runbooks/firewall.py matrix     # the matrix from the config and inventory: every port of every
+                                           # server and who may open it; touches no host
+    python runbooks/firewall.py audit      # from every server, connect to every listening TCP port of every
+                                           # other server; exit 1 unless exactly the matrix's ports answered
+
+The matrix comes from the ports the components declare: SSH and the public ports are open
+to anyone, a private port only to the servers of the groups that use it (Synapse's
+listeners to the HAProxy hosts, each exporter to the monitoring host, …). The deploy's
+firewall step writes it into every server's nftables rules. Both subcommands take --lab,
+--config and --inventory; audit takes the runbook options (--limit, --report, …) after it.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console
+from rich.markup import escape
+
+from core.errors import InputError
+from core.settings import load_settings
+from core.step import Step
+from lab import LAB_CONFIG, LAB_INVENTORY
+from runbooks.shell import Runbook
+from tasks.firewall_audit import audit, audit_report, findings, matrix
+from tasks.registry import CATALOG
+
+REPO = Path(__file__).resolve().parent.parent
+AUDIT = Step(
+    "audit",
+    "from every server, every listening TCP port of every other server: open exactly where the matrix says",
+    audit,
+    groups=("monitoring",),  # run once; the probes run on every server
+    gate=findings,
+    report=audit_report,
+    live=True,
+)
+
+
+def show_matrix(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python runbooks/firewall.py matrix", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=None, help="settings file (default: config.yaml)")
+    parser.add_argument("--inventory", type=Path, default=None, help="inventory folder (default: inventory)")
+    parser.add_argument("--lab", action="store_true", help="use config.lab.yaml and inventory/lab")
+    args = parser.parse_args(argv)
+    config_path = args.config or (LAB_CONFIG if args.lab else REPO / "config.yaml")
+    inventory = args.inventory or (LAB_INVENTORY if args.lab else REPO / "inventory")
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        settings, _ = load_settings(
+            config_path.resolve(), inventory.resolve(), catalog=CATALOG, allow_placeholders=True
+        )
+    except InputError as exc:
+        console.print("[bold red]firewall: cannot read the settings:[/bold red]")
+        for problem in exc.problems:
+            console.print(escape(str(problem)))
+        return 2
+    rows = matrix(settings)
+    port_width = max(len(row.port) for row in rows)
+    service_width = max(len(row.service) for row in rows)
+    console.print(f"firewall matrix of {config_path.name} and {inventory}: who may open which port")
+    for index, row in enumerate(rows):
+        if index == 0 or rows[index - 1].hosts != row.hosts:
+            console.print(escape(row.hosts))
+        console.print(escape(f"  {row.port:{port_width}}  {row.service:{service_width}}  {row.open_to}"))
+    console.print("Anything else is dropped; a server reaches its own ports over loopback.")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["matrix"]:
+        return show_matrix(argv[1:])
+    if argv[:1] == ["audit"]:
+        return Runbook("firewall", f"audit: the matrix against the servers.\n{__doc__}", [AUDIT]).main(argv[1:])
+    print(__doc__)
+    return 0 if argv[:1] in (["--help"], ["-h"]) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
