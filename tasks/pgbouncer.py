@@ -65,27 +65,6 @@ def users(context: Context) -> dict[str, object]:
     }
 
 
-PGBOUNCER = Component(
-    "pgbouncer",
-    groups=("pgbouncer",),
-    summary="PgBouncer (transaction pooling) routed to the primary by a local HAProxy",
-    after=("patroni",),
-    packages=("pgbouncer", "postgresql-client"),
-    files=(
-        File(CONFIG_FILES[0], template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
-        File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
-    ),
-    services=(Service("pgbouncer.service", reload=True),),
-    ready=(Port(lambda settings: settings.config.pgbouncer.port),),
-    parts=(HAPROXY,),
-    inventory=(GroupRule("pgbouncer", fewest=2),),
-    secrets={"pgbouncer_admin_password": token},
-    ports=lambda config: [
-        tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), ("synapse",), "config.yaml pgbouncer.port")
-    ],
-)
-
-
 def login_check(task: Task, settings: Settings) -> Result:
     """Gate: Synapse's role logs in through this PgBouncer and reaches a writable primary."""
     config = settings.config
@@ -105,11 +84,23 @@ def login_check(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result="synapse logs in through PgBouncer to the primary")
 
 
-# Nothing to converge: the step proves the path Synapse will use, once the database exists.
-DATABASE_ACCESS = Component(
-    "database-access",
+PGBOUNCER = Component(
+    "pgbouncer",
     groups=("pgbouncer",),
-    summary="Synapse's role logs in through every PgBouncer to the primary",
-    after=("pgbouncer", "synapse-database"),
+    summary="PgBouncer (transaction pooling) routed to the primary by a local HAProxy; Synapse's role logs in",
+    after=("patroni", "synapse-database"),  # the check logs in as Synapse's role
+    packages=("pgbouncer", "postgresql-client"),
+    files=(
+        File(CONFIG_FILES[0], template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
+        File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
+    ),
+    services=(Service("pgbouncer.service", reload=True),),
+    ready=(Port(lambda settings: settings.config.pgbouncer.port),),
     check=login_check,
+    parts=(HAPROXY,),
+    inventory=(GroupRule("pgbouncer", fewest=2),),
+    secrets={"pgbouncer_admin_password": token},
+    ports=lambda config: [
+        tcp("pgbouncer", config.pgbouncer.port, ("pgbouncer",), ("synapse",), "config.yaml pgbouncer.port")
+    ],
 )

@@ -378,5 +378,5 @@ SYNAPSE_PLAYBOOK = Step(
     check=playbook_healthy,
     applies=playbook,
     requires=requirements,
-    after=("database-access", "minio-bucket", "keepalived"),
+    after=("pgbouncer", "minio-bucket", "keepalived"),
 )

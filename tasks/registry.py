@@ -32,7 +32,7 @@ from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
 from tasks.minio import MINIO, MINIO_BUCKET
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
-from tasks.pgbouncer import DATABASE_ACCESS, PGBOUNCER
+from tasks.pgbouncer import PGBOUNCER
 from tasks.playbook import SYNAPSE_PLAYBOOK
 from tasks.rolling import SYNAPSE_ROLLING
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
@@ -48,10 +48,9 @@ DEPLOY: tuple[Component | Step, ...] = (
     PATRONI_CONFIG,
     PGBACKREST,
     BACKUP_REPOSITORY,
-    PGBOUNCER,
     SYNAPSE_DATABASE,
+    PGBOUNCER,
     POSTGRES_EXPORTER,
-    DATABASE_ACCESS,
     MINIO,
     MINIO_BUCKET,
     HAPROXY,

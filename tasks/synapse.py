@@ -472,7 +472,7 @@ SYNAPSE = Component(
     "synapse",
     groups=("synapse",),
     summary="Synapse (native mode: pinned wheels in a venv, systemd); answers /health",
-    after=("database-access", "minio-bucket", "keepalived"),
+    after=("pgbouncer", "minio-bucket", "keepalived"),
     packages=("python3-venv", "python3-psycopg2"),
     autostart=True,
     users=(USER,),

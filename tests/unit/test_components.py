@@ -125,18 +125,9 @@ def test_component_decides(case: Path, settings: Settings) -> None:
     assert [str(action) for action in actions] == fixture["actions"], fixture.get("why", "")
 
 
-def decides(component: Component) -> bool:
-    """Whether the component declares any state to decide about (else it only checks, like database-access)."""
-    declared = (component.packages, component.users, component.binaries, component.wheels, component.files)
-    return any((*declared, component.blocks, component.services, component.handlers, component.behaviour))
-
-
 def test_every_component_has_its_fixtures() -> None:
-    """A fresh host, a host with nothing to do and at least one change, for every component that decides."""
-    for name, component in COMPONENTS.items():
+    """A fresh host, a host with nothing to do and at least one change, for every component."""
+    for name in COMPONENTS:
         cases = {p.stem for p in FIXTURES.glob(f"{name}/*.json")}
-        if decides(component):
-            assert {"fresh", "noop"} <= cases and len(cases) >= 3, f"{name}: fixtures {sorted(cases)}"
-        else:
-            assert component.check and not cases, f"{name}: declares nothing to decide, so only checks"
+        assert {"fresh", "noop"} <= cases and len(cases) >= 3, f"{name}: fixtures {sorted(cases)}"
     assert {p.name for p in FIXTURES.iterdir()} <= set(COMPONENTS), "fixtures for a component not declared"

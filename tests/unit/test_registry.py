@@ -90,7 +90,7 @@ def before(name: str) -> set[str]:
 
 def test_each_deploy_step_comes_after_what_it_uses() -> None:
     """The declared dependencies (issue 25 runs the deploy as their graph) hold what the platform relies on."""
-    database = {"etcd", "patroni", "synapse-database", "pgbouncer", "database-access"}
+    database = {"etcd", "patroni", "synapse-database", "pgbouncer"}
     edge = {"ca-trust", "hosts-file", "haproxy", "keepalived"}  # Synapse's readiness is asked through the VIP
     assert database | edge | {"minio", "minio-bucket", "firewall"} <= before("synapse")
     assert before("synapse-playbook") == before("synapse")
