@@ -160,7 +160,7 @@ def load(context: Context, facts: HostFacts | None, _written: frozenset[str]) ->
 FIREWALL = Component(
     "firewall",
     groups=None,
-    summary="nftables on every server: public ports open, internal ports to the private networks, rest dropped",
+    summary="nftables on every server: public ports open, each internal port to the groups that use it, rest dropped",
     packages=("nftables",),
     autostart=True,
     files=(
