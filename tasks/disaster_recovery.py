@@ -16,6 +16,7 @@ import time
 from nornir.core.task import AggregatedResult, Result, Task
 
 from core.settings import Settings
+from tasks.etcd import CLIENT_PORT, etcdctl
 from tasks.patroni import data_dir, rest_get, scope
 from tasks.remote import Expectation, Mode, mode, run
 
@@ -81,7 +82,7 @@ def forget_cluster(task: Task, settings: Settings) -> Result:
         task,
         # New hosts (the old ones lost) have no etcd yet, so no keys to remove.
         f"if command -v etcdctl >/dev/null; then "
-        f"ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 del --prefix {prefix}; fi",
+        f"{etcdctl(f'https://127.0.0.1:{CLIENT_PORT}')} del --prefix {prefix}; fi",
         what=Expectation(f"the keys under {prefix} removed from etcd", "check `etcdctl endpoint health` here"),
     )
     removed = int(out.stdout.strip() or 0)

@@ -27,6 +27,7 @@ from core.settings import HostInfo, Settings
 from core.turn import TurnClient, TurnError, TurnProbe
 from tasks import drill_probes
 from tasks.coturn import rest_credential
+from tasks.etcd import endpoints, etcdctl
 from tasks.patroni import LOOP_WAIT, TTL, rest_get
 from tasks.remote import Expectation, Mode, mode, run
 
@@ -140,10 +141,9 @@ def database_problems(state: dict, settings: Settings) -> list[str]:
 
 def etcd_problems(task: Task, settings: Settings) -> list[str]:
     members = settings.members("patroni")
-    endpoints = ",".join(f"http://{h.private_ip}:2379" for h in members)
     out = run(
         task,
-        f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --command-timeout=3s endpoint health 2>&1",
+        f"{etcdctl(endpoints(members))} --command-timeout=3s endpoint health 2>&1",
         ok_codes=(0, 1),
         host=members[0].name,
         what=Expectation("etcd's health, every member"),

@@ -3,6 +3,11 @@
 Members bootstrap statically from the inventory. Debian's package would start a
 single-member etcd on install, whose data dir would then refuse to join our cluster, so
 the package is installed without autostart and the data dir is named after the cluster.
+
+Peers and clients speak TLS with certificates from the site CA, and both sides must show
+one (client-certificate authentication): a host without a certificate of the site cannot
+read or rewrite Patroni's state. Metrics and /health stay on a plain listener of their
+own (`METRICS_PORT`), like every exporter's, for Prometheus.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import json
 from nornir.core.task import Result, Task
 
 from core.errors import HostError
+from core.pki import ServerCertificate
 from core.ports import tcp
-from core.settings import Settings
+from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
 from tasks.component import Component
 from tasks.declaration import Context, File, Service, template
@@ -22,6 +28,31 @@ from tasks.waits import command_script
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
+METRICS_PORT = 2381
+TLS_DIR = "/etc/etcd/tls"
+CA, CERT, KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/member.crt", f"{TLS_DIR}/member.key"
+
+
+def member_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
+    """A member's certificate: a server to its clients and peers, a client to its peers (and to etcdctl on the
+    host); for its service name, its address and loopback."""
+    certificates = settings.config.certificates
+    return settings.ca.server(
+        f"etcd-{host.name}",
+        [settings.service_name(host), host.private_ip, "127.0.0.1"],
+        certificates.lifetime_days,
+        certificates.renew_before_days,
+        client=True,
+    )
+
+
+def endpoints(hosts: list[HostInfo]) -> str:
+    return ",".join(f"https://{h.private_ip}:{CLIENT_PORT}" for h in hosts)
+
+
+def etcdctl(endpoints: str) -> str:
+    """etcdctl against `endpoints`, as this member (run on a patroni host, by root)."""
+    return f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert={CA} --cert={CERT} --key={KEY}"
 
 
 def cluster_token(settings: Settings) -> str:
@@ -34,8 +65,16 @@ def environment(context: Context) -> dict[str, object]:
     return {
         "host_name": host.name,
         "ip": host.private_ip,
-        "initial_cluster": ",".join(f"{h.name}=http://{h.private_ip}:{PEER_PORT}" for h in settings.members("patroni")),
+        "initial_cluster": ",".join(
+            f"{h.name}=https://{h.private_ip}:{PEER_PORT}" for h in settings.members("patroni")
+        ),
         "cluster_token": cluster_token(settings),
+        "client_port": CLIENT_PORT,
+        "peer_port": PEER_PORT,
+        "metrics_port": METRICS_PORT,
+        "ca": CA,
+        "cert": CERT,
+        "key": KEY,
     }
 
 
@@ -50,8 +89,7 @@ def etcd_healthy(task: Task, settings: Settings) -> Result:
             f"{task.host.name}: etcd has no quorum in this run: {len(answering)} of {total} members answer "
             f"({', '.join(sorted(lost))} dropped out); bring them back, then re-run"
         )
-    endpoints = ",".join(f"http://{h.private_ip}:{CLIENT_PORT}" for h in answering)
-    healthy = f"etcdctl --endpoints={endpoints} endpoint health >/dev/null 2>&1"
+    healthy = f"{etcdctl(endpoints(answering))} endpoint health >/dev/null 2>&1"
     out = run(
         task,
         f"{command_script(healthy, 90)} && {MEMBERS}",
@@ -69,7 +107,7 @@ def etcd_healthy(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result=f"members {', '.join(seen)} healthy")
 
 
-MEMBERS = f"etcdctl --endpoints=http://127.0.0.1:{CLIENT_PORT} member list -w json"
+MEMBERS = f"{etcdctl(f'https://127.0.0.1:{CLIENT_PORT}')} member list -w json"
 
 
 def member_names(members_json: str) -> list[str]:
@@ -82,12 +120,18 @@ ETCD = Component(
     groups=("patroni",),
     summary="etcd members, static bootstrap; every member healthy",
     packages=("etcd-server", "etcd-client"),
-    files=(File("/etc/default/etcd", template("etcd/etcd.env.j2", environment)),),
+    files=(
+        File("/etc/default/etcd", template("etcd/etcd.env.j2", environment)),
+        File(CA, lambda c: c.settings.ca.ca_pem()),
+        File(CERT, lambda c: member_certificate(c.settings, c.host).cert_pem),
+        File(KEY, lambda c: member_certificate(c.settings, c.host).key_pem, "etcd", "etcd", 0o600, secret=True),
+    ),
     services=(Service("etcd.service"),),
     check=etcd_healthy,
     ports=(
-        tcp("etcd-client", CLIENT_PORT, ("etcd",), ("patroni", "monitoring")),  # Patroni; Prometheus's metrics
+        tcp("etcd-client", CLIENT_PORT, ("etcd",), ("patroni",)),
         tcp("etcd-peer", PEER_PORT, ("etcd",), ("patroni",)),
+        tcp("etcd-metrics", METRICS_PORT, ("etcd",), ("monitoring",)),
     ),
-    scrape=lambda settings: [Job("etcd", per_host(settings, "patroni", CLIENT_PORT))],
+    scrape=lambda settings: [Job("etcd", per_host(settings, "patroni", METRICS_PORT))],
 )

@@ -20,10 +20,12 @@ from nornir.core.task import Result, Task
 
 from core.catalog import GroupRule
 from core.errors import HostError
+from core.pki import ServerCertificate
 from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
+from tasks import etcd
 from tasks.component import Component
 from tasks.declaration import Action, Command, Context, File, Procedure, Service, Stage, Wheels, template
 from tasks.facts import HostFacts
@@ -35,6 +37,12 @@ from tasks.systemd import UNIT_DIR, Systemctl, UnitsWanted
 VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
 CONFIG = "/etc/patroni/patroni.yml"
+# Patroni's certificate as etcd's client (etcd accepts only clients with a certificate of the site).
+ETCD_CA, ETCD_CERT, ETCD_KEY = (
+    "/etc/patroni/etcd-ca.crt",
+    "/etc/patroni/etcd-client.crt",
+    "/etc/patroni/etcd-client.key",
+)
 # What the host has: the venv's Patroni version and the cluster (scope) its config names.
 INSTALLED = f"{venv_version_script(VENV, 'patroni')}; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
 REST_PORT = 8008
@@ -128,7 +136,8 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
         host_name=host.name,
         ip=host.private_ip,
         rest_password=secrets["patroni_rest_password"],
-        etcd_hosts=[f"{h.private_ip}:2379" for h in patroni_hosts],
+        etcd_hosts=[f"{h.private_ip}:{etcd.CLIENT_PORT}" for h in patroni_hosts],
+        etcd_tls={"cacert": ETCD_CA, "cert": ETCD_CERT, "key": ETCD_KEY},
         synchronous_mode=settings.config.database.synchronous_mode,
         loop_wait=LOOP_WAIT,
         ttl=TTL,
@@ -150,6 +159,32 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
         restore_script=RESTORE_SCRIPT,
         stanza=settings.config.backup.stanza,
     )
+
+
+def etcd_client_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
+    """This member's Patroni as a client of etcd."""
+    certificates = settings.config.certificates
+    return settings.ca.server(
+        f"patroni-etcd-{host.name}",
+        [settings.service_name(host)],
+        certificates.lifetime_days,
+        certificates.renew_before_days,
+        client=True,
+    )
+
+
+ETCD_CLIENT_FILES = (
+    File(ETCD_CA, lambda c: c.settings.ca.ca_pem(), "postgres", "postgres"),
+    File(ETCD_CERT, lambda c: etcd_client_certificate(c.settings, c.host).cert_pem, "postgres", "postgres"),
+    File(
+        ETCD_KEY,
+        lambda c: etcd_client_certificate(c.settings, c.host).key_pem,
+        "postgres",
+        "postgres",
+        0o600,
+        secret=True,
+    ),
+)
 
 
 def postgresql_package(settings: Settings) -> str:
@@ -253,6 +288,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         files=(
             NO_MAIN_CLUSTER_DECLARED,
             *restore,
+            *ETCD_CLIENT_FILES,  # before the config: its validation may look for them
             File(CONFIG, config, "postgres", "postgres", 0o600, secret=True, check=VALIDATE),
             File(
                 UNIT_FILE,
@@ -261,7 +297,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         ),
         # A config change is reloaded: Patroni applies it and flags parameters that need a
         # PostgreSQL restart (patroni-config rolls those).
-        services=(Service("patroni.service", reload=True, restart_on=(CONFIG,)),),
+        services=(Service("patroni.service", reload=True, restart_on=(CONFIG, *(f.path for f in ETCD_CLIENT_FILES))),),
         reads={"installed": INSTALLED, "memory": MEMORY},
         behaviour=venv,
         notes=pending_restart,

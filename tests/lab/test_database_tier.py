@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,12 +26,38 @@ def sql(lab: Lab, host: str, query: str, *, dsn: str = "", password: str = "") -
     return ssh(lab, host, f'sudo -u postgres psql -XAtq -c "{query}"').stdout.strip()
 
 
+MEMBER_TLS = "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/member.crt --key=/etc/etcd/tls/member.key"
+OTHER_CA = (
+    "cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key "
+    "-out other.crt -subj /CN=patroni2.internal -days 1 -addext extendedKeyUsage=clientAuth,serverAuth 2>/dev/null"
+)
+
+
+def keys(lab: Lab, endpoint: str, tls: str) -> subprocess.CompletedProcess[str]:
+    """Patroni's keys in etcd, asked from patroni2 with the client options `tls`."""
+    etcdctl = f"sudo ETCDCTL_API=3 etcdctl --endpoints={endpoint} --command-timeout=3s {tls}"
+    return ssh(lab, "patroni2", f"{etcdctl} get /service --prefix --keys-only", check=False)
+
+
 def test_etcd_members_all_healthy(deployed: None, lab: Lab) -> None:
-    endpoints = ",".join(f"http://198.18.1.1{i}:2379" for i in (1, 2, 3))
-    out = ssh(lab, "patroni2", f"etcdctl --endpoints={endpoints} endpoint health 2>&1").stdout
+    endpoints = ",".join(f"https://198.18.1.1{i}:2379" for i in (1, 2, 3))
+    out = ssh(lab, "patroni2", f"sudo etcdctl --endpoints={endpoints} {MEMBER_TLS} endpoint health 2>&1").stdout
     assert out.count("is healthy") == 3, out
-    members = ssh(lab, "patroni3", "etcdctl member list").stdout
-    assert all(name in members for name in PATRONI)
+    members = ssh(lab, "patroni3", f"sudo etcdctl --endpoints=https://127.0.0.1:2379 {MEMBER_TLS} member list").stdout
+    assert all(name in members for name in PATRONI) and "http://" not in members  # peers speak TLS too
+
+
+def test_etcd_answers_only_clients_with_a_certificate_of_the_site(deployed: None, lab: Lab) -> None:
+    allowed = keys(lab, "https://198.18.1.11:2379", MEMBER_TLS)
+    assert allowed.returncode == 0 and "/service/" in allowed.stdout, allowed.stderr
+    assert keys(lab, "http://198.18.1.11:2379", "").returncode != 0  # plaintext
+    anonymous = keys(lab, "https://198.18.1.11:2379", "--cacert=/etc/etcd/tls/ca.crt")
+    assert anonymous.returncode != 0 and "/service/" not in anonymous.stdout  # TLS without a certificate
+    ssh(lab, "patroni2", OTHER_CA)
+    other = keys(
+        lab, "https://198.18.1.11:2379", "--cacert=/etc/etcd/tls/ca.crt --cert=/tmp/other.crt --key=/tmp/other.key"
+    )
+    assert other.returncode != 0 and "/service/" not in other.stdout  # a certificate of another CA
 
 
 def test_one_leader_two_streaming_replicas_and_a_sync_standby(deployed: None, lab: Lab) -> None:

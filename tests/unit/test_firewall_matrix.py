@@ -20,7 +20,9 @@ def test_a_private_port_is_open_only_to_the_groups_that_use_it(lab_settings: Set
     assert expected(lab_settings, hosts["monitoring1"], hosts["synapse1"], 9100) == "synapse-metrics"
     assert expected(lab_settings, hosts["synapse1"], hosts["patroni1"], 8008) == "patroni-rest"  # the drills
     assert expected(lab_settings, hosts["coturn1"], hosts["patroni1"], 8008) is None
-    assert expected(lab_settings, hosts["coturn1"], hosts["patroni1"], 2379) is None  # etcd: Patroni, Prometheus
+    assert expected(lab_settings, hosts["coturn1"], hosts["patroni1"], 2379) is None  # etcd: Patroni only
+    assert expected(lab_settings, hosts["monitoring1"], hosts["patroni1"], 2379) is None
+    assert expected(lab_settings, hosts["monitoring1"], hosts["patroni1"], 2381) == "etcd-metrics"
     assert expected(lab_settings, hosts["patroni2"], hosts["patroni1"], 2380) == "etcd-peer"
     assert expected(lab_settings, hosts["backup1"], hosts["patroni1"], 5432) is None  # pgBackRest has its own port
     assert expected(lab_settings, hosts["patroni1"], hosts["backup1"], 8432) == "pgbackrest-server"
