@@ -95,7 +95,8 @@ PGBOUNCER = Component(
         File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
     ),
     services=(Service("pgbouncer.service", reload=True),),
-    ready=(Port(lambda settings: settings.config.pgbouncer.port),),
+    # After a (re)start; on every run the login check proves the port answers (one command fewer).
+    ready=(Port(lambda settings: settings.config.pgbouncer.port, always=False),),
     check=login_check,
     parts=(HAPROXY,),
     inventory=(GroupRule("pgbouncer", fewest=2),),
