@@ -27,6 +27,15 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 _LOCK = threading.Lock()
 
 
+# Where the ca-trust step puts the site CA on every server (the trust store's source, and the
+# file a client that must trust the site CA alone points at).
+TRUSTED_CA = "/usr/local/share/ca-certificates/matrix-platform-{site}.crt"
+
+
+def trusted_ca(site: str) -> str:
+    return TRUSTED_CA.format(site=site)
+
+
 @dataclass(frozen=True)
 class ServerCertificate:
     """A server certificate, its private key and the CA that signed it, all PEM."""

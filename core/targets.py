@@ -33,6 +33,8 @@ class Job:
     basic_auth: tuple[str, str] | None = None
     # Probes: the blackbox exporter checks each target with this module.
     module: str | None = None
+    # Scraped over HTTPS, the target's certificate verified against this CA file on the monitoring host.
+    tls_ca: str | None = None
 
     @property
     def path(self) -> str:

@@ -19,6 +19,7 @@ from nornir.core.task import AggregatedResult, Result, Task
 
 from core import pki
 from core.errors import InputProblem
+from core.pki import TRUSTED_CA
 from core.settings import Settings
 from tasks.component import Component
 from tasks.declaration import File, Handler, Procedure
@@ -27,7 +28,6 @@ from tasks.files import FileSpec, put_files
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.remote import Expectation, run
 
-TRUSTED_CA = "/usr/local/share/ca-certificates/matrix-platform-{site}.crt"
 CA_TRUST = Component(
     "ca-trust",
     groups=None,

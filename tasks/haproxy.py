@@ -19,7 +19,7 @@ from core import pki
 from core.catalog import GroupRule
 from core.config import Config
 from core.errors import InputError, InputProblem
-from core.pki import ServerCertificate
+from core.pki import ServerCertificate, trusted_ca
 from core.ports import PortUse, public_tcp, tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
@@ -105,8 +105,13 @@ class Backend:
 def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None:
     if "pgbouncer" not in groups:
         return None
-    servers = [{"name": h.name, "ip": h.private_ip} for h in settings.members("patroni")]
-    return {"port": POSTGRES_PRIMARY_PORT, "servers": servers}
+    # Patroni's REST API is asked over HTTPS, its certificate verified against the site CA alone
+    # and for the member's service name.
+    servers = [
+        {"name": h.name, "ip": h.private_ip, "service_name": settings.service_name(h)}
+        for h in settings.members("patroni")
+    ]
+    return {"port": POSTGRES_PRIMARY_PORT, "servers": servers, "ca": trusted_ca(settings.site)}
 
 
 EDGE_CERTIFICATE = f"{CERT_DIR}/{{fqdn}}.pem"

@@ -20,7 +20,7 @@ from nornir.core.task import Result, Task
 
 from core.catalog import GroupRule
 from core.errors import HostError
-from core.pki import ServerCertificate
+from core.pki import ServerCertificate, trusted_ca
 from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
@@ -37,12 +37,10 @@ from tasks.systemd import UNIT_DIR, Systemctl, UnitsWanted
 VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
 CONFIG = "/etc/patroni/patroni.yml"
-# Patroni's certificate as etcd's client (etcd accepts only clients with a certificate of the site).
-ETCD_CA, ETCD_CERT, ETCD_KEY = (
-    "/etc/patroni/etcd-ca.crt",
-    "/etc/patroni/etcd-client.crt",
-    "/etc/patroni/etcd-client.key",
-)
+# The member's certificate from the site CA: its REST API's (HTTPS), and its own as a client of
+# etcd and of the other members' REST APIs.
+TLS_DIR = "/etc/patroni/tls"
+TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/member.crt", f"{TLS_DIR}/member.key"
 # What the host has: the venv's Patroni version and the cluster (scope) its config names.
 INSTALLED = f"{venv_version_script(VENV, 'patroni')}; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
 REST_PORT = 8008
@@ -137,7 +135,7 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
         ip=host.private_ip,
         rest_password=secrets["patroni_rest_password"],
         etcd_hosts=[f"{h.private_ip}:{etcd.CLIENT_PORT}" for h in patroni_hosts],
-        etcd_tls={"cacert": ETCD_CA, "cert": ETCD_CERT, "key": ETCD_KEY},
+        tls={"ca": TLS_CA, "cert": TLS_CERT, "key": TLS_KEY},
         synchronous_mode=settings.config.database.synchronous_mode,
         loop_wait=LOOP_WAIT,
         ttl=TTL,
@@ -161,29 +159,22 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
     )
 
 
-def etcd_client_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
-    """This member's Patroni as a client of etcd."""
+def member_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
+    """A member's certificate: its REST API serves it, and shows it to etcd and to the other members."""
     certificates = settings.config.certificates
     return settings.ca.server(
-        f"patroni-etcd-{host.name}",
-        [settings.service_name(host)],
+        f"patroni-{host.name}",
+        [settings.service_name(host), host.private_ip],
         certificates.lifetime_days,
         certificates.renew_before_days,
         client=True,
     )
 
 
-ETCD_CLIENT_FILES = (
-    File(ETCD_CA, lambda c: c.settings.ca.ca_pem(), "postgres", "postgres"),
-    File(ETCD_CERT, lambda c: etcd_client_certificate(c.settings, c.host).cert_pem, "postgres", "postgres"),
-    File(
-        ETCD_KEY,
-        lambda c: etcd_client_certificate(c.settings, c.host).key_pem,
-        "postgres",
-        "postgres",
-        0o600,
-        secret=True,
-    ),
+TLS_FILES = (
+    File(TLS_CA, lambda c: c.settings.ca.ca_pem(), "postgres", "postgres"),
+    File(TLS_CERT, lambda c: member_certificate(c.settings, c.host).cert_pem, "postgres", "postgres"),
+    File(TLS_KEY, lambda c: member_certificate(c.settings, c.host).key_pem, "postgres", "postgres", 0o600, secret=True),
 )
 
 
@@ -288,7 +279,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         files=(
             NO_MAIN_CLUSTER_DECLARED,
             *restore,
-            *ETCD_CLIENT_FILES,  # before the config: its validation may look for them
+            *TLS_FILES,  # before the config: its validation looks for them
             File(CONFIG, config, "postgres", "postgres", 0o600, secret=True, check=VALIDATE),
             File(
                 UNIT_FILE,
@@ -297,7 +288,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         ),
         # A config change is reloaded: Patroni applies it and flags parameters that need a
         # PostgreSQL restart (patroni-config rolls those).
-        services=(Service("patroni.service", reload=True, restart_on=(CONFIG, *(f.path for f in ETCD_CLIENT_FILES))),),
+        services=(Service("patroni.service", reload=True, restart_on=(CONFIG, *(f.path for f in TLS_FILES))),),
         reads={"installed": INSTALLED, "memory": MEMORY},
         behaviour=venv,
         notes=pending_restart,
@@ -316,7 +307,9 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
             # the first Synapse host (tasks/drills.py).
             tcp("patroni-rest", REST_PORT, ("patroni",), ("patroni", "pgbouncer", "monitoring", "synapse")),
         ),
-        scrape=lambda settings: [Job("patroni", per_host(settings, "patroni", REST_PORT))],
+        scrape=lambda settings: [
+            Job("patroni", per_host(settings, "patroni", REST_PORT), tls_ca=trusted_ca(settings.site))
+        ],
     )
 
 
@@ -334,23 +327,31 @@ def config_patch(desired: dict, current: dict) -> dict:
 
 
 # A changing request to Patroni's REST API; the password and body arrive on stdin.
-REST_WRITE = """import base64,json,sys,urllib.request,urllib.error
+REST_WRITE = """import base64,json,ssl,sys,urllib.request,urllib.error
 password=sys.stdin.readline().rstrip("\\n"); body=sys.stdin.read().encode()
 auth=base64.b64encode(("patroni:"+password).encode()).decode()
 req=urllib.request.Request(sys.argv[2],data=body,method=sys.argv[1],
     headers={"Authorization":"Basic "+auth,"Content-Type":"application/json"})
+tls=ssl.create_default_context(cafile=sys.argv[3]); tls.load_cert_chain(sys.argv[4],sys.argv[5])
 try:
-    r=urllib.request.urlopen(req,timeout=60); print(r.status); print(r.read().decode())
+    r=urllib.request.urlopen(req,timeout=60,context=tls); print(r.status); print(r.read().decode())
 except urllib.error.HTTPError as e:
     print(e.code); print(e.read().decode())
 """
+# Its arguments after the method and URL: the site CA, and the member's certificate (on a patroni host).
+WRITE_TLS = f"{TLS_CA} {TLS_CERT} {TLS_KEY}"
+
+
+def api(address: str) -> str:
+    """The base URL of the Patroni REST API at `address` (HTTPS, a certificate of the site CA)."""
+    return f"https://{address}:{REST_PORT}"
 
 
 def rest_write(task: Task, settings: Settings, method: str, url: str, body: dict) -> tuple[int, str]:
     """PATCH/POST to a Patroni REST API (any member's) from this host; returns (status, body)."""
     out = run(
         task,
-        f"python3 -c {shlex.quote(REST_WRITE)} {method} {shlex.quote(url)}",
+        f"python3 -c {shlex.quote(REST_WRITE)} {method} {shlex.quote(url)} {WRITE_TLS}",
         stdin=settings.secrets["patroni_rest_password"] + "\n" + json.dumps(body),
         what=Expectation(f"{method} {url} answered", f"run '{VENV}/bin/patronictl -c {CONFIG} list'"),
     )
@@ -360,11 +361,13 @@ def rest_write(task: Task, settings: Settings, method: str, url: str, body: dict
 
 def rest_reads(settings: Settings, host: HostInfo) -> str:
     """GET /primary, /config and /cluster from the member's own REST API, in one command (read ahead)."""
-    return f"python3 -c {shlex.quote(REST_GETS)} http://{host.private_ip}:{REST_PORT} /primary /config /cluster"
+    return f"python3 -c {shlex.quote(REST_GETS)} {api(host.private_ip)} /primary /config /cluster"
 
 
 # A PATCH through REST_WRITE that fails unless Patroni answered 200 (its answer is printed either way).
-PATCH_ACCEPTED = 'out=$(python3 -c {script} PATCH {url}) || exit 1; echo "$out"; [ "$(echo "$out" | head -n1)" = 200 ]'
+PATCH_ACCEPTED = (
+    'out=$(python3 -c {script} PATCH {url} {tls}) || exit 1; echo "$out"; [ "$(echo "$out" | head -n1)" = 200 ]'
+)
 
 
 def sync_dynamic_config(
@@ -391,10 +394,10 @@ def sync_dynamic_config(
     patch = config_patch(yaml.safe_load(rendered)["bootstrap"]["dcs"], json.loads(body))
     actions: list[Procedure | Command] = []
     if patch:
-        url = f"http://{host.private_ip}:{REST_PORT}/config"
+        url = f"{api(host.private_ip)}/config"
         actions.append(
             Command(
-                PATCH_ACCEPTED.format(script=shlex.quote(REST_WRITE), url=shlex.quote(url)),
+                PATCH_ACCEPTED.format(script=shlex.quote(REST_WRITE), url=shlex.quote(url), tls=WRITE_TLS),
                 f"dynamic config in etcd: {json.dumps(patch, sort_keys=True)}",
                 "Patroni accepted the config change (200)",
                 f"run '{VENV}/bin/patronictl -c {CONFIG} list'",
@@ -585,7 +588,7 @@ def rest_gets(
 ) -> dict[str, tuple[int, str]]:
     """GET Patroni REST endpoints, in one command run on the host `asker` (the task's host when None), which the
     firewall must let in (the port's clients); (status, body) by path."""
-    base = f"http://{address}:{REST_PORT}"
+    base = api(address)
     quoted = " ".join(shlex.quote(p) for p in paths)
     what = Expectation(f"Patroni REST {', '.join(paths)}")
     out = run(task, f"python3 -c {shlex.quote(REST_GETS)} {base} {quoted}", host=asker, what=what, reads_only=True)

@@ -156,7 +156,7 @@ def only(result: AggregatedResult, host: str):  # type: ignore[no-untyped-def]
 PATRONI_CLUSTER = """import sys, urllib.request
 for address in sys.argv[1:]:
     try:
-        print(urllib.request.urlopen(f"http://{address}:8008/cluster", timeout=3).read().decode())
+        print(urllib.request.urlopen(f"https://{address}:8008/cluster", timeout=3).read().decode())
         break
     except OSError:
         continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -196,3 +197,35 @@ def test_restart_needing_change_rolls_through_the_cluster(
         assert deploy_with(LAB_CONFIG) == 0
     assert {sql(lab, h, "SHOW max_connections") for h in PATRONI} == {str(lab_settings.sizing.max_connections)}
     assert not any(m.get("pending_restart") for m in patroni_cluster(lab)["members"])
+
+
+REST_CLIENT = """import ssl, sys, urllib.error, urllib.request
+url, method = sys.argv[1], sys.argv[2]
+context = ssl.create_default_context()  # the server verified against the trust store (the site CA is in it)
+if len(sys.argv) > 3:
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+request = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method)
+try:
+    print(urllib.request.urlopen(request, timeout=5, context=context).status)
+except urllib.error.HTTPError as error:
+    print(error.code, error.read().decode().strip())
+except OSError as error:
+    print("no answer:", type(error).__name__)
+"""
+
+
+def rest(lab: Lab, url: str, method: str = "GET", *certificate: str) -> str:
+    """What Patroni's REST API answers synapse1 (one of its clients in the firewall matrix)."""
+    arguments = " ".join(shlex.quote(a) for a in (url, method, *certificate))
+    return ssh(lab, "synapse1", f"python3 -c {shlex.quote(REST_CLIENT)} {arguments}").stdout.strip()
+
+
+def test_patroni_answers_over_https_and_changes_only_for_a_certificate_of_the_site(deployed: None, lab: Lab) -> None:
+    api = "https://198.18.1.11:8008"
+    assert rest(lab, f"{api}/cluster") == "200"  # its certificate verifies for its address
+    assert rest(lab, "http://198.18.1.11:8008/cluster").startswith("no answer")  # plaintext
+    # A changing request without a client certificate is refused before the password is even asked.
+    assert rest(lab, f"{api}/restart", "POST") == "403 client certificate required"
+    ssh(lab, "synapse1", OTHER_CA)
+    other = rest(lab, f"{api}/restart", "POST", "/tmp/other.crt", "/tmp/other.key")
+    assert other.startswith("no answer"), other  # a certificate of another CA fails the handshake

@@ -40,6 +40,12 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     patroni = (plan / "patroni2" / "etc" / "patroni" / "patroni.yml").read_text()
     assert "synchronous_mode: true" in patroni and "max_connections: 350" in patroni
     assert "<secret:postgres_superuser_password>" in patroni
+    # etcd and the REST API over TLS with the member's certificate; changing requests need one of the site.
+    assert "protocol: https" in patroni and "verify_client: optional" in patroni
+    assert "certfile: /etc/patroni/tls/member.crt" in patroni
+    etcd = (plan / "patroni2" / "etc" / "default" / "etcd").read_text()
+    assert 'ETCD_CLIENT_CERT_AUTH="true"' in etcd and 'ETCD_PEER_CLIENT_CERT_AUTH="true"' in etcd
+    assert "http://" not in etcd.replace('ETCD_LISTEN_METRICS_URLS="http://', "")  # only the metrics listener
     assert 'archive_command: "pgbackrest --stanza=matrix archive-push %p"' in patroni  # WAL follows the primary
     repo = (plan / "backup1" / "etc" / "pgbackrest" / "pgbackrest.conf").read_text()
     assert "backup-standby=y" in repo and "repo1-cipher-pass=<secret:pgbackrest_cipher_pass>" in repo
@@ -58,6 +64,9 @@ def test_plan_of_the_edge(deploy: Deploy, site: Site) -> None:
     assert "bind 10.0.1.11:8404" in haproxy  # stats on the private address only
     assert "acl admin_network src 10.0.0.0/8" in haproxy
     assert "http-request set-header X-Forwarded-For %[src]" in haproxy and "option forwardfor" not in haproxy
+    # PgBouncer's route asks Patroni over HTTPS, verified against the site CA for the member's name.
+    assert "check port 8008 check-ssl verify required ca-file /usr/local/share/ca-certificates/" in haproxy
+    assert "verifyhost patroni1.internal" in haproxy
     assert "server synapse1 10.0.5.51:81 check" in haproxy  # playbook mode: Traefik's web entrypoint
     assert "server synapse1 10.0.5.51:8449 check" in haproxy
     assert "<secret:haproxy_stats_password>" in haproxy
