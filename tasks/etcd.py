@@ -22,7 +22,8 @@ from core.ports import tcp
 from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
 from tasks.component import Component
-from tasks.declaration import Context, File, Service, template
+from tasks.declaration import Command, Context, File, Service, template
+from tasks.facts import HostFacts
 from tasks.remote import Expectation, lost_hosts, run
 from tasks.waits import command_script
 
@@ -115,6 +116,21 @@ def member_names(members_json: str) -> list[str]:
     return sorted(m.get("name", "") for m in json.loads(members_json).get("members", []))
 
 
+PLAINTEXT_PEERS = "grep -s '^ETCD_LISTEN_PEER_URLS=\"http://' /etc/default/etcd; true"
+
+
+def refuse_plaintext_cluster(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """A member set up before etcd spoke TLS keeps its peers' plaintext URLs in the cluster's own membership:
+    rewriting its config would cut it from its peers. Refused, nothing written, until a migration exists."""
+    if facts is not None and facts.commands["plaintext"].strip():
+        raise HostError(
+            f"{context.host.name}: this etcd member speaks plaintext to its peers (/etc/default/etcd), and this "
+            "version runs etcd over TLS only; switching a running cluster needs a migration it does not do yet. "
+            "Keep the previous version for this site, or rebuild the database tier from a backup onto fresh hosts"
+        )
+    return []
+
+
 ETCD = Component(
     "etcd",
     groups=("patroni",),
@@ -127,6 +143,8 @@ ETCD = Component(
         File(KEY, lambda c: member_certificate(c.settings, c.host).key_pem, "etcd", "etcd", 0o600, secret=True),
     ),
     services=(Service("etcd.service"),),
+    reads={"plaintext": PLAINTEXT_PEERS},
+    behaviour=refuse_plaintext_cluster,
     check=etcd_healthy,
     ports=(
         tcp("etcd-client", CLIENT_PORT, ("etcd",), ("patroni",)),

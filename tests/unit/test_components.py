@@ -9,7 +9,8 @@ certificates:
 "wanted" (content, owner and mode as rendered), "missing", "other content", or an object
 overriding fields of "wanted" (e.g. {"mode": "0600"}); "other files" gives the state of
 every declared file the fixture does not name (a wheel set). Units: "running", "stopped",
-"disabled" (stopped, not enabled) or "absent".
+"disabled" (stopped, not enabled) or "absent". A fixture with "refused" instead of "actions"
+expects the host to be refused before anything is decided, its message matching it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from core import artifacts
+from core.errors import HostError
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.component import Component
@@ -121,8 +123,17 @@ def test_component_decides(case: Path, settings: Settings) -> None:
     given = fixture["facts"]
     facts = None if given is None else host_facts(component, settings, fixture["host"], given)
     context = component.context(settings, fixture["host"], facts)
-    actions = [action for part in component.parts_on(settings, context.host) for action in part.decide(context, facts)]
-    assert [str(action) for action in actions] == fixture["actions"], fixture.get("why", "")
+
+    def decide() -> list[str]:
+        return [
+            str(action) for part in component.parts_on(settings, context.host) for action in part.decide(context, facts)
+        ]
+
+    if "refused" in fixture:  # the host is refused before anything is decided, with this in the message
+        with pytest.raises(HostError, match=fixture["refused"]):
+            decide()
+        return
+    assert decide() == fixture["actions"], fixture.get("why", "")
 
 
 def test_every_component_has_its_fixtures() -> None:
