@@ -44,6 +44,9 @@ TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/member.crt", f"{TLS
 # What the host has: the venv's Patroni version and the cluster (scope) its config names.
 INSTALLED = f"{venv_version_script(VENV, 'patroni')}; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
 REST_PORT = 8008
+# Who connects to PostgreSQL over the network: the other members (replication, pg_rewind) and
+# PgBouncer's route to the primary. The firewall and pg_hba both let in these groups' hosts only.
+CLIENTS = ("patroni", "pgbouncer")
 POSTGRES_PORT = 5432
 LOOP_WAIT = 2  # seconds; the template's loop_wait
 TTL = 20  # seconds a leader key lives without renewal; the template's ttl
@@ -152,7 +155,7 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
         work_mem_mb=memory.work_mem_mb,
         maintenance_work_mem_mb=memory.maintenance_work_mem_mb,
         replication_addresses=[h.private_ip for h in patroni_hosts],
-        client_addresses=sorted({h.private_ip for h in settings.hosts.values()}),
+        client_addresses=sorted({h.private_ip for h in settings.hosts.values() if set(h.groups) & set(CLIENTS)}),
         recovery=recovery,
         restore_script=RESTORE_SCRIPT,
         stanza=settings.config.backup.stanza,
@@ -302,7 +305,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         },
         ports=(
             # Replication and rewind between members; PgBouncer's route to the primary.
-            tcp("postgresql", POSTGRES_PORT, ("postgres",), ("patroni", "pgbouncer")),
+            tcp("postgresql", POSTGRES_PORT, ("postgres",), CLIENTS),
             # Members, the route's health check, Prometheus, and the drills and checks run from
             # the first Synapse host (tasks/drills.py).
             tcp("patroni-rest", REST_PORT, ("patroni",), ("patroni", "pgbouncer", "monitoring", "synapse")),
