@@ -21,7 +21,7 @@ from core.catalog import Catalog
 from core.config import Config
 from core.errors import InputError, InputProblem
 from core.inventory import Defaults, Group, Host
-from core.pki import InternalCA
+from core.pki import InternalCA, ServerCertificate
 from core.secrets import SITE, Secrets, load_or_create
 from core.sizing import Sizing, for_config
 from core.yamlsource import KeyPath, Placeholder, YamlDoc, load_yaml
@@ -69,6 +69,12 @@ class Settings:
     def ca(self) -> InternalCA:
         """The site's internal CA, beside the secrets file (created on first use)."""
         return InternalCA(self.secrets.path.parent / f"{self.site}-ca", self.site)
+
+    def certificate(self, name: str, names: list[str], client: bool = False) -> ServerCertificate:
+        """The site CA's certificate `name` for `names`, with the lifetime and renewal the config sets;
+        `client`: also good for client authentication (mutual TLS)."""
+        certificates = self.config.certificates
+        return self.ca.server(name, names, certificates.lifetime_days, certificates.renew_before_days, client)
 
     def service_name(self, host: HostInfo) -> str:
         """The private DNS name of a server, e.g. patroni1.internal."""

@@ -21,15 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.markup import escape
 
-from core.errors import InputError
-from core.settings import load_settings
 from core.step import Step
-from lab import LAB_CONFIG, LAB_INVENTORY
+from runbooks.offline import add_settings_options, read_settings
 from runbooks.shell import Runbook
 from tasks.firewall_audit import audit, audit_report, findings, matrix
-from tasks.registry import CATALOG
 
-REPO = Path(__file__).resolve().parent.parent
 AUDIT = Step(
     "audit",
     "from every server, every listening TCP port of every other server: open exactly where the matrix says",
@@ -43,26 +39,17 @@ AUDIT = Step(
 
 def show_matrix(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python runbooks/firewall.py matrix", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None, help="settings file (default: config.yaml)")
-    parser.add_argument("--inventory", type=Path, default=None, help="inventory folder (default: inventory)")
-    parser.add_argument("--lab", action="store_true", help="use config.lab.yaml and inventory/lab")
+    add_settings_options(parser)
     args = parser.parse_args(argv)
-    config_path = args.config or (LAB_CONFIG if args.lab else REPO / "config.yaml")
-    inventory = args.inventory or (LAB_INVENTORY if args.lab else REPO / "inventory")
     console = Console(highlight=False, soft_wrap=True)
-    try:
-        settings, _ = load_settings(
-            config_path.resolve(), inventory.resolve(), catalog=CATALOG, allow_placeholders=True
-        )
-    except InputError as exc:
-        console.print("[bold red]firewall: cannot read the settings:[/bold red]")
-        for problem in exc.problems:
-            console.print(escape(str(problem)))
+    read = read_settings(args, console, "firewall")
+    if read is None:
         return 2
+    settings = read.settings
     rows = matrix(settings)
     port_width = max(len(row.port) for row in rows)
     service_width = max(len(row.service) for row in rows)
-    console.print(f"firewall matrix of {config_path.name} and {inventory}: who may open which port")
+    console.print(f"firewall matrix of {read.config.name} and {read.inventory}: who may open which port")
     for index, row in enumerate(rows):
         if index == 0 or rows[index - 1].hosts != row.hosts:
             console.print(escape(row.hosts))

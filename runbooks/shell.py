@@ -41,7 +41,6 @@ from core.mode import Mode
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
 from core.step import Step
-from lab import LAB_CONFIG, LAB_INVENTORY
 from runbooks.display import (
     Progress,
     StepOutcome,
@@ -51,10 +50,10 @@ from runbooks.display import (
     host_outcome,
     summary_table,
 )
+from runbooks.offline import default_paths
 from tasks import site_identity
 from tasks.registry import CATALOG
 
-REPO = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 MAX_THREADS = 100
 
@@ -278,9 +277,7 @@ class Runbook:
             )
         steps = [s for s in self.steps if (not args.step or s.name in args.step) and s.name not in args.skip_step]
         mode = Mode.PLAN if args.plan else Mode.CHECK if args.check else Mode.APPLY
-        default_config, default_inventory = (
-            (LAB_CONFIG, LAB_INVENTORY) if args.lab else (REPO / "config.yaml", REPO / "inventory")
-        )
+        default_config, default_inventory = default_paths(args.lab)
         return Options(
             config=(args.config or default_config).resolve(),
             inventory=(args.inventory or default_inventory).resolve(),

@@ -20,13 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from core.config import WorkerCounts
-from core.errors import InputError
-from core.settings import load_settings
 from core.sizing import explain, for_config
-from lab import LAB_CONFIG, LAB_INVENTORY
-from tasks.registry import CATALOG
-
-REPO = Path(__file__).resolve().parent.parent
+from runbooks.offline import add_settings_options, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,24 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python runbooks/sizing.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ccu", type=int, default=None, help="concurrent users, 10..200000 (default: config.yaml)")
-    parser.add_argument("--config", type=Path, default=None, help="settings file (default: config.yaml)")
-    parser.add_argument("--inventory", type=Path, default=None, help="inventory folder (default: inventory)")
-    parser.add_argument("--lab", action="store_true", help="use config.lab.yaml and inventory/lab")
+    add_settings_options(parser)
     args = parser.parse_args(argv)
     if args.ccu is not None and not 10 <= args.ccu <= 200_000:
         parser.error(f"--ccu {args.ccu}: give between 10 and 200000 concurrent users")
-    config_path = args.config or (LAB_CONFIG if args.lab else REPO / "config.yaml")
-    inventory = args.inventory or (LAB_INVENTORY if args.lab else REPO / "inventory")
     console = Console(highlight=False, soft_wrap=True)
-    try:
-        settings, _ = load_settings(
-            config_path.resolve(), inventory.resolve(), catalog=CATALOG, allow_placeholders=True
-        )
-    except InputError as exc:
-        console.print("[bold red]sizing: cannot read the settings:[/bold red]")
-        for problem in exc.problems:
-            console.print(escape(str(problem)))
+    read = read_settings(args, console, "sizing")
+    if read is None:
         return 2
+    settings, config_path = read.settings, read.config
     config = settings.config
     if args.ccu is not None:  # a what-if: the derived counts, not this site's explicit ones
         workers = WorkerCounts(media_repository=config.synapse.workers.media_repository)

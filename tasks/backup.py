@@ -60,14 +60,7 @@ class Tls:
 
 def certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
     """This host's pgBackRest certificate: server and client use, for its service name and address."""
-    certificates = settings.config.certificates
-    return settings.ca.server(
-        f"pgbackrest-{host.name}",
-        [settings.service_name(host), host.private_ip],
-        certificates.lifetime_days,
-        certificates.renew_before_days,
-        client=True,
-    )
+    return settings.certificate(f"pgbackrest-{host.name}", [settings.service_name(host), host.private_ip], client=True)
 
 
 # The site CA and this host's certificate; the key is postgres' alone.

@@ -53,13 +53,7 @@ NO_TCP_RELAY_CHECK = "! grep -Eq '^[[:space:]]*no-tcp-relay' {path}"
 
 def turn_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
     """The certificate of one TURN server: its service name and its address."""
-    certificates = settings.config.certificates
-    return settings.ca.server(
-        f"turn-{host.name}",
-        [settings.service_name(host), host.private_ip],
-        certificates.lifetime_days,
-        certificates.renew_before_days,
-    )
+    return settings.certificate(f"turn-{host.name}", [settings.service_name(host), host.private_ip])
 
 
 def rest_credential(secret: str, user: str, lifetime: int = 600) -> tuple[str, str]:

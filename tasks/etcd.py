@@ -37,13 +37,8 @@ CA, CERT, KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/member.crt", f"{TLS_DIR}/member
 def member_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
     """A member's certificate: a server to its clients and peers, a client to its peers (and to etcdctl on the
     host); for its service name, its address and loopback."""
-    certificates = settings.config.certificates
-    return settings.ca.server(
-        f"etcd-{host.name}",
-        [settings.service_name(host), host.private_ip, "127.0.0.1"],
-        certificates.lifetime_days,
-        certificates.renew_before_days,
-        client=True,
+    return settings.certificate(
+        f"etcd-{host.name}", [settings.service_name(host), host.private_ip, "127.0.0.1"], client=True
     )
 
 

@@ -296,7 +296,7 @@ def edge_certificate(settings: Settings) -> ServerCertificate:
             raise InputError(import_problems(settings))
         return certificate
     names = list(dict.fromkeys([config.homeserver_fqdn, config.domain]))
-    return settings.ca.server("edge", names, config.certificates.lifetime_days, config.certificates.renew_before_days)
+    return settings.certificate("edge", names)
 
 
 def edge_ports(config: Config) -> list[PortUse]:

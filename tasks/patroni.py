@@ -164,14 +164,7 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
 
 def member_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
     """A member's certificate: its REST API serves it, and shows it to etcd and to the other members."""
-    certificates = settings.config.certificates
-    return settings.ca.server(
-        f"patroni-{host.name}",
-        [settings.service_name(host), host.private_ip],
-        certificates.lifetime_days,
-        certificates.renew_before_days,
-        client=True,
-    )
+    return settings.certificate(f"patroni-{host.name}", [settings.service_name(host), host.private_ip], client=True)
 
 
 TLS_FILES = (
