@@ -181,8 +181,8 @@ def on_each(names: Iterable[str], work: Callable[[str], Done]) -> tuple[dict[str
     for name, future in futures.items():
         try:
             done[name] = future.result()
-        except (HostError, OSError, EOFError) as exc:
-            failed.append(f"{name}: {str(exc).splitlines()[0]}")
+        except (HostError, OSError, EOFError, ValueError) as exc:  # ValueError: an answer that is not JSON
+            failed.append(f"{name}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
     return done, failed
 
 

@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 
+from core.errors import HostError
 from core.settings import Settings
 from tasks.firewall import JINJA, ruleset
-from tasks.firewall_audit import PROBE, Mismatch, compare, expected, matrix, reachable_ports, targets
+from tasks.firewall_audit import PROBE, Mismatch, compare, expected, matrix, on_each, reachable_ports, targets
 
 
 def test_a_private_port_is_open_only_to_the_groups_that_use_it(lab_settings: Settings) -> None:
@@ -136,3 +137,19 @@ def test_the_probe_tells_an_answering_port_from_a_refusing_one() -> None:
             [sys.executable, "-c", PROBE, "2"], input=json.dumps(targets), capture_output=True, text=True, check=True
         )
     assert json.loads(done.stdout) == ["open", "refused"]
+
+
+def test_a_host_that_cannot_be_read_is_named_not_fatal() -> None:
+    def work(name: str) -> int:
+        if name == "lost":
+            raise HostError("lost (198.18.1.99): no route to host\n  what to do: bring it back")
+        if name == "garbled":
+            return json.loads("not json")
+        return len(name)
+
+    done, failed = on_each(["coturn1", "lost", "garbled"], work)
+    assert done == {"coturn1": 7}
+    assert failed == [
+        "lost: lost (198.18.1.99): no route to host",
+        "garbled: Expecting value: line 1 column 1 (char 0)",
+    ]
