@@ -110,7 +110,7 @@ class Component:
     # The secrets it owns, with how to make a fresh one (core/secrets.py); others may read them.
     secrets: Mapping[str, Callable[[], str]] = field(default_factory=dict)
     # The steps whose work it uses (a database before its users, the VIP before what answers on it).
-    # The registry adds the firewall before anything that listens.
+    # The registry adds the rest: the firewall before anything that listens, scraped components before monitoring.
     after: tuple[str, ...] = ()
 
     def step(self) -> Step:

@@ -87,9 +87,13 @@ class Record:
         }
 
 
+def drills_host(settings: Settings) -> str:
+    """Drills and checks run once, from the first Synapse host (the firewall lets it ask Patroni)."""
+    return settings.members("synapse")[0].name
+
+
 def anchor(task: Task, settings: Settings) -> bool:
-    """Drills run once, from the first Synapse host."""
-    return task.host.name == settings.members("synapse")[0].name
+    return task.host.name == drills_host(settings)
 
 
 # --- facts -------------------------------------------------------------------------
@@ -98,7 +102,7 @@ def anchor(task: Task, settings: Settings) -> bool:
 def cluster(task: Task, settings: Settings, skip: str = "") -> dict:
     """Patroni's /cluster document, asked of the first member that answers (not `skip`), from the drills' host
     (a rolling reboot asks on behalf of any host; only the drills' host may reach Patroni's REST API)."""
-    asker = settings.members("synapse")[0].name
+    asker = drills_host(settings)
     for host in settings.members("patroni"):
         if host.name == skip:
             continue

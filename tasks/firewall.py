@@ -82,10 +82,15 @@ def allows(settings: Settings, host: HostInfo, private: list[PortUse]) -> list[A
     return rules
 
 
+def declared(settings: Settings, host: HostInfo) -> list[PortUse]:
+    """What `host` listens on, by the declarations of its groups' components (SSH first)."""
+    return settings.catalog.host_ports(settings.config, host.groups, host.port)
+
+
 def ruleset(settings: Settings, host_name: str) -> dict[str, object]:
     """Template data of one host's rules."""
     host = settings.hosts[host_name]
-    uses = [u for u in settings.catalog.host_ports(settings.config, host.groups, host.port) if u.service != "ssh"]
+    uses = [u for u in declared(settings, host) if u.service != "ssh"]
     public = [u for u in uses if u.public]
     vrrp_peers = [h.private_ip for h in settings.members("haproxy") if h.name != host_name]
     return {

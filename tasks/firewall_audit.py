@@ -20,9 +20,8 @@ from typing import TypeVar
 
 from nornir.core.task import AggregatedResult, Result, Task
 
-from core.ports import PortUse
 from core.settings import HostInfo, Settings
-from tasks.firewall import reachers
+from tasks.firewall import declared, reachers
 from tasks.remote import Expectation, HostError, run
 
 LISTENING = "ss -Hltn"
@@ -56,11 +55,6 @@ for key in list(waiting.get_map().values()):
     key.fileobj.close()
 print(json.dumps([found[index] for index in range(len(targets))]))
 """
-
-
-def declared(settings: Settings, host: HostInfo) -> list[PortUse]:
-    """What `host` listens on, by the declarations of its groups' components (SSH first)."""
-    return settings.catalog.host_ports(settings.config, host.groups, host.port)
 
 
 def expected(settings: Settings, source: HostInfo, dest: HostInfo, port: int) -> str | None:

@@ -579,9 +579,7 @@ print(json.dumps(answers))
 """
 
 
-def rest_gets(
-    task: Task, paths: list[str], address: str = "127.0.0.1", asker: str | None = None
-) -> dict[str, tuple[int, str]]:
+def rest_gets(task: Task, paths: list[str], address: str, asker: str | None = None) -> dict[str, tuple[int, str]]:
     """GET Patroni REST endpoints, in one command run on the host `asker` (the task's host when None), which the
     firewall must let in (the port's clients); (status, body) by path."""
     base = api(address)
@@ -591,7 +589,7 @@ def rest_gets(
     return {path: (status, body) for path, (status, body) in json.loads(out.stdout).items()}
 
 
-def rest_get(task: Task, path: str, address: str = "127.0.0.1", asker: str | None = None) -> tuple[int, str]:
+def rest_get(task: Task, path: str, address: str, asker: str | None = None) -> tuple[int, str]:
     """GET a Patroni REST endpoint (from the task's host, or `asker`); returns (status, body)."""
     return rest_gets(task, [path], address, asker)[path]
 
