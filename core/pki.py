@@ -36,6 +36,12 @@ def trusted_ca(site: str) -> str:
     return TRUSTED_CA.format(site=site)
 
 
+def libpq_verify_full(site: str) -> dict[str, str]:
+    """libpq options of a client of PgBouncer (Synapse, the drills, the login check): TLS, the server's
+    certificate verified for the address connected to, against the site CA."""
+    return {"sslmode": "verify-full", "sslrootcert": trusted_ca(site)}
+
+
 @dataclass(frozen=True)
 class ServerCertificate:
     """A server certificate, its private key and the CA that signed it, all PEM."""

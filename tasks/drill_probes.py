@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from nornir.core.task import Task
 
+from core.pki import libpq_verify_full
 from core.settings import Settings
 from tasks.files import FileSpec, put_files, render
 from tasks.packages import packages
@@ -69,6 +70,7 @@ def _connection_file(settings: Settings) -> str:
             "dbname": config.database.name,
             "user": config.database.user,
             "password": settings.secrets["synapse_db_password"],
+            **libpq_verify_full(settings.site),
         }
     )
 

@@ -162,9 +162,17 @@ def patroni_variables(settings: Settings, host: HostInfo, total_mb: int, recover
     )
 
 
+def primary_name(settings: Settings) -> str:
+    """The name every member's certificate carries besides its own: PgBouncer reaches "the primary"
+    through a local route, whichever member that is, and verifies the server for this name."""
+    return f"postgres-primary.{settings.config.internal_domain}"
+
+
 def member_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
-    """A member's certificate: its REST API serves it, and shows it to etcd and to the other members."""
-    return settings.certificate(f"patroni-{host.name}", [settings.service_name(host), host.private_ip], client=True)
+    """A member's certificate: its REST API and PostgreSQL serve it, and it shows it to etcd and to the
+    other members."""
+    names = [settings.service_name(host), host.private_ip, primary_name(settings)]
+    return settings.certificate(f"patroni-{host.name}", names, client=True)
 
 
 TLS_FILES = (

@@ -4,6 +4,11 @@ Pooling is per transaction (the design's requirement). PgBouncer reaches the pri
 through the local HAProxy `postgres_primary` listener, which follows Patroni's leader.
 Logins are SCRAM with the same verifier PostgreSQL holds (core/scram.py), so PgBouncer
 never stores a plain password.
+
+Both sides speak TLS with certificates of the site CA: clients must (Synapse verifies this
+PgBouncer's certificate for its address), and PgBouncer verifies the primary for the name
+every Patroni member's certificate carries, `postgres-primary.<internal_domain>`, which
+this host's /etc/hosts points at the local route; it shows its own certificate there too.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ from nornir.core.task import Result, Task
 
 from core import scram
 from core.catalog import GroupRule
+from core.pki import ServerCertificate, libpq_verify_full
 from core.ports import tcp
 from core.secrets import token
-from core.settings import Settings
+from core.settings import HostInfo, Settings
 from tasks.component import Component
-from tasks.declaration import Context, File, Port, Service, template
+from tasks.declaration import Block, Context, File, Port, Service, template
 from tasks.haproxy import HAPROXY, POSTGRES_PRIMARY_PORT
+from tasks.patroni import primary_name
 from tasks.remote import Expectation, run
 
 CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
+TLS_DIR = "/etc/pgbouncer/tls"
+TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/pgbouncer.crt", f"{TLS_DIR}/pgbouncer.key"
 
 
 def verifier(settings: Settings, password: str, salt_suffix: str = "") -> str:
@@ -46,6 +55,8 @@ def ini(context: Context) -> dict[str, object]:
         "database": config.database.name,
         "user": config.database.user,
         "primary_port": POSTGRES_PRIMARY_PORT,
+        "primary_name": primary_name(settings),
+        "tls": {"ca": TLS_CA, "cert": TLS_CERT, "key": TLS_KEY},
         "pool_mode": config.pgbouncer.pool_mode,
         "default_pool_size": config.pgbouncer.default_pool_size,
         "reserve_pool_size": config.pgbouncer.reserve_pool_size,
@@ -65,18 +76,29 @@ def users(context: Context) -> dict[str, object]:
     }
 
 
+def certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
+    """What this PgBouncer serves to Synapse, and shows PostgreSQL as its client."""
+    return settings.certificate(f"pgbouncer-{host.name}", [settings.service_name(host), host.private_ip], client=True)
+
+
 def login_check(task: Task, settings: Settings) -> Result:
-    """Gate: Synapse's role logs in through this PgBouncer and reaches a writable primary."""
+    """Gate: Synapse's role logs in through this PgBouncer the way Synapse does (TLS to its address, the
+    certificate verified) and reaches a writable primary."""
     config = settings.config
-    dsn = f"host=127.0.0.1 port={config.pgbouncer.port} dbname={config.database.name} user={config.database.user}"
+    address = settings.hosts[task.host.name].private_ip
+    dsn = (
+        f"host={address} port={config.pgbouncer.port} dbname={config.database.name} user={config.database.user} "
+        + " ".join(f"{key}={value}" for key, value in libpq_verify_full(settings.site).items())
+    )
     out = run(
         task,
         f"IFS= read -r PGPASSWORD; export PGPASSWORD; psql -XAtq {shlex.quote(dsn)} -c 'select pg_is_in_recovery()'",
         stdin=settings.secrets["synapse_db_password"] + "\n",
         what=Expectation(
             "'f': logged in through PgBouncer, on the primary",
-            "check 'journalctl -u pgbouncer' and the HAProxy postgres_primary listener "
-            "(which patroni host answers 200 on :8008/primary)",
+            "check 'journalctl -u pgbouncer' (TLS to the primary: its certificate must name "
+            f"{primary_name(settings)}), and the HAProxy postgres_primary listener (which patroni host "
+            "answers 200 on :8008/primary)",
         ),
     )
     if out.stdout.strip() != "f":
@@ -88,12 +110,18 @@ PGBOUNCER = Component(
     "pgbouncer",
     groups=("pgbouncer",),
     summary="PgBouncer (transaction pooling) routed to the primary by a local HAProxy; Synapse's role logs in",
-    after=("patroni", "synapse-database"),  # the check logs in as Synapse's role
+    after=("hosts-file", "patroni", "synapse-database"),  # the check logs in as Synapse's role
     packages=("pgbouncer", "postgresql-client"),
     files=(
+        File(TLS_CA, lambda c: c.settings.ca.ca_pem(), "postgres", "postgres"),
+        File(TLS_CERT, lambda c: certificate(c.settings, c.host).cert_pem, "postgres", "postgres"),
+        File(TLS_KEY, lambda c: certificate(c.settings, c.host).key_pem, "postgres", "postgres", 0o600, secret=True),
         File(CONFIG_FILES[0], template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
         File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
     ),
+    # The name it verifies the primary for leads to the local route.
+    blocks=(Block("/etc/hosts", "pgbouncer", lambda c: f"127.0.0.1 {primary_name(c.settings)}\n"),),
+    # A reload reads the TLS files again: a renewed certificate drops no connection.
     services=(Service("pgbouncer.service", reload=True),),
     # After a (re)start; on every run the login check proves the port answers (one command fewer).
     ready=(Port(lambda settings: settings.config.pgbouncer.port, always=False),),

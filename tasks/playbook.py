@@ -32,6 +32,7 @@ import yaml
 from nornir.core.task import Result, Task
 
 from core.errors import HostError, InputProblem
+from core.pki import libpq_verify_full, trusted_ca
 from core.secrets import write_private
 from core.settings import Settings
 from core.step import Step
@@ -106,6 +107,14 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
         "matrix_synapse_database_database": config.database.name,
         "matrix_synapse_database_cp_min": config.synapse.database_cp_min,
         "matrix_synapse_database_cp_max": config.synapse.database_cp_max,
+        # TLS to PgBouncer, its certificate verified against the site CA, which the containers
+        # (main process and workers) see at the host's path.
+        "matrix_synapse_configuration_extension_yaml": yaml.safe_dump(
+            {"database": {"args": libpq_verify_full(settings.site)}}
+        ),
+        "matrix_synapse_container_additional_volumes": [
+            {"src": trusted_ca(settings.site), "dst": trusted_ca(settings.site), "options": "ro"}
+        ],
         "matrix_synapse_workers_enabled": True,
         "matrix_synapse_workers_preset": "specialized-workers",
         **{

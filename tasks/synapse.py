@@ -29,6 +29,7 @@ from nornir.core.task import Result, Task
 from core import artifacts
 from core.catalog import GroupRule
 from core.config import Config
+from core.pki import libpq_verify_full
 from core.ports import PortUse, tcp
 from core.secrets import signing_key, token
 from core.settings import HostInfo, Settings
@@ -127,6 +128,7 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
         "db_name": config.database.name,
         "db_user": config.database.user,
         "db_password": secrets["synapse_db_password"],
+        "db_tls": libpq_verify_full(settings.site),
         "cp_min": config.synapse.database_cp_min,
         "cp_max": config.synapse.database_cp_max,
         "data": DATA,

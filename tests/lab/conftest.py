@@ -137,6 +137,13 @@ def deployed(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
     assert code == 0, f"{step_failures(report)}\n{failed_units(lab)}"
 
 
+# A certificate and key of a CA that is not the site's, in /tmp of the host (for clients that must be refused).
+OTHER_CA = (
+    "cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key "
+    "-out other.crt -subj /CN=patroni2.internal -days 1 -addext extendedKeyUsage=clientAuth,serverAuth 2>/dev/null"
+)
+
+
 def ssh(
     lab: Lab, host: str, command: str, check: bool = True, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:

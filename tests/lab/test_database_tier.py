@@ -8,11 +8,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from core.pki import trusted_ca
 from core.settings import Settings
 from lab import LAB_CONFIG
 from lab.lab import Lab
 from tests.conftest import load_runbook
-from tests.lab.conftest import REPO, patroni_cluster, ssh
+from tests.lab.conftest import OTHER_CA, REPO, patroni_cluster, ssh
 
 Deploy = Callable[..., tuple[int, str]]
 PATRONI = ("patroni1", "patroni2", "patroni3")
@@ -28,10 +29,6 @@ def sql(lab: Lab, host: str, query: str, *, dsn: str = "", password: str = "") -
 
 
 MEMBER_TLS = "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/member.crt --key=/etc/etcd/tls/member.key"
-OTHER_CA = (
-    "cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key "
-    "-out other.crt -subj /CN=patroni2.internal -days 1 -addext extendedKeyUsage=clientAuth,serverAuth 2>/dev/null"
-)
 
 
 def keys(lab: Lab, endpoint: str, tls: str) -> subprocess.CompletedProcess[str]:
@@ -95,7 +92,7 @@ def test_row_written_through_pgbouncer_is_read_on_both_replicas(deployed: None, 
                 lab,
                 replica,
                 f"SELECT note FROM mha_probe WHERE id = {marker}",
-                dsn="host=127.0.0.1 port=5432 dbname=synapse user=synapse",
+                dsn="host=/var/run/postgresql dbname=synapse user=synapse",  # local: no TCP line but TLS
                 password=password,
             )
             if found:
@@ -229,3 +226,66 @@ def test_patroni_answers_over_https_and_changes_only_for_a_certificate_of_the_si
     ssh(lab, "synapse1", OTHER_CA)
     other = rest(lab, f"{api}/restart", "POST", "/tmp/other.crt", "/tmp/other.key")
     assert other.startswith("no answer"), other  # a certificate of another CA fails the handshake
+
+
+def login(lab: Lab, host: str, dsn: str, password: str, query: str = "select 1") -> subprocess.CompletedProcess[str]:
+    """`query` as a client on `host` with libpq's `dsn` (run as postgres, who may read the host's keys)."""
+    command = (
+        "IFS= read -r PGPASSWORD; export PGPASSWORD; "
+        f"sudo -u postgres --preserve-env=PGPASSWORD psql -XAtq {shlex.quote(dsn + ' connect_timeout=5')} "
+        f"-c {shlex.quote(query)}"
+    )
+    return ssh(lab, host, command, check=False, input=password + "\n")
+
+
+PGBOUNCER_TLS = "/etc/pgbouncer/tls"
+OWN_CERTIFICATE = f"sslcert={PGBOUNCER_TLS}/pgbouncer.crt sslkey={PGBOUNCER_TLS}/pgbouncer.key"
+
+
+def test_postgresql_takes_only_tls_clients_with_a_certificate_of_the_site(
+    deployed: None, lab: Lab, lab_settings: Settings
+) -> None:
+    """From a PgBouncer host (one PostgreSQL lets in): plaintext, no certificate and another CA's are refused."""
+    password = lab_settings.secrets["synapse_db_password"]
+    leader = next(m for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
+    server = f"host={leader['host']} port=5432 dbname=synapse user=synapse"
+    verified = f"sslmode=verify-full sslrootcert={PGBOUNCER_TLS}/ca.crt"
+    plaintext = login(lab, "haproxy1", f"{server} sslmode=disable", password)
+    assert plaintext.returncode != 0 and "no encryption" in plaintext.stderr, plaintext.stderr
+    anonymous = login(lab, "haproxy1", f"{server} {verified}", password)
+    assert anonymous.returncode != 0 and "certificate" in anonymous.stderr, anonymous.stderr
+    ssh(lab, "haproxy1", OTHER_CA.replace("cd /tmp", "cd /tmp && umask 077") + " && sudo chown postgres /tmp/other.*")
+    foreign = login(lab, "haproxy1", f"{server} {verified} sslcert=/tmp/other.crt sslkey=/tmp/other.key", password)
+    assert foreign.returncode != 0 and "select 1" not in foreign.stdout, foreign.stderr
+    ssl = "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()"
+    member = login(lab, "haproxy1", f"{server} {verified} {OWN_CERTIFICATE}", password, ssl)
+    assert member.returncode == 0 and member.stdout.startswith("t|TLSv1."), member.stderr
+    # The members replicate over TLS too.
+    streams = "select count(*) from pg_stat_replication r join pg_stat_ssl s using (pid) where s.ssl"
+    assert sql(lab, leader["name"], streams) == "2"
+
+
+def test_pgbouncer_speaks_tls_both_ways(deployed: None, lab: Lab, lab_settings: Settings) -> None:
+    """Clients must use TLS and find a certificate of the site CA for its address; its server connections are TLS.
+    (Asked on the PgBouncer host itself, which has psql; Synapse's own connections are read from its client list.)"""
+    password = lab_settings.secrets["synapse_db_password"]
+    pooler = "host=198.18.1.21 port=6432 dbname=synapse user=synapse"
+    plaintext = login(lab, "haproxy1", f"{pooler} sslmode=disable", password)
+    assert plaintext.returncode != 0 and "SSL required" in plaintext.stderr, plaintext.stderr
+    ssh(lab, "haproxy1", OTHER_CA.replace("cd /tmp", "mkdir -p /tmp/pooler && cd /tmp/pooler"))
+    foreign_ca = login(lab, "haproxy1", f"{pooler} sslmode=verify-full sslrootcert=/tmp/pooler/other.crt", password)
+    assert foreign_ca.returncode != 0 and "certificate verify failed" in foreign_ca.stderr, foreign_ca.stderr
+    site = f"sslmode=verify-full sslrootcert={trusted_ca(lab_settings.site)}"
+    server_ssl = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+    through = login(lab, "haproxy1", f"{pooler} {site}", password, server_ssl)
+    assert through.returncode == 0 and through.stdout.strip() == "t", through.stderr  # PgBouncer → PostgreSQL
+    admin = lab_settings.secrets["pgbouncer_admin_password"]
+    clients = sql(
+        lab,
+        "haproxy1",
+        "SHOW CLIENTS",
+        dsn="host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer_admin",
+        password=admin,
+    )
+    synapse = [line for line in clients.splitlines() if "|198.18.1.61|" in line]
+    assert synapse and all("TLSv1." in line for line in synapse), clients  # Synapse's own connections

@@ -43,7 +43,8 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     # etcd and the REST API over TLS with the member's certificate; changing requests need one of the site.
     assert "protocol: https" in patroni and "verify_client: optional" in patroni
     # PostgreSQL over the network: the other members and PgBouncer's hosts only, as in the firewall.
-    assert "host all all 10.0.1.11/32 scram-sha-256" in patroni and "10.0.5.51/32" not in patroni
+    assert "hostssl all all 10.0.1.11/32 scram-sha-256 clientcert=verify-ca" in patroni
+    assert "10.0.5.51/32" not in patroni and "    - host " not in patroni  # TLS on every TCP line
     assert "certfile: /etc/patroni/tls/member.crt" in patroni
     etcd = (plan / "patroni2" / "etc" / "default" / "etcd").read_text()
     assert 'ETCD_CLIENT_CERT_AUTH="true"' in etcd and 'ETCD_PEER_CLIENT_CERT_AUTH="true"' in etcd

@@ -48,6 +48,11 @@ def test_database_is_ours_through_every_pgbouncer(site: Site) -> None:
     assert values["matrix_synapse_database_host"] == "10.0.1.11,10.0.1.12"  # both PgBouncer hosts, libpq order
     assert values["matrix_synapse_database_port"] == 6432
     assert (values["matrix_synapse_database_cp_min"], values["matrix_synapse_database_cp_max"]) == (5, 10)
+    # Over TLS, each PgBouncer verified for its address against the site CA, mounted into the containers.
+    args = yaml.safe_load(values["matrix_synapse_configuration_extension_yaml"])["database"]["args"]
+    ca = args["sslrootcert"]
+    assert args["sslmode"] == "verify-full" and ca.startswith("/usr/local/share/ca-certificates/")
+    assert values["matrix_synapse_container_additional_volumes"] == [{"src": ca, "dst": ca, "options": "ro"}]
 
 
 def test_federation_switch(site: Site) -> None:
