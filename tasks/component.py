@@ -184,7 +184,7 @@ class Component:
             )
         ]
         handled: list[Command | Procedure] = [
-            Command(h.command, "", h.expect, stage=Stage.BEFORE_UNITS) for h in self.handlers if written & set(h.after)
+            Command(h.command, "", h.expect, stage=h.stage) for h in self.handlers if written & set(h.after)
         ]
         own = handled + list(self.behaviour(context, facts, frozenset(written)) if self.behaviour else [])
         staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}

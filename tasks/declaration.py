@@ -129,21 +129,23 @@ class Service:
     wave: int = 0
 
 
-@dataclass(frozen=True)
-class Handler:
-    """A command run once on apply after any of the files `after` changed (e.g. rebuilding a trust store)."""
-
-    command: str
-    after: tuple[str, ...]
-    expect: str
-
-
 class Stage(IntEnum):
     """When a behaviour's command runs among the component's actions."""
 
     BEFORE_FILES = 0  # e.g. the account the files belong to
     BEFORE_UNITS = 1  # e.g. rules a unit's start would load unguarded
     AFTER_UNITS = 2
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A command run once on apply after any of the files `after` changed (e.g. rebuilding a trust store);
+    `stage`: before the units change (what a start would need), or after (telling a running one to re-read)."""
+
+    command: str
+    after: tuple[str, ...]
+    expect: str
+    stage: Stage = Stage.BEFORE_UNITS
 
 
 @dataclass(frozen=True)

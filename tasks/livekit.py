@@ -40,7 +40,8 @@ JWT_UNIT = "livekit-jwt.service"
 SFU_PATH = "/livekit/sfu"
 JWT_PATH = "/livekit/jwt"
 # The keys the rendered livekit.yaml may use: LiveKit's config-sample.yaml and its
-# config struct (pkg/config/config.go: bind_addresses, rtc.node_ip), livekit/livekit 1.9.
+# config structs (livekit/livekit 1.9 pkg/config/config.go: bind_addresses, rtc.node_ip;
+# livekit/protocol redis/redis.go: redis.use_tls, TLS verified against the system's roots).
 DOCUMENTED_KEYS = frozenset(
     {
         "port",
@@ -48,6 +49,7 @@ DOCUMENTED_KEYS = frozenset(
         "prometheus_port",
         "redis.address",
         "redis.password",
+        "redis.use_tls",
         "rtc.tcp_port",
         "rtc.port_range_start",
         "rtc.port_range_end",
@@ -98,7 +100,7 @@ MESH_REDIS = RedisInstance(
 )
 LIVEKIT_REDIS = redis_component(
     MESH_REDIS,
-    "the LiveKit mesh's own Redis (password, private address)",
+    "the LiveKit mesh's own Redis (TLS and a password, on the private address)",
     ("livekit",),
     clients=("livekit",),  # every SFU and JWT service
     absent=redis_absent,

@@ -3,7 +3,8 @@
 The LiveKit mesh and Synapse's worker replication each get their own instance with
 its own password and address, so neither can evict or read the other's keys. The
 password is only in the 0640 config file and reaches clients on stdin, never on a
-command line.
+command line. An instance reached over the network (LiveKit's) speaks TLS only, with a
+certificate of the site CA; a renewed one is loaded without a restart.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 from nornir.core.task import Result, Task
 
 from core.config import Config
+from core.pki import ServerCertificate, trusted_ca
 from core.ports import PortUse, comm, tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import Job, Target, labels
 from core.workers import LOOPBACK
 from tasks.component import Component
-from tasks.declaration import Context, File, HealthCheck, Port, Service, template
+from tasks.declaration import Context, File, Handler, HealthCheck, Port, Service, Stage, template
 from tasks.remote import Expectation, run
 from tasks.systemd import UNIT_DIR
 
@@ -56,6 +58,15 @@ class RedisInstance:
     @property
     def exporter_env(self) -> str:
         return f"/etc/default/redis-exporter-{self.name}"
+
+    @property
+    def tls(self) -> dict[str, str]:
+        """Its TLS files (used when it is private: reached over the network)."""
+        folder = f"/etc/redis/tls-{self.name}"
+        return {"ca": f"{folder}/ca.crt", "cert": f"{folder}/server.crt", "key": f"{folder}/server.key"}
+
+    def certificate(self, settings: Settings, host: HostInfo) -> ServerCertificate:
+        return settings.certificate(f"redis-{self.name}-{host.name}", [settings.service_name(host), host.private_ip])
 
     @property
     def limits(self) -> str:
@@ -113,21 +124,52 @@ def redis_component(
             "port": instance.port,
             "password": context.settings.secrets[instance.password],
             "maxmemory": instance.maxmemory,
+            "tls": instance.tls if instance.private else None,
         }
 
     def exporter(context: Context) -> dict[str, object]:
+        scheme = "rediss" if instance.private else "redis"  # verified against the trust store (the site CA)
         return {
-            "address": f"redis://{instance.address(context.host)}:{instance.port}",
+            "address": f"{scheme}://{instance.address(context.host)}:{instance.port}",
             "password": context.settings.secrets[instance.password],
             "listen": f"{context.host.private_ip}:{instance.exporter_port}",
         }
 
+    tls = instance.tls
+    tls_files = (
+        (
+            File(tls["ca"], lambda c: c.settings.ca.ca_pem(), "redis", "redis"),
+            File(tls["cert"], lambda c: instance.certificate(c.settings, c.host).cert_pem, "redis", "redis"),
+            File(
+                tls["key"],
+                lambda c: instance.certificate(c.settings, c.host).key_pem,
+                "redis",
+                "redis",
+                0o600,
+                secret=True,
+            ),
+        )
+        if instance.private
+        else ()
+    )
+    # A renewed certificate is loaded by setting its file again (Redis then reads the TLS files anew): clients
+    # keep their connections. The password comes from the config file, not a command line.
+    setting = f"awk '$1 == \"{{key}}\" {{{{print $2}}}}' {instance.config}"
+    reload_tls = Handler(
+        f"! systemctl is-active -q {instance.unit} || REDISCLI_AUTH=$({setting.format(key='requirepass')}) "
+        f'redis-cli --no-auth-warning --tls --cacert {tls["ca"]} -h "$({setting.format(key="bind")})" '
+        f"-p {instance.port} config set tls-cert-file {tls['cert']} tls-key-file {tls['key']}",
+        after=(tls["cert"], tls["key"]),
+        expect="Redis reads its renewed certificate",
+        stage=Stage.AFTER_UNITS,  # after a restart the new config is the one asked
+    )
     return Component(
         f"{instance.name}-redis",
         groups=groups,
         summary=summary,
         packages=PACKAGES,
         files=(
+            *tls_files,
             File(instance.limits, lambda _: "[Service]\nLimitNOFILE=16384\n"),
             File(EXPORTER_UNIT_FILE, template("redis/redis-exporter@.service.j2", lambda _: {})),
             File(instance.config, template("redis/instance.conf.j2", config), group="redis", mode=0o640),
@@ -139,6 +181,7 @@ def redis_component(
                 secret=True,
             ),
         ),
+        handlers=(reload_tls,) if instance.private else (),
         services=(
             *(Service(unit, running=False) for unit in DEBIAN_UNITS),
             Service(instance.unit, restart_on=(instance.limits, instance.config)),
@@ -153,19 +196,22 @@ def redis_component(
     )
 
 
-def ping_script(address: str, port: int) -> str:
-    """PING with the password from stdin (REDISCLI_AUTH), never on the command line."""
+def ping_script(address: str, port: int, ca: str | None) -> str:
+    """PING with the password from stdin (REDISCLI_AUTH), never on the command line; over TLS when `ca` is
+    given, the server verified against it."""
+    tls = f" --tls --cacert {ca}" if ca else ""
     return (
         "IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; "
-        f"redis-cli --no-auth-warning -h {shlex.quote(address)} -p {port} ping"
+        f"redis-cli --no-auth-warning{tls} -h {shlex.quote(address)} -p {port} ping"
     )
 
 
 def redis_pong(task: Task, instance: RedisInstance, settings: Settings) -> Result:
-    """Health check: the instance answers PONG to an authenticated client."""
+    """Health check: the instance answers PONG to an authenticated client (over TLS when it is private)."""
+    ca = trusted_ca(settings.site) if instance.private else None
     out = run(
         task,
-        ping_script(instance.address(settings.hosts[task.host.name]), instance.port),
+        ping_script(instance.address(settings.hosts[task.host.name]), instance.port, ca),
         stdin=settings.secrets[instance.password] + "\n",
         what=Expectation("PONG", f"journalctl -u {instance.unit} on the host"),
     )

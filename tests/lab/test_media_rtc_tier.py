@@ -13,7 +13,7 @@ from core.settings import Settings
 from core.turn import TurnClient, TurnError
 from lab.lab import Lab
 from tasks.coturn import rest_credential
-from tests.lab.conftest import ssh, tls_handshake
+from tests.lab.conftest import OTHER_CA, ssh, tls_handshake
 
 PEER = "198.18.1.51"  # livekit1: the one private peer coturn may relay to
 PEER_PORT = 50150  # inside LiveKit's media range, open in livekit1's firewall
@@ -90,23 +90,40 @@ def test_turns_serves_a_certificate_the_other_hosts_trust(deployed: None, lab: L
     assert version in ("TLSv1.2", "TLSv1.3")
 
 
-REDIS_CLIENT = """import socket, sys
+REDIS_CLIENT = """import socket, ssl, sys
 password = sys.stdin.readline().rstrip("\\n")
-def ask(*commands):
-    with socket.create_connection(("198.18.1.51", 6379), timeout=5) as conn:
-        for command in commands:
-            conn.sendall(command.encode() + b"\\r\\n")
-            print(conn.recv(1024).decode().strip())
-ask("PING")
-ask("AUTH " + password, "PING")
+def ask(commands, tls=True, certificate=None):
+    try:
+        conn = socket.create_connection(("198.18.1.51", 6379), timeout=5)
+        if tls:
+            context = ssl.create_default_context()  # the site CA is in the trust store
+            if certificate:
+                context.load_cert_chain(*certificate)
+            conn = context.wrap_socket(conn, server_hostname="198.18.1.51")
+        with conn:
+            for command in commands:
+                conn.sendall(command.encode() + b"\\r\\n")
+                print(conn.recv(1024).decode().strip() or "closed")
+    except (OSError, ssl.SSLError) as error:
+        print("refused:", type(error).__name__)
+ask(["PING"], tls=False)
+ask(["PING"])
+ask(["AUTH " + password, "PING"])
+ask(["AUTH " + password, "PING"], certificate=("/tmp/other.crt", "/tmp/other.key"))
 """
 
 
-def test_livekit_redis_answers_with_its_password_only(deployed: None, lab: Lab, lab_settings: Settings) -> None:
-    """From another livekit host, over the network: NOAUTH without the password, PONG with it."""
+def test_livekit_redis_answers_tls_clients_with_its_password_only(
+    deployed: None, lab: Lab, lab_settings: Settings
+) -> None:
+    """From another livekit host, over the network: plaintext gets nothing, TLS without the password NOAUTH, with
+    it PONG (the server verified for its address); a client certificate of another CA is refused."""
     password = lab_settings.secrets["livekit_redis_password"]
+    ssh(lab, "livekit2", OTHER_CA)
     answers = ssh(lab, "livekit2", "python3 -c " + shlex.quote(REDIS_CLIENT), input=password + "\n").stdout.split("\n")
-    assert answers[0].startswith("-NOAUTH") and answers[1:3] == ["+OK", "+PONG"], answers
+    assert answers[0] == "closed" or answers[0].startswith("refused"), answers  # plaintext
+    assert answers[1].startswith("-NOAUTH") and answers[2:4] == ["+OK", "+PONG"], answers
+    assert answers[4] == "closed" or answers[4].startswith("refused"), answers  # another CA's certificate
     assert ssh(lab, "livekit1", "ss -Hltn 'sport = 6379'").stdout.split()[3] == "198.18.1.51:6379"  # private only
     assert ssh(lab, "livekit1", "systemctl is-enabled redis-server", check=False).stdout.strip() == "disabled"
 
@@ -170,7 +187,7 @@ def test_livekit_nodes_register_in_the_mesh_redis(deployed: None, lab: Lab, lab_
     nodes = ssh(
         lab,
         "livekit1",
-        "IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli --no-auth-warning -h 198.18.1.51 hlen nodes",
+        "IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; redis-cli --no-auth-warning --tls -h 198.18.1.51 hlen nodes",
         input=lab_settings.secrets["livekit_redis_password"] + "\n",
     )
     assert nodes.stdout.strip() == "2"
