@@ -1,6 +1,8 @@
 """Certificates: distribute, check, renew.
 
-    python runbooks/certificates.py                    # distribute: CA trust, HAProxy, Coturn; verify what is served
+    python runbooks/certificates.py                    # distribute: CA trust and every holder of a certificate
+                                                       # (etcd, Patroni/PostgreSQL, pgBackRest, PgBouncer,
+                                                       # HAProxy, Coturn); verify what is served
     python runbooks/certificates.py check              # days left of every served certificate; fails under
                                                        # certificates.min_days_left; writes the expiry metric
     python runbooks/certificates.py renew [--name N]   # issue anew (internal CA; N from the table, default all)
@@ -20,25 +22,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.settings import Settings
 from core.step import Step
 from runbooks.shell import Runbook
+from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
 from tasks.certificates import CA_TRUST, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
 from tasks.coturn import COTURN
-from tasks.haproxy import HAPROXY, import_problems
+from tasks.etcd import ETCD
+from tasks.haproxy import HAPROXY
+from tasks.livekit import LIVEKIT_REDIS
+from tasks.patroni import PATRONI
+from tasks.pgbouncer import PGBOUNCER
+
+# Every component that holds a certificate of the site CA (or the imported edge set), in the
+# deploy's order. Each writes only what changed and then reloads or restarts by its own rule:
+# PostgreSQL (through Patroni's reload), Patroni's REST API, PgBouncer, HAProxy and Redis reload and
+# keep their connections; etcd reads its certificate anew on each connection; pgBackRest's
+# server and Coturn restart.
+CONSUMERS = (CA_TRUST, ETCD, PATRONI, PGBACKREST, BACKUP_REPOSITORY, PGBOUNCER, HAPROXY, COTURN, LIVEKIT_REDIS)
 
 DISTRIBUTION = [
-    CA_TRUST.step(),
-    Step(
-        "haproxy",
-        "the edge certificate (internal or imported) on every HAProxy host; reload when it changed",
-        HAPROXY.converge,
-        groups=HAPROXY.groups,
-        requires=import_problems,
-    ),
-    Step(
-        "coturn",
-        "each Coturn's certificate for TLS on 5349; restart when it changed",
-        COTURN.converge,
-        groups=COTURN.groups,
-    ),
+    *(consumer.step() for consumer in CONSUMERS),
     Step(
         "served",
         "from the monitoring host: every TLS endpoint serves a chain that verifies for its name",

@@ -1,10 +1,11 @@
 """Certificates on the servers: the site CA in every trust store, and what each TLS endpoint serves.
 
 Every server trusts the internal CA (core/pki.py), so services and tools on one server
-verify the TLS of another (the VIP, Coturn) without extra options. The served
-certificates are checked over the network from the monitoring host, the way clients
-see them: chain, name and days left; their expiry goes to node-exporter's textfile
-directory there, so Prometheus alerts before a certificate runs out.
+verify the TLS of another (the VIP, Coturn, etcd, Patroni, PostgreSQL, PgBouncer) without
+extra options. The served certificates are checked over the network the way clients see
+them (from the monitoring host, or an internal endpoint from its own host, which its
+firewall lets in): chain, name and days left; their expiry goes to node-exporter's textfile
+directory on the monitoring host, so Prometheus alerts before a certificate runs out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from core import pki
 from core.errors import InputProblem
 from core.pki import TRUSTED_CA
 from core.settings import Settings
+from tasks import etcd, patroni
 from tasks.component import Component
 from tasks.declaration import File, Handler, Procedure
 from tasks.executor import execute
@@ -53,10 +55,14 @@ class Endpoint:
     address: str
     port: int
     server_name: str
+    via: str = ""  # the host that checks it, when not the monitoring host (one its firewall lets in)
+    postgres: bool = False  # PostgreSQL's protocol: TLS after an SSLRequest
+    client: tuple[str, str] | None = None  # certificate and key shown, on `via`, to a server that asks for one
 
 
 def endpoints(settings: Settings) -> list[Endpoint]:
-    """Every TLS endpoint of the platform: the VIP (443, 8448), each HAProxy host, each Coturn (5349)."""
+    """Every TLS endpoint of the platform: the VIP (443, 8448), each HAProxy host, each Coturn (5349), and inside
+    the perimeter etcd, Patroni's REST API, PostgreSQL and PgBouncer, each for the name its clients verify."""
     config = settings.config
     fqdn = config.homeserver_fqdn
     found = [Endpoint(f"{fqdn}:443 (VIP)", settings.vip, 443, fqdn)]
@@ -64,24 +70,49 @@ def endpoints(settings: Settings) -> list[Endpoint]:
         found.append(Endpoint(f"{fqdn}:8448 (VIP)", settings.vip, 8448, fqdn))
     found += [Endpoint(f"{h.name}:443", h.private_ip, 443, fqdn) for h in settings.members("haproxy")]
     found += [Endpoint(f"{h.name}:5349", h.private_ip, 5349, h.private_ip) for h in settings.members("coturn")]
+    for h in settings.members("patroni"):
+        ip = h.private_ip
+        found += [
+            # etcd answers only a certificate of the site CA: the member checks itself with its own.
+            Endpoint(
+                f"{h.name}:{etcd.CLIENT_PORT} (etcd)", ip, etcd.CLIENT_PORT, ip, h.name, client=(etcd.CERT, etcd.KEY)
+            ),
+            Endpoint(f"{h.name}:{patroni.REST_PORT} (patroni)", ip, patroni.REST_PORT, settings.service_name(h)),
+            Endpoint(f"{h.name}:{patroni.POSTGRES_PORT} (postgresql)", ip, patroni.POSTGRES_PORT, ip, h.name, True),
+        ]
+    port = config.pgbouncer.port
+    found += [
+        Endpoint(f"{h.name}:{port} (pgbouncer)", h.private_ip, port, h.private_ip, h.name, True)
+        for h in settings.members("pgbouncer")
+    ]
     return found
 
 
 # On the checking host: for each endpoint, the served certificate (DER, base64) and whether
 # it verifies against the host's trust store for the name clients use.
 SERVED = r"""
-import base64, json, socket, ssl, sys
+import base64, json, socket, ssl, struct, sys
+def connect(address, port, postgres):
+    raw = socket.create_connection((address, port), timeout=5)
+    if postgres:  # PostgreSQL's SSLRequest; "S": TLS follows
+        raw.sendall(struct.pack("!II", 8, 80877103))
+        if raw.recv(1) != b"S":
+            raw.close()
+            raise OSError("the server declined TLS")
+    return raw
 out = []
-for label, address, port, name in json.load(sys.stdin):
+for label, address, port, name, postgres, client in json.load(sys.stdin):
     entry = {"label": label, "der": None, "verified": False, "error": ""}
     try:
-        loose = ssl.create_default_context()
+        loose, strict = ssl.create_default_context(), ssl.create_default_context()
         loose.check_hostname, loose.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection((address, port), timeout=5) as raw:
+        for context in (loose, strict) if client else ():
+            context.load_cert_chain(*client)
+        with connect(address, port, postgres) as raw:
             with loose.wrap_socket(raw, server_hostname=name) as tls:
                 entry["der"] = base64.b64encode(tls.getpeercert(binary_form=True)).decode()
-        with socket.create_connection((address, port), timeout=5) as raw:
-            with ssl.create_default_context().wrap_socket(raw, server_hostname=name):
+        with connect(address, port, postgres) as raw:
+            with strict.wrap_socket(raw, server_hostname=name):
                 entry["verified"] = True
     except (OSError, ssl.SSLError) as error:
         entry["error"] = str(error)
@@ -99,20 +130,24 @@ class Served:
 
 
 def served_certificates(task: Task, settings: Settings) -> Result:
-    """On the monitoring host: fetch and verify the certificate of every endpoint over the network."""
+    """Fetch and verify the certificate of every endpoint over the network: from the monitoring host, or
+    from the host the endpoint names (one its firewall lets in)."""
     points = endpoints(settings)
-    out = run(
-        task,
-        f"python3 -c {shlex.quote(SERVED)}",
-        stdin=json.dumps([[e.label, e.address, e.port, e.server_name] for e in points]),
-        what=Expectation("one JSON entry per TLS endpoint"),
-    )
-    served = []
-    for endpoint, entry in zip(points, json.loads(out.stdout), strict=True):
-        der = entry["der"]
-        found = pki.facts(x509.load_der_x509_certificate(base64.b64decode(der))) if der else None
-        served.append(Served(endpoint, found, entry["verified"], entry["error"]))
-    return Result(host=task.host, result=served)
+    found: dict[Endpoint, Served] = {}
+    for via in dict.fromkeys(e.via for e in points):
+        batch = [e for e in points if e.via == via]
+        out = run(
+            task,
+            f"python3 -c {shlex.quote(SERVED)}",
+            stdin=json.dumps([[e.label, e.address, e.port, e.server_name, e.postgres, e.client] for e in batch]),
+            what=Expectation("one JSON entry per TLS endpoint"),
+            host=via or None,
+        )
+        for endpoint, entry in zip(batch, json.loads(out.stdout), strict=True):
+            der = entry["der"]
+            facts = pki.facts(x509.load_der_x509_certificate(base64.b64decode(der))) if der else None
+            found[endpoint] = Served(endpoint, facts, entry["verified"], entry["error"])
+    return Result(host=task.host, result=[found[e] for e in points])
 
 
 def served_of(result: AggregatedResult) -> list[Served]:

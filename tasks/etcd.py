@@ -137,7 +137,9 @@ ETCD = Component(
         File(CERT, lambda c: member_certificate(c.settings, c.host).cert_pem),
         File(KEY, lambda c: member_certificate(c.settings, c.host).key_pem, "etcd", "etcd", 0o600, secret=True),
     ),
-    services=(Service("etcd.service"),),
+    # A renewed certificate needs no restart: etcd reads its certificate and key again for each new
+    # connection. Its settings and the CA it trusts are read at start.
+    services=(Service("etcd.service", restart_on=("/etc/default/etcd", CA)),),
     reads={"plaintext": PLAINTEXT_PEERS},
     behaviour=refuse_plaintext_cluster,
     check=etcd_healthy,

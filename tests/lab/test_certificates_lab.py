@@ -1,18 +1,22 @@
 """certificates.py against the lab: served chains verify from another host, a re-run reloads
-nothing, renewing one certificate restarts exactly its consumer, and check fails on a
-certificate about to expire."""
+nothing, renewing one certificate restarts exactly its consumer, renewing the internal ones
+keeps the database path writing, and check fails on a certificate about to expire."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from nornir.core import Nornir
 
+from core.settings import Settings
 from lab import LAB_CONFIG
 from lab.lab import Lab
+from tasks import drill_probes
 from tests.conftest import REPO, load_runbook
 from tests.lab.conftest import ssh
 
@@ -104,3 +108,77 @@ def test_check_reports_every_endpoint_and_fails_on_an_expiring_certificate(
     finally:
         assert certificates()[0] == 0  # the lab's own certificate back on coturn2
     assert certificates("check")[0] == 0
+
+
+# The serial each internal TLS endpoint serves, asked from a host its firewall lets in (etcd with a
+# member's certificate: it answers no one else; PostgreSQL and PgBouncer after their SSLRequest).
+INTERNAL = {
+    "patroni1": [f"198.18.1.1{i}:2379 -cert /etc/etcd/tls/member.crt -key /etc/etcd/tls/member.key" for i in (1, 2, 3)],
+    "haproxy1": [
+        f"198.18.1.1{i}:{port}{tls}" for i in (1, 2, 3) for port, tls in ((5432, " -starttls postgres"), (8008, ""))
+    ],
+    "synapse1": [f"198.18.1.2{i}:6432 -starttls postgres" for i in (1, 2)],
+}
+SERIAL = "echo {target} $(openssl s_client -connect {options} </dev/null 2>/dev/null | openssl x509 -noout -serial)"
+
+
+def internal_serials(lab: Lab) -> dict[str, str]:
+    serials = {}
+    for host, targets in INTERNAL.items():
+        script = "; ".join(SERIAL.format(target=t.split()[0], options=t) for t in targets)
+        for line in ssh(lab, host, f"sudo sh -c {shlex.quote(script)}").stdout.splitlines():
+            target, _, serial = line.partition(" ")
+            serials[target] = serial
+    return serials
+
+
+def database_path_pids(lab: Lab) -> dict[str, str]:
+    """etcd, Patroni and PostgreSQL's postmaster on the members, PgBouncer on its hosts."""
+    started = "systemctl show -p MainPID --value {units}; head -n1 /var/lib/postgresql/15/main/postmaster.pid"
+    pids = {h: ssh(lab, h, f"sudo sh -c {shlex.quote(started.format(units='etcd patroni'))}").stdout for h in PATRONI}
+    pids |= {h: ssh(lab, h, "systemctl show -p MainPID --value pgbouncer").stdout for h in ("haproxy1", "haproxy2")}
+    return pids
+
+
+PATRONI = ("patroni1", "patroni2", "patroni3")
+
+
+def test_renewing_the_internal_certificates_keeps_the_database_path_writing(
+    deployed: None, lab: Lab, lab_settings: Settings, certificates: Run, nornir: Callable[..., Nornir]
+) -> None:
+    """New certificates for etcd, Patroni/PostgreSQL and PgBouncer while a probe writes through PgBouncer (TLS all
+    the way): each endpoint serves its new one, no process restarts, no acknowledged write is lost."""
+    before_serials, before_pids = internal_serials(lab), database_path_pids(lab)
+    assert all(before_serials.values()), before_serials
+    names = [f"{kind}-{host}" for kind in ("etcd", "patroni") for host in PATRONI]
+    names += ["pgbouncer-haproxy1", "pgbouncer-haproxy2"]
+    probe, run_id = nornir(hosts=("synapse1",)), f"renew-{int(time.time())}"
+
+    def on_probe(step: Callable[..., object], **arguments: object) -> object:
+        result = probe.run(task=step, **arguments)["synapse1"]
+        assert not result.failed, result[0].exception
+        return result[0].result
+
+    on_probe(lambda task: drill_probes.start(task, lab_settings, run_id))
+    try:
+        time.sleep(3)
+        code, out = certificates("renew", *(option for name in names for option in ("--name", name)))
+        assert code == 0, out
+        time.sleep(2)
+        log = on_probe(lambda task: drill_probes.stop(task))
+        stored = on_probe(lambda task: drill_probes.stored(task, run_id))
+    finally:
+        probe.run(task=drill_probes.cleanup)
+    assert isinstance(log, drill_probes.WriteLog) and isinstance(stored, set)
+    failed = [a.detail for a in log.attempts if not a.ok]
+    outage = log.outage()
+    gap = outage[1] - outage[0] if outage else float("inf")
+    print(
+        f"internal certificates renewed under writes: {len(log.acknowledged)} acknowledged, {len(failed)} failed, "
+        f"longest gap {gap:.2f}s, lost {len(set(log.acknowledged) - stored)}"
+    )
+    assert set(log.acknowledged) <= stored and len(log.acknowledged) > 20
+    assert failed == [], failed[:5]
+    after = internal_serials(lab)
+    assert [t for t in after if after[t] == before_serials[t]] == []  # every endpoint serves its new certificate
+    assert database_path_pids(lab) == before_pids  # reloaded, not restarted

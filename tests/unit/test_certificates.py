@@ -17,6 +17,8 @@ from core import pki
 from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.certificates import Endpoint, Served, endpoints, metrics_text
+from tasks.etcd import CERT as ETCD_CERT
+from tasks.etcd import KEY as ETCD_KEY
 from tasks.haproxy import edge_certificate
 from tasks.registry import CATALOG
 from tests.conftest import Site, load_runbook
@@ -131,15 +133,26 @@ def test_renew_refuses_a_name_the_ca_never_issued(site: Site, capsys: pytest.Cap
 
 def test_lab_endpoints_and_the_expiry_metric() -> None:
     settings = load_settings(LAB_CONFIG, LAB_INVENTORY, catalog=CATALOG, allow_placeholders=True)[0]
-    labels = [e.label for e in endpoints(settings)]
-    assert labels == [
+    found = {e.label: e for e in endpoints(settings)}
+    assert list(found) == [
         "chat.lab.example:443 (VIP)",
         "chat.lab.example:8448 (VIP)",
         "haproxy1:443",
         "haproxy2:443",
         "coturn1:5349",
         "coturn2:5349",
+        *(f"patroni{i}:{port}" for i in (1, 2, 3) for port in ("2379 (etcd)", "8008 (patroni)", "5432 (postgresql)")),
+        "haproxy1:6432 (pgbouncer)",
+        "haproxy2:6432 (pgbouncer)",
     ]
+    # Inside the perimeter each endpoint is checked for the name its clients verify, from a host its firewall
+    # lets in: etcd by the member itself, with its certificate (etcd answers no other).
+    etcd = found["patroni2:2379 (etcd)"]
+    assert (etcd.via, etcd.server_name, etcd.client) == ("patroni2", "198.18.1.12", (ETCD_CERT, ETCD_KEY))
+    assert (
+        found["patroni2:8008 (patroni)"].server_name == "patroni2.internal" and not found["patroni2:8008 (patroni)"].via
+    )
+    assert found["patroni3:5432 (postgresql)"].postgres and found["haproxy2:6432 (pgbouncer)"].via == "haproxy2"
     until = datetime.datetime(2027, 1, 2, tzinfo=datetime.UTC)
     served = [
         Served(
