@@ -23,6 +23,7 @@ from core.errors import InputProblem
 from core.pki import TRUSTED_CA
 from core.settings import Settings
 from tasks import etcd, patroni
+from tasks.backup import PGBACKREST_PORT, Tls
 from tasks.component import Component
 from tasks.declaration import File, Handler, Procedure
 from tasks.executor import execute
@@ -62,7 +63,8 @@ class Endpoint:
 
 def endpoints(settings: Settings) -> list[Endpoint]:
     """Every TLS endpoint of the platform: the VIP (443, 8448), each HAProxy host, each Coturn (5349), and inside
-    the perimeter etcd, Patroni's REST API, PostgreSQL and PgBouncer, each for the name its clients verify."""
+    the perimeter etcd, Patroni's REST API, PostgreSQL, PgBouncer and pgBackRest, each for the name its clients
+    verify."""
     config = settings.config
     fqdn = config.homeserver_fqdn
     found = [Endpoint(f"{fqdn}:443 (VIP)", settings.vip, 443, fqdn)]
@@ -84,6 +86,18 @@ def endpoints(settings: Settings) -> list[Endpoint]:
     found += [
         Endpoint(f"{h.name}:{port} (pgbouncer)", h.private_ip, port, h.private_ip, h.name, True)
         for h in settings.members("pgbouncer")
+    ]
+    # pgBackRest's servers ask every client for a certificate too: each host checks itself with its own.
+    found += [
+        Endpoint(
+            f"{h.name}:{PGBACKREST_PORT} (pgbackrest)",
+            h.private_ip,
+            PGBACKREST_PORT,
+            settings.service_name(h),
+            h.name,
+            client=(Tls.cert, Tls.key),
+        )
+        for h in (*settings.members("patroni"), *settings.members("backup"))
     ]
     return found
 

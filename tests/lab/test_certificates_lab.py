@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from nornir.core import Nornir
 
+from core.probe import HttpsProbe
 from core.settings import Settings
 from lab import LAB_CONFIG
 from lab.lab import Lab
@@ -110,6 +111,9 @@ def test_check_reports_every_endpoint_and_fails_on_an_expiring_certificate(
     assert certificates("check")[0] == 0
 
 
+PATRONI = ("patroni1", "patroni2", "patroni3")
+VIP, FQDN = "198.18.0.10", "chat.lab.example"
+
 # The serial each internal TLS endpoint serves, asked from a host its firewall lets in (etcd with a
 # member's certificate: it answers no one else; PostgreSQL and PgBouncer after their SSLRequest).
 INTERNAL = {
@@ -140,14 +144,12 @@ def database_path_pids(lab: Lab) -> dict[str, str]:
     return pids
 
 
-PATRONI = ("patroni1", "patroni2", "patroni3")
-
-
 def test_renewing_the_internal_certificates_keeps_the_database_path_writing(
     deployed: None, lab: Lab, lab_settings: Settings, certificates: Run, nornir: Callable[..., Nornir]
 ) -> None:
     """New certificates for etcd, Patroni/PostgreSQL and PgBouncer while a probe writes through PgBouncer (TLS all
-    the way): each endpoint serves its new one, no process restarts, no acknowledged write is lost."""
+    the way) and Synapse is asked through the VIP: each endpoint serves its new one, no process restarts, no
+    write fails or is lost, Synapse answers throughout."""
     before_serials, before_pids = internal_serials(lab), database_path_pids(lab)
     assert all(before_serials.values()), before_serials
     names = [f"{kind}-{host}" for kind in ("etcd", "patroni") for host in PATRONI]
@@ -161,10 +163,11 @@ def test_renewing_the_internal_certificates_keeps_the_database_path_writing(
 
     on_probe(lambda task: drill_probes.start(task, lab_settings, run_id))
     try:
-        time.sleep(3)
-        code, out = certificates("renew", *(option for name in names for option in ("--name", name)))
-        assert code == 0, out
-        time.sleep(2)
+        with HttpsProbe(VIP, FQDN, lab_settings.ca.cert_path) as synapse:  # Synapse, through the VIP
+            time.sleep(3)
+            code, out = certificates("renew", *(option for name in names for option in ("--name", name)))
+            assert code == 0, out
+            time.sleep(2)
         log = on_probe(lambda task: drill_probes.stop(task))
         stored = on_probe(lambda task: drill_probes.stored(task, run_id))
     finally:
@@ -175,10 +178,12 @@ def test_renewing_the_internal_certificates_keeps_the_database_path_writing(
     gap = outage[1] - outage[0] if outage else float("inf")
     print(
         f"internal certificates renewed under writes: {len(log.acknowledged)} acknowledged, {len(failed)} failed, "
-        f"longest gap {gap:.2f}s, lost {len(set(log.acknowledged) - stored)}"
+        f"longest gap {gap:.2f}s, lost {len(set(log.acknowledged) - stored)}; Synapse through the VIP: "
+        f"{len(synapse.samples)} requests, {len(synapse.failures())} failed, slowest {synapse.slowest():.2f}s"
     )
     assert set(log.acknowledged) <= stored and len(log.acknowledged) > 20
     assert failed == [], failed[:5]
+    assert synapse.failures() == [] and len(synapse.samples) > 10
     after = internal_serials(lab)
     assert [t for t in after if after[t] == before_serials[t]] == []  # every endpoint serves its new certificate
     assert database_path_pids(lab) == before_pids  # reloaded, not restarted

@@ -144,6 +144,7 @@ def test_lab_endpoints_and_the_expiry_metric() -> None:
         *(f"patroni{i}:{port}" for i in (1, 2, 3) for port in ("2379 (etcd)", "8008 (patroni)", "5432 (postgresql)")),
         "haproxy1:6432 (pgbouncer)",
         "haproxy2:6432 (pgbouncer)",
+        *(f"{host}:8432 (pgbackrest)" for host in ("patroni1", "patroni2", "patroni3", "backup1")),
     ]
     # Inside the perimeter each endpoint is checked for the name its clients verify, from a host its firewall
     # lets in: etcd by the member itself, with its certificate (etcd answers no other).
