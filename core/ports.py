@@ -54,6 +54,11 @@ def public_tcp(service: str, port: int, processes: tuple[str, ...], setting: str
     return PortUse(service, port, port, "tcp", processes, setting, public=True)
 
 
+def public_udp(service: str, port: int, processes: tuple[str, ...], setting: str = FIXED) -> PortUse:
+    """A UDP port clients reach from anywhere."""
+    return PortUse(service, port, port, "udp", processes, setting, public=True)
+
+
 def public_tcp_udp(
     service: str, start: int, end: int, processes: tuple[str, ...], setting: str = FIXED
 ) -> list[PortUse]:

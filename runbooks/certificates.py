@@ -24,7 +24,7 @@ from core.step import Step
 from runbooks.shell import Runbook
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
 from tasks.certificates import CA_TRUST, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
-from tasks.coturn import COTURN
+from tasks.coturn import COTURN, TURN_TLS
 from tasks.etcd import ETCD
 from tasks.haproxy import HAPROXY
 from tasks.livekit import LIVEKIT_REDIS
@@ -35,8 +35,19 @@ from tasks.pgbouncer import PGBOUNCER
 # deploy's order. Each writes only what changed and then reloads or restarts by its own rule:
 # PostgreSQL (through Patroni's reload), Patroni's REST API, PgBouncer, HAProxy and Redis reload and
 # keep their connections; etcd reads its certificate anew on each connection; pgBackRest's
-# server and Coturn restart.
-CONSUMERS = (CA_TRUST, ETCD, PATRONI, PGBACKREST, BACKUP_REPOSITORY, PGBOUNCER, HAPROXY, COTURN, LIVEKIT_REDIS)
+# server and Coturn (DTLS) restart.
+CONSUMERS = (
+    CA_TRUST,
+    ETCD,
+    PATRONI,
+    PGBACKREST,
+    BACKUP_REPOSITORY,
+    PGBOUNCER,
+    HAPROXY,
+    COTURN,
+    TURN_TLS,
+    LIVEKIT_REDIS,
+)
 
 DISTRIBUTION = [
     *(consumer.step() for consumer in CONSUMERS),

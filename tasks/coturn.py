@@ -1,34 +1,31 @@
 """Deployment step 8: Coturn (TURN/STUN) on every coturn host.
 
 TURN REST authentication with the shared secret Synapse also gets, so no user list is
-kept here; the relay range from config (the firewall opens exactly that); TLS on 5349
-with a certificate from the site CA. TCP relay stays enabled: clients on networks that
-block UDP have no other way through. Relaying to private ranges is denied except to the
-platform's own media servers (LiveKit), so TURN cannot be used to reach the LAN.
+kept here; the relay range from config (the firewall opens exactly that); TLS and DTLS on
+5349 with a certificate from the site CA. TLS ends in a local HAProxy, which offers TLS 1.2
+and 1.3 and answers an older hello with an alert: Debian's Coturn 4.6.1 offers TLS 1.2 only
+and leaves an older hello unanswered (the client hangs). Coturn then sees the TURN stream
+come from its own address; HAProxy's log has the client's. TCP relay stays enabled:
+clients on networks that block UDP have no other way through. Relaying to private ranges is
+denied except to the platform's own media servers (LiveKit), so TURN cannot be used to
+reach the LAN.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import time
-
 from core.catalog import GroupRule
 from core.config import Config
-from core.pki import ServerCertificate
-from core.ports import PortUse, public_tcp_udp
+from core.ports import PortUse, public_tcp, public_tcp_udp, public_udp
 from core.secrets import token
-from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
+from core.turn_service import PORT, TLS_PORT, turn_certificate
 from tasks.component import Component
 from tasks.declaration import Context, File, Port, Service, template
+from tasks.haproxy import HAPROXY
 
 CONFIG = "/etc/turnserver.conf"
 CERT = "/etc/coturn/tls.crt"
 KEY = "/etc/coturn/tls.key"
-PORT = 3478
-TLS_PORT = 5349
 PROCESSES = ("turnserver",)
 # Peers no relay may reach: private, loopback, link-local, CGNAT, benchmark and
 # multicast ranges (IPv4 and IPv6). The platform's media servers are allowed back in.
@@ -51,30 +48,6 @@ DENIED_PEERS = (
 NO_TCP_RELAY_CHECK = "! grep -Eq '^[[:space:]]*no-tcp-relay' {path}"
 
 
-def turn_certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
-    """The certificate of one TURN server: its service name and its address."""
-    return settings.certificate(f"turn-{host.name}", [settings.service_name(host), host.private_ip])
-
-
-def rest_credential(secret: str, user: str, lifetime: int = 600) -> tuple[str, str]:
-    """A TURN REST credential as Synapse issues it: "<expiry>:<user>" and its HMAC-SHA1."""
-    username = f"{int(time.time()) + lifetime}:{user}"
-    password = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
-    return username, password
-
-
-def turn_uris(settings: Settings) -> list[str]:
-    """What Synapse hands to clients: every coturn host over UDP, TCP and TLS."""
-    uris = []
-    for host in settings.members("coturn"):
-        uris += [
-            f"turn:{host.private_ip}:{PORT}?transport=udp",
-            f"turn:{host.private_ip}:{PORT}?transport=tcp",
-            f"turns:{host.private_ip}:{TLS_PORT}?transport=tcp",
-        ]
-    return uris
-
-
 def turnserver(context: Context) -> dict[str, object]:
     """The variables of turnserver.conf: the shared secret, the relay range, the peers denied and allowed."""
     settings, host = context.settings, context.host
@@ -94,11 +67,11 @@ def turnserver(context: Context) -> dict[str, object]:
 
 
 def turn_ports(config: Config) -> list[PortUse]:
-    """TURN and TURN over TLS, and the relay range from config: all public, TCP and UDP."""
+    """TURN, TURN over DTLS and the relay range from config: all public, TCP and UDP."""
     relays = "config.yaml turn.relay_min_port/relay_max_port"
     return [
         *public_tcp_udp("turn", PORT, PORT, PROCESSES),
-        *public_tcp_udp("turns", TLS_PORT, TLS_PORT, PROCESSES),
+        public_udp("turns-dtls", TLS_PORT, PROCESSES),  # TLS on this port: TURN_TLS
         *public_tcp_udp("turn-relay", config.turn.relay_min_port, config.turn.relay_max_port, PROCESSES, relays),
     ]
 
@@ -106,7 +79,7 @@ def turn_ports(config: Config) -> list[PortUse]:
 COTURN = Component(
     "coturn",
     groups=("coturn",),
-    summary="Coturn: TURN REST auth, UDP/TCP/TLS, relay range from config, private peers denied",
+    summary="Coturn: TURN REST auth, UDP/TCP/DTLS (TLS through HAProxy), relay range from config, private peers denied",
     packages=("coturn",),
     files=(
         File(CERT, lambda c: turn_certificate(c.settings, c.host).cert_pem, group="turnserver", mode=0o644),
@@ -120,13 +93,24 @@ COTURN = Component(
         ),
     ),
     services=(Service("coturn.service"),),
-    ready=(Port(TLS_PORT, private=True),),
+    ready=(Port(PORT, private=True),),
     inventory=(GroupRule("coturn", fewest=2, reboot_rank=2),),
     secrets={"turn_shared_secret": token},
     ports=turn_ports,
     # Coturn has no metrics of its own in Debian's build: probed from the monitoring host.
-    scrape=lambda settings: [
-        Job("coturn", per_host(settings, "coturn", PORT), module="tcp_connect"),
-        Job("coturn-tls", per_host(settings, "coturn", TLS_PORT), module="tls_connect"),
-    ],
+    scrape=lambda settings: [Job("coturn", per_host(settings, "coturn", PORT), module="tcp_connect")],
+)
+
+
+# TURN over TLS ends in HAProxy on the Coturn hosts (see the module's docstring). A step of its
+# own, after Coturn's: a Coturn of an earlier deploy holds 5349/tcp until it restarts without it.
+TURN_TLS = Component(
+    "turn-tls",
+    groups=("coturn",),
+    summary="HAProxy on every Coturn host: TURN over TLS 1.2/1.3 on 5349/tcp, handed on to Coturn",
+    after=("coturn",),
+    parts=(HAPROXY,),
+    ready=(Port(TLS_PORT, private=True),),
+    ports=(public_tcp("turns", TLS_PORT, ("haproxy", *PROCESSES)),),  # Coturn's until the upgrade moves it
+    scrape=lambda settings: [Job("coturn-tls", per_host(settings, "coturn", TLS_PORT), module="tls_connect")],
 )

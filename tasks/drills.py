@@ -25,8 +25,8 @@ from core.errors import HostError
 from core.probe import HttpsProbe
 from core.settings import HostInfo, Settings
 from core.turn import TurnClient, TurnError, TurnProbe
+from core.turn_service import rest_credential
 from tasks import drill_probes
-from tasks.coturn import rest_credential
 from tasks.etcd import endpoints, etcdctl
 from tasks.patroni import LOOP_WAIT, TTL, rest_get
 from tasks.remote import Expectation, Mode, mode, run

@@ -24,6 +24,7 @@ from core.ports import PortUse, public_tcp, tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.targets import HAPROXY_PASSWORD_FILE, Job, per_host
+from core.turn_service import PORT, TLS_PORT, turn_certificate
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
 from tasks.component import Component
 from tasks.declaration import Command, Context, File, Service, Stage, template
@@ -115,6 +116,15 @@ def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None
 
 
 EDGE_CERTIFICATE = f"{CERT_DIR}/{{fqdn}}.pem"
+TURNS_CERTIFICATE = f"{CERT_DIR}/turn.pem"
+
+
+def turns(settings: Settings, host: HostInfo) -> dict | None:
+    """On a Coturn host: TURN's TLS ends here (TLS 1.2 and 1.3, an alert for anything older; Debian's Coturn
+    4.6.1 offers 1.2 only and leaves an older hello unanswered) and the stream goes on to Coturn's TCP listener."""
+    if "coturn" not in host.groups:
+        return None
+    return {"address": host.private_ip, "port": TLS_PORT, "turn_port": PORT, "certificate": TURNS_CERTIFICATE}
 
 
 def certificate_path(settings: Settings) -> str:
@@ -230,6 +240,7 @@ def config(context: Context) -> dict[str, object]:
     return {
         "host_name": host.name,
         "postgres_primary": postgres_primary(settings, host.groups),
+        "turns": turns(settings, host),
         "edge": edge(settings, host),
         "stats_password": settings.secrets["haproxy_stats_password"],
         "server_state_file": SERVER_STATE_FILE,
@@ -320,6 +331,13 @@ HAPROXY = Component(
             mode=0o600,
             secret=True,
             when=lambda _, host: "haproxy" in host.groups,
+        ),
+        File(
+            TURNS_CERTIFICATE,
+            lambda c: turn_certificate(c.settings, c.host).haproxy_bundle,
+            mode=0o600,
+            secret=True,
+            when=lambda _, host: "coturn" in host.groups,
         ),
         # The stats password is in the file: readable by HAProxy's group, not by everyone.
         File(

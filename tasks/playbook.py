@@ -36,8 +36,8 @@ from core.pki import libpq_verify_full, trusted_ca
 from core.secrets import write_private
 from core.settings import Settings
 from core.step import Step
+from core.turn_service import turn_uris
 from core.workers import playbook_counts
-from tasks.coturn import turn_uris
 from tasks.declaration import Procedure
 from tasks.executor import execute
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT

@@ -21,7 +21,7 @@ from tasks.backup import BACKUP_REPOSITORY, FIRST_BACKUP, PGBACKREST
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
 from tasks.certificates import CA_TRUST
 from tasks.component import Component
-from tasks.coturn import COTURN
+from tasks.coturn import COTURN, TURN_TLS
 from tasks.database import SYNAPSE_DATABASE
 from tasks.etcd import ETCD
 from tasks.firewall import FIREWALL
@@ -56,6 +56,7 @@ DEPLOY: tuple[Component | Step, ...] = (
     HAPROXY,
     KEEPALIVED,
     COTURN,
+    TURN_TLS,
     LIVEKIT_REDIS,
     LIVEKIT,
     LIVEKIT_JWT,

@@ -35,9 +35,9 @@ from core.secrets import signing_key, token
 from core.settings import HostInfo, Settings
 from core.sizing import workers_for
 from core.targets import Job, Target, labels
+from core.turn_service import turn_uris
 from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan, playbook_plan, port_ranges
 from tasks.component import Component
-from tasks.coturn import turn_uris
 from tasks.declaration import Command, Context, File, Handler, Service, Stage, Wheels, template
 from tasks.facts import HostFacts
 from tasks.packages import venv_version_script

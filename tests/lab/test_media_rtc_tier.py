@@ -11,8 +11,8 @@ import pytest
 from core import artifacts
 from core.settings import Settings
 from core.turn import TurnClient, TurnError
+from core.turn_service import rest_credential
 from lab.lab import Lab
-from tasks.coturn import rest_credential
 from tests.lab.conftest import OTHER_CA, ssh, tls_handshake
 
 PEER = "198.18.1.51"  # livekit1: the one private peer coturn may relay to
@@ -46,14 +46,18 @@ def relay(lab: Lab, client: str, server: str, user: str, password: str, *flags: 
     return ssh(lab, client, command, check=False).stdout
 
 
+# turnutils_uclient's options per transport: TLS goes through the host's HAProxy, DTLS to Coturn itself.
+TRANSPORTS = {"udp": [], "tcp": ["-t"], "tls": ["-t", "-S", "-p", "5349"], "dtls": ["-S", "-p", "5349"]}
+
+
 @pytest.mark.parametrize("server", ["198.18.1.41", "198.18.1.42"])
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
 def test_turn_relays_for_a_rest_credential(
     echo_peer: None, lab: Lab, lab_settings: Settings, server: str, transport: str
 ) -> None:
     user, password = rest_credential(lab_settings.secrets["turn_shared_secret"], "labtest")
     client = "coturn2" if server.endswith(".41") else "coturn1"
-    report = relay(lab, client, server, user, password, *(["-t"] if transport == "tcp" else []))
+    report = relay(lab, client, server, user, password, *TRANSPORTS[transport])
     assert "tot_send_msgs=5, tot_recv_msgs=5" in report and "Total lost packets 0 (0.000000%)" in report, report
 
 
@@ -85,9 +89,27 @@ def test_the_drills_turn_client_allocates_and_is_refused_a_forged_credential(
         client.allocate(lambda: rest_credential("not-the-secret", "drill"))
 
 
-def test_turns_serves_a_certificate_the_other_hosts_trust(deployed: None, lab: Lab) -> None:
+OLD_TLS = """import socket, ssl, time
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+context.set_ciphers("DEFAULT@SECLEVEL=0")
+context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+started = time.monotonic()
+try:
+    with context.wrap_socket(socket.create_connection(("198.18.1.42", 5349), timeout=20)):
+        print("accepted", end=" ")
+except (OSError, ssl.SSLError) as error:
+    print(getattr(error, "reason", None) or type(error).__name__, end=" ")
+print(f"{time.monotonic() - started:.2f}")
+"""
+
+
+def test_turns_offers_tls_1_3_and_answers_an_older_hello_with_an_alert(deployed: None, lab: Lab) -> None:
     version, _, _ = tls_handshake(lab, "synapse1", "198.18.1.42", 5349, "coturn2.internal")
-    assert version in ("TLSv1.2", "TLSv1.3")
+    assert version == "TLSv1.3"  # with a certificate the other hosts trust
+    reason, seconds = ssh(lab, "synapse1", "python3 -c " + shlex.quote(OLD_TLS)).stdout.split()
+    print(f"TLS 1.1 hello to coturn2:5349: {reason} after {seconds}s")
+    assert reason == "TLSV1_ALERT_PROTOCOL_VERSION" and float(seconds) < 2  # the server's alert, at once
 
 
 REDIS_CLIENT = """import socket, ssl, sys

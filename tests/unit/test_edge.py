@@ -119,6 +119,7 @@ def test_the_edge_answers_the_well_known_files_in_native_mode_only(site: Site) -
     text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
         host_name="haproxy1",
         postgres_primary=None,
+        turns=None,
         edge=edge(settings, settings.hosts["haproxy1"]),
         stats_password="x",
         server_state_file="/x",

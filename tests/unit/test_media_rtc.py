@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core import artifacts
+from core import artifacts, turn_service
 from core.errors import InputError
 from core.settings import Settings, load_settings
 from tasks import coturn, livekit, minio
@@ -175,7 +175,7 @@ def test_coturn_config_matches_spec(settings: Settings) -> None:
     assert "tls-listening-port=5349" in lines and "external-ip=10.0.4.41" in lines
     assert not [line for line in lines if line.strip().startswith("no-tcp-relay")]
     assert "denied-peer-ip=10.0.0.0-10.255.255.255" in lines and "allowed-peer-ip=10.0.4.51" in lines
-    assert coturn.turn_uris(settings)[:3] == [
+    assert turn_service.turn_uris(settings)[:3] == [
         "turn:10.0.4.31:3478?transport=udp",
         "turn:10.0.4.31:3478?transport=tcp",
         "turns:10.0.4.31:5349?transport=tcp",
