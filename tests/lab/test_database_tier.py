@@ -277,7 +277,7 @@ def test_pgbouncer_speaks_tls_both_ways(deployed: None, lab: Lab, lab_settings: 
     assert foreign_ca.returncode != 0 and "certificate verify failed" in foreign_ca.stderr, foreign_ca.stderr
     site = f"sslmode=verify-full sslrootcert={trusted_ca(lab_settings.site)}"
     wrong = login(lab, "haproxy1", f"{pooler} {site}", "not-the-password")
-    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr, wrong.stderr
+    assert wrong.returncode != 0 and "SASL authentication failed" in wrong.stderr, wrong.stderr  # SCRAM
     server_ssl = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
     through = login(lab, "haproxy1", f"{pooler} {site}", password, server_ssl)
     assert through.returncode == 0 and through.stdout.strip() == "t", through.stderr  # PgBouncer → PostgreSQL
