@@ -33,7 +33,8 @@ INTERVAL = 0.05
 
 @dataclass(frozen=True)
 class Attempt:
-    at: float  # Unix time on the probe host
+    at: float  # Unix time on the probe host the write was sent
+    answered: float  # when its commit was acknowledged, or it failed
     ok: bool
     detail: str  # the row number, or the error
 
@@ -47,16 +48,19 @@ class WriteLog:
         return [int(a.detail) for a in self.attempts if a.ok]
 
     def outage(self, after: float = 0.0) -> tuple[float, float] | None:
-        """The longest time between two acknowledged writes from `after` on: (last before, first after)."""
-        times = [a.at for a in self.attempts if a.ok and a.at >= after]
+        """The longest time between two acknowledgements from `after` on: (the last before, the first after).
+        Measured from acknowledgements, not from when writes were sent: a write PgBouncer holds through a
+        failover counts when its commit returns."""
+        times = sorted(a.answered for a in self.attempts if a.ok and a.answered >= after)
         return max(itertools.pairwise(times), key=lambda pair: pair[1] - pair[0], default=None)
 
 
 def parse(text: str) -> WriteLog:
+    """The probe's log: "<sent> <answered> ok <number>" or "<sent> <answered> fail <error>" per line."""
     attempts = []
     for line in text.splitlines():
-        at, outcome, detail = ([*line.split(" ", 2), ""])[:3]
-        attempts.append(Attempt(float(at), outcome == "ok", detail))
+        at, answered, outcome, detail = ([*line.split(" ", 3), ""])[:4]
+        attempts.append(Attempt(float(at), float(answered), outcome == "ok", detail))
     return WriteLog(attempts)
 
 

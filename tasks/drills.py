@@ -262,7 +262,7 @@ class Load:
             record.recovered_at = outage[1]  # the write that ended the longest unavailability
         offset = time.time() - time.monotonic()  # the HTTPS probe keeps monotonic times
         record.http_gap = self.https.longest_gap()
-        record.samples = [(a.at, a.ok, "writes") for a in writes.attempts]
+        record.samples = [(a.answered, a.ok, "writes") for a in writes.attempts]  # acknowledgement times
         record.samples += [(s.at + offset, s.ok, "https") for s in self.https.samples]
         if self.turn_hosts:
             record.turn_gap = self.turn.none_serving()

@@ -20,21 +20,23 @@ from tasks.drill_probes import parse
 from tasks.drills import database_problems, partition_script, wait_until
 from tests.conftest import load_runbook
 
-LOG = """1000.000 ok 1
-1000.050 ok 2
-1000.100 fail server closed the connection unexpectedly
-1002.000 fail connection refused
-1004.500 ok 3
-1004.550 ok 4
+LOG = """1000.000 1000.004 ok 1
+1000.050 1000.054 ok 2
+1000.100 1000.300 fail server closed the connection unexpectedly
+1002.000 1002.001 fail connection refused
+1004.500 1007.500 ok 3
+1007.550 1007.556 ok 4
 """
 
 
-def test_the_write_log_gives_the_gap_and_the_first_write_after_the_fault() -> None:
+def test_the_write_gap_runs_from_acknowledgement_to_acknowledgement() -> None:
     writes = parse(LOG)
     assert writes.acknowledged == [1, 2, 3, 4]
-    assert writes.outage() == (1000.05, 1004.5)  # from the last write before to the first after
-    assert writes.outage(after=1004.5) == (1004.5, 1004.55)
-    assert writes.outage(after=1004.55) is None  # a single write: no interval
+    # Write 3 was sent at 1004.5 but held (e.g. by PgBouncer) until 1007.5: the database was unavailable
+    # to the writer from the last acknowledgement before the fault to that one.
+    assert writes.outage() == (1000.054, 1007.5)
+    assert writes.outage(after=1007.5) == (1007.5, 1007.556)
+    assert writes.outage(after=1007.556) is None  # a single write: no interval
 
 
 def turn_samples(outcomes: str, start: float) -> list[Sample]:
@@ -118,7 +120,7 @@ def test_the_partition_keeps_ssh_and_heals_itself() -> None:
 
 def test_the_timeline_is_a_png(tmp_path: Path) -> None:
     writes = parse(LOG)
-    samples = [(a.at, a.ok, "writes") for a in writes.attempts]
+    samples = [(a.answered, a.ok, "writes") for a in writes.attempts]
     path = tmp_path / "t.png"
     timeline.render(path, "patroni/stop", samples, {"fault": 1000.08, "detected": 1003.0, "restored": None}, 1000.08)
     with Image.open(path) as image:
