@@ -348,10 +348,13 @@ def patroni_drill(task: Task, settings: Settings, variant: str = "stop", cut_sec
 # --- the VIP drill -----------------------------------------------------------------------
 
 VIP_FAULTS = {"haproxy": "systemctl stop haproxy.service", "keepalived": "systemctl stop keepalived.service"}
+# The longest pause database writes may see while the edge fails: the write probe's own pace is 0.05 s.
+VIP_WRITE_GAP = 0.5
 
 
 def vip_drill(task: Task, settings: Settings, variant: str = "haproxy") -> Result:
-    """Stop HAProxy (or Keepalived) on the VIP holder: the VIP moves, and stays when it returns."""
+    """Stop HAProxy (or Keepalived) on the VIP holder: the VIP moves, and stays when it returns; database writes
+    go on undisturbed (their route to the primary is not the edge's)."""
     if not anchor(task, settings) or mode(task) is not Mode.APPLY:
         return Result(host=task.host, result=None)
     holder = vip_holders(task, settings)[0]
@@ -381,6 +384,12 @@ def vip_drill(task: Task, settings: Settings, variant: str = "haproxy") -> Resul
         record.problems.append(f"the VIP moved again after {holder} returned (now on {holders}): flapping")
     if [at for at in failures if at > record.restored_at]:
         record.problems.append(f"requests through the VIP failed after {holder} returned")
+    if record.write_gap is None or record.write_gap > VIP_WRITE_GAP:
+        gap = "no gap measured" if record.write_gap is None else f"a {record.write_gap:.2f} s gap"
+        record.problems.append(
+            f"database writes through PgBouncer had {gap} while {unit} was stopped on {holder} (at most "
+            f"{VIP_WRITE_GAP} s): the database path must not depend on the edge (haproxy-postgres.service)"
+        )
     return Result(host=task.host, changed=True, result=asdict(record))
 
 

@@ -1,8 +1,8 @@
 """HAProxy: one config per host, composed of the sections its groups need.
 
-The database tier adds the local `postgres_primary` listener on PgBouncer hosts; the
-edge tier (haproxy hosts) adds TLS termination on 443/8448, routing to the Synapse
-host, the admin allowlist and the stats page. The file is checked with `haproxy -c`
+The edge tier (haproxy hosts) has TLS termination on 443/8448, routing to the Synapse
+host, the admin allowlist and the stats page; a Coturn host has TURN's TLS. (PgBouncer's
+route to the primary is an instance of its own: tasks/postgres_route.py.) The file is checked with `haproxy -c`
 on the host before it replaces the running one, then reloaded gracefully: the master
 process hands the listening sockets to new workers and old workers finish their
 connections.
@@ -19,7 +19,7 @@ from core import pki
 from core.catalog import GroupRule
 from core.config import Config
 from core.errors import InputError, InputProblem
-from core.pki import ServerCertificate, trusted_ca
+from core.pki import ServerCertificate
 from core.ports import PortUse, public_tcp, tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
@@ -27,7 +27,7 @@ from core.targets import HAPROXY_PASSWORD_FILE, Job, per_host
 from core.turn_service import PORT, TLS_PORT, turn_certificate
 from core.workers import CLIENT_PATHS, FEDERATION_PATHS, MEDIA_PATHS, SYNC_PATHS, of_kind
 from tasks.component import Component
-from tasks.declaration import Command, Context, File, Service, Stage, template
+from tasks.declaration import Behaviour, Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
 from tasks.livekit import HTTP_PORT as LIVEKIT_HTTP_PORT
 from tasks.livekit import JWT_PATH, JWT_PORT, SFU_PATH
@@ -35,12 +35,6 @@ from tasks.synapse import workers
 from tasks.systemd import ServiceFact
 from tasks.waits import command_script
 
-CONFIG = "/etc/haproxy/haproxy.cfg"
-UNIT = "haproxy.service"
-ADMIN_SOCKET = "/run/haproxy/admin.sock"
-SERVER_STATE_FILE = "/var/lib/haproxy/server-state"
-# Debian's unit starts HAProxy with its master's CLI on this socket (-S): it lists the workers.
-MASTER_SOCKET = "/run/haproxy-master.sock"
 # Sends each line of stdin to the HAProxy socket argv[1] as one command and prints the
 # answers; exit status 3 when HAProxy is not running (no socket to connect to). The
 # half-close ends the session: the master's CLI would otherwise wait for more commands.
@@ -63,20 +57,52 @@ def cli(socket: str) -> str:
     return f"python3 -c {shlex.quote(ADMIN_PROGRAM)} {socket}"
 
 
-ADMIN = cli(ADMIN_SOCKET)
-# `show servers state` from the running HAProxy into SERVER_STATE_FILE; nothing when it is not running.
-SAVE_STATE = (
-    f"echo 'show servers state' | {ADMIN} > {SERVER_STATE_FILE}.new && "
-    f"mv {SERVER_STATE_FILE}.new {SERVER_STATE_FILE} || rm -f {SERVER_STATE_FILE}.new"
+@dataclass(frozen=True)
+class Instance:
+    """One HAProxy process: its unit and config, its admin socket, its master's CLI (-S, which lists the
+    workers) and the files a graceful reload keeps the servers' states and the old workers in."""
+
+    unit: str
+    config: str
+    admin_socket: str
+    master_socket: str
+    state_file: str
+    workers_file: str
+
+    @property
+    def admin(self) -> str:
+        return cli(self.admin_socket)
+
+    @property
+    def save_state(self) -> str:
+        """`show servers state` from the running HAProxy into its state file; nothing when it is not running."""
+        return (
+            f"echo 'show servers state' | {self.admin} > {self.state_file}.new && "
+            f"mv {self.state_file}.new {self.state_file} || rm -f {self.state_file}.new"
+        )
+
+    @property
+    def workers(self) -> str:
+        """The PIDs of the current workers (`show proc` lists them under "# workers", the ones finishing their
+        connections after a reload under "# old workers"); nothing when stopped."""
+        return (
+            f"echo 'show proc' | {cli(self.master_socket)} | "
+            "awk '/^# workers/ {w = 1; next} /^#/ {w = 0} w && $1 ~ /^[0-9]+$/ {print $1}'"
+        )
+
+
+# The edge: Debian's unit, which starts HAProxy with its master's CLI on /run/haproxy-master.sock.
+EDGE = Instance(
+    "haproxy.service",
+    "/etc/haproxy/haproxy.cfg",
+    "/run/haproxy/admin.sock",
+    "/run/haproxy-master.sock",
+    "/var/lib/haproxy/server-state",
+    "/run/matrix-platform/haproxy.workers",
 )
-# The PIDs of the current workers (`show proc` lists them under "# workers", the ones
-# finishing their connections after a reload under "# old workers"); nothing when stopped.
-WORKERS = (
-    f"echo 'show proc' | {cli(MASTER_SOCKET)} | "
-    "awk '/^# workers/ {w = 1; next} /^#/ {w = 0} w && $1 ~ /^[0-9]+$/ {print $1}'"
-)
+CONFIG, UNIT = EDGE.config, EDGE.unit
+ADMIN = EDGE.admin
 CERT_DIR = "/etc/haproxy/certs"
-POSTGRES_PRIMARY_PORT = 5433
 STATS_PORT = 8404
 STATS_USER = "stats"
 # Where the Synapse host answers HTTP behind HAProxy. Playbook mode: Traefik's web
@@ -101,18 +127,6 @@ class Backend:
     strip_authorization: bool = False  # static files never need the user's access token
     prefix: str = ""  # a public path prefix routed here and removed before forwarding
     paths: tuple[str, ...] = ()  # path regexes routed here (Synapse workers), before every other rule
-
-
-def postgres_primary(settings: Settings, groups: tuple[str, ...]) -> dict | None:
-    if "pgbouncer" not in groups:
-        return None
-    # Patroni's REST API is asked over HTTPS, its certificate verified against the site CA alone
-    # and for the member's service name.
-    servers = [
-        {"name": h.name, "ip": h.private_ip, "service_name": settings.service_name(h)}
-        for h in settings.members("patroni")
-    ]
-    return {"port": POSTGRES_PRIMARY_PORT, "servers": servers, "ca": trusted_ca(settings.site)}
 
 
 EDGE_CERTIFICATE = f"{CERT_DIR}/{{fqdn}}.pem"
@@ -239,40 +253,42 @@ def config(context: Context) -> dict[str, object]:
     settings, host = context.settings, context.host
     return {
         "host_name": host.name,
-        "postgres_primary": postgres_primary(settings, host.groups),
         "turns": turns(settings, host),
         "edge": edge(settings, host),
         "stats_password": settings.secrets["haproxy_stats_password"],
-        "server_state_file": SERVER_STATE_FILE,
+        "admin_socket": EDGE.admin_socket,
+        "server_state_file": EDGE.state_file,
     }
 
 
-OLD_WORKERS = "/run/matrix-platform/haproxy.workers"
+def reload_in_order(instance: Instance) -> Behaviour:
+    """Around a reload of a running HAProxy `instance`: its servers' states saved first (the new workers start
+    from them), then a wait for the new workers — the unit's reload only signals the master, which re-reads
+    the config, binds and starts them — so what follows sees the new config."""
 
+    def commands(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
+        if facts is None or not written or not facts.units.get(instance.unit, ServiceFact("", "", "")).active:
+            return []
+        old = instance.workers_file
+        save = Command(
+            f"mkdir -p {Path(old).parent}; {instance.save_state}; {instance.workers} > {old}",
+            "",
+            "the servers' states saved for the reload",
+            stage=Stage.BEFORE_UNITS,
+            name=f"save the servers' states to {instance.state_file}, the workers' PIDs to {old}",
+        )
+        changed = f'w=$({instance.workers}) && [ -n "$w" ] && [ "$(echo $w)" != "$(echo $(cat {old}))" ]'
+        wait = Command(
+            f"[ ! -s {old} ] || {command_script(changed, 30)}",
+            "",
+            "HAProxy's new workers running the new config within 30 s",
+            f"run '{instance.workers}' on the host and read its output",
+            timeout=60,
+            name=f"wait until HAProxy's workers are others than those in {old}",
+        )
+        return [save, wait]
 
-def reload_in_order(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
-    """Around a reload of a running HAProxy: its servers' states saved first (the new workers start from them),
-    then a wait for the new workers — the unit's reload only signals the master, which re-reads the config,
-    binds and starts them — so what follows sees the new config."""
-    if facts is None or not written or not facts.units.get(UNIT, ServiceFact("", "", "")).active:
-        return []
-    save = Command(
-        f"mkdir -p {Path(OLD_WORKERS).parent}; {SAVE_STATE}; {WORKERS} > {OLD_WORKERS}",
-        "",
-        "the servers' states saved for the reload",
-        stage=Stage.BEFORE_UNITS,
-        name=f"save the servers' states to {SERVER_STATE_FILE}, the workers' PIDs to {OLD_WORKERS}",
-    )
-    changed = f'w=$({WORKERS}) && [ -n "$w" ] && [ "$(echo $w)" != "$(echo $(cat {OLD_WORKERS}))" ]'
-    wait = Command(
-        f"[ ! -s {OLD_WORKERS} ] || {command_script(changed, 30)}",
-        "",
-        "HAProxy's new workers running the new config within 30 s",
-        f"run '{WORKERS}' on the host and read its output",
-        timeout=60,
-        name=f"wait until HAProxy's workers are others than those in {OLD_WORKERS}",
-    )
-    return [save, wait]
+    return commands
 
 
 def import_dir(settings: Settings) -> Path:
@@ -349,7 +365,7 @@ HAPROXY = Component(
         ),
     ),
     services=(Service(UNIT, reload=True),),
-    behaviour=reload_in_order,
+    behaviour=reload_in_order(EDGE),
     requires=import_problems,
     inventory=(GroupRule("haproxy", fewest=2, reboot_rank=5),),
     secrets={"haproxy_stats_password": token},

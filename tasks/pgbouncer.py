@@ -1,7 +1,7 @@
 """Deployment step 3: PgBouncer in front of the Patroni primary, on every pgbouncer host.
 
 Pooling is per transaction (the design's requirement). PgBouncer reaches the primary
-through the local HAProxy `postgres_primary` listener, which follows Patroni's leader.
+through its own local route (tasks/postgres_route.py), which follows Patroni's leader.
 Logins are SCRAM with the same verifier PostgreSQL holds (core/scram.py), so PgBouncer
 never stores a plain password.
 
@@ -25,8 +25,9 @@ from core.secrets import token
 from core.settings import HostInfo, Settings
 from tasks.component import Component
 from tasks.declaration import Block, Context, File, Port, Service, template
-from tasks.haproxy import HAPROXY, POSTGRES_PRIMARY_PORT
 from tasks.patroni import primary_name
+from tasks.postgres_route import PORT as ROUTE_PORT
+from tasks.postgres_route import POSTGRES_ROUTE
 from tasks.remote import Expectation, run
 
 CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
@@ -54,7 +55,7 @@ def ini(context: Context) -> dict[str, object]:
         "port": config.pgbouncer.port,
         "database": config.database.name,
         "user": config.database.user,
-        "primary_port": POSTGRES_PRIMARY_PORT,
+        "primary_port": ROUTE_PORT,
         "primary_name": primary_name(settings),
         "tls": {"ca": TLS_CA, "cert": TLS_CERT, "key": TLS_KEY},
         "pool_mode": config.pgbouncer.pool_mode,
@@ -97,8 +98,8 @@ def login_check(task: Task, settings: Settings) -> Result:
         what=Expectation(
             "'f': logged in through PgBouncer, on the primary",
             "check 'journalctl -u pgbouncer' (TLS to the primary: its certificate must name "
-            f"{primary_name(settings)}), and the HAProxy postgres_primary listener (which patroni host "
-            "answers 200 on :8008/primary)",
+            f"{primary_name(settings)}), and its route to the primary: 'systemctl status haproxy-postgres' "
+            "(which patroni host answers 200 on :8008/primary)",
         ),
     )
     if out.stdout.strip() != "f":
@@ -126,7 +127,7 @@ PGBOUNCER = Component(
     # After a (re)start; on every run the login check proves the port answers (one command fewer).
     ready=(Port(lambda settings: settings.config.pgbouncer.port, always=False),),
     check=login_check,
-    parts=(HAPROXY,),
+    parts=(POSTGRES_ROUTE,),
     inventory=(GroupRule("pgbouncer", fewest=2),),
     secrets={"pgbouncer_admin_password": token},
     ports=lambda config: [

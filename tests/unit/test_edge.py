@@ -118,10 +118,10 @@ def test_the_edge_answers_the_well_known_files_in_native_mode_only(site: Site) -
     }
     text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
         host_name="haproxy1",
-        postgres_primary=None,
         turns=None,
         edge=edge(settings, settings.hosts["haproxy1"]),
         stats_password="x",
+        admin_socket="/x",
         server_state_file="/x",
     )
     assert """string '{"m.server": "chat.z3r0d3v.com:443"}' if { path /.well-known/matrix/server }""" in text

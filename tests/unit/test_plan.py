@@ -54,7 +54,12 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     assert "backup-standby=y" in repo and "repo1-cipher-pass=<secret:pgbackrest_cipher_pass>" in repo
     assert "tls-server-auth=patroni3.internal=matrix" in repo and "pg3-host=patroni3.internal" in repo
     pgbouncer = (plan / "haproxy1" / "etc" / "pgbouncer" / "pgbouncer.ini").read_text()
-    assert "pool_mode = transaction" in pgbouncer
+    assert "pool_mode = transaction" in pgbouncer and "port=5434" in pgbouncer
+    # Its route, an HAProxy of its own, asks Patroni over HTTPS, verified against the site CA for the member's name.
+    route = (plan / "haproxy1" / "etc" / "haproxy" / "postgres.cfg").read_text()
+    assert "bind 127.0.0.1:5434" in route and "stats socket /run/haproxy-postgres/admin.sock" in route
+    assert "check port 8008 check-ssl verify required ca-file /usr/local/share/ca-certificates/" in route
+    assert "verifyhost patroni1.internal" in route
     assert data["commands"] == {}  # no host was contacted
 
 
@@ -67,9 +72,7 @@ def test_plan_of_the_edge(deploy: Deploy, site: Site) -> None:
     assert "bind 10.0.1.11:8404" in haproxy  # stats on the private address only
     assert "acl admin_network src 10.0.0.0/8" in haproxy
     assert "http-request set-header X-Forwarded-For %[src]" in haproxy and "option forwardfor" not in haproxy
-    # PgBouncer's route asks Patroni over HTTPS, verified against the site CA for the member's name.
-    assert "check port 8008 check-ssl verify required ca-file /usr/local/share/ca-certificates/" in haproxy
-    assert "verifyhost patroni1.internal" in haproxy
+    assert "postgres_primary" not in haproxy  # the database's route is not the edge's (issue 24)
     assert "server synapse1 10.0.5.51:81 check" in haproxy  # playbook mode: Traefik's web entrypoint
     assert "server synapse1 10.0.5.51:8449 check" in haproxy
     assert "<secret:haproxy_stats_password>" in haproxy

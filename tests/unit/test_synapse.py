@@ -135,10 +135,10 @@ def test_haproxy_routes_worker_paths_as_synapse_documents(lab_settings: Settings
     host = lab_settings.hosts["haproxy1"]
     text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
         host_name=host.name,
-        postgres_primary=None,
         turns=None,
         edge=edge(lab_settings, host),
         stats_password="x",
+        admin_socket="/x",
         server_state_file="/tmp/state",
     )
     expected = {
