@@ -1,7 +1,7 @@
 """A TURN client that allocates relays, to measure what callers see during a fault.
 
-Runs on the controller. `TurnClient.allocate` makes one Allocate (RFC 8656, over UDP or
-TCP) with a TURN REST credential as Synapse issues it, gets a relayed address and releases
+Runs on the controller. `TurnClient.allocate` makes one Allocate (RFC 8656, over UDP, TCP
+or TLS) with a TURN REST credential as Synapse issues it, gets a relayed address and releases
 it at once (Refresh, lifetime 0) so a probe never fills Coturn's per-user quota; a refused
 port, silence after the retransmissions or an error response raises. `TurnProbe` does so
 every `interval` seconds on every server, one thread each, for the failover drills;
@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -99,6 +100,7 @@ class TurnClient:
     port: int = 3478
     transport: str = "udp"  # or "tcp": the same messages over one connection (the relay stays UDP)
     timeout: float = 1.0  # per answer, UDP retransmits twice (RFC 8489's RTO is 0.5 s; a lab answers in ms)
+    tls: ssl.SSLContext | None = None  # TCP inside TLS (a turns: URI), the server verified with this context
 
     def ask(self, sock: socket.socket, method: int, attributes: bytes, key: bytes | None = None) -> tuple[int, dict]:
         txid = os.urandom(12)
@@ -143,10 +145,11 @@ class TurnClient:
         username, password = credential()
         transport = attribute(REQUESTED_TRANSPORT, bytes([UDP, 0, 0, 0]))
         kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, kind) as sock:
+        with socket.socket(socket.AF_INET, kind) as raw:
             try:
-                sock.settimeout(3 * self.timeout)
-                sock.connect((self.server, self.port))
+                raw.settimeout(3 * self.timeout)
+                raw.connect((self.server, self.port))
+                sock = self.tls.wrap_socket(raw, server_hostname=self.server) if self.tls else raw
                 kind, answer = self.ask(sock, ALLOCATE, transport)  # unauthenticated: the 401 names realm and nonce
                 code, reason = error_of(answer) if kind == ALLOCATE | ERROR else (0, "")
                 if code == ALLOCATION_MISMATCH:
@@ -162,7 +165,8 @@ class TurnClient:
                     raise TurnError(f"Allocate refused: {code} {reason}")
                 address = relayed(answer.get(RELAYED_ADDRESS, b"\0" * 8))
                 self.ask(sock, REFRESH, attribute(LIFETIME, struct.pack("!I", 0)) + auth, key)  # release it
-            except OSError as exc:  # a stopped server: ICMP port unreachable → ConnectionRefusedError
+                sock.close()  # a TLS socket took over the connection from `raw`
+            except OSError as exc:  # a stopped server: ICMP port unreachable → ConnectionRefusedError; TLS errors
                 raise TurnError(str(exc) or type(exc).__name__) from exc
         return address
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from ipaddress import ip_address
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from nornir.core.task import AggregatedResult, Result, Task
@@ -81,29 +83,30 @@ def media_round_trip(matrix: MatrixClient) -> Check:
     )
 
 
-def turn_allocations(matrix: MatrixClient) -> list[Check]:
-    """Synapse's TURN credentials, used on each turn: URI it hands out, per transport."""
+def turn_allocations(matrix: MatrixClient, ca: Path) -> list[Check]:
+    """Synapse's TURN credentials, used on each URI it hands out, per transport (TLS verified against `ca`)."""
     answer = matrix.call("GET", "/_matrix/client/v3/voip/turnServer")
     uris = answer.get("uris", [])
     if not uris:
         return [Check("turn", FAIL, "Synapse hands out no TURN URIs (turn_uris in homeserver.yaml)")]
     credential = (answer["username"], answer["password"])
     checks = []
-    for transport in ("udp", "tcp"):
-        chosen = [u for u in uris if u.startswith("turn:") and f"transport={transport}" in u]
+    for name, scheme, transport in (("udp", "turn:", "udp"), ("tcp", "turn:", "tcp"), ("tls", "turns:", "tcp")):
+        chosen = [u for u in uris if u.startswith(scheme) and f"transport={transport}" in u]
         if not chosen:
-            checks.append(Check(f"turn {transport}", FAIL, f"no turn: URI with transport={transport} among {uris}"))
+            checks.append(Check(f"turn {name}", FAIL, f"no {scheme} URI with transport={transport} among {uris}"))
             continue
         relays, failures = [], []
         for uri in chosen:
-            target = urlsplit(uri.replace("turn:", "turn://", 1))
+            target = urlsplit(uri.replace(scheme, "turn://", 1))
+            tls = ssl.create_default_context(cafile=ca) if scheme == "turns:" else None
+            client = TurnClient(target.hostname or "", target.port or 3478, transport, tls=tls)
             try:
-                relay = TurnClient(target.hostname or "", target.port or 3478, transport).allocate(lambda: credential)
-                relays.append(f"{target.hostname} → relay {relay}")
+                relays.append(f"{target.hostname} → relay {client.allocate(lambda: credential)}")
             except TurnError as exc:
                 failures.append(f"{uri}: {exc}")
         verdict = FAIL if failures else PASS
-        checks.append(Check(f"turn {transport}", verdict, "; ".join(failures or relays)))
+        checks.append(Check(f"turn {name}", verdict, "; ".join(failures or relays)))
     return checks
 
 
@@ -127,7 +130,7 @@ def client_checks(task: Task, settings: Settings) -> Result:
             except MatrixError as exc:
                 checks.append(Check(name, FAIL, str(exc)))
         try:
-            checks += turn_allocations(matrix)
+            checks += turn_allocations(matrix, settings.ca.cert_path)
         except MatrixError as exc:
             checks.append(Check("turn", FAIL, str(exc)))
     finally:
