@@ -44,8 +44,13 @@ class WriteLog:
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
+    def details(self) -> list[str]:
+        """What each acknowledged attempt returned (a row number, an event id), in order."""
+        return [a.detail for a in self.attempts if a.ok]
+
+    @property
     def acknowledged(self) -> list[int]:
-        return [int(a.detail) for a in self.attempts if a.ok]
+        return [int(detail) for detail in self.details]
 
     def outage(self, after: float = 0.0) -> tuple[float, float] | None:
         """The longest time between two acknowledgements from `after` on: (the last before, the first after).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -26,7 +27,7 @@ from core.probe import HttpsProbe
 from core.settings import HostInfo, Settings
 from core.turn import TurnClient, TurnError, TurnProbe
 from core.turn_service import rest_credential
-from tasks import drill_probes
+from tasks import drill_probes, message_probe
 from tasks.etcd import endpoints, etcdctl
 from tasks.patroni import LOOP_WAIT, TTL, rest_get
 from tasks.remote import Expectation, Mode, mode, run
@@ -56,6 +57,13 @@ class Record:
     writes_lost: list[int] = field(default_factory=list)
     http_gap: float | None = None
     turn_gap: float | None = None  # no TURN server allocating
+    # The Matrix client sending through the VIP: its gap between acknowledgements, what was lost,
+    # what it saw go wrong (failed sends by kind, answers slower than message_probe.STALL).
+    message_gap: float | None = None
+    messages_acknowledged: int = 0
+    messages_lost: list[str] = field(default_factory=list)
+    client_errors: dict[str, int] = field(default_factory=dict)
+    client_stalls: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     samples: list[tuple[float, bool, str]] = field(default_factory=list)  # (time, ok, probe) for the timeline
@@ -81,6 +89,11 @@ class Record:
             "turn_gap_s": None if self.turn_gap is None else round(self.turn_gap, 2),
             "writes_acknowledged": self.writes_acknowledged,
             "writes_lost": len(self.writes_lost),
+            "message_gap_s": None if self.message_gap is None else round(self.message_gap, 2),
+            "messages_acknowledged": self.messages_acknowledged,
+            "messages_lost": len(self.messages_lost),
+            "client_errors": self.client_errors,
+            "client_stalls": self.client_stalls,
             "verdict": self.verdict,
             "problems": self.problems,
             "notes": self.notes,
@@ -231,6 +244,7 @@ class Load:
 
     def __enter__(self) -> Load:
         drill_probes.start(self.task, self.settings, self.run_id)
+        message_probe.start(self.task, self.settings, self.run_id)
         self.https.__enter__()
         self.turn.__enter__()
         time.sleep(3)  # a baseline before the fault
@@ -239,8 +253,9 @@ class Load:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.https.__exit__()
         self.turn.__exit__()
-        if kind is not None:  # the drill broke off: leave no probe, table or password behind
+        if kind is not None:  # the drill broke off: leave no probe, table, user or secret behind
             drill_probes.cleanup(self.task)
+            message_probe.cleanup(self.task)
 
     def turn_latest(self, host: HostInfo, since: float) -> bool | None:
         """Whether the latest allocation on `host` started after `since` (Unix time) succeeded."""
@@ -263,6 +278,7 @@ class Load:
         offset = time.time() - time.monotonic()  # the HTTPS probe keeps monotonic times
         record.http_gap = self.https.longest_gap()
         record.samples = [(a.answered, a.ok, "writes") for a in writes.attempts]  # acknowledgement times
+        self.measure_messages(record)
         record.samples += [(s.at + offset, s.ok, "https") for s in self.https.samples]
         if self.turn_hosts:
             record.turn_gap = self.turn.none_serving()
@@ -272,6 +288,32 @@ class Load:
             record.problems.append(f"{len(record.writes_lost)} acknowledged writes lost: {record.writes_lost[:10]}")
         if not acknowledged:
             record.problems.append("the write probe got no write acknowledged at all")
+
+    def measure_messages(self, record: Record) -> None:
+        """Stop the Matrix client, check its acknowledged messages against the room, and fill the record in."""
+        try:
+            messages = message_probe.stop(self.task)
+        finally:
+            message_probe.cleanup(self.task)
+        record.messages_acknowledged = len(messages.log.details)
+        record.messages_lost = messages.lost
+        record.client_errors = dict(Counter(messages.errors))
+        record.client_stalls = messages.stalls
+        outage = messages.log.outage(after=record.fault_at - 1)
+        record.message_gap = outage[1] - outage[0] if outage else None
+        record.samples += [(a.answered, a.ok, "messages") for a in messages.log.attempts]
+        if messages.lost:
+            record.problems.append(f"{len(messages.lost)} acknowledged messages missing from the room")
+        if not messages.in_order:
+            record.problems.append("the room holds the acknowledged messages out of the order they were sent")
+        if not messages.log.details:
+            record.problems.append("the Matrix client got no message acknowledged at all")
+        if record.client_errors or record.client_stalls:
+            errors = ", ".join(f"{count} × {kind}" for kind, count in sorted(record.client_errors.items()))
+            record.notes.append(
+                f"the Matrix client saw {errors or 'no failed send'}; {record.client_stalls} answers slower than "
+                f"{message_probe.STALL:g} s"
+            )
 
 
 # --- the Patroni drill ----------------------------------------------------------------
@@ -513,7 +555,7 @@ def drill_report(result: AggregatedResult, settings: Settings) -> str:
     folder = settings.config_path.parent / "drills" / settings.site
     lines = [
         f"  {'drill':18} {'target':10} {'detect s':>8} {'recover s':>9} {'rejoin s':>8} {'write gap s':>11} "
-        f"{'http gap s':>10} {'turn gap s':>10} {'acked':>6} {'lost':>5}  verdict"
+        f"{'http gap s':>10} {'turn gap s':>10} {'msg gap s':>9} {'acked':>6} {'lost':>5}  verdict"
     ]
     for record in records_of(result):
         row = record.summary()
@@ -537,7 +579,7 @@ def drill_report(result: AggregatedResult, settings: Settings) -> str:
         lines.append(
             f"  {record.drill + '/' + record.variant:18} {record.target:10} {cell(row['detection_s']):>8} "
             f"{cell(row['recovery_s']):>9} {cell(row['rejoined_s']):>8} {cell(row['write_gap_s']):>11} "
-            f"{cell(row['http_gap_s']):>10} {cell(row['turn_gap_s']):>10} "
+            f"{cell(row['http_gap_s']):>10} {cell(row['turn_gap_s']):>10} {cell(row['message_gap_s']):>9} "
             f"{row['writes_acknowledged']:>6} {row['writes_lost']:>5}  {record.verdict}"
         )
         lines += [f"    {note}" for note in record.notes] + [f"    problem: {p}" for p in record.problems]

@@ -18,6 +18,7 @@ from core.turn import TurnProbe
 from tasks import drills
 from tasks.drill_probes import parse
 from tasks.drills import database_problems, partition_script, wait_until
+from tasks.message_probe import Messages
 from tests.conftest import load_runbook
 
 LOG = """1000.000 1000.004 ok 1
@@ -37,6 +38,21 @@ def test_the_write_gap_runs_from_acknowledgement_to_acknowledgement() -> None:
     assert writes.outage() == (1000.054, 1007.5)
     assert writes.outage(after=1007.5) == (1007.5, 1007.556)
     assert writes.outage(after=1007.556) is None  # a single write: no interval
+
+
+def test_the_matrix_client_counts_lost_messages_errors_and_stalls() -> None:
+    log = parse(
+        "1000.0 1000.1 ok $a\n"
+        "1000.2 1000.3 fail HTTP 502\n"
+        "1000.4 1009.0 ok $b\n"  # answered, but after 8.6 s: a stall
+        "1009.1 1009.2 fail TimeoutError\n"
+        "1009.3 1009.4 ok $c\n"
+    )
+    messages = Messages(log, present={"$a", "$c"}, in_order=True)
+    assert messages.lost == ["$b"]
+    assert messages.errors == ["HTTP 502", "TimeoutError"]
+    assert messages.stalls == 1
+    assert log.outage() == (1000.1, 1009.0)
 
 
 def turn_samples(outcomes: str, start: float) -> list[Sample]:

@@ -1,0 +1,105 @@
+"""The failover drills' Matrix client: messages through the VIP, every acknowledged one checked afterwards.
+
+Runs on the drills host as a transient systemd unit, like the write probe: a user of its own
+(registered with the shared secret on the host's Synapse listener, its rate limit lifted,
+deactivated afterwards) sends one message every 0.2 s to a private room through the VIP,
+logging when each was sent and answered. Afterwards the room's timeline is read back: an
+acknowledged message that is not there is lost, one out of order is reported. What a client
+saw is counted too: failed sends (5xx, timeouts) and stalls (answers slower than
+`STALL` seconds). The shared secret reaches the host as a 0600 file, never a command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from nornir.core.task import Task
+
+from core.settings import Settings
+from tasks.drill_probes import WriteLog, parse
+from tasks.files import FileSpec, put_files, render
+from tasks.haproxy import backends
+from tasks.remote import Expectation, run
+
+DIR = "/run/matrix-drill-messages"
+SCRIPT = f"{DIR}/message-probe.py"
+SETTINGS_FILE = f"{DIR}/settings.json"
+STATE = f"{DIR}/state.json"
+LOG = f"{DIR}/messages.log"
+UNIT = "matrix-drill-messages"
+INTERVAL = 0.2
+STALL = 5.0  # seconds: an answer slower than this is a stall a user notices
+
+
+@dataclass(frozen=True)
+class Messages:
+    """What the probe saw and what the room holds."""
+
+    log: WriteLog
+    present: set[str]
+    in_order: bool
+
+    @property
+    def lost(self) -> list[str]:
+        return [event for event in self.log.details if event not in self.present]
+
+    @property
+    def errors(self) -> list[str]:
+        """Failed sends, by what the client got: "HTTP 502", "TimeoutError", …"""
+        return [a.detail for a in self.log.attempts if not a.ok]
+
+    @property
+    def stalls(self) -> int:
+        return sum(1 for a in self.log.attempts if a.ok and a.answered - a.at > STALL)
+
+
+def _settings_file(settings: Settings, run_id: str) -> str:
+    listener = backends(settings)["client"].servers[0]  # what HAProxy sends clients to on the first Synapse host
+    return json.dumps(
+        {
+            "listener": f"http://{listener['ip']}:{listener['port']}",
+            "base": f"https://{settings.config.homeserver_fqdn}",
+            "secret": settings.secrets["synapse_registration_shared_secret"],
+            "user": f"drill-{run_id}",
+        }
+    )
+
+
+def start(task: Task, settings: Settings, run_id: str) -> None:
+    """Put the probe and its settings on the host and start it."""
+    script = render(task, "drills/message-probe.py.j2", interval=INTERVAL, log_file=LOG, state_file=STATE)
+    specs = [
+        FileSpec(SCRIPT, script, mode=0o700),
+        FileSpec(SETTINGS_FILE, _settings_file(settings, run_id), mode=0o600, secret=True),
+    ]
+    task.run(task=put_files, specs=specs, severity_level=10)
+    run(
+        task,
+        f"chmod 0700 {DIR}; rm -f {LOG} {STATE}; systemctl reset-failed {UNIT} 2>/dev/null; "
+        f"systemd-run --unit={UNIT} --property=KillSignal=SIGTERM python3 {SCRIPT} {SETTINGS_FILE}",
+        what=Expectation("the message probe started as a transient unit"),
+    )
+
+
+def stop(task: Task) -> Messages:
+    """Stop the probe, read its log, and check every acknowledged message against the room."""
+    out = run(task, f"systemctl stop {UNIT}; cat {LOG}", what=Expectation("the message probe stopped, its log read"))
+    log = parse(out.stdout)
+    checked = run(
+        task,
+        f"python3 {SCRIPT} {SETTINGS_FILE} --check",
+        what=Expectation("the room's timeline read back through the VIP"),
+    )
+    found = json.loads(checked.stdout)
+    return Messages(log, set(found["present"]), found["in_order"])
+
+
+def cleanup(task: Task) -> None:
+    """Deactivate the probe's user and remove its files (the settings first)."""
+    run(
+        task,
+        f"systemctl stop {UNIT} 2>/dev/null; [ ! -s {STATE} ] || python3 {SCRIPT} {SETTINGS_FILE} --retire; "
+        f"rm -rf {DIR}",
+        what=Expectation("the message probe's user deactivated and its files removed"),
+    )
