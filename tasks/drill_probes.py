@@ -88,16 +88,19 @@ def start(task: Task, settings: Settings, run_id: str) -> None:
     """Put the probe and its connection file on the host and start it."""
     task.run(task=packages, names=["python3-psycopg2"], severity_level=10)
     script = render(task, "drills/write-probe.py.j2", run=run_id, table=TABLE, interval=INTERVAL, log_file=LOG)
-    specs = [
-        FileSpec(SCRIPT, script, mode=0o700),
-        FileSpec(PASSWORD, _connection_file(settings), mode=0o600, secret=True),
-    ]
-    task.run(task=put_files, specs=specs, severity_level=10)
+    secrets = FileSpec(PASSWORD, _connection_file(settings), mode=0o600, secret=True)
+    launch(task, UNIT, FileSpec(SCRIPT, script, mode=0o700), secrets, f"rm -f {LOG}")
+
+
+def launch(task: Task, unit: str, script: FileSpec, secrets: FileSpec, before: str) -> None:
+    """Put a probe's script and its 0600 file of secrets on the host, run `before` (clearing an earlier run's
+    files), and start the script on the secrets file as the transient unit `unit`, stopped with SIGTERM."""
+    task.run(task=put_files, specs=[script, secrets], severity_level=10)
     run(
         task,
-        f"rm -f {LOG}; systemctl reset-failed {UNIT} 2>/dev/null; "
-        f"systemd-run --unit={UNIT} --property=KillSignal=SIGTERM python3 {SCRIPT} {PASSWORD}",
-        what=Expectation("the write probe started as a transient unit"),
+        f"{before}; systemctl reset-failed {unit} 2>/dev/null; "
+        f"systemd-run --unit={unit} --property=KillSignal=SIGTERM python3 {script.path} {secrets.path}",
+        what=Expectation(f"{unit} started as a transient unit"),
     )
 
 

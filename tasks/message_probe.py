@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from nornir.core.task import Task
 
 from core.settings import Settings
-from tasks.drill_probes import WriteLog, parse
-from tasks.files import FileSpec, put_files, render
+from tasks.drill_probes import WriteLog, launch, parse
+from tasks.files import FileSpec, render
 from tasks.haproxy import backends
 from tasks.remote import Expectation, run
 
@@ -69,17 +69,8 @@ def _settings_file(settings: Settings, run_id: str) -> str:
 def start(task: Task, settings: Settings, run_id: str) -> None:
     """Put the probe and its settings on the host and start it."""
     script = render(task, "drills/message-probe.py.j2", interval=INTERVAL, log_file=LOG, state_file=STATE)
-    specs = [
-        FileSpec(SCRIPT, script, mode=0o700),
-        FileSpec(SETTINGS_FILE, _settings_file(settings, run_id), mode=0o600, secret=True),
-    ]
-    task.run(task=put_files, specs=specs, severity_level=10)
-    run(
-        task,
-        f"chmod 0700 {DIR}; rm -f {LOG} {STATE}; systemctl reset-failed {UNIT} 2>/dev/null; "
-        f"systemd-run --unit={UNIT} --property=KillSignal=SIGTERM python3 {SCRIPT} {SETTINGS_FILE}",
-        what=Expectation("the message probe started as a transient unit"),
-    )
+    secrets = FileSpec(SETTINGS_FILE, _settings_file(settings, run_id), mode=0o600, secret=True)
+    launch(task, UNIT, FileSpec(SCRIPT, script, mode=0o700), secrets, f"chmod 0700 {DIR}; rm -f {LOG} {STATE}")
 
 
 def stop(task: Task) -> Messages:
