@@ -27,7 +27,7 @@ from tasks.certificates import CA_TRUST, expiring, expiry_check, expiry_table, r
 from tasks.coturn import COTURN, TURN_TLS
 from tasks.etcd import ETCD
 from tasks.haproxy import HAPROXY
-from tasks.livekit import LIVEKIT_REDIS
+from tasks.livekit import LIVEKIT_REDIS, LIVEKIT_SENTINEL
 from tasks.patroni import PATRONI
 from tasks.pgbouncer import PGBOUNCER
 
@@ -35,7 +35,7 @@ from tasks.pgbouncer import PGBOUNCER
 # deploy's order. Each writes only what changed and then reloads or restarts by its own rule:
 # PostgreSQL (through Patroni's reload), Patroni's REST API, PgBouncer, HAProxy and Redis reload and
 # keep their connections; etcd reads its certificate anew on each connection; pgBackRest's
-# server and Coturn (DTLS) restart.
+# server, Coturn (DTLS) and Redis Sentinel restart.
 CONSUMERS = (
     CA_TRUST,
     ETCD,
@@ -47,6 +47,7 @@ CONSUMERS = (
     COTURN,
     TURN_TLS,
     LIVEKIT_REDIS,
+    LIVEKIT_SENTINEL,
 )
 
 DISTRIBUTION = [

@@ -1,7 +1,12 @@
-"""Deployment step 9: the LiveKit SFU mesh and its own Redis.
+"""Deployment step 9: the LiveKit SFU mesh and its own Redis under Redis Sentinel.
 
-The mesh is coordinated through a dedicated Redis (not the playbook's Valkey) on the
-first livekit host, bound to its private address, with a password. Every livekit host
+The mesh is coordinated through a dedicated Redis (not the playbook's Valkey): a master
+and a replica on the first two livekit hosts, bound to their private addresses, TLS and a
+password. Three sentinels watch them and promote the replica when the master is lost;
+LiveKit finds the master through them. The sentinels run on the first three livekit hosts
+or, with two, on both and the monitoring host: a third failure domain that is neither
+Redis server, so that losing either server's host leaves two sentinels to agree.
+Every livekit host
 runs livekit-server with its node IP set explicitly: in an air-gapped network there is
 no STUN server to discover an external address. Each room lives on one node (a LiveKit
 limitation): capacity grows by adding nodes.
@@ -22,7 +27,8 @@ from core.settings import HostInfo, Settings
 from core.targets import Job, deployed, per_host
 from tasks.component import Component
 from tasks.declaration import Binary, Context, File, Service, Url, template
-from tasks.redis import RedisInstance, redis_component, redis_pong
+from tasks.redis import SENTINEL_PORT, RedisInstance, Replication, redis_component, redis_pong
+from tasks.sentinel import sentinel_component
 from tasks.systemd import UNIT_DIR
 
 REDIS_PORT = 6379
@@ -41,15 +47,18 @@ SFU_PATH = "/livekit/sfu"
 JWT_PATH = "/livekit/jwt"
 # The keys the rendered livekit.yaml may use: LiveKit's config-sample.yaml and its
 # config structs (livekit/livekit 1.9 pkg/config/config.go: bind_addresses, rtc.node_ip;
-# livekit/protocol redis/redis.go: redis.use_tls, TLS verified against the system's roots).
+# livekit/protocol redis/redis.go: redis.use_tls, TLS verified against the system's roots, for
+# the sentinels too; sentinel_master_name/sentinel_addresses/sentinel_password).
 DOCUMENTED_KEYS = frozenset(
     {
         "port",
         "bind_addresses",
         "prometheus_port",
-        "redis.address",
         "redis.password",
         "redis.use_tls",
+        "redis.sentinel_master_name",
+        "redis.sentinel_addresses",
+        "redis.sentinel_password",
         "rtc.tcp_port",
         "rtc.port_range_start",
         "rtc.port_range_end",
@@ -65,9 +74,15 @@ DOCUMENTED_KEYS = frozenset(
 )
 
 
-def redis_host(settings: Settings) -> HostInfo:
-    """The livekit host that runs the mesh's Redis: the first of the group."""
-    return settings.members("livekit")[0]
+def redis_servers(settings: Settings) -> list[HostInfo]:
+    """The livekit hosts that run the mesh's Redis: the first two (the first starts as the master)."""
+    return settings.members("livekit")[:2]
+
+
+def sentinel_hosts(settings: Settings) -> list[HostInfo]:
+    """Three sentinels: on the first three livekit hosts, or on two and the monitoring host."""
+    livekit = settings.members("livekit")
+    return livekit[:3] if len(livekit) >= 3 else [*livekit, *settings.members("monitoring")][:3]
 
 
 def livekit_off(settings: Settings, _host: HostInfo) -> str:
@@ -75,11 +90,20 @@ def livekit_off(settings: Settings, _host: HostInfo) -> str:
 
 
 def redis_absent(settings: Settings, host: HostInfo) -> str:
-    """Why a livekit host runs no mesh Redis: LiveKit is off, or another host (the group's first) runs it."""
+    """Why a livekit host runs no mesh Redis: LiveKit is off, or the first two hosts run it."""
     if not settings.config.livekit.enabled:
         return livekit_off(settings, host)
-    if host.name != redis_host(settings).name:
-        return f"the mesh's Redis runs on {redis_host(settings).name}"
+    if host.name not in {h.name for h in redis_servers(settings)}:
+        return f"the mesh's Redis runs on {', '.join(h.name for h in redis_servers(settings))}"
+    return ""
+
+
+def sentinel_absent(settings: Settings, host: HostInfo) -> str:
+    """Why a host of the sentinel's groups runs none: LiveKit is off, or three others run them."""
+    if not settings.config.livekit.enabled:
+        return livekit_off(settings, host)
+    if host.name not in {h.name for h in sentinel_hosts(settings)}:
+        return f"the mesh's sentinels run on {', '.join(h.name for h in sentinel_hosts(settings))}"
     return ""
 
 
@@ -90,6 +114,7 @@ def redis_answers(task: Task, settings: Settings) -> Result:
     return redis_pong(task, MESH_REDIS, settings)
 
 
+MESH_REPLICATION = Replication(redis_servers, sentinel_hosts)
 MESH_REDIS = RedisInstance(
     "livekit",
     "the LiveKit mesh's room and node state",
@@ -97,14 +122,25 @@ MESH_REDIS = RedisInstance(
     REDIS_PORT,
     REDIS_EXPORTER_PORT,
     private=True,
+    replication=MESH_REPLICATION,
 )
 LIVEKIT_REDIS = redis_component(
     MESH_REDIS,
-    "the LiveKit mesh's own Redis (TLS and a password, on the private address)",
+    "the LiveKit mesh's own Redis: a master and a replica (TLS and a password, on the private address)",
     ("livekit",),
-    clients=("livekit",),  # every SFU and JWT service
+    clients=("livekit", "monitoring"),  # every SFU, the other server and the sentinels
     absent=redis_absent,
     check=redis_answers,
+)
+LIVEKIT_SENTINEL = sentinel_component(
+    MESH_REDIS,
+    MESH_REPLICATION,
+    "three Redis sentinels promote the mesh Redis's replica when its master is lost",
+    ("livekit", "monitoring"),
+    clients=("livekit", "monitoring"),  # LiveKit asks them for the master; they talk to each other
+    absent=sentinel_absent,
+    after=("livekit-redis",),
+    listens=lambda config: config.livekit.enabled,
 )
 
 
@@ -116,7 +152,8 @@ def livekit_config(settings: Settings, host: HostInfo) -> dict[str, object]:
         "ip": host.private_ip,
         "port": HTTP_PORT,
         "prometheus_port": PROMETHEUS_PORT,
-        "redis": f"{redis_host(settings).private_ip}:{REDIS_PORT}",
+        "sentinels": [f"{h.private_ip}:{SENTINEL_PORT}" for h in sentinel_hosts(settings)],
+        "master_name": MESH_REDIS.name,
         "redis_password": secrets["livekit_redis_password"],
         "rtc_min_port": lk.rtc_min_port,
         "rtc_max_port": lk.rtc_max_port,
@@ -146,7 +183,7 @@ LIVEKIT = Component(
     "livekit",
     groups=("livekit",),
     summary="livekit-server on every livekit host, meshed through its Redis",
-    after=("livekit-redis",),
+    after=("livekit-sentinel",),
     users=("livekit",),
     binaries=(SERVER,),
     files=(
@@ -176,15 +213,15 @@ LIVEKIT = Component(
 
 
 def jwt_environment(context: Context) -> dict[str, object]:
-    """Element Call's JWT service: its public URL, its own address, the mesh's Redis and the API key."""
+    """Element Call's JWT service: its public URL, its own address and the API key. No Redis: the service takes
+    one Redis URL (LIVEKIT_REDIS_URL), which cannot follow Sentinel to a new master; a URL pinned to one server
+    would fail at the first failover, so each instance keeps its delayed-leave jobs in memory."""
     settings, host, secrets = context.settings, context.host, context.settings.secrets
     return {
         "host_name": host.name,
         "url": f"wss://{settings.config.homeserver_fqdn}{SFU_PATH}",
         "bind": f"{host.private_ip}:{JWT_PORT}",
         "homeserver": settings.config.domain,
-        "redis": f"redis://{redis_host(settings).private_ip}:{REDIS_PORT}",
-        "redis_password": secrets["livekit_redis_password"],
         "api_key": secrets["livekit_api_key"],
         "api_secret": secrets["livekit_api_secret"],
     }
@@ -194,8 +231,8 @@ JWT_SERVICE = Binary("lk-jwt-service")
 LIVEKIT_JWT = Component(
     "livekit-jwt",
     groups=("livekit",),
-    summary="Element Call's JWT service beside every SFU, its state in the mesh's Redis",
-    after=("livekit-redis",),
+    summary="Element Call's JWT service beside every SFU",
+    after=("livekit",),
     users=("livekit",),
     binaries=(JWT_SERVICE,),
     files=(

@@ -28,7 +28,7 @@ from tasks.firewall import FIREWALL
 from tasks.haproxy import HAPROXY
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
-from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS
+from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS, LIVEKIT_SENTINEL
 from tasks.minio import MINIO, MINIO_BUCKET
 from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORTER
 from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
@@ -58,6 +58,7 @@ DEPLOY: tuple[Component | Step, ...] = (
     COTURN,
     TURN_TLS,
     LIVEKIT_REDIS,
+    LIVEKIT_SENTINEL,
     LIVEKIT,
     LIVEKIT_JWT,
     SYNAPSE,

@@ -147,8 +147,19 @@ def test_livekit_config_uses_documented_keys_and_spec_ports(settings: Settings) 
     assert config["port"] == 7880 and config["rtc"]["tcp_port"] == 7881
     assert (config["rtc"]["port_range_start"], config["rtc"]["port_range_end"]) == (50100, 50200)
     assert config["rtc"]["use_external_ip"] is False and config["rtc"]["node_ip"] == host.private_ip
-    assert config["redis"]["address"] == f"{settings.hosts['livekit1'].private_ip}:6379"  # one Redis for the mesh
+    # The mesh's Redis is found through three sentinels: here on the first three of the four livekit hosts.
+    sentinels = [settings.hosts[name].private_ip + ":26379" for name in ("livekit1", "livekit2", "livekit3")]
+    assert config["redis"]["sentinel_addresses"] == sentinels and "address" not in config["redis"]
+    assert config["redis"]["sentinel_master_name"] == "livekit" and config["redis"]["use_tls"] is True
     assert list(config["keys"].values()) == [settings.secrets["livekit_api_secret"]]
+
+
+def test_the_third_sentinel_goes_to_the_monitoring_host_beside_two_livekit_hosts(lab_settings: Settings) -> None:
+    """Two livekit hosts run the Redis master and replica; the third sentinel must be on neither, so that losing
+    either leaves two sentinels to agree on a failover."""
+    assert [h.name for h in livekit.redis_servers(lab_settings)] == ["livekit1", "livekit2"]
+    assert [h.name for h in livekit.sentinel_hosts(lab_settings)] == ["livekit1", "livekit2", "monitoring1"]
+    assert livekit.sentinel_absent(lab_settings, lab_settings.hosts["monitoring1"]) == ""
 
 
 def render_coturn(settings: Settings, **override: object) -> str:

@@ -30,9 +30,12 @@ def test_a_host_listens_on_the_ports_of_the_components_of_its_groups(lab_setting
     assert not synapse & {"postgresql", "haproxy-443", "livekit-redis"}
     # The livekit group's components all listen there; the switch in config.yaml takes them away.
     livekit = {use.service for use in catalog.host_ports(config, ("livekit",), 22)}
-    assert {"livekit-http", "livekit-media", "livekit-jwt", "livekit-redis"} <= livekit
+    assert {"livekit-http", "livekit-media", "livekit-jwt", "livekit-redis", "livekit-sentinel"} <= livekit
     off = config.model_copy(update={"livekit": config.livekit.model_copy(update={"enabled": False})})
     assert {use.service for use in catalog.host_ports(off, ("livekit",), 22)} == {"ssh", "node-exporter"}
+    # The third sentinel beside two livekit hosts: on the monitoring host, only while LiveKit is on.
+    assert "livekit-sentinel" in {use.service for use in catalog.host_ports(config, ("monitoring",), 22)}
+    assert "livekit-sentinel" not in {use.service for use in catalog.host_ports(off, ("monitoring",), 22)}
     # A group the catalog does not know contributes nothing (validation names it first).
     assert [use.service for use in catalog.host_ports(config, ("custom",), 2222)] == ["ssh", "node-exporter"]
 
