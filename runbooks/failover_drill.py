@@ -4,16 +4,18 @@
     python runbooks/failover_drill.py vip [--variant haproxy|keepalived]
     python runbooks/failover_drill.py etcd [--variant member|quorum]
     python runbooks/failover_drill.py coturn [--variant stop|partition]
-    python runbooks/failover_drill.py all        # patroni (each variant), vip, etcd member, coturn
+    python runbooks/failover_drill.py redis      # LiveKit's Redis master killed: Sentinel promotes its replica
+    python runbooks/failover_drill.py all        # patroni (each variant), vip, etcd member, coturn, redis
 
 Each drill first checks the platform is healthy and refuses otherwise, having touched
 nothing. Throughout every drill a write probe on the Synapse host inserts numbered rows
 through PgBouncer every 50 ms, the controller requests the VIP over HTTPS every 50 ms and
-allocates a TURN relay on each Coturn host every 250 ms; afterwards every acknowledged
-write must be on the primary. Prints a table per run and writes its JSON record and
+allocates a TURN relay on each Coturn host every 250 ms, a Matrix client sends messages
+through the VIP and a Sentinel client writes to LiveKit's Redis; afterwards every
+acknowledged write and message must be there. Prints a table per run and writes its JSON record and
 timeline PNG to drills/<site>/. Exit 1 when a verdict fails or the platform is left
-unhealthy. The runbook options (--lab, --yes, …) follow. MinIO and LiveKit drills come
-when their binaries can be deployed (artifacts/manifest.yaml).
+unhealthy. The runbook options (--lab, --yes, …) follow. MinIO and LiveKit server drills
+come when their binaries can be deployed (artifacts/manifest.yaml).
 """
 
 import argparse
@@ -33,8 +35,10 @@ from tasks.drills import (
     has_coturn,
     healthy,
     patroni_drill,
+    redis_drill,
     refuse_unless_healthy,
     still_healthy,
+    uses_redis,
     vip_drill,
 )
 
@@ -43,7 +47,9 @@ DRILLS = {
     "vip": (vip_drill, ("haproxy", "keepalived")),
     "etcd": (etcd_drill, ("member", "quorum")),
     "coturn": (coturn_drill, ("stop", "partition")),
+    "redis": (redis_drill, ("kill",)),
 }
+APPLIES = {"coturn": has_coturn, "redis": uses_redis}
 ALL = [
     ("patroni", "stop"),
     ("patroni", "kill"),
@@ -51,6 +57,7 @@ ALL = [
     ("vip", "haproxy"),
     ("etcd", "member"),
     ("coturn", "stop"),
+    ("redis", "kill"),
 ]
 
 
@@ -58,7 +65,8 @@ def steps(runs: list[tuple[str, str]]) -> list[Step]:
     chosen = [
         Step(
             "healthy",
-            "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder, TURN on every host",
+            "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder, TURN on every "
+            "host, LiveKit's Redis with its replica and sentinels",
             healthy,
             groups=("synapse",),
             gate=refuse_unless_healthy,
@@ -75,7 +83,7 @@ def steps(runs: list[tuple[str, str]]) -> list[Step]:
                 groups=("synapse",),
                 gate=failed_verdicts,
                 report=drill_report,
-                applies=has_coturn if drill == "coturn" else None,
+                applies=APPLIES.get(drill),
             ),
             Step(
                 f"healthy-after-{index}",

@@ -13,12 +13,13 @@ import itertools
 import json
 import shlex
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from nornir.core.task import Task
 
 from core.pki import libpq_verify_full
 from core.settings import Settings
-from tasks.files import FileSpec, put_files, render
+from tasks.files import FileSpec, render
 from tasks.packages import packages
 from tasks.remote import Expectation, run
 
@@ -92,14 +93,25 @@ def start(task: Task, settings: Settings, run_id: str) -> None:
     launch(task, UNIT, FileSpec(SCRIPT, script, mode=0o700), secrets, f"rm -f {LOG}")
 
 
-def launch(task: Task, unit: str, script: FileSpec, secrets: FileSpec, before: str) -> None:
-    """Put a probe's script and its 0600 file of secrets on the host, run `before` (clearing an earlier run's
-    files), and start the script on the secrets file as the transient unit `unit`, stopped with SIGTERM."""
-    task.run(task=put_files, specs=[script, secrets], severity_level=10)
+def launch(task: Task, unit: str, script: FileSpec, secrets: FileSpec, before: str, host: str | None = None) -> None:
+    """Put a probe's script and its 0600 file of secrets on the task's host (or `host`), run `before` (clearing an
+    earlier run's files), and start the script on the secrets file as the transient unit `unit`, stopped with
+    SIGTERM. Each file goes through stdin, so no secret is ever on a command line."""
+    for spec in (script, secrets):
+        folder = shlex.quote(str(PurePosixPath(spec.path).parent))
+        run(
+            task,
+            f"umask 077 && mkdir -p {folder} && cat > {shlex.quote(spec.path)} && chmod {spec.mode:o} "
+            f"{shlex.quote(spec.path)}",
+            stdin=spec.content,
+            host=host,
+            what=Expectation(f"{spec.path} written"),
+        )
     run(
         task,
         f"{before}; systemctl reset-failed {unit} 2>/dev/null; "
         f"systemd-run --unit={unit} --property=KillSignal=SIGTERM python3 {script.path} {secrets.path}",
+        host=host,
         what=Expectation(f"{unit} started as a transient unit"),
     )
 

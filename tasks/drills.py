@@ -27,7 +27,7 @@ from core.probe import HttpsProbe
 from core.settings import HostInfo, Settings
 from core.turn import TurnClient, TurnError, TurnProbe
 from core.turn_service import rest_credential
-from tasks import drill_probes, message_probe
+from tasks import drill_probes, message_probe, redis_probe
 from tasks.etcd import endpoints, etcdctl
 from tasks.patroni import LOOP_WAIT, TTL, rest_get
 from tasks.remote import Expectation, Mode, mode, run
@@ -64,6 +64,10 @@ class Record:
     messages_lost: list[str] = field(default_factory=list)
     client_errors: dict[str, int] = field(default_factory=dict)
     client_stalls: int = 0
+    # The Sentinel client writing to LiveKit's Redis: its gap between acknowledgements, what was lost.
+    redis_gap: float | None = None
+    redis_acknowledged: int = 0
+    redis_lost: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     samples: list[tuple[float, bool, str]] = field(default_factory=list)  # (time, ok, probe) for the timeline
@@ -94,6 +98,9 @@ class Record:
             "messages_lost": len(self.messages_lost),
             "client_errors": self.client_errors,
             "client_stalls": self.client_stalls,
+            "redis_gap_s": None if self.redis_gap is None else round(self.redis_gap, 2),
+            "redis_writes_acknowledged": self.redis_acknowledged,
+            "redis_writes_lost": len(self.redis_lost),
             "verdict": self.verdict,
             "problems": self.problems,
             "notes": self.notes,
@@ -197,6 +204,8 @@ def platform_problems(task: Task, settings: Settings) -> list[str]:
     holders = vip_holders(task, settings)
     if len(holders) != 1:
         problems.append(f"the VIP {settings.vip} is held by {holders or 'no host'} (expected exactly one)")
+    if redis_probe.used(settings):
+        problems += [f"LiveKit's Redis: {p}" for p in redis_probe.problems(task, settings)]
     return problems + turn_problems(settings)
 
 
@@ -232,8 +241,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, stable: float = 0.
 
 class Load:
     """The probes of a drill, started together and read into the record: numbered writes
-    through PgBouncer (on the Synapse host), HTTPS requests through the VIP and TURN
-    allocations on every Coturn host (both from the controller)."""
+    through PgBouncer and Matrix messages through the VIP (on the Synapse host), numbered
+    writes to LiveKit's Redis through Sentinel (on the monitoring host), HTTPS requests through
+    the VIP and TURN allocations on every Coturn host (both from the controller)."""
 
     def __init__(self, task: Task, settings: Settings) -> None:
         self.task, self.settings = task, settings
@@ -241,10 +251,14 @@ class Load:
         self.https = HttpsProbe(settings.vip, settings.config.homeserver_fqdn, settings.ca.cert_path)
         self.turn_hosts = {host.private_ip: host.name for host in settings.members("coturn")}
         self.turn = TurnProbe(list(self.turn_hosts), turn_credential(settings))
+        self.redis = redis_probe.used(settings)
+        self.redis_outage: tuple[float, float] | None = None
 
     def __enter__(self) -> Load:
         drill_probes.start(self.task, self.settings, self.run_id)
         message_probe.start(self.task, self.settings, self.run_id)
+        if self.redis:
+            redis_probe.start(self.task, self.settings, self.run_id)
         self.https.__enter__()
         self.turn.__enter__()
         time.sleep(3)  # a baseline before the fault
@@ -256,6 +270,8 @@ class Load:
         if kind is not None:  # the drill broke off: leave no probe, table, user or secret behind
             drill_probes.cleanup(self.task)
             message_probe.cleanup(self.task)
+            if self.redis:
+                redis_probe.cleanup(self.task, self.settings)
 
     def turn_latest(self, host: HostInfo, since: float) -> bool | None:
         """Whether the latest allocation on `host` started after `since` (Unix time) succeeded."""
@@ -279,6 +295,8 @@ class Load:
         record.http_gap = self.https.longest_gap()
         record.samples = [(a.answered, a.ok, "writes") for a in writes.attempts]  # acknowledgement times
         self.measure_messages(record)
+        if self.redis:
+            self.measure_redis(record)
         record.samples += [(s.at + offset, s.ok, "https") for s in self.https.samples]
         if self.turn_hosts:
             record.turn_gap = self.turn.none_serving()
@@ -288,6 +306,27 @@ class Load:
             record.problems.append(f"{len(record.writes_lost)} acknowledged writes lost: {record.writes_lost[:10]}")
         if not acknowledged:
             record.problems.append("the write probe got no write acknowledged at all")
+
+    def measure_redis(self, record: Record) -> None:
+        """Stop the Sentinel client, compare its acknowledged writes with the master's set, fill the record in."""
+        try:
+            writes, held = redis_probe.stop(self.task, self.settings)
+        finally:
+            redis_probe.cleanup(self.task, self.settings)
+        record.redis_acknowledged = len(writes.acknowledged)
+        record.redis_lost = sorted(set(writes.acknowledged) - held)
+        self.redis_outage = outage = writes.outage(after=record.fault_at - 1)
+        record.redis_gap = outage[1] - outage[0] if outage else None
+        record.samples += [(a.answered, a.ok, "redis") for a in writes.attempts]
+        gap = "-" if record.redis_gap is None else f"{record.redis_gap:.2f} s"
+        record.notes.append(
+            f"LiveKit's Redis through Sentinel: longest gap {gap}, {record.redis_acknowledged} writes acknowledged, "
+            f"{len(record.redis_lost)} lost"
+        )
+        if record.redis_lost:
+            record.problems.append(f"{len(record.redis_lost)} acknowledged Redis writes lost: {record.redis_lost[:10]}")
+        if not writes.acknowledged:
+            record.problems.append("the Redis probe got no write acknowledged at all")
 
     def measure_messages(self, record: Record) -> None:
         """Stop the Matrix client, check its acknowledged messages against the room, and fill the record in."""
@@ -532,6 +571,63 @@ def coturn_drill(task: Task, settings: Settings, variant: str = "stop") -> Resul
     if record.rejoined_at is None:
         record.problems.append(f"{target.name} allocated no relay within 60 s of the restore")
     record.notes.append(f"the other TURN servers: {', '.join(h.name for h in others)}")
+    return Result(host=task.host, changed=True, result=asdict(record))
+
+
+# --- the Redis drill ----------------------------------------------------------------------
+
+REDIS_UNIT = "redis-server@livekit.service"
+# Held down this long after a replica is promoted, as a lost host would be: it comes back a replica.
+REDIS_HOLD = 5
+# The longest the Sentinel client may go without an acknowledged write: the sentinels' 3 s
+# down-after, their vote and the promotion, with a margin for the client's own retries.
+REDIS_WRITE_GAP = 10.0
+
+
+def uses_redis(settings: Settings) -> bool:
+    """LiveKit is off (or no monitoring host to probe from): no Redis drill"""
+    return redis_probe.used(settings)
+
+
+def redis_drill(task: Task, settings: Settings, variant: str = "kill") -> Result:
+    """Kill LiveKit's Redis master (SIGKILL, held down as a lost host): the sentinels promote the replica, the
+    Sentinel client finds it, and the old master returns as its replica; no acknowledged write is lost."""
+    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
+        return Result(host=task.host, result=None)
+    names = {h.private_ip: h.name for h in settings.members("livekit")}
+    old_ip = redis_probe.master_of(redis_probe.state(task, settings))
+    if old_ip not in names:
+        raise HostError(f"the sentinels name no Redis master on a livekit host ({old_ip}); run the deploy first")
+    old = names[old_ip]
+    fault = f"systemctl kill --signal=SIGKILL {REDIS_UNIT}; sleep 0.2; systemctl stop {REDIS_UNIT}"
+    record = Record("redis", variant, old, f"SIGKILL to {REDIS_UNIT} on {old}, held down until a replica leads")
+
+    def master() -> str | None:
+        return redis_probe.master_of(redis_probe.state(task, settings))
+
+    with Load(task, settings) as load:
+        record.fault_at = time.time()
+        try:
+            run(task, fault, host=old, what=Expectation(f"the Redis master killed on {old}"))
+            record.detected_at = wait_until(lambda: master() not in (None, old_ip), 30)
+            time.sleep(max(0.0, (record.detected_at or time.time()) + REDIS_HOLD - time.time()))
+        finally:
+            run(task, f"systemctl start {REDIS_UNIT}", host=old, what=Expectation(f"Redis started again on {old}"))
+            record.restored_at = time.time()
+        record.rejoined_at = wait_until(lambda: not redis_probe.problems(task, settings), 60, 2)
+        time.sleep(3)
+    load.measure(record)
+    new_ip = master()
+    record.notes.append(f"Redis master {old} → {names.get(new_ip or '', new_ip)}; {old} back as its replica")
+    if record.detected_at is None or new_ip in (None, old_ip):
+        record.problems.append(f"no replica promoted within 30 s of the kill (master now: {new_ip})")
+    if record.rejoined_at is None:
+        left = "; ".join(redis_probe.problems(task, settings))
+        record.problems.append(f"the Redis cluster was not whole again within 60 s of the restart: {left}")
+    if record.redis_gap is None or record.redis_gap > REDIS_WRITE_GAP:
+        gap = "no gap measured" if record.redis_gap is None else f"a {record.redis_gap:.2f} s gap"
+        record.problems.append(f"the Sentinel client had {gap} in its writes (at most {REDIS_WRITE_GAP:g} s)")
+    record.recovered_at = load.redis_outage[1] if load.redis_outage else None  # the write that ended the gap
     return Result(host=task.host, changed=True, result=asdict(record))
 
 

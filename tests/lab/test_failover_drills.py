@@ -53,7 +53,8 @@ def test_a_drill_on_an_unhealthy_cluster_refuses_without_touching_anything(
 def test_every_drill_loses_no_acknowledged_write_and_leaves_the_platform_healthy(
     deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Three consecutive Patroni drills (stop, kill -9, network cut), the VIP, one etcd member, one Coturn."""
+    """Three consecutive Patroni drills (stop, kill -9, network cut), the VIP, one etcd member, one Coturn, and
+    LiveKit's Redis master killed."""
     started = time.time()
     code = drill("all")
     out = capsys.readouterr().out
@@ -67,25 +68,32 @@ def test_every_drill_loses_no_acknowledged_write_and_leaves_the_platform_healthy
         ("vip", "haproxy"),
         ("etcd", "member"),
         ("coturn", "stop"),
+        ("redis", "kill"),
     ]
     for record in records:
         assert record["verdict"] == "PASS" and record["writes_lost"] == 0, record
         assert record["turn_gap_s"] == 0, record  # some TURN server allocated throughout every drill
         # A Matrix client sent through the VIP throughout: every acknowledged message is in the room.
         assert record["messages_acknowledged"] > 20 and record["messages_lost"] == 0, record
+        # A Sentinel client wrote to LiveKit's Redis throughout: every acknowledged write is on the master.
+        assert record["redis_writes_acknowledged"] > 50 and record["redis_writes_lost"] == 0, record
     for record in records[:3]:
         assert record["writes_acknowledged"] > 100 and 0 < record["write_gap_s"] < 60, record
         assert record["detection_s"] is not None and record["rejoined_s"] is not None
     assert 0 < records[3]["http_gap_s"] < 10
     assert records[3]["write_gap_s"] <= 0.5  # the edge stopped: database writes go on (their own route)
     assert records[5]["detection_s"] < 5 and records[5]["rejoined_s"] is not None  # coturn1 failed, then served
+    redis = records[6]  # the master's sentinels promoted its replica; the old master came back as a replica
+    assert 0 < redis["redis_gap_s"] < 10 and redis["rejoined_s"] is not None and redis["write_gap_s"] <= 0.5, redis
+    assert all(r["redis_gap_s"] < 1 for r in records[:6]), records  # no other fault touches it
     folder = LAB_CONFIG.parent / "drills" / "lab"
     timelines = [p for p in folder.glob("*.png") if p.stat().st_mtime >= started]
-    assert len(timelines) == 6 and all(Image.open(p).size[0] == 1200 for p in timelines)
+    assert len(timelines) == 7 and all(Image.open(p).size[0] == 1200 for p in timelines)
     members = patroni_cluster(lab)["members"]
     assert sorted(m["state"] for m in members) == ["running", "streaming", "streaming"]
     for probe in ("/run/matrix-drill", "/run/matrix-drill-messages"):
         assert ssh(lab, "synapse1", f"test -e {probe}", check=False).returncode == 1  # cleaned up
+    assert ssh(lab, "monitoring1", "test -e /run/matrix-drill-redis", check=False).returncode == 1
 
 
 def test_a_coturn_host_cut_off_leaves_the_other_serving(deployed: None, capsys: pytest.CaptureFixture[str]) -> None:
