@@ -48,7 +48,9 @@ def render(
         draw.line([(x(origin + second), axis), (x(origin + second), axis + 4)], fill="black")
         draw.text((x(origin + second) - 8, axis + 6), f"{second:+d}s", fill="black", font=font)
     for offset, (name, moment) in enumerate((n, m) for n, m in marks.items() if m is not None):
-        draw.line([(x(moment), TOP - 52 + offset * 11), (x(moment), axis)], fill=MARKERS.get(name, (0, 0, 0)), width=2)
-        draw.text((x(moment) + 3, TOP - 52 + offset * 11), name, fill=MARKERS.get(name, (0, 0, 0)), font=font)
+        # "fault: 3 patroni-kill" takes the colour of "fault"; labels stack in five rows above the probes.
+        colour, top = MARKERS.get(name.split(":")[0], (0, 0, 0)), TOP - 52 + offset % 5 * 11
+        draw.line([(x(moment), top), (x(moment), axis)], fill=colour, width=2)
+        draw.text((x(moment) + 3, top), name, fill=colour, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

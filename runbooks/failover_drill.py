@@ -1,24 +1,29 @@
 """Failover drills: a real fault under load, measured, undone, and the cluster checked after.
 
-    python runbooks/failover_drill.py patroni [--variant stop|kill|partition] [--runs N]
+    python runbooks/failover_drill.py patroni [--variant stop|kill|partition|switchover] [--runs N]
     python runbooks/failover_drill.py vip [--variant haproxy|keepalived]
     python runbooks/failover_drill.py etcd [--variant member|quorum]
     python runbooks/failover_drill.py coturn [--variant stop|partition]
     python runbooks/failover_drill.py redis      # LiveKit's Redis master killed: Sentinel promotes its replica
     python runbooks/failover_drill.py all        # patroni (each variant), vip, etcd member, coturn, redis
+    python runbooks/failover_drill.py soak [--minutes N] [--seed S]
+                                                 # random faults of every kind, one at a time, for N minutes
 
 Each drill first checks the platform is healthy and refuses otherwise, having touched
 nothing. Throughout every drill a write probe on the Synapse host inserts numbered rows
-through PgBouncer every 50 ms, the controller requests the VIP over HTTPS every 50 ms and
-allocates a TURN relay on each Coturn host every 250 ms, a Matrix client sends messages
-through the VIP and a Sentinel client writes to LiveKit's Redis; afterwards every
-acknowledged write and message must be there. Prints a table per run and writes its JSON record and
-timeline PNG to drills/<site>/. Exit 1 when a verdict fails or the platform is left
-unhealthy. The runbook options (--lab, --yes, …) follow. MinIO and LiveKit server drills
-come when their binaries can be deployed (artifacts/manifest.yaml).
+through PgBouncer every 50 ms, two Matrix users send messages through the VIP, a Sentinel
+client writes to LiveKit's Redis, and the controller requests the VIP over HTTPS every 50 ms
+and allocates a TURN relay on each Coturn host every 250 ms; afterwards every acknowledged
+write and message must be there. Prints a table per run and writes its JSON record and
+timeline PNG to drills/<site>/. The soak prints each kind of fault's unavailability per probe
+(p50/p95/max, from acknowledgements) and the totals, with one JSON record and one timeline.
+Exit 1 when a verdict fails or the platform is left unhealthy. The runbook options (--lab,
+--yes, …) follow. MinIO and LiveKit server drills come when their binaries can be deployed
+(artifacts/manifest.yaml).
 """
 
 import argparse
+import random
 import sys
 from functools import partial
 from pathlib import Path
@@ -27,23 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
 from runbooks.shell import Runbook
-from tasks.drills import (
-    coturn_drill,
-    drill_report,
-    etcd_drill,
-    failed_verdicts,
-    has_coturn,
-    healthy,
-    patroni_drill,
-    redis_drill,
-    refuse_unless_healthy,
-    still_healthy,
-    uses_redis,
-    vip_drill,
-)
+from tasks.drills import drill_report, failed_verdicts, healthy, refuse_unless_healthy, still_healthy
+from tasks.faults import coturn_drill, etcd_drill, has_coturn, patroni_drill, redis_drill, uses_redis, vip_drill
+from tasks.soak import failed_soak, soak, soak_report
 
 DRILLS = {
-    "patroni": (patroni_drill, ("stop", "kill", "partition")),
+    "patroni": (patroni_drill, ("stop", "kill", "partition", "switchover")),
     "vip": (vip_drill, ("haproxy", "keepalived")),
     "etcd": (etcd_drill, ("member", "quorum")),
     "coturn": (coturn_drill, ("stop", "partition")),
@@ -61,18 +55,30 @@ ALL = [
 ]
 
 
+HEALTHY = Step(
+    "healthy",
+    "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder, TURN on every host, "
+    "LiveKit's Redis with its replica and sentinels",
+    healthy,
+    groups=("synapse",),
+    gate=refuse_unless_healthy,
+    blocks=True,
+)
+
+
+def healthy_after(index: int) -> Step:
+    return Step(
+        f"healthy-after-{index}",
+        "the platform is healthy again",
+        healthy,
+        groups=("synapse",),
+        gate=still_healthy,
+        blocks=True,
+    )
+
+
 def steps(runs: list[tuple[str, str]]) -> list[Step]:
-    chosen = [
-        Step(
-            "healthy",
-            "the platform is healthy: one Patroni leader, streaming replicas, etcd, one VIP holder, TURN on every "
-            "host, LiveKit's Redis with its replica and sentinels",
-            healthy,
-            groups=("synapse",),
-            gate=refuse_unless_healthy,
-            blocks=True,
-        )
-    ]
+    chosen = [HEALTHY]
     for index, (drill, variant) in enumerate(runs, 1):
         task, _ = DRILLS[drill]
         chosen += [
@@ -85,24 +91,39 @@ def steps(runs: list[tuple[str, str]]) -> list[Step]:
                 report=drill_report,
                 applies=APPLIES.get(drill),
             ),
-            Step(
-                f"healthy-after-{index}",
-                "the platform is healthy again",
-                healthy,
-                groups=("synapse",),
-                gate=still_healthy,
-                blocks=True,
-            ),
+            healthy_after(index),
         ]
     return chosen
 
 
+def soak_steps(minutes: float, seed: int) -> list[Step]:
+    return [
+        HEALTHY,
+        Step(
+            "soak",
+            f"random faults, one at a time, for {minutes:g} minutes under every probe (seed {seed})",
+            partial(soak, minutes=minutes, seed=seed),
+            groups=("synapse",),
+            gate=failed_soak,
+            report=soak_report,
+        ),
+        healthy_after(1),
+    ]
+
+
 def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("drill", nargs="?", choices=[*DRILLS, "all"], default="all")
+    own.add_argument("drill", nargs="?", choices=[*DRILLS, "all", "soak"], default="all")
     own.add_argument("--variant", default=None)
     own.add_argument("--runs", type=int, default=1)
+    own.add_argument("--minutes", type=float, default=3.0)
+    own.add_argument("--seed", type=int, default=None)
     known, rest = own.parse_known_args(argv)
+    if known.drill == "soak":
+        if not 0 < known.minutes <= 24 * 60:
+            own.error(f"--minutes {known.minutes:g}: give the soak's length in minutes, more than 0 and at most 1440")
+        seed = known.seed if known.seed is not None else random.randrange(1 << 31)
+        return Runbook("failover_drill", __doc__ or "", soak_steps(known.minutes, seed), confirm=True), rest
     if known.drill == "all":
         runs = ALL * known.runs
     else:

@@ -1,11 +1,12 @@
-"""Failover drills (runbooks/failover_drill.py): a real fault under load, measured and undone.
+"""What the failover drills and the soak share (runbooks/failover_drill.py): the record of a
+fault, the platform's health, the probes (`Load`) and the report.
 
 Every drill runs from the first Synapse host, the database's real client: it checks the
 platform is healthy (else refuses, having changed nothing), starts the probes, causes the
-fault on the host concerned through the controller's connection to it, watches the
-cluster recover, undoes the fault in a `finally` whatever happened, waits for the faulty
-member to rejoin and then compares every acknowledged write with what the primary holds.
-Times are Unix times; the probe host's clock and the controller's are assumed in sync
+fault (tasks/faults.py) on the host concerned through the controller's connection to it,
+watches the platform recover, undoes the fault in a `finally` whatever happened, waits for
+the faulty member to rejoin and then compares every acknowledged write with what is stored.
+Times are Unix times; the probe hosts' clocks and the controller's are assumed in sync
 (preflight checks the skew).
 """
 
@@ -16,20 +17,19 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 from nornir.core.task import AggregatedResult, Result, Task
 
 from core import timeline
-from core.errors import HostError
 from core.probe import HttpsProbe
 from core.settings import HostInfo, Settings
 from core.turn import TurnClient, TurnError, TurnProbe
 from core.turn_service import rest_credential
 from tasks import drill_probes, message_probe, redis_probe
 from tasks.etcd import endpoints, etcdctl
-from tasks.patroni import LOOP_WAIT, TTL, rest_get
+from tasks.patroni import LOOP_WAIT, rest_get
 from tasks.remote import Expectation, Mode, mode, run
 
 POLL = 0.5
@@ -344,7 +344,7 @@ class Load:
         if messages.lost:
             record.problems.append(f"{len(messages.lost)} acknowledged messages missing from the room")
         if not messages.in_order:
-            record.problems.append("the room holds the acknowledged messages out of the order they were sent")
+            record.problems.append("a sender's acknowledged messages stand in the room out of the order it sent them")
         if not messages.log.details:
             record.problems.append("the Matrix client got no message acknowledged at all")
         if record.client_errors or record.client_stalls:
@@ -353,282 +353,6 @@ class Load:
                 f"the Matrix client saw {errors or 'no failed send'}; {record.client_stalls} answers slower than "
                 f"{message_probe.STALL:g} s"
             )
-
-
-# --- the Patroni drill ----------------------------------------------------------------
-
-FAULTS = {
-    "stop": "systemctl stop patroni.service",
-    # SIGKILL to Patroni and PostgreSQL (one cgroup); stopping the unit cancels the
-    # automatic restart, as if the host had died.
-    "kill": "systemctl kill --signal=SIGKILL patroni.service; sleep 0.2; systemctl stop patroni.service",
-}
-
-
-def partition_script(seconds: int) -> str:
-    """Drop all traffic but SSH on this host; a transient timer heals it by itself after `seconds`."""
-    rules = (
-        f"table inet {PARTITION_TABLE} {{\n"
-        "  chain input { type filter hook input priority -10; policy drop; iif lo accept; tcp dport 22 accept; }\n"
-        "  chain output { type filter hook output priority -10; policy drop; oif lo accept; tcp sport 22 accept; }\n"
-        "}\n"
-    )
-    return (
-        f"systemd-run --unit={HEAL_UNIT} --on-active={seconds} nft delete table inet {PARTITION_TABLE} >/dev/null && "
-        f"nft -f - <<'EOF'\n{rules}EOF"
-    )
-
-
-def heal_script() -> str:
-    return f"nft delete table inet {PARTITION_TABLE} 2>/dev/null; systemctl stop {HEAL_UNIT}.timer 2>/dev/null; true"
-
-
-def patroni_drill(task: Task, settings: Settings, variant: str = "stop", cut_seconds: int = 40) -> Result:
-    """Fault the primary (stop, kill -9, or cut its network) under a steady write load."""
-    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=None)
-    before = cluster(task, settings)
-    old = leader_of(before)
-    if old is None:
-        raise HostError("no running Patroni leader to fault; run the drill on a healthy cluster")
-    fault = FAULTS.get(variant, f"network cut for {cut_seconds} s (nftables, SSH kept)")
-    record = Record("patroni", variant, old, f"{fault} on {old}")
-    undo = heal_script() if variant == "partition" else "systemctl start patroni.service"
-    with Load(task, settings) as load:
-        record.fault_at = time.time()
-        try:
-            script = partition_script(cut_seconds + 30) if variant == "partition" else FAULTS[variant]
-            run(task, script, host=old, what=Expectation(f"the fault applied on {old}"))
-            record.detected_at = wait_until(lambda: leader_of(cluster(task, settings, skip=old)) not in (None, old), 90)
-            # The old primary stays down a while after the new leader is known: returning while
-            # the new leader's end-of-recovery checkpoint still runs can make Patroni skip a needed
-            # pg_rewind (patroni/patroni#3367), which a real failed host would not hit either. The
-            # network cut lasts `cut_seconds` whatever.
-            hold = cut_seconds if variant == "partition" else (record.detected_at or time.time()) - record.fault_at + 10
-            time.sleep(max(0.0, record.fault_at + hold - time.time()))
-        finally:
-            run(task, undo, host=old, what=Expectation(f"the fault undone on {old}"))
-            record.restored_at = time.time()
-        # Rejoined: the old primary streams the new timeline and every other replica follows the
-        # new leader, for REJOIN_STABLE seconds on end (Patroni may still decide to rewind it).
-        record.rejoined_at = wait_until(
-            lambda: not database_problems(cluster(task, settings), settings), 180, REJOIN_STABLE
-        )
-        time.sleep(5)  # writes go on against the new leader after the old one is back
-    load.measure(record)
-    new = leader_of(cluster(task, settings))
-    record.notes.append(f"leader {old} → {new}")
-    if record.detected_at is None or new in (None, old):
-        record.problems.append(f"no new leader within 90 s of the fault (leader now: {new})")
-    if record.rejoined_at is None:
-        left = "; ".join(database_problems(cluster(task, settings), settings))
-        record.problems.append(f"the cluster was not whole again within 180 s of the restore: {left}")
-    return Result(host=task.host, changed=True, result=asdict(record))
-
-
-# --- the VIP drill -----------------------------------------------------------------------
-
-VIP_FAULTS = {"haproxy": "systemctl stop haproxy.service", "keepalived": "systemctl stop keepalived.service"}
-# The longest pause database writes may see while the edge fails: the write probe's own pace is 0.05 s.
-VIP_WRITE_GAP = 0.5
-
-
-def vip_drill(task: Task, settings: Settings, variant: str = "haproxy") -> Result:
-    """Stop HAProxy (or Keepalived) on the VIP holder: the VIP moves, and stays when it returns; database writes
-    go on undisturbed (their route to the primary is not the edge's)."""
-    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=None)
-    holder = vip_holders(task, settings)[0]
-    peer = next(h.name for h in settings.members("haproxy") if h.name != holder)
-    unit = f"{variant}.service"
-    record = Record("vip", variant, holder, f"{VIP_FAULTS[variant]} on {holder}")
-    with Load(task, settings) as load:
-        record.fault_at = time.time()
-        try:
-            run(task, VIP_FAULTS[variant], host=holder, what=Expectation(f"{unit} stopped on {holder}"))
-            record.detected_at = wait_until(lambda: vip_holders(task, settings) == [peer], 30)
-            time.sleep(2)
-        finally:
-            run(task, f"systemctl start {unit}", host=holder, what=Expectation(f"{unit} started on {holder}"))
-            record.restored_at = time.time()
-        time.sleep(8)  # longer than Keepalived's rise + adverts: a preempting holder would take it back now
-    load.measure(record)
-    https = [(at, ok) for at, ok, probe in record.samples if probe == "https"]
-    failures = [at for at, ok in https if not ok]
-    record.recovered_at = next((at for at, ok in https if ok and failures and at > failures[-1]), None)
-    record.rejoined_at = record.restored_at
-    holders = vip_holders(task, settings)
-    record.notes.append(f"VIP {holder} → {peer}; after the return: {holders}")
-    if record.detected_at is None:
-        record.problems.append(f"the VIP did not move to {peer} within 30 s")
-    if holders != [peer]:
-        record.problems.append(f"the VIP moved again after {holder} returned (now on {holders}): flapping")
-    if [at for at in failures if at > record.restored_at]:
-        record.problems.append(f"requests through the VIP failed after {holder} returned")
-    if record.write_gap is None or record.write_gap > VIP_WRITE_GAP:
-        gap = "no gap measured" if record.write_gap is None else f"a {record.write_gap:.2f} s gap"
-        record.problems.append(
-            f"database writes through PgBouncer had {gap} while {unit} was stopped on {holder} (at most "
-            f"{VIP_WRITE_GAP} s): the database path must not depend on the edge (haproxy-postgres.service)"
-        )
-    return Result(host=task.host, changed=True, result=asdict(record))
-
-
-# --- the etcd drill ----------------------------------------------------------------------
-
-
-def primary_state(task: Task, settings: Settings, name: str) -> str:
-    """What a member's REST API says of itself: its role and whether failsafe mode holds it up."""
-    status, body = rest_get(task, "/patroni", settings.hosts[name].private_ip)
-    if status != 200:
-        return f"no answer from its REST API (HTTP {status})"
-    facts = json.loads(body)
-    return f"role {facts.get('role')}, failsafe mode active: {bool(facts.get('failsafe_mode_is_active'))}"
-
-
-def etcd_drill(task: Task, settings: Settings, variant: str = "member") -> Result:
-    """Stop etcd on one member (`member`: nothing may change) or two (`quorum`: report Patroni's reaction)."""
-    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=None)
-    state = cluster(task, settings)
-    leader = leader_of(state)
-    others = [h.name for h in settings.members("patroni") if h.name != leader]
-    targets = others[:1] if variant == "member" else others[:2]
-    record = Record("etcd", variant, ",".join(targets), f"systemctl stop etcd on {', '.join(targets)}")
-    with Load(task, settings) as load:
-        record.fault_at = time.time()
-        try:
-            for target in targets:
-                run(task, "systemctl stop etcd.service", host=target, what=Expectation(f"etcd stopped on {target}"))
-            time.sleep(TTL + 10)  # longer than Patroni's ttl: a lost leader key would show
-            record.notes.append(f"with etcd down on {', '.join(targets)}: leader {leader_of(cluster(task, settings))}")
-            if variant == "quorum" and leader:
-                record.notes.append(f"{leader} says: {primary_state(task, settings, leader)}")
-        finally:
-            for target in targets:
-                run(task, "systemctl start etcd.service", host=target, what=Expectation(f"etcd started on {target}"))
-            record.restored_at = time.time()
-        record.rejoined_at = wait_until(lambda: not etcd_problems(task, settings), 60)
-        time.sleep(5)
-    load.measure(record)
-    after = leader_of(cluster(task, settings))
-    record.notes.append(f"leader before {leader}, after {after}")
-    if variant == "quorum":
-        start, end = record.fault_at + TTL, record.restored_at or record.fault_at
-        late = [at for at, ok, probe in record.samples if probe == "writes" and ok and start < at < end]
-        record.notes.append(
-            f"{len(late)} writes acknowledged from Patroni's ttl ({TTL} s) into the quorum loss to its end: "
-            + ("the primary stayed writable" if late else "the primary took no writes (demoted or read-only)")
-        )
-    if variant == "member" and (after != leader or (record.write_gap or 0) > 1):
-        record.problems.append("losing one etcd member disturbed the database (leader change or failed writes)")
-    if record.rejoined_at is None:
-        record.problems.append("etcd did not become healthy within 60 s of the restart")
-    return Result(host=task.host, changed=True, result=asdict(record))
-
-
-# --- the Coturn drill ---------------------------------------------------------------------
-
-COTURN_HOLD = 20  # seconds the TURN server stays lost
-
-
-def has_coturn(settings: Settings) -> bool:
-    """no coturn hosts in the inventory: no TURN drill"""
-    return bool(settings.members("coturn"))
-
-
-def coturn_drill(task: Task, settings: Settings, variant: str = "stop") -> Result:
-    """Stop Coturn on one host (or cut its network): allocations go on succeeding on the
-    others throughout, and the host allocates again once it is back."""
-    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=None)
-    target = settings.members("coturn")[0]
-    faults = {"stop": "systemctl stop coturn.service", "partition": partition_script(COTURN_HOLD + 30)}
-    shown = "systemctl stop coturn.service" if variant == "stop" else f"network cut for {COTURN_HOLD} s"
-    record = Record("coturn", variant, target.name, f"{shown} on {target.name}")
-    undo = "systemctl start coturn.service" if variant == "stop" else heal_script()
-    with Load(task, settings) as load:
-        record.fault_at = time.time()
-        try:
-            run(task, faults[variant], host=target.name, what=Expectation(f"the fault applied on {target.name}"))
-            record.detected_at = wait_until(lambda: load.turn_latest(target, record.fault_at) is False, 30)
-            time.sleep(max(0.0, record.fault_at + COTURN_HOLD - time.time()))
-        finally:
-            run(task, undo, host=target.name, what=Expectation(f"the fault undone on {target.name}"))
-            record.restored_at = time.time()
-        record.rejoined_at = wait_until(lambda: load.turn_latest(target, record.restored_at) is True, 60)
-        time.sleep(2)
-    load.measure(record)
-    record.recovered_at = None  # callers never lost TURN: the other servers answered throughout
-    others = [h for h in settings.members("coturn") if h.name != target.name]
-    failed = sorted({f"{h.name} ({s.detail})" for h in others for s in load.turn.samples[h.private_ip] if not s.ok})
-    if record.detected_at is None:
-        record.problems.append(f"allocations on {target.name} kept succeeding: the fault did not take")
-    if failed:
-        record.problems.append(f"allocations failed during the drill on {', '.join(failed)}")
-    if record.turn_gap:
-        record.problems.append(f"no TURN server allocated for {record.turn_gap:.2f} s")
-    if record.rejoined_at is None:
-        record.problems.append(f"{target.name} allocated no relay within 60 s of the restore")
-    record.notes.append(f"the other TURN servers: {', '.join(h.name for h in others)}")
-    return Result(host=task.host, changed=True, result=asdict(record))
-
-
-# --- the Redis drill ----------------------------------------------------------------------
-
-REDIS_UNIT = "redis-server@livekit.service"
-# Held down this long after a replica is promoted, as a lost host would be: it comes back a replica.
-REDIS_HOLD = 5
-# The longest the Sentinel client may go without an acknowledged write: the sentinels' 3 s
-# down-after, their vote and the promotion, with a margin for the client's own retries.
-REDIS_WRITE_GAP = 10.0
-
-
-def uses_redis(settings: Settings) -> bool:
-    """LiveKit is off (or no monitoring host to probe from): no Redis drill"""
-    return redis_probe.used(settings)
-
-
-def redis_drill(task: Task, settings: Settings, variant: str = "kill") -> Result:
-    """Kill LiveKit's Redis master (SIGKILL, held down as a lost host): the sentinels promote the replica, the
-    Sentinel client finds it, and the old master returns as its replica; no acknowledged write is lost."""
-    if not anchor(task, settings) or mode(task) is not Mode.APPLY:
-        return Result(host=task.host, result=None)
-    names = {h.private_ip: h.name for h in settings.members("livekit")}
-    old_ip = redis_probe.master_of(redis_probe.state(task, settings))
-    if old_ip not in names:
-        raise HostError(f"the sentinels name no Redis master on a livekit host ({old_ip}); run the deploy first")
-    old = names[old_ip]
-    fault = f"systemctl kill --signal=SIGKILL {REDIS_UNIT}; sleep 0.2; systemctl stop {REDIS_UNIT}"
-    record = Record("redis", variant, old, f"SIGKILL to {REDIS_UNIT} on {old}, held down until a replica leads")
-
-    def master() -> str | None:
-        return redis_probe.master_of(redis_probe.state(task, settings))
-
-    with Load(task, settings) as load:
-        record.fault_at = time.time()
-        try:
-            run(task, fault, host=old, what=Expectation(f"the Redis master killed on {old}"))
-            record.detected_at = wait_until(lambda: master() not in (None, old_ip), 30)
-            time.sleep(max(0.0, (record.detected_at or time.time()) + REDIS_HOLD - time.time()))
-        finally:
-            run(task, f"systemctl start {REDIS_UNIT}", host=old, what=Expectation(f"Redis started again on {old}"))
-            record.restored_at = time.time()
-        record.rejoined_at = wait_until(lambda: not redis_probe.problems(task, settings), 60, 2)
-        time.sleep(3)
-    load.measure(record)
-    new_ip = master()
-    record.notes.append(f"Redis master {old} → {names.get(new_ip or '', new_ip)}; {old} back as its replica")
-    if record.detected_at is None or new_ip in (None, old_ip):
-        record.problems.append(f"no replica promoted within 30 s of the kill (master now: {new_ip})")
-    if record.rejoined_at is None:
-        left = "; ".join(redis_probe.problems(task, settings))
-        record.problems.append(f"the Redis cluster was not whole again within 60 s of the restart: {left}")
-    if record.redis_gap is None or record.redis_gap > REDIS_WRITE_GAP:
-        gap = "no gap measured" if record.redis_gap is None else f"a {record.redis_gap:.2f} s gap"
-        record.problems.append(f"the Sentinel client had {gap} in its writes (at most {REDIS_WRITE_GAP:g} s)")
-    record.recovered_at = load.redis_outage[1] if load.redis_outage else None  # the write that ended the gap
-    return Result(host=task.host, changed=True, result=asdict(record))
 
 
 def records_of(result: AggregatedResult) -> list[Record]:

@@ -1,10 +1,11 @@
 """The failover drills' Matrix client: messages through the VIP, every acknowledged one checked afterwards.
 
-Runs on the drills host as a transient systemd unit, like the write probe: a user of its own
-(registered with the shared secret on the host's Synapse listener, its rate limit lifted,
-deactivated afterwards) sends one message every 0.2 s to a private room through the VIP,
-logging when each was sent and answered. Afterwards the room's timeline is read back: an
-acknowledged message that is not there is lost, one out of order is reported. What a client
+Runs on the drills host as a transient systemd unit, like the write probe: two users of its
+own (registered with the shared secret on the host's Synapse listener, their rate limits
+lifted, deactivated afterwards) each send one message every 0.2 s to one private room through
+the VIP, logging when each was sent and answered. Afterwards the room's timeline is read back:
+an acknowledged message that is not there is lost; a sender's messages out of the order it
+sent them are reported. What a client
 saw is counted too: failed sends (5xx, timeouts) and stalls (answers slower than
 `STALL` seconds). The shared secret reaches the host as a 0600 file, never a command line.
 """
@@ -26,7 +27,7 @@ DIR = "/run/matrix-drill-messages"
 SCRIPT = f"{DIR}/message-probe.py"
 SETTINGS_FILE = f"{DIR}/settings.json"
 STATE = f"{DIR}/state.json"
-LOG = f"{DIR}/messages.log"
+LOG = f"{DIR}/messages"  # one log per sender: messages-<sender>.log
 UNIT = "matrix-drill-messages"
 INTERVAL = 0.2
 STALL = 5.0  # seconds: an answer slower than this is a stall a user notices
@@ -70,12 +71,14 @@ def start(task: Task, settings: Settings, run_id: str) -> None:
     """Put the probe and its settings on the host and start it."""
     script = render(task, "drills/message-probe.py.j2", interval=INTERVAL, log_file=LOG, state_file=STATE)
     secrets = FileSpec(SETTINGS_FILE, _settings_file(settings, run_id), mode=0o600, secret=True)
-    launch(task, UNIT, FileSpec(SCRIPT, script, mode=0o700), secrets, f"chmod 0700 {DIR}; rm -f {LOG} {STATE}")
+    launch(task, UNIT, FileSpec(SCRIPT, script, mode=0o700), secrets, f"rm -f {LOG}-*.log {STATE}")
 
 
 def stop(task: Task) -> Messages:
     """Stop the probe, read its log, and check every acknowledged message against the room."""
-    out = run(task, f"systemctl stop {UNIT}; cat {LOG}", what=Expectation("the message probe stopped, its log read"))
+    out = run(
+        task, f"systemctl stop {UNIT}; cat {LOG}-*.log", what=Expectation("the message probe stopped, its logs read")
+    )
     log = parse(out.stdout)
     checked = run(
         task,
@@ -87,10 +90,10 @@ def stop(task: Task) -> Messages:
 
 
 def cleanup(task: Task) -> None:
-    """Deactivate the probe's user and remove its files (the settings first)."""
+    """Deactivate the probe's users and remove its files (the settings first)."""
     run(
         task,
         f"systemctl stop {UNIT} 2>/dev/null; [ ! -s {STATE} ] || python3 {SCRIPT} {SETTINGS_FILE} --retire; "
         f"rm -rf {DIR}",
-        what=Expectation("the message probe's user deactivated and its files removed"),
+        what=Expectation("the message probe's users deactivated and its files removed"),
     )

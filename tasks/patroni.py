@@ -351,11 +351,15 @@ def api(address: str) -> str:
     return f"https://{address}:{REST_PORT}"
 
 
-def rest_write(task: Task, settings: Settings, method: str, url: str, body: dict) -> tuple[int, str]:
-    """PATCH/POST to a Patroni REST API (any member's) from this host; returns (status, body)."""
+def rest_write(
+    task: Task, settings: Settings, method: str, url: str, body: dict, host: str | None = None
+) -> tuple[int, str]:
+    """PATCH/POST to a Patroni REST API (any member's) from this host (or the member `host`, whose client
+    certificate it shows); returns (status, body)."""
     out = run(
         task,
         f"python3 -c {shlex.quote(REST_WRITE)} {method} {shlex.quote(url)} {WRITE_TLS}",
+        host=host,
         stdin=settings.secrets["patroni_rest_password"] + "\n" + json.dumps(body),
         what=Expectation(f"{method} {url} answered", f"run '{VENV}/bin/patronictl -c {CONFIG} list'"),
     )

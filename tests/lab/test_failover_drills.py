@@ -21,9 +21,11 @@ def drill(*argv: str) -> int:
     return chosen.main(rest)
 
 
-def records_since(moment: float) -> list[dict]:
-    records = [json.loads(path.read_text()) for path in sorted((LAB_CONFIG.parent / "drills" / "lab").glob("*.json"))]
-    return [r for r in records if r["fault_at"] >= moment]
+def records_since(moment: float, kind: str = "drill") -> list[dict]:
+    """The drill records (or, with kind "soak", the soak records) written since `moment`."""
+    paths = sorted((LAB_CONFIG.parent / "drills" / "lab").glob("*.json"))
+    records = [json.loads(path.read_text()) for path in paths if path.stem.endswith("-soak") == (kind == "soak")]
+    return [r for r in records if r["fault_at" if kind == "drill" else "started"] >= moment]
 
 
 def test_a_drill_on_an_unhealthy_cluster_refuses_without_touching_anything(
@@ -105,3 +107,28 @@ def test_a_coturn_host_cut_off_leaves_the_other_serving(deployed: None, capsys: 
     (record,) = records_since(started)
     assert record["target"] == "coturn1" and record["turn_gap_s"] == 0 and record["verdict"] == "PASS", record
     assert record["detection_s"] < 10 and record["rejoined_s"] is not None, record  # 3 × 1 s unanswered
+
+
+def test_a_three_minute_soak_of_random_faults_loses_no_write_or_message(
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seed 7 begins Coturn stopped, the Redis master killed, a switchover, Keepalived stopped, the primary killed:
+    one at a time, the platform healthy between them, every probe running throughout."""
+    started = time.time()
+    code = drill("soak", "--minutes", "3", "--seed", "7")
+    out = capsys.readouterr().out
+    print(out)
+    assert code == 0, out
+    (record,) = records_since(started, "soak")
+    assert record["verdict"] == "PASS" and record["problems"] == [], record
+    kinds = [f["kind"] for f in record["faults"]]
+    assert kinds[:3] == ["coturn-stop", "redis-kill", "patroni-switchover"] and len(kinds) >= 4, kinds
+    assert record["writes_lost"] == record["messages_lost"] == record["redis_writes_lost"] == 0, record
+    assert record["writes_acknowledged"] > 1000 and record["messages_acknowledged"] > 500, record
+    redis = record["faults"][1]["unavailable_s"]  # measured in the fault's own window, from acknowledgements
+    assert 0 < redis["redis"] < 10 and redis["writes"] < 1, redis
+    assert set(record["by_kind"]) == set(kinds)
+    assert record["by_kind"]["coturn-stop"]["count"] == kinds.count("coturn-stop")
+    assert "coturn-stop" in out and "p50/p95/max" in out
+    pictures = [p for p in (LAB_CONFIG.parent / "drills" / "lab").glob("*-soak.png") if p.stat().st_mtime >= started]
+    assert len(pictures) == 1 and Image.open(pictures[0]).size[0] == 1200

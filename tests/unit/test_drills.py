@@ -17,7 +17,8 @@ from core.settings import Settings
 from core.turn import TurnProbe
 from tasks import drills
 from tasks.drill_probes import parse
-from tasks.drills import database_problems, partition_script, wait_until
+from tasks.drills import database_problems, wait_until
+from tasks.faults import partition_script
 from tasks.message_probe import Messages
 from tests.conftest import load_runbook
 
