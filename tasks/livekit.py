@@ -17,6 +17,8 @@ server step is skipped (the Redis step still runs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nornir.core.task import Result, Task
 
 from core.catalog import GroupRule
@@ -89,22 +91,21 @@ def livekit_off(settings: Settings, _host: HostInfo) -> str:
     return "" if settings.config.livekit.enabled else "livekit.enabled is false in config.yaml"
 
 
-def redis_absent(settings: Settings, host: HostInfo) -> str:
-    """Why a livekit host runs no mesh Redis: LiveKit is off, or the first two hosts run it."""
-    if not settings.config.livekit.enabled:
-        return livekit_off(settings, host)
-    if host.name not in {h.name for h in redis_servers(settings)}:
-        return f"the mesh's Redis runs on {', '.join(h.name for h in redis_servers(settings))}"
-    return ""
+def only_on(hosts: Callable[[Settings], list[HostInfo]], runs: str) -> Callable[[Settings, HostInfo], str]:
+    """Why a host of the groups has none of it: LiveKit is off, or `hosts` (chosen from the inventory) leave it
+    out. `runs`: what runs there, as the message says it ("the mesh's Redis runs")."""
+
+    def absent(settings: Settings, host: HostInfo) -> str:
+        if not settings.config.livekit.enabled:
+            return livekit_off(settings, host)
+        chosen = [h.name for h in hosts(settings)]
+        return "" if host.name in chosen else f"{runs} on {', '.join(chosen)}"
+
+    return absent
 
 
-def sentinel_absent(settings: Settings, host: HostInfo) -> str:
-    """Why a host of the sentinel's groups runs none: LiveKit is off, or three others run them."""
-    if not settings.config.livekit.enabled:
-        return livekit_off(settings, host)
-    if host.name not in {h.name for h in sentinel_hosts(settings)}:
-        return f"the mesh's sentinels run on {', '.join(h.name for h in sentinel_hosts(settings))}"
-    return ""
+redis_absent = only_on(redis_servers, "the mesh's Redis runs")
+sentinel_absent = only_on(sentinel_hosts, "the mesh's sentinels run")
 
 
 def redis_answers(task: Task, settings: Settings) -> Result:
