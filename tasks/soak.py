@@ -109,6 +109,7 @@ class Soak:
     whole: Record  # the probes' totals over the whole run
     faults: list[Record] = field(default_factory=list)
     gaps: list[dict[str, float | None]] = field(default_factory=list)  # per fault: probe → its longest gap
+    errors: list[int] = field(default_factory=list)  # per fault: the Matrix client's failed sends in its window
     stopped: str = ""  # why the soak stopped before its time
 
     @property
@@ -124,14 +125,19 @@ class Soak:
     def by_kind(self) -> dict[str, dict[str, object]]:
         """Per kind of fault: how many ran, and p50/p95/max of each probe's unavailability (seconds)."""
         counts: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
         gaps: dict[tuple[str, str], list[float]] = {}
-        for record, measured in zip(self.faults, self.gaps, strict=True):
+        for record, measured, failed in zip(self.faults, self.gaps, self.errors, strict=True):
             kind = f"{record.drill}-{record.variant}"
             counts[kind] += 1
+            errors[kind] += failed
             for probe, gap in measured.items():
                 if gap is not None:
                     gaps.setdefault((kind, probe), []).append(gap)
-        return {kind: {"count": n, **{p: stats(gaps.get((kind, p), [])) for p in PROBES}} for kind, n in counts.items()}
+        return {
+            kind: {"count": n, **{p: stats(gaps.get((kind, p), [])) for p in PROBES}, "client_errors": errors[kind]}
+            for kind, n in counts.items()
+        }
 
     def summary(self) -> dict:
         whole = self.whole.summary()
@@ -150,9 +156,10 @@ class Soak:
                     "detection_s": r.seconds(r.detected_at),
                     "rejoined_s": r.seconds(r.rejoined_at),
                     "unavailable_s": {p: None if g is None else round(g, 2) for p, g in gaps.items()},
+                    "client_errors": failed,
                     "problems": r.problems,
                 }
-                for r, gaps in zip(self.faults, self.gaps, strict=True)
+                for r, gaps, failed in zip(self.faults, self.gaps, self.errors, strict=True)
             ],
             **{key: whole[key] for key in TOTALS},
             "verdict": "FAIL" if self.problems else "PASS",
@@ -178,9 +185,14 @@ def measure_faults(soak: Soak) -> None:
     (the last: to the soak's end)."""
     ends = [r.fault_at - 1 for r in soak.faults[1:]] + [soak.whole.restored_at or time.time()]
     samples = soak.whole.samples
+    windows = [(record.fault_at - 1, end) for record, end in zip(soak.faults, ends, strict=True)]
     soak.gaps = [
-        {probe: longest_gap(samples, probe, record.fault_at - 1, end) for probe in PROBES if _has(samples, probe)}
-        for record, end in zip(soak.faults, ends, strict=True)
+        {probe: longest_gap(samples, probe, start, end) for probe in PROBES if _has(samples, probe)}
+        for start, end in windows
+    ]
+    soak.errors = [
+        sum(1 for at, ok, name in samples if name == "messages" and not ok and start <= at <= end)
+        for start, end in windows
     ]
 
 
@@ -220,7 +232,8 @@ def soaks_of(result: AggregatedResult) -> list[Soak]:
         if data:
             whole = dict(data["whole"], samples=[tuple(s) for s in data["whole"]["samples"]])
             faults = [Record(**dict(f, samples=[])) for f in data["faults"]]
-            found.append(Soak(data["seed"], data["minutes"], Record(**whole), faults, data["gaps"], data["stopped"]))
+            measured = {key: data[key] for key in ("gaps", "errors", "stopped")}
+            found.append(Soak(data["seed"], data["minutes"], Record(**whole), faults, **measured))
     return found
 
 
@@ -240,13 +253,15 @@ def soak_report(result: AggregatedResult, settings: Settings) -> str:
         base.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
         picture(base.with_suffix(".png"), run)
         lines.append(f"  soak: {row['faults_run']} faults in {row['minutes']:g} min, seed {run.seed}")
-        lines.append(f"  {'fault':20} {'n':>3}  " + "  ".join(f"{p + ' p50/p95/max s':>26}" for p in PROBES))
+        lines.append(
+            f"  {'fault':20} {'n':>3}  " + "  ".join(f"{p + ' p50/p95/max s':>26}" for p in PROBES) + "  client errors"
+        )
         for kind, entry in row["by_kind"].items():
             cells = []
             for probe in PROBES:
                 stats = entry[probe]
                 cells.append(f"{stats['p50']:>8} {stats['p95']:>8} {stats['max']:>8}" if stats else f"{'-':>26}")
-            lines.append(f"  {kind:20} {entry['count']:>3}  " + "  ".join(cells))
+            lines.append(f"  {kind:20} {entry['count']:>3}  " + "  ".join(cells) + f"  {entry['client_errors']:>13}")
         errors = ", ".join(f"{n} × {kind}" for kind, n in sorted(row["client_errors"].items())) or "none"
         lines += [
             f"  database writes: {row['writes_acknowledged']} acknowledged, {row['writes_lost']} lost; Matrix "
@@ -261,9 +276,11 @@ def soak_report(result: AggregatedResult, settings: Settings) -> str:
 
 
 def picture(path: Path, run: Soak) -> None:
-    """One timeline of the whole soak: every probe, each fault marked where it struck."""
+    """One timeline of the whole soak: every probe, each fault marked where it struck (beyond a dozen faults by its
+    number alone, which the JSON record's list of faults follows)."""
+    named = len(run.faults) <= 12
     marks: dict[str, float | None] = {
-        f"fault: {n} {r.drill}-{r.variant}": r.fault_at for n, r in enumerate(run.faults, 1)
+        f"fault: {n}" + (f" {r.drill}-{r.variant}" if named else ""): r.fault_at for n, r in enumerate(run.faults, 1)
     }
     title = f"soak {run.minutes:g} min, seed {run.seed}: {len(run.faults)} faults - {run.summary()['verdict']}"
     timeline.render(path, title, run.whole.samples, marks, run.whole.fault_at)

@@ -37,9 +37,11 @@ def test_each_fault_is_measured_in_its_own_window_from_acknowledgements() -> Non
     # Writes acknowledged every second, except from 110 to 114 (the first fault) and 150 to 152 (the second).
     times = [t for t in range(99, 200) if not 110 < t < 114 and not 150 < t < 152]
     whole.samples = [(float(t), True, "writes") for t in times] + [(111.0, False, "writes")]
+    whole.samples += [(111.5, False, "messages"), (112.0, False, "messages"), (151.0, False, "messages")]
     run = Soak(1, 1.0, whole, [fault("patroni-kill", 109.5), fault("vip-haproxy", 149.5)])
     measure_faults(run)
-    assert run.gaps == [{"writes": 4.0}, {"writes": 2.0}]  # each window's longest pause, not the run's
+    assert run.gaps == [{"writes": 4.0, "messages": None}, {"writes": 2.0, "messages": None}]  # each window's own
+    assert run.errors == [2, 1]  # the Matrix client's failed sends, counted where they happened
     assert longest_gap(whole.samples, "writes", 100, 105) == 1.0 and longest_gap([], "writes", 0, 1) is None
     assert percentile([1, 2, 3, 4, 10], 0.5) == 3 and percentile([1, 2, 3, 4, 10], 0.95) == 10
 
@@ -47,9 +49,10 @@ def test_each_fault_is_measured_in_its_own_window_from_acknowledgements() -> Non
 def test_figures_per_kind_and_the_verdict() -> None:
     whole = Record("soak", "3 min", "platform", "", fault_at=0.0, restored_at=300.0)
     faults = [fault("patroni-kill", 10), fault("patroni-kill", 100), fault("redis-kill", 200, ["no replica promoted"])]
-    run = Soak(3, 3.0, whole, faults, [{"writes": 20.0, "redis": 0.1}, {"writes": 10.0, "redis": None}, {"redis": 3.5}])
+    gaps = [{"writes": 20.0, "redis": 0.1}, {"writes": 10.0, "redis": None}, {"redis": 3.5}]
+    run = Soak(3, 3.0, whole, faults, gaps, [40, 2, 0])
     kinds = run.by_kind()
-    assert kinds["patroni-kill"]["count"] == 2
+    assert kinds["patroni-kill"]["count"] == 2 and kinds["patroni-kill"]["client_errors"] == 42
     assert kinds["patroni-kill"]["writes"] == {"p50": 10.0, "p95": 20.0, "max": 20.0}
     assert kinds["patroni-kill"]["messages"] is None and kinds["redis-kill"]["redis"]["max"] == 3.5
     assert run.problems == ["redis-kill on x: no replica promoted"]
@@ -62,7 +65,7 @@ def test_figures_per_kind_and_the_verdict() -> None:
 def test_a_soak_survives_its_trip_through_the_nornir_result() -> None:
     whole = Record("soak", "1 min", "platform", "", fault_at=1.0, restored_at=2.0)
     whole.samples = [(1.5, True, "writes")]
-    run = Soak(5, 1.0, whole, [fault("etcd-member", 1.2)], [{"writes": 0.05}])
+    run = Soak(5, 1.0, whole, [fault("etcd-member", 1.2)], [{"writes": 0.05}], [0])
     result = AggregatedResult("soak")
     result["synapse1"] = MultiResult("soak")
     result["synapse1"].append(Result(host=None, result=asdict(run)))
