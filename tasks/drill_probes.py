@@ -53,6 +53,16 @@ class WriteLog:
     def acknowledged(self) -> list[int]:
         return [int(detail) for detail in self.details]
 
+    def lost(self, stored: set[int]) -> list[int]:
+        """The acknowledged numbers that are not stored."""
+        return sorted(set(self.acknowledged) - stored)
+
+    def problems(self, what: str, probe: str, stored: set[int]) -> list[str]:
+        """What the check of a numbered-write probe found wrong: acknowledged `what` missing, or none acknowledged."""
+        lost = self.lost(stored)
+        found = [f"{len(lost)} acknowledged {what} lost: {lost[:10]}"] if lost else []
+        return found + ([] if self.acknowledged else [f"{probe} got no write acknowledged at all"])
+
     def outage(self, after: float = 0.0) -> tuple[float, float] | None:
         """The longest time between two acknowledgements from `after` on: (the last before, the first after).
         Measured from acknowledgements, not from when writes were sent: a write PgBouncer holds through a

@@ -284,9 +284,8 @@ class Load:
         writes = drill_probes.stop(self.task)
         present = drill_probes.stored(self.task, self.run_id)
         drill_probes.cleanup(self.task)
-        acknowledged = writes.acknowledged
-        record.writes_acknowledged = len(acknowledged)
-        record.writes_lost = sorted(set(acknowledged) - present)
+        record.writes_acknowledged = len(writes.acknowledged)
+        record.writes_lost = writes.lost(present)
         outage = writes.outage(after=record.fault_at - 1)
         if outage:
             record.write_gap = outage[1] - outage[0]
@@ -302,10 +301,7 @@ class Load:
             record.turn_gap = self.turn.none_serving()
             for server, samples in self.turn.samples.items():
                 record.samples += [(s.at + offset, s.ok, f"turn {self.turn_hosts[server]}") for s in samples]
-        if record.writes_lost:
-            record.problems.append(f"{len(record.writes_lost)} acknowledged writes lost: {record.writes_lost[:10]}")
-        if not acknowledged:
-            record.problems.append("the write probe got no write acknowledged at all")
+        record.problems += writes.problems("writes", "the write probe", present)
 
     def measure_redis(self, record: Record) -> None:
         """Stop the Sentinel client, compare its acknowledged writes with the master's set, fill the record in."""
@@ -314,7 +310,7 @@ class Load:
         finally:
             redis_probe.cleanup(self.task, self.settings)
         record.redis_acknowledged = len(writes.acknowledged)
-        record.redis_lost = sorted(set(writes.acknowledged) - held)
+        record.redis_lost = writes.lost(held)
         self.redis_outage = outage = writes.outage(after=record.fault_at - 1)
         record.redis_gap = outage[1] - outage[0] if outage else None
         record.samples += [(a.answered, a.ok, "redis") for a in writes.attempts]
@@ -323,10 +319,7 @@ class Load:
             f"LiveKit's Redis through Sentinel: longest gap {gap}, {record.redis_acknowledged} writes acknowledged, "
             f"{len(record.redis_lost)} lost"
         )
-        if record.redis_lost:
-            record.problems.append(f"{len(record.redis_lost)} acknowledged Redis writes lost: {record.redis_lost[:10]}")
-        if not writes.acknowledged:
-            record.problems.append("the Redis probe got no write acknowledged at all")
+        record.problems += writes.problems("Redis writes", "the Redis probe", held)
 
     def measure_messages(self, record: Record) -> None:
         """Stop the Matrix client, check its acknowledged messages against the room, and fill the record in."""

@@ -38,6 +38,12 @@ def test_the_write_gap_runs_from_acknowledgement_to_acknowledgement() -> None:
     # to the writer from the last acknowledgement before the fault to that one.
     assert writes.outage() == (1000.054, 1007.5)
     assert writes.outage(after=1007.5) == (1007.5, 1007.556)
+    # The check afterwards: an acknowledged number the store lacks is lost, by number.
+    assert writes.lost({1, 2, 4, 5}) == [3]
+    assert writes.problems("writes", "the write probe", {1, 2, 4}) == ["1 acknowledged writes lost: [3]"]
+    assert parse(LOG.replace(" ok ", " fail ")).problems("Redis writes", "the Redis probe", set()) == [
+        "the Redis probe got no write acknowledged at all"
+    ]
     assert writes.outage(after=1007.556) is None  # a single write: no interval
 
 
