@@ -1,7 +1,8 @@
 """Nornir connection plugin around `fabric.Connection`: real exit codes, sudo, stdin, SFTP.
 
-Commands go through one root shell per host (`core.root_shell`), started once through
-`sudo -n`, not a channel and a sudo each.
+Commands go through a host's root shell (`core.root_shell`), started once through
+`sudo -n`, not a channel and a sudo each. Steps that run at the same time on one host
+(the deploy's graph) each get a shell of their own, started when the others are busy.
 
 Why fabric and not netmiko's `linux` driver: netmiko screen-scrapes an interactive shell
 and has no exit status; provisioning needs both the status and clean stdout/stderr.
@@ -33,6 +34,17 @@ from core.root_shell import RootShell
 
 CONNECTION = "fabric"
 READ_SECONDS = 120  # the deadline of a command that only reads, unless it sets its own
+# Root shells per host: one per step running there at once (a step's own commands run one after another).
+MAX_SHELLS = 6
+
+# The runbook step the current thread works for: the runner names it as a host's task
+# starts (`runbooks.shell`), so each command is recorded with its step even when
+# several steps run at once.
+current = threading.local()
+
+
+def current_step() -> str:
+    return getattr(current, "step", "")
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,12 @@ class FabricConnection:
         self.command_timeout: int | None = None
         self.address = ""
         self.options: dict[str, Any] = {}
-        self.root_shell: RootShell | None = None  # started by the first command
-        self.starting = threading.Lock()
-        # Facts read ahead for the step running now (tasks.facts), keyed "<kind>:<name>";
-        # emptied by any command not marked `reads_only`, as it may have changed them.
-        self.read_ahead: dict[str, Any] = {}
-        self.read_ahead_step = ""
+        self.idle: list[RootShell] = []  # started ones no command uses now
+        self.shells = 0  # how many are started
+        self.free = threading.Condition()
+        # Facts read ahead by each step (tasks.facts), keyed by step, then "<kind>:<name>";
+        # all forgotten by any command not marked `reads_only`, as it may have changed them.
+        self.read_ahead: dict[str, dict[str, Any]] = {}
         self.where = ""
 
     def open(
@@ -147,13 +159,36 @@ class FabricConnection:
         self.where = where
 
     def close(self) -> None:
-        if self.root_shell:
-            self.root_shell.close()
+        for shell in self.idle:
+            shell.close()
         self.connection.close()
 
     @property
     def step(self) -> str:
-        return self.options.get("step", "")
+        return current_step()
+
+    def _take_shell(self) -> RootShell:
+        """An idle root shell, a new one while fewer than MAX_SHELLS run, else the next to come back."""
+        with self.free:
+            while not self.idle and self.shells >= MAX_SHELLS:
+                self.free.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.shells += 1
+        try:
+            return RootShell(self.connection.transport, self.where, sudo=self.sudo)
+        except BaseException:
+            self._give_shell(None)
+            raise
+
+    def _give_shell(self, shell: RootShell | None) -> None:
+        """Return `shell` to the idle ones; a broken one (or None: it did not start) is let go."""
+        with self.free:
+            if shell is None or shell.broken:
+                self.shells -= 1
+            else:
+                self.idle.append(shell)
+            self.free.notify()
 
     @property
     def sudo(self) -> bool:
@@ -178,13 +213,12 @@ class FabricConnection:
         if not reads_only:
             self.read_ahead.clear()
         started = time.monotonic()
+        shell = None
         try:
-            with self.starting:  # a peer's task may use this connection too
-                if self.root_shell is None or self.root_shell.broken:
-                    self.root_shell = RootShell(self.connection.transport, self.where, sudo=self.sudo)
+            shell = self._take_shell()
             wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
             deadline = timeout or (READ_SECONDS if reads_only else self.command_timeout)
-            exit_code, stdout, stderr = self.root_shell.run(wrapped, stdin, deadline)
+            exit_code, stdout, stderr = shell.run(wrapped, stdin, deadline)
         except HostLost as exc:
             self.log.append(
                 CommandRecord(
@@ -196,6 +230,9 @@ class FabricConnection:
                 f"{exc} (step {self.step or '-'}, command: {first[:160]}{' …' if len(first) > 160 else ''})",
                 self.address,
             ) from None
+        finally:
+            if shell is not None:
+                self._give_shell(shell)
         output = Output(exit_code, stdout, stderr, time.monotonic() - started)
         self.log.append(
             CommandRecord(

@@ -6,7 +6,7 @@ runbook shell (runbooks/shell.py) runs them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,3 +62,20 @@ class Step:
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
+
+
+def direct_needs(steps: Sequence[Step]) -> dict[str, list[str]]:
+    """Each step's `after`, among `steps`, without the names another of them already waits for.
+
+    What the operator reads in --help: patroni waits for etcd, not also for the firewall
+    that etcd waits for. Names of steps not in `steps` are left out.
+    """
+    names = {step.name for step in steps}
+    after = {step.name: [name for name in step.after if name in names] for step in steps}
+    below: dict[str, set[str]] = {}  # every step a step waits for, directly or not
+    for step in steps:  # in an order where each step's `after` comes before it
+        below[step.name] = {far for name in after[step.name] for far in (name, *below.get(name, ()))}
+    return {
+        name: [near for near in needs if not any(near in below[other] for other in needs if other != near)]
+        for name, needs in after.items()
+    }

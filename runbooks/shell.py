@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import shlex
@@ -20,6 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +31,18 @@ from nornir.core import Nornir
 from nornir.core.inventory import Host
 from nornir.core.plugins.connections import ConnectionPluginRegister
 from nornir.core.plugins.runners import RunnerPlugin
-from nornir.core.task import AggregatedResult, Task
+from nornir.core.task import AggregatedResult, MultiResult, Task
 from nornir.plugins.runners import ThreadedRunner
 from rich.console import Console
 from rich.markup import escape
 
 from core import artifacts
-from core.connection import CONNECTION, CommandRecord, FabricConnection
+from core.connection import CONNECTION, CommandRecord, FabricConnection, current
 from core.errors import InputError, InputProblem
 from core.mode import Mode
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
-from core.step import Step
+from core.step import Step, direct_needs
 from runbooks.display import (
     Progress,
     StepOutcome,
@@ -75,6 +77,32 @@ class RollingRunner:
         return result
 
 
+class StepTag:
+    """Nornir processor naming the step in the thread a host's task runs in, so that the host's
+    connection records each command with its step also while other steps run at once."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def task_started(self, task: Task) -> None:
+        return None
+
+    def task_completed(self, task: Task, result: AggregatedResult) -> None:
+        return None
+
+    def task_instance_started(self, task: Task, host: Host) -> None:
+        current.step = self.step
+
+    def task_instance_completed(self, task: Task, host: Host, result: MultiResult) -> None:
+        return None
+
+    def subtask_instance_started(self, task: Task, host: Host) -> None:
+        return None
+
+    def subtask_instance_completed(self, task: Task, host: Host, result: MultiResult) -> None:
+        return None
+
+
 IDENTITY_STEP = Step(
     "site-identity",
     "the servers carry this run's site id and the fingerprints of its secrets and CA",
@@ -93,6 +121,7 @@ class Options:
     report: Path | None
     plan_dir: Path
     lab: bool
+    serial: bool = False  # one step after another even where the runbook's steps form a graph
     argv: tuple[str, ...] = ()  # as given, for the command that finishes hosts that dropped out
 
 
@@ -116,9 +145,13 @@ class Runbook:
         *,
         confirm: bool = False,
         checklist: bool = False,
+        graph: bool = False,
         prepare: Callable[[Settings, Mode], Settings] | None = None,
     ) -> None:
         self.name = name
+        # Steps run as soon as those they are `after` are done, independent ones at the same
+        # time (the deploy); otherwise, or with --serial, one after another in the list's order.
+        self.graph = graph
         self.description = description
         self.steps = steps
         self.confirm = confirm
@@ -131,12 +164,24 @@ class Runbook:
 
     def parser(self) -> argparse.ArgumentParser:
         width = max(len(s.name) for s in self.steps)
-        listing = "\n".join(f"  {i}. {s.name:{width}}  {s.summary}" for i, s in enumerate(self.steps, 1))
+        needs = direct_needs(self.steps) if self.graph else {}
+        lines = []
+        for number, step in enumerate(self.steps, 1):
+            head = f"  {number}. {step.name:{width}}  "
+            lines.append(head + step.summary)
+            if needs.get(step.name):
+                lines.append(f"{'':{len(head)}}after: {', '.join(needs[step.name])}")
+        listing = "\n".join(lines)
+        heading = (
+            "steps (each starts once the steps it is after are done; --serial: one after another, in this order)"
+            if self.graph
+            else "steps, in order"
+        )
         parser = argparse.ArgumentParser(
             prog=f"python runbooks/{self.name}.py",
             description=self.description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=f"steps, in order:\n{listing}\n\nexit codes: 0 all good, 1 a host failed, "
+            epilog=f"{heading}:\n{listing}\n\nexit codes: 0 all good, 1 a host failed, "
             "2 bad input (nothing was touched)",
         )
         parser.add_argument(
@@ -188,6 +233,13 @@ class Runbook:
             help="the site's secrets file (default: the config's secrets_file, else .secrets/<site>.yaml beside it); "
             "servers remember the secrets and CA they were deployed with and refuse others",
         )
+        if self.graph:
+            parser.add_argument(
+                "--serial",
+                action="store_true",
+                help="run the steps one after another in the order listed below, instead of each as soon as the "
+                "steps it needs are done (--plan always renders in that order)",
+            )
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         parser.add_argument("--verbose", action="store_true", help="show diffs, each host's detail and every command")
         parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report here")
@@ -288,6 +340,7 @@ class Runbook:
             verbose=args.verbose,
             report=args.report,
             plan_dir=args.plan_dir or Path(""),
+            serial=getattr(args, "serial", False),
             argv=tuple(given),
         )
 
@@ -310,7 +363,6 @@ class Runbook:
         if options.limit:
             nr = nr.filter(filter_func=lambda host: host.name in options.limit)
         redact: Redactor = nr.config.user_defined["redact"]
-        progress = Progress(self.console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY)
         outcomes: list[StepOutcome] = []
         commands: dict[str, list[CommandRecord]] = {}
         started = time.monotonic()
@@ -327,25 +379,19 @@ class Runbook:
         try:
             blocked_by = ""
             if options.mode is not Mode.PLAN:
-                identity = self._site_identity(nr, settings, options, progress, redact)
+                identity = self._site_identity(nr, settings, options, redact)
                 outcomes.append(identity)
                 refused = identity.problems
                 blocked_by = "site-identity" if refused else ""
                 self._drop(nr, IDENTITY_STEP, identity, settings, dropped)
-            for index, step in enumerate(options.steps, 1):
-                if blocked_by:
-                    outcomes.append(StepOutcome(step.name, "not run", note=f"after failure in {blocked_by}"))
-                    continue
-                staying = nr.filter(filter_func=lambda host: host.name not in dropped)
-                outcome, _ = self._run_step(
-                    staying, step, index, len(options.steps), settings, options, progress, redact
-                )
-                outcomes.append(outcome)
-                self._drop(nr, step, outcome, settings, dropped)
-                # Nornir leaves failed hosts out of later runs; each check of a checklist asks them again.
-                nr.data.reset_failed_hosts()
-                if outcome.status == "failed" and (step.blocks or not self.checklist):
-                    blocked_by = step.name
+            if blocked_by:
+                outcomes += [
+                    StepOutcome(s.name, "not run", note=f"after failure in {blocked_by}") for s in options.steps
+                ]
+            elif self.graph and not options.serial and options.mode is not Mode.PLAN:
+                outcomes += self._run_graph(nr, settings, options, redact, dropped)
+            else:
+                outcomes += self._run_in_order(nr, settings, options, redact, dropped)
         finally:
             # Every host, not only --limit's: a step may have read a fact from a peer.
             for host in nr.config.user_defined["hosts"].values():
@@ -379,15 +425,102 @@ class Runbook:
             self._write_report(options, settings, outcomes, commands, elapsed, code, redact, dropped)
         return code
 
-    def _site_identity(
-        self, nr: Nornir, settings: Settings, options: Options, progress: Progress, redact: Redactor
-    ) -> StepOutcome:
+    def _run_in_order(
+        self, nr: Nornir, settings: Settings, options: Options, redact: Redactor, dropped: dict[str, Dropped]
+    ) -> list[StepOutcome]:
+        """The steps one after another; after a failure the rest are not run (a checklist runs each but
+        those after a failed step that blocks)."""
+        outcomes: list[StepOutcome] = []
+        blocked_by = ""
+        for index, step in enumerate(options.steps, 1):
+            if blocked_by:
+                outcomes.append(StepOutcome(step.name, "not run", note=f"after failure in {blocked_by}"))
+                continue
+            staying = nr.filter(filter_func=lambda host: host.name not in dropped)
+            outcome, _ = self._run_step(
+                staying, step, index, len(options.steps), settings, options, self.console, redact
+            )
+            outcomes.append(outcome)
+            self._drop(nr, step, outcome, settings, dropped)
+            if outcome.status == "failed" and (step.blocks or not self.checklist):
+                blocked_by = step.name
+        return outcomes
+
+    def _run_graph(
+        self, nr: Nornir, settings: Settings, options: Options, redact: Redactor, dropped: dict[str, Dropped]
+    ) -> list[StepOutcome]:
+        """Each step as soon as the steps it is `after` are done, steps that do not depend on each other at once.
+
+        A failed step stops only the steps that need it, directly or through others; the rest
+        go on. Each step prints into a buffer of its own, shown whole when it ends, so the
+        output of steps running at once never interleaves; a line says when each starts.
+        """
+        steps = options.steps
+        index = {step.name: number for number, step in enumerate(steps, 1)}
+        needs = {step.name: [name for name in step.after if name in index] for step in steps}
+        outcomes: dict[str, StepOutcome] = {}
+        stopped: dict[str, str] = {}  # step → the failed step it waited for
+        pending = list(steps)
+        running: dict[Future[tuple[StepOutcome, str]], Step] = {}
+        with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="step") as pool:
+            while pending or running:
+                for step in list(pending):
+                    waited = [name for name in needs[step.name] if name not in outcomes]
+                    failed = [
+                        name
+                        for name in needs[step.name]
+                        if name in stopped or (name in outcomes and outcomes[name].status == "failed")
+                    ]
+                    if failed:
+                        pending.remove(step)
+                        stopped[step.name] = stopped.get(failed[0], failed[0])
+                        outcomes[step.name] = StepOutcome(
+                            step.name, "not run", note=f"after failure in {stopped[step.name]}"
+                        )
+                    elif not waited:
+                        pending.remove(step)
+                        staying = nr.filter(filter_func=lambda host: host.name not in dropped)
+                        self.console.print(f"[dim]… {index[step.name]}/{len(steps)} {step.name} started[/dim]")
+                        running[
+                            pool.submit(self._buffered_step, staying, step, index[step.name], settings, options, redact)
+                        ] = step
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    step = running.pop(future)
+                    outcome, shown = future.result()
+                    self.console.file.write(shown)
+                    self.console.file.flush()
+                    outcomes[step.name] = outcome
+                    self._drop(nr, step, outcome, settings, dropped)
+        return [outcomes[step.name] for step in steps]
+
+    def _buffered_step(
+        self, nr: Nornir, step: Step, index: int, settings: Settings, options: Options, redact: Redactor
+    ) -> tuple[StepOutcome, str]:
+        """`_run_step` into a console of its own: the outcome, and what it printed (styled as the terminal's)."""
+        buffer = io.StringIO()
+        console = Console(
+            file=buffer,
+            width=self.console.width,
+            force_terminal=self.console.is_terminal,
+            color_system=self.console.color_system,  # type: ignore[arg-type]
+            highlight=False,
+            soft_wrap=True,
+        )
+        outcome, _ = self._run_step(nr, step, index, len(options.steps), settings, options, console, redact)
+        return outcome, buffer.getvalue()
+
+    def _site_identity(self, nr: Nornir, settings: Settings, options: Options, redact: Redactor) -> StepOutcome:
         """Read every server's site identity; refuse (problems) when it is another site's, else write it where missing.
 
         Runs before any step, so a wrong secrets file or CA is refused before anything changes.
         """
         mine = site_identity.ours(settings)
-        outcome, result = self._run_step(nr, IDENTITY_STEP, 0, len(options.steps), settings, options, progress, redact)
+        outcome, result = self._run_step(
+            nr, IDENTITY_STEP, 0, len(options.steps), settings, options, self.console, redact
+        )
         answers = {name: multi[0].identity for name, multi in (result or {}).items() if not multi.failed}
         outcome.problems = grouped(site_identity.problems(answers, settings, mine))
         if outcome.problems:
@@ -397,8 +530,8 @@ class Runbook:
         if new and options.mode is Mode.APPLY:
             written = (
                 nr.filter(filter_func=lambda h: h.name in new)
-                .with_processors([progress])
-                .run(task=site_identity.write_identity, name="site-identity", identity=mine)
+                .with_processors([StepTag(IDENTITY_STEP.name), self._progress(self.console, options, redact)])
+                .run(task=site_identity.write_identity, name="site-identity", identity=mine, on_failed=True)
             )
             for name, multi in written.items():
                 outcome.hosts[name] = host_outcome(multi, 0.0, redact)
@@ -498,7 +631,7 @@ class Runbook:
         total: int,
         settings: Settings,
         options: Options,
-        progress: Progress,
+        console: Console,
         redact: Redactor,
     ) -> tuple[StepOutcome, AggregatedResult | None]:
         """Run one step on its hosts (and its health check); the outcome, and the hosts' results when it ran."""
@@ -507,7 +640,7 @@ class Runbook:
         count = len(targets.inventory.hosts)
         lost = nr.config.user_defined["lost"]
         where = "all hosts" if groups is None else ", ".join(groups)
-        self.console.print(
+        console.print(
             f"[bold]▶ {index}/{total} {step.name}[/bold] — {step.summary} "
             f"[dim]({count} hosts: {where}{', one at a time' if step.serial else ''})[/dim]"
         )
@@ -515,27 +648,28 @@ class Runbook:
             return StepOutcome(step.name, "skipped", note="every host dropped out" if lost else "no hosts"), None
         if not step.used(settings):
             note = (step.applies.__doc__ or "not used with these settings").strip() if step.applies else ""
-            self.console.print(f"  [dim]skipped: {escape(note)}[/dim]")
+            console.print(f"  [dim]skipped: {escape(note)}[/dim]")
             return StepOutcome(step.name, "skipped", note=note), None
         if step.live and options.mode is Mode.PLAN:
             note = "not run in plan mode: it reads the running platform"
-            self.console.print(f"  [dim]skipped: {note}[/dim]")
+            console.print(f"  [dim]skipped: {note}[/dim]")
             return StepOutcome(step.name, "skipped", note=note), None
         absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
         if absent:
             for problem in absent:
-                self.console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
+                console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
             return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}"), None
-        nr.config.user_defined["step"] = step.name  # the connections record it with each command
         runner: RunnerPlugin = ThreadedRunner(num_workers=min(count, MAX_THREADS))
         if step.serial:
             order = step.order
             runner = RollingRunner(lambda host: order(host.name, settings) if order else 0)
         started = time.monotonic()
+        progress = self._progress(console, options, redact)
+        # on_failed: Nornir would leave out hosts that failed in any step so far, also in steps that do not need them.
         result = (
             targets.with_runner(runner)
-            .with_processors([progress])
-            .run(task=step.task, name=step.name, settings=settings)
+            .with_processors([StepTag(step.name), progress])
+            .run(task=step.task, name=step.name, settings=settings, on_failed=True)
         )
         hosts = {
             name: progress.outcomes.get(name) or host_outcome(multi, 0.0, redact) for name, multi in result.items()
@@ -548,7 +682,7 @@ class Runbook:
         losing = [name for name, host in hosts.items() if host.status == "lost"]
         if step.report and not failed:
             outcome.report = redact(step.report(result, settings))
-            self.console.print(escape(outcome.report), highlight=False)
+            console.print(escape(outcome.report), highlight=False)
         if failed:
             outcome.status = "failed"
             outcome.note = f"{len(failed)} host(s) failed"
@@ -559,19 +693,24 @@ class Runbook:
             if problems:
                 outcome.status, outcome.note = "failed", "health gate"
                 outcome.problems = [redact(p) for p in problems]
-                self.console.print("[bold red]  health gate failed:[/bold red]")
+                console.print("[bold red]  health gate failed:[/bold red]")
                 for problem in problems:
-                    self.console.print(f"    {escape(redact(problem))}", style="red")
+                    console.print(f"    {escape(redact(problem))}", style="red")
             elif any(h.status == "changed" for h in hosts.values()):
                 outcome.status = "changed"
         outcome.seconds = time.monotonic() - started
         return outcome, result
 
+    def _progress(self, console: Console, options: Options, redact: Redactor) -> Progress:
+        return Progress(console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY)
+
     def _health(self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings) -> list[str]:
         """Problems found by the step's health check (on every host still in the run) and its cross-host gate."""
         problems = []
         if step.check and targets.inventory.hosts:
-            checked = targets.run(task=step.check, name=f"{step.name} health", settings=settings)
+            checked = targets.with_processors([StepTag(step.name)]).run(
+                task=step.check, name=f"{step.name} health", settings=settings, on_failed=True
+            )
             problems += [failure_text(multi) for multi in checked.values() if multi.failed]
         if step.gate and not problems:
             problems += step.gate(result, settings)

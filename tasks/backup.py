@@ -122,7 +122,7 @@ PGBACKREST = pgbackrest_component(
     "pgBackRest on each database host: WAL to the backup host's repository, TLS server for backups",
     File(CONFIG, template("backup/pgbackrest-db.conf.j2", database_config), group="postgres", mode=0o640),
     peers=("backup",),
-    after=("patroni",),
+    after=("patroni-config",),  # the configured cluster: patroni-config may restart members
 )
 
 

@@ -141,7 +141,7 @@ SYNAPSE_DATABASE = Component(
     "synapse-database",
     groups=("patroni",),
     summary="database synapse (UTF8, C collation) and its role, on the leader",
-    after=("patroni",),
+    after=("patroni-config",),  # the configured cluster: patroni-config may restart members
     reads={"database": facts_command},
     behaviour=converge_sql,
     notes=where_converged,

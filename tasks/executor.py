@@ -11,14 +11,13 @@ from typing import cast
 
 from nornir.core.task import Result, Task
 
-from core.connection import CONNECTION
 from core.errors import HostError
 from tasks.blocks import EditBlock, edit_block
 from tasks.declaration import Action, Command, Procedure
 from tasks.facts import HostFacts
 from tasks.files import Copy, Write, copy_files, write_files
 from tasks.packages import Install, install
-from tasks.remote import Expectation, Mode, mode, run
+from tasks.remote import Expectation, Mode, fresh_login, mode, run
 from tasks.systemd import (
     AddUser,
     Systemctl,
@@ -69,9 +68,8 @@ def command(task: Task, action: Command) -> Result:
     out = run(task, action.script, stdin=action.stdin, timeout=action.timeout, what=what)
     done = bool(action.change) and (action.marker in out.stdout if action.marker else True)
     if action.confirm:
-        task.host.close_connection(CONNECTION)  # the old session would survive as an established connection
         try:
-            run(task, action.confirm, what=Expectation(action.confirm))
+            fresh_login(task, action.confirm, Expectation(action.confirm))
         except Exception as exc:
             raise HostError(f"{task.host.name}: {action.unconfirmed.format(error=exc)}") from None
     return Result(host=task.host, changed=done, diff=action.change if done else "")

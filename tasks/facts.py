@@ -95,8 +95,9 @@ def read_facts(task: Task, reading: Reading) -> HostFacts | None:
     facts = reading.parse(out)
     kinds = {"package": facts.packages, "file": facts.files, "unit": facts.units, "user": facts.users}
     conn = shell(task)
-    conn.read_ahead = {f"{kind}:{name}": fact for kind, found in kinds.items() for name, fact in found.items()}
-    conn.read_ahead_step = conn.step
+    conn.read_ahead[conn.step] = {
+        f"{kind}:{name}": fact for kind, found in kinds.items() for name, fact in found.items()
+    }
     return facts
 
 

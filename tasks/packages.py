@@ -55,16 +55,18 @@ def missing(names: list[str], query_output: str) -> list[str]:
 
 def install_script(names: list[str], *, autostart: bool) -> str:
     quoted = " ".join(shlex.quote(n) for n in names)
+    # Lock::Timeout: another install on the host (a step of the deploy running at the same
+    # time, unattended-upgrades) makes this one wait for dpkg's lock, not fail at once.
     apt = (
-        f"timeout {APT_TIMEOUT} apt-get -q -y -o Dpkg::Options::=--force-confold "
-        f"install --no-install-recommends {quoted}"
+        f"timeout {APT_TIMEOUT} apt-get -q -y -o DPkg::Lock::Timeout={APT_TIMEOUT} "
+        f"-o Dpkg::Options::=--force-confold install --no-install-recommends {quoted}"
     )
     # --error-on=any: without it an index that failed to download is only a warning, exit
     # 0, and the install then fails on a package it cannot locate.
     low, high = RETRY_PAUSE
     update = (
         f"for attempt in $(seq {UPDATE_ATTEMPTS}); do "
-        f"timeout {UPDATE_TIMEOUT} apt-get -q update --error-on=any && break; "
+        f"timeout {UPDATE_TIMEOUT} apt-get -q -o DPkg::Lock::Timeout={UPDATE_TIMEOUT} update --error-on=any && break; "
         f'[ "$attempt" = {UPDATE_ATTEMPTS} ] && exit 100; echo "apt-get update attempt $attempt failed" >&2; '
         f"sleep $(shuf -i {low}-{high} -n 1); done"
     )

@@ -14,6 +14,7 @@ this host's /etc/hosts points at the local route; it shows its own certificate t
 from __future__ import annotations
 
 import shlex
+import time
 
 from nornir.core.task import Result, Task
 
@@ -32,6 +33,7 @@ from tasks.remote import Expectation, run
 
 CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
 TLS_DIR = "/etc/pgbouncer/tls"
+ROUTE_SETTLES = 10  # seconds the login check asks again while the route still counts a replica up
 TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/pgbouncer.crt", f"{TLS_DIR}/pgbouncer.key"
 
 
@@ -91,17 +93,22 @@ def login_check(task: Task, settings: Settings) -> Result:
         f"host={address} port={config.pgbouncer.port} dbname={config.database.name} user={config.database.user} "
         + " ".join(f"{key}={value}" for key, value in libpq_verify_full(settings.site).items())
     )
-    out = run(
-        task,
-        f"IFS= read -r PGPASSWORD; export PGPASSWORD; psql -XAtq {shlex.quote(dsn)} -c 'select pg_is_in_recovery()'",
-        stdin=settings.secrets["synapse_db_password"] + "\n",
-        what=Expectation(
-            "'f': logged in through PgBouncer, on the primary",
-            "check 'journalctl -u pgbouncer' (TLS to the primary: its certificate must name "
-            f"{primary_name(settings)}), and its route to the primary: 'systemctl status haproxy-postgres' "
-            "(which patroni host answers 200 on :8008/primary)",
-        ),
+    script = (
+        f"IFS= read -r PGPASSWORD; export PGPASSWORD; psql -XAtq {shlex.quote(dsn)} -c 'select pg_is_in_recovery()'"
     )
+    what = Expectation(
+        "'f': logged in through PgBouncer, on the primary",
+        "check 'journalctl -u pgbouncer' (TLS to the primary: its certificate must name "
+        f"{primary_name(settings)}), and its route to the primary: 'systemctl status haproxy-postgres' "
+        "(which patroni host answers 200 on :8008/primary)",
+    )
+    # A route just started counts every member up until its checks fail `fall` times (2 s): ask again meanwhile.
+    deadline = time.monotonic() + ROUTE_SETTLES
+    while True:
+        out = run(task, script, stdin=settings.secrets["synapse_db_password"] + "\n", what=what)
+        if out.stdout.strip() == "f" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     if out.stdout.strip() != "f":
         return Result(host=task.host, failed=True, result=f"PgBouncer reached a server in recovery: {out.stdout}")
     return Result(host=task.host, result="synapse logs in through PgBouncer to the primary")

@@ -20,6 +20,7 @@ from nornir.core.task import AggregatedResult, Result, Task
 from core.errors import HostError
 from core.ports import PortUse
 from core.settings import Settings
+from core.step import Step
 from tasks.remote import Expectation, run
 
 SUPPORTED_OS = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
@@ -139,3 +140,12 @@ def duplicate_hostnames(result: AggregatedResult) -> list[str]:
         for host, name in names.items()
         if counts[name] > 1
     ]
+
+
+PREFLIGHT = Step(
+    "preflight",
+    "SSH, sudo, OS, clock, disk, python3, free ports, unique host names",
+    preflight,
+    gate=lambda result, _settings: duplicate_hostnames(result),
+    live=True,
+)

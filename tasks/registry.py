@@ -1,9 +1,9 @@
 """Every component declared through `tasks.component`: the tables that span components loop over it.
 
 The deploy's steps are `STEPS`, in `DEPLOY`'s order, which must respect every step's
-`after` (checked on import); `CATALOG` gathers what the settings need from the
-components (the inventory's groups, the ports, the scrape jobs, the secrets) and is handed
-to `load_settings`.
+`after` (checked on import; the deploy runs each as soon as those are done); `CATALOG`
+gathers what the settings need from the components (the inventory's groups, the ports,
+the scrape jobs, the secrets) and is handed to `load_settings`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tasks.database import SYNAPSE_DATABASE
 from tasks.etcd import ETCD
 from tasks.firewall import FIREWALL
 from tasks.haproxy import HAPROXY
+from tasks.host_packages import package_step
 from tasks.hosts_file import HOSTS_FILE
 from tasks.keepalived import KEEPALIVED
 from tasks.livekit import LIVEKIT, LIVEKIT_JWT, LIVEKIT_REDIS, LIVEKIT_SENTINEL
@@ -34,11 +35,13 @@ from tasks.monitoring import GRAFANA, MONITORING, NODE_EXPORTER, POSTGRES_EXPORT
 from tasks.patroni import PATRONI, PATRONI_CONFIG, POSTGRESQL_SERVER
 from tasks.pgbouncer import PGBOUNCER
 from tasks.playbook import SYNAPSE_PLAYBOOK
+from tasks.preflight import PREFLIGHT
 from tasks.rolling import SYNAPSE_ROLLING
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
-# The deploy's steps after preflight, each after what it declares it needs (`after`).
-DEPLOY: tuple[Component | Step, ...] = (
+# The deploy's components (and steps of their own) after preflight and the package transaction,
+# each after what it declares it needs (`after`) and what `deploy_step` adds.
+COMPONENT_STEPS: tuple[Component | Step, ...] = (
     FIREWALL,
     CA_TRUST,
     HOSTS_FILE,
@@ -74,23 +77,44 @@ DEPLOY: tuple[Component | Step, ...] = (
 # (Synapse's replication Redis), or used by other runbooks (the restore drill's server,
 # maintenance update's staging of a new Synapse and its rolling restart).
 OTHERS = (SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE, SYNAPSE_ROLLING)
-DECLARED: tuple[Component, ...] = (*(entry for entry in DEPLOY if isinstance(entry, Component)), *OTHERS)
+DEPLOYED: tuple[Component, ...] = tuple(entry for entry in COMPONENT_STEPS if isinstance(entry, Component))
+DECLARED: tuple[Component, ...] = (*DEPLOYED, *OTHERS)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}
 GROUPS: dict[str, GroupRule] = {rule.name: rule for component in DECLARED for rule in component.inventory}
+# What every server has before any other component: the firewall's rules, trust in the site's
+# CA and the platform's names in /etc/hosts (components reach their peers by name, over TLS).
+FOUNDATION: tuple[Component, ...] = (FIREWALL, CA_TRUST, HOSTS_FILE)
+
+
+def switched_on(component: Component, config: Config) -> bool:
+    """Whether the settings use the component's groups at all (MinIO and LiveKit can be switched off)."""
+    return component.groups is None or any(GROUPS[group].enabled(config) for group in component.groups)
+
+
+def deployed(component: Component, settings: Settings) -> bool:
+    """Whether the deploy converges `component` with these settings at all."""
+    return switched_on(component, settings.config) and (component.applies is None or component.applies(settings))
+
+
+PACKAGES = package_step(DEPLOYED, deployed)
+DEPLOY: tuple[Component | Step, ...] = (PREFLIGHT, PACKAGES, *COMPONENT_STEPS)
 
 
 def deploy_step(entry: Component | Step) -> Step:
-    """The step of a deploy entry, after what it declares and what follows from the registry: the firewall
-    before anything that listens (nothing listens before the rules that guard it), and every scraped
+    """The step of a deploy entry, after what it declares and what follows from the registry: the package
+    transaction after preflight and before everything else; the foundation before every component (the
+    firewall before anything that listens: nothing listens before the rules that guard it); every scraped
     component before monitoring (whose check wants every target UP)."""
     step = entry if isinstance(entry, Step) else entry.step()
     derived: list[str] = []
-    if isinstance(entry, Component) and entry.ports and entry is not FIREWALL:
-        derived.append(FIREWALL.name)
+    if entry is PACKAGES:
+        derived.append(PREFLIGHT.name)
+    elif entry in FOUNDATION:
+        derived.append(PACKAGES.name)
+    elif entry is not PREFLIGHT:
+        derived += [part.name for part in FOUNDATION if part.name not in step.after]
     if entry is MONITORING:
-        derived += [
-            other.name for other in DEPLOY if isinstance(other, Component) and other.scrape and other is not entry
-        ]
+        derived += [other.name for other in DEPLOYED if other.scrape and other is not entry]
     return replace(step, after=(*derived, *step.after)) if derived else step
 
 
@@ -119,11 +143,6 @@ def owned_secrets(components: Sequence[Component]) -> dict[str, Callable[[], str
                 raise ValueError(f"secret {name} is declared by more than one component (again by {component.name})")
             owned[name] = make
     return owned
-
-
-def switched_on(component: Component, config: Config) -> bool:
-    """Whether the settings use the component's groups at all (MinIO and LiveKit can be switched off)."""
-    return component.groups is None or any(GROUPS[group].enabled(config) for group in component.groups)
 
 
 def ports(config: Config, groups: Sequence[str]) -> list[PortUse]:

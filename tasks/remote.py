@@ -36,6 +36,9 @@ def lost_hosts(task: Task) -> dict[str, str]:
     return task.nornir.config.user_defined.setdefault("lost", {})
 
 
+_opening: dict[str, threading.Lock] = {}  # per host name
+
+
 def shell(task: Task, host: str | None = None) -> FabricConnection:
     """A host's connection plugin (the task's own by default), opened on first use and then reused.
 
@@ -47,7 +50,8 @@ def shell(task: Task, host: str | None = None) -> FabricConnection:
     why = lost_hosts(task).get(target.name)
     if why is not None:
         raise HostLost(f"{target.name} ({target.hostname}) dropped out of this run: {why}", str(target.hostname))
-    target.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
+    with _opening.setdefault(target.name, threading.Lock()):  # steps running at once open it once
+        target.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
     return target.connections[CONNECTION]
 
 
@@ -57,9 +61,8 @@ def known(task: Task, kind: str, names: list[str]) -> dict[str, Any] | None:
     if mode(task) is Mode.PLAN:
         return None
     conn = shell(task)
-    if conn.read_ahead_step != conn.step:
-        return None
-    found = {name: conn.read_ahead.get(f"{kind}:{name}") for name in names}
+    facts = conn.read_ahead.get(conn.step, {})
+    found = {name: facts.get(f"{kind}:{name}") for name in names}
     return found if None not in found.values() else None
 
 
@@ -159,3 +162,33 @@ def failure_message(
         lines.extend(f"    {line}" for line in tail)
     lines.append(f"  what to do: {what.on_failure}")
     return "\n".join(lines)
+
+
+def fresh_login(task: Task, script: str, what: Expectation) -> Output:
+    """Run `script` over a new SSH connection to the task's host: a new TCP connection and login.
+
+    Proves the host still accepts logins (after new firewall rules) where the run's own
+    connection, established before, would pass whatever the rules; that one stays open for
+    the other steps using it. The command joins the run's record of the host's commands.
+    """
+    params = task.host.get_connection_parameters(CONNECTION)
+    login = FabricConnection()
+    login.open(
+        params.hostname,
+        params.username,
+        params.password,
+        params.port,
+        params.platform,
+        params.extras,
+        task.nornir.config,
+    )
+    try:
+        output = login.run(script, expect=what.expect, on_failure=what.on_failure)
+    finally:
+        login.close()
+        shell(task).log.extend(login.log)
+    if output.exit_code != 0:
+        raise CommandFailed(
+            failure_message(task.host.name, task.host.hostname, login.username, login.sudo, "/", script, output, what)
+        )
+    return output

@@ -43,7 +43,7 @@ def test_a_lost_host_and_a_host_whose_task_needed_a_lost_peer_both_drop_out(lab_
 def test_the_finish_command_is_the_run_limited_to_the_hosts_that_dropped_out(tmp_path: Path) -> None:
     runbook = Runbook("deploy", "", [STEP])
     argv = ("--lab", "--limit", "coturn1,coturn2", "--step", "coturn", "--report", "/tmp/a b.json")
-    options = Options(tmp_path, tmp_path, Mode.APPLY, [STEP], [], False, None, tmp_path, True, argv)
+    options = Options(tmp_path, tmp_path, Mode.APPLY, [STEP], [], False, None, tmp_path, True, argv=argv)
     assert runbook.finish_command(options, ["coturn2"]) == (
         "python runbooks/deploy.py --lab --step coturn --report '/tmp/a b.json' --limit coturn2"
     )

@@ -25,7 +25,7 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     data = json.loads(report.read_text())
     assert data["mode"] == "plan" and data["exit_code"] == 0
     names = [s["name"] for s in data["steps"]]
-    assert names == ["preflight", *(step.name for step in STEPS)]  # every step reported, in the deploy's order
+    assert names == [step.name for step in STEPS]  # every step reported, in the deploy's order
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
     # Vendor binaries not pinned in the manifest; Synapse itself comes from the playbook in production;
     # preflight reads the hosts, which plan mode never contacts.
@@ -107,7 +107,8 @@ def test_help_lists_steps_in_order() -> None:
     from tests.conftest import load_runbook
 
     text = load_runbook("deploy").RUNBOOK.parser().format_help()
-    assert text.index("1. preflight") < text.index("2. firewall") < text.index("4. hosts-file") < text.index("6. etcd")
+    assert text.index("1. preflight") < text.index("3. firewall") < text.index("5. hosts-file") < text.index("7. etcd")
+    assert "after: etcd\n" in text  # patroni's: the firewall etcd waits for is not repeated
 
 
 def test_step_selection(deploy: Deploy, site: Site) -> None:

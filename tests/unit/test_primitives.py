@@ -163,7 +163,7 @@ def test_a_failed_index_download_is_retried_after_a_pause(tmp_path: Path) -> Non
     update, pause, again, install = calls
     assert code == 0
     # Without --error-on=any apt only warns (exit 0) about an index it could not fetch.
-    assert update == again == "apt-get -q update --error-on=any"
+    assert update == again == "apt-get -q -o DPkg::Lock::Timeout=120 update --error-on=any"
     assert pause.startswith("sleep ") and 2 <= int(pause.split()[1]) <= 10
     assert install.endswith("install --no-install-recommends etcd-server")
 

@@ -6,14 +6,16 @@ import inspect
 import re
 import sys
 from collections import Counter
+from itertools import combinations
 
 import pytest
 
 from core.settings import Settings
 from core.step import Step
 from tasks.component import Component
+from tasks.host_packages import on_host
 from tasks.reboots import reboot_order
-from tasks.registry import DECLARED, GROUPS, STEPS, in_order, owned_secrets
+from tasks.registry import DECLARED, GROUPS, STEPS, deployed, in_order, owned_secrets
 
 
 def test_every_group_is_declared_once_by_the_component_that_owns_it() -> None:
@@ -108,6 +110,27 @@ def test_each_deploy_step_comes_after_what_it_uses() -> None:
     assert scraped - {"monitoring"} <= before("monitoring")
     # Independent tiers stay independent, so the graph can run them side by side.
     assert not {"coturn", "minio", "livekit"} & before("patroni") and "patroni" not in before("coturn")
+    # The package transaction before every component; Patroni's rolling restart never under the database's users.
+    assert [c.name for c in DECLARED if c.name in before("monitoring") and "packages" not in before(c.name)] == []
+    assert "patroni-config" in before("synapse-database") & before("pgbackrest")
+
+
+@pytest.mark.parametrize("which", ["shipped", "lab"])
+def test_steps_that_may_run_at_once_on_a_host_share_no_file_and_no_unit(
+    which: str, lab_settings: Settings, shipped_settings: Settings
+) -> None:
+    """The graph runs steps side by side; two that converge one file or unit on a host would race."""
+    settings = lab_settings if which == "lab" else shipped_settings
+    steps = {step.name for step in STEPS}
+    for host in settings.hosts.values():
+        owned = []
+        for component in on_host([c for c in DECLARED if c.name in steps], deployed, settings, host):
+            reading = component.reading(settings, host)
+            blocks = {block.path for part in component.parts_on(settings, host) for block in part.blocks}
+            owned.append((component.name, {*reading.files, *blocks}, set(reading.units)))
+        for (one, files, units), (other, their_files, their_units) in combinations(owned, 2):
+            if one not in before(other) and other not in before(one):
+                assert not files & their_files and not units & their_units, (host.name, one, other)
 
 
 def test_a_step_before_what_it_needs_is_a_declaration_error() -> None:

@@ -1,0 +1,90 @@
+"""The deploy as a graph: steps run as soon as what they are `after` is done; a failure stops only its dependents."""
+
+from __future__ import annotations
+
+import io
+import threading
+from itertools import takewhile
+from pathlib import Path
+
+from nornir.core.task import Result, Task
+from rich.console import Console
+
+from core.settings import Settings
+from core.step import Step, direct_needs
+from runbooks.shell import Dropped, Options, Runbook, make_nornir
+from tasks.remote import Mode
+
+WAIT = 20.0  # bounds a wait that only a step running at the same time ends
+
+
+def steps(seen: threading.Event) -> list[Step]:
+    """`fails` waits until `beside` (which needs nothing of it) has run, then fails; `after-*` depend on them."""
+
+    def fails(task: Task, settings: Settings) -> Result:
+        return Result(host=task.host, failed=True, result=f"beside ran meanwhile: {seen.wait(WAIT)}")
+
+    def beside(task: Task, settings: Settings) -> Result:
+        seen.set()
+        return Result(host=task.host, result="done")
+
+    def fine(task: Task, settings: Settings) -> Result:
+        return Result(host=task.host, result="done")
+
+    return [
+        Step("fails", "fails once beside ran", fails, groups=("coturn",)),
+        Step("beside", "needs nothing of fails", beside, groups=("coturn",)),
+        Step("after-fails", "needs fails", fine, groups=("coturn",), after=("fails",)),
+        Step("after-that", "needs after-fails", fine, groups=("coturn",), after=("after-fails", "beside")),
+        Step("after-beside", "needs beside", fine, groups=("coturn",), after=("beside",)),
+    ]
+
+
+def run_graph(settings: Settings, tmp_path: Path, graph: list[Step]) -> tuple[dict[str, tuple[str, str]], str]:
+    runbook = Runbook("deploy", "", graph, graph=True)
+    runbook.console = Console(file=io.StringIO(), width=200)
+    options = Options(tmp_path, tmp_path, Mode.CHECK, graph, [], False, None, tmp_path, True)
+    nr = make_nornir(settings, Mode.CHECK)
+    dropped: dict[str, Dropped] = {}
+    outcomes = runbook._run_graph(nr, settings, options, nr.config.user_defined["redact"], dropped)
+    shown = runbook.console.file.getvalue()  # type: ignore[attr-defined]
+    return {o.name: (o.status, o.note) for o in outcomes}, shown
+
+
+def test_independent_steps_run_at_once_and_a_failure_stops_only_what_needs_it(
+    lab_settings: Settings, tmp_path: Path
+) -> None:
+    seen = threading.Event()
+    outcomes, shown = run_graph(lab_settings, tmp_path, steps(seen))
+    assert seen.is_set()
+    assert outcomes == {
+        "fails": ("failed", "2 host(s) failed"),
+        "beside": ("ok", ""),
+        "after-fails": ("not run", "after failure in fails"),
+        "after-that": ("not run", "after failure in fails"),  # through after-fails
+        "after-beside": ("ok", ""),
+    }
+    assert "beside ran meanwhile: True" in shown
+
+
+def test_each_step_shows_its_hosts_together_under_its_own_heading(lab_settings: Settings, tmp_path: Path) -> None:
+    _, shown = run_graph(lab_settings, tmp_path, steps(threading.Event()))
+    lines = shown.splitlines()
+    headings = [number for number, line in enumerate(lines) if line.startswith("▶ ")]
+    assert len(headings) == 3  # the two steps after the failure never started
+    for number in headings:
+        body = takewhile(lambda line: not line.startswith(("▶", "…")), lines[number + 1 :])
+        hosts = sorted(line.split()[1] for line in body if line.split()[:1] in (["ok"], ["failed"]))
+        assert hosts == ["coturn1", "coturn2"], lines[number]
+    assert len([line for line in lines if line.startswith("… ")]) == 3  # when each step started
+
+
+def test_help_names_what_each_step_directly_waits_for() -> None:
+    plain = Step("a", "", lambda task, settings: None)
+    graph = [
+        plain,
+        Step("b", "", plain.task, after=("a",)),
+        Step("c", "", plain.task, after=("a", "b")),
+        Step("d", "", plain.task, after=("a", "c", "elsewhere")),
+    ]
+    assert direct_needs(graph) == {"a": [], "b": ["a"], "c": ["b"], "d": ["c"]}
