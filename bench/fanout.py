@@ -50,7 +50,8 @@ from core.errors import HostError, InputError
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY, rootfs
 from lab.lab import STATE, Lab, LabHost, lab_hosts
-from runbooks.shell import REPO, inventory_nornir, make_nornir
+from runbooks.offline import REPO
+from runbooks.shell import inventory_nornir, make_nornir
 from tasks.facts import read_ahead
 from tasks.files import FileSpec, put_files, render
 from tasks.registry import CATALOG

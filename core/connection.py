@@ -1,11 +1,14 @@
-"""Nornir connection plugin around `fabric.Connection`: real exit codes, sudo, stdin, SFTP.
+"""Nornir connection plugin around a paramiko SSH client: real exit codes, sudo, stdin, SFTP.
 
 Commands go through a host's root shell (`core.root_shell`), started once through
 `sudo -n`, not a channel and a sudo each. Steps that run at the same time on one host
 (the deploy's graph) each get a shell of their own, started when the others are busy.
 
-Why fabric and not netmiko's `linux` driver: netmiko screen-scrapes an interactive shell
-and has no exit status; provisioning needs both the status and clean stdout/stderr.
+Why not netmiko's `linux` driver: netmiko screen-scrapes an interactive shell and has no
+exit status; provisioning needs both the status and clean stdout/stderr. It is registered
+as `fabric`, the name inventories give its options (`connection_options: fabric:`), from
+when it wrapped Fabric's Connection; paramiko alone does what that did (core.ssh_library
+says why it is imported without Invoke).
 Host keys are verified against a known_hosts file (RejectPolicy): an unknown or changed
 key stops the connection instead of being accepted silently.
 
@@ -25,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fabric
-import paramiko
 from nornir.core.configuration import Config
 
 from core.errors import HostError, HostLost
 from core.root_shell import RootShell
+from core.ssh_library import paramiko
 
 CONNECTION = "fabric"
 READ_SECONDS = 120  # the deadline of a command that only reads, unless it sets its own
@@ -70,12 +72,13 @@ class CommandRecord:
     exit_code: int
     seconds: float
     step: str = ""  # the runbook step that ran it (benchmarks count commands per step)
+    at: float = 0.0  # when it started, in seconds since the epoch
 
 
 class FabricConnection:
     """`nornir` ConnectionPlugin: `open()` connects, `run()` executes, `close()` disconnects."""
 
-    connection: fabric.Connection
+    connection: paramiko.SSHClient  # the name Nornir's Host.get_connection returns it by
 
     def __init__(self) -> None:
         self.log: list[CommandRecord] = []
@@ -90,6 +93,9 @@ class FabricConnection:
         # all forgotten by any command not marked `reads_only`, as it may have changed them.
         self.read_ahead: dict[str, dict[str, Any]] = {}
         self.where = ""
+        self.opened_at = 0.0  # when the run first reached for the host (seconds since the epoch)
+        self.sftp_session: paramiko.SFTPClient | None = None
+        self.opening_sftp = threading.Lock()
 
     def open(
         self,
@@ -101,6 +107,7 @@ class FabricConnection:
         extras: dict[str, Any] | None = None,
         configuration: Config | None = None,
     ) -> None:
+        self.opened_at = time.time()
         extras = extras or {}
         options = configuration.user_defined if configuration else {}
         self.options = options  # the run's settings; `step` names the step running now
@@ -118,18 +125,12 @@ class FabricConnection:
             connect_kwargs.update(key_filename=key, look_for_keys=False)
         if password:
             connect_kwargs["password"] = password
-        conn = fabric.Connection(
-            host=str(hostname),
-            user=self.username,
-            port=port or 22,
-            connect_timeout=connect_timeout,
-            connect_kwargs=connect_kwargs,
-        )
+        client = paramiko.SSHClient()
         known_hosts = _local_path(extras.get("known_hosts"), options.get("inventory_dir"))
-        _verify_host_keys(conn.client, known_hosts, str(hostname), port or 22)
+        _verify_host_keys(client, known_hosts, str(hostname), port or 22)
         where = f"{self.username}@{hostname}:{port or 22}"
         try:
-            conn.open()
+            client.connect(str(hostname), port or 22, self.username, timeout=connect_timeout, **connect_kwargs)
         except paramiko.BadHostKeyException:
             raise HostError(
                 f"{where}: the host key differs from the one in known_hosts. If the server was "
@@ -153,10 +154,23 @@ class FabricConnection:
                 "that the host is up and that the network/firewall lets SSH through",
                 str(hostname),
             ) from None
-        conn.transport.set_keepalive(5)
-        detect_dead_peer(conn.transport.sock, int(options.get("lost_after", 12)))
-        self.connection = conn
+        self.connection = client
+        self.transport.set_keepalive(5)
+        detect_dead_peer(self.transport.sock, int(options.get("lost_after", 12)))
         self.where = where
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self.connection.get_transport()
+        assert transport is not None  # open() connected it
+        return transport
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP session, opened on first use."""
+        with self.opening_sftp:
+            if self.sftp_session is None:
+                self.sftp_session = self.connection.open_sftp()
+            return self.sftp_session
 
     def close(self) -> None:
         for shell in self.idle:
@@ -176,7 +190,7 @@ class FabricConnection:
                 return self.idle.pop()
             self.shells += 1
         try:
-            return RootShell(self.connection.transport, self.where, sudo=self.sudo)
+            return RootShell(self.transport, self.where, sudo=self.sudo)
         except BaseException:
             self._give_shell(None)
             raise
@@ -212,7 +226,7 @@ class FabricConnection:
         """
         if not reads_only:
             self.read_ahead.clear()
-        started = time.monotonic()
+        started, at = time.monotonic(), time.time()
         shell = None
         try:
             shell = self._take_shell()
@@ -222,7 +236,16 @@ class FabricConnection:
         except HostLost as exc:
             self.log.append(
                 CommandRecord(
-                    self.username, self.sudo, cwd, script, expect, on_failure, -1, time.monotonic() - started, self.step
+                    self.username,
+                    self.sudo,
+                    cwd,
+                    script,
+                    expect,
+                    on_failure,
+                    -1,
+                    time.monotonic() - started,
+                    self.step,
+                    at,
                 )
             )
             first = script.strip().splitlines()[0] if script.strip() else ""
@@ -236,7 +259,16 @@ class FabricConnection:
         output = Output(exit_code, stdout, stderr, time.monotonic() - started)
         self.log.append(
             CommandRecord(
-                self.username, self.sudo, cwd, script, expect, on_failure, output.exit_code, output.seconds, self.step
+                self.username,
+                self.sudo,
+                cwd,
+                script,
+                expect,
+                on_failure,
+                output.exit_code,
+                output.seconds,
+                self.step,
+                at,
             )
         )
         return output
@@ -248,11 +280,11 @@ class FabricConnection:
         sudo), so only non-secret files (binaries, archives) may come this way.
         """
         staging = f"/tmp/.mha-upload-{uuid.uuid4().hex}"
-        started = time.monotonic()
+        started, at = time.monotonic(), time.time()
         try:
-            self.connection.sftp().put(str(source), staging)
+            self.sftp().put(str(source), staging)
         except (paramiko.SSHException, OSError) as exc:
-            if self.connection.transport.is_active():
+            if self.transport.is_active():
                 raise
             raise HostLost(
                 f"{self.where}: no answer, the connection broke copying {source.name} ({exc})", self.address
@@ -268,6 +300,7 @@ class FabricConnection:
                 0,
                 time.monotonic() - started,
                 self.step,
+                at,
             )
         )
         target, tmp = shlex.quote(path), shlex.quote(f"{path}.mha-new")
@@ -279,7 +312,7 @@ class FabricConnection:
         output = self.run(script, expect=f"{path} installed")
         if output.exit_code != 0:
             raise HostError(
-                f"{self.connection.host}: installing {path} failed (exit {output.exit_code}): "
+                f"{self.address}: installing {path} failed (exit {output.exit_code}): "
                 f"{output.stderr.strip()[-300:]}. Check free space and that {owner}:{group} exist"
             )
 
@@ -313,7 +346,7 @@ def _local_path(value: str | None, inventory_dir: str | None) -> str | None:
 
 
 def _verify_host_keys(client: paramiko.SSHClient, known_hosts: str | None, hostname: str, port: int) -> None:
-    """Replace fabric's AutoAddPolicy: keys come only from known_hosts files.
+    """Keys come only from known_hosts files, never accepted on first sight (RejectPolicy).
 
     The client gets only this host's entries: paramiko would otherwise parse the whole
     file for every connection, taking logging's global lock per line, which made opening

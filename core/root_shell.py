@@ -21,9 +21,8 @@ import shlex
 import threading
 import time
 
-import paramiko
-
 from core.errors import HostError, HostLost
+from core.ssh_library import paramiko
 
 PROGRAM = r"""
 import os, signal, subprocess, sys

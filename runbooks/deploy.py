@@ -9,13 +9,15 @@ The steps are tasks/registry.py's STEPS: preflight, the package transaction, the
 components in DEPLOY's order. Each runs as soon as the steps it is `after` are done.
 """
 
+import gc
 import sys
 from pathlib import Path
 
+gc.disable()  # until the modules and settings are loaded: Runbook.main resumes it (and says why)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runbooks.shell import Runbook
-from tasks.registry import STEPS
+from runbooks.shell import Runbook  # noqa: E402 (after the pause above)
+from tasks.registry import STEPS  # noqa: E402
 
 RUNBOOK = Runbook(
     "deploy",

@@ -41,6 +41,7 @@ class StepOutcome:
     note: str = ""
     problems: list[str] = field(default_factory=list)  # the health gate's
     report: str = ""  # what the step's report printed
+    at: float = 0.0  # when it started on its hosts (seconds since the epoch; 0: it did not)
 
 
 HEADS = 8  # change lines shown per host without --verbose

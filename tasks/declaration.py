@@ -16,7 +16,7 @@ from core import artifacts
 from core.settings import HostInfo, Settings
 from tasks.blocks import EditBlock
 from tasks.facts import HostFacts
-from tasks.files import JINJA, ArtifactSpec, Copy, FileSpec, Placed, Write
+from tasks.files import ArtifactSpec, Copy, FileSpec, Placed, Write, jinja
 from tasks.packages import Install
 from tasks.systemd import (
     AddUser,
@@ -42,7 +42,7 @@ Content = Callable[[Context], str]
 
 def template(name: str, variables: Callable[[Context], Mapping[str, object]]) -> Content:
     """Content rendered from `templates/<name>` with the variables computed for the host."""
-    return lambda context: JINJA.get_template(name).render(**variables(context))
+    return lambda context: jinja().get_template(name).render(**variables(context))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from core.settings import HostInfo, Settings
 from tasks.component import Component
 from tasks.declaration import Command, Context, File, Service, Stage, template
 from tasks.facts import HostFacts
-from tasks.files import JINJA
+from tasks.files import jinja
 from tasks.systemd import UNIT_DIR
 
 TABLE = "inet matrix_platform"
@@ -130,8 +130,10 @@ def apply_script(rules: str, rollback_seconds: int) -> str:
 
 def rules(context: Context) -> tuple[str, str]:
     """The host's rules file and its digest: the digest is in the table's comment, so the live table names its rules."""
-    body = JINJA.get_template("firewall/rules.nft.j2").render(
-        host_name=context.host.name, **ruleset(context.settings, context.host.name)
+    body = (
+        jinja()
+        .get_template("firewall/rules.nft.j2")
+        .render(host_name=context.host.name, **ruleset(context.settings, context.host.name))
     )
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
     return body.replace("@DIGEST@", digest), digest

@@ -29,7 +29,7 @@ from tasks import etcd
 from tasks.component import Component
 from tasks.declaration import Action, Command, Context, File, Procedure, Service, Stage, Wheels, template
 from tasks.facts import HostFacts
-from tasks.files import JINJA, Write
+from tasks.files import Write, jinja
 from tasks.packages import venv_version_script
 from tasks.remote import Expectation, lost_hosts, run
 from tasks.systemd import UNIT_DIR, Systemctl, UnitsWanted
@@ -257,7 +257,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
     def config(context: Context) -> str:
         memory = context.host.memory_mb or (int(context.reads["memory"]) if context.reads else UNREAD_MEMORY_MB)
         variables = patroni_variables(context.settings, context.host, memory, recovery)
-        return JINJA.get_template("patroni/patroni.yml.j2").render(**variables)
+        return jinja().get_template("patroni/patroni.yml.j2").render(**variables)
 
     restore = (
         ()
@@ -398,7 +398,7 @@ def sync_dynamic_config(
     if status != 200:
         raise HostError(f"{host.name}: Patroni REST /config answered {status}: {body.strip()[:200]}")
     memory = host.memory_mb or int(context.reads["memory"])
-    rendered = JINJA.get_template("patroni/patroni.yml.j2").render(**patroni_variables(settings, host, memory, None))
+    rendered = jinja().get_template("patroni/patroni.yml.j2").render(**patroni_variables(settings, host, memory, None))
     patch = config_patch(yaml.safe_load(rendered)["bootstrap"]["dcs"], json.loads(body))
     actions: list[Procedure | Command] = []
     if patch:

@@ -21,11 +21,11 @@ import json
 import time
 
 from nornir.core.task import Result, Task
-from paramiko import SSHException
 
 from core.connection import CONNECTION
 from core.errors import HostError
 from core.settings import Settings
+from core.ssh_library import paramiko
 from tasks.drills import REJOIN_STABLE, platform_problems, wait_until
 from tasks.patroni import api_base, await_cluster, cluster, leader_of, rest_get, rest_write
 from tasks.remote import Expectation, Mode, inventory_host, mode, run
@@ -95,7 +95,7 @@ def come_back(task: Task, before: str) -> None:
         try:
             if run(task, BOOT_ID, timeout=10).stdout.strip() != before:
                 break
-        except (HostError, OSError, EOFError, SSHException):  # down, or going down under the command
+        except (HostError, OSError, EOFError, paramiko.SSHException):  # down, or going down under the command
             pass
         if time.monotonic() > deadline:
             raise HostError(f"{task.host.name}: not back over SSH {BACK_SECONDS} s after its reboot; check its console")

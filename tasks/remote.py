@@ -51,7 +51,7 @@ def shell(task: Task, host: str | None = None) -> FabricConnection:
     if why is not None:
         raise HostLost(f"{target.name} ({target.hostname}) dropped out of this run: {why}", str(target.hostname))
     with _opening.setdefault(target.name, threading.Lock()):  # steps running at once open it once
-        target.get_connection(CONNECTION, task.nornir.config)  # opens it; returns the fabric.Connection
+        target.get_connection(CONNECTION, task.nornir.config)  # opens it
     return target.connections[CONNECTION]
 
 
@@ -97,7 +97,7 @@ def primitive(function: Callable[Concatenate[Task, P], Result]) -> Callable[Conc
 
 def host_key(task: Task, host: str) -> str:
     """`<type> <base64>` of the SSH host key the controller verified for `host` (known_hosts material)."""
-    key = shell(task, host).connection.client.get_transport().get_remote_server_key()
+    key = shell(task, host).transport.get_remote_server_key()
     return f"{key.get_name()} {key.get_base64()}"
 
 

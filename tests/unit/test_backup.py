@@ -14,7 +14,7 @@ import pytest
 from core.settings import Settings
 from tasks.backup import BACKUP_REPOSITORY, stanza
 from tasks.facts import HostFacts
-from tasks.files import JINJA
+from tasks.files import jinja
 from tasks.restore_drill import pgbackrest_time, target_time_problems
 from tests.conftest import Site, load_runbook
 
@@ -48,7 +48,9 @@ def serve(tmp_path: Path, command: str | None) -> subprocess.CompletedProcess[by
     (tmp_path / "etc" / "synapse" / "signing.key").write_text("ed25519 a_test seed\n")
     script = tmp_path / "serve"
     script.write_text(
-        JINJA.get_template("backup/backup-serve.sh.j2").render(
+        jinja()
+        .get_template("backup/backup-serve.sh.j2")
+        .render(
             media=str(tmp_path / "media"),
             config=str(tmp_path / "etc" / "synapse").lstrip("/"),
             kinds=("local_content", "local_thumbnails"),

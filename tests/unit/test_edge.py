@@ -17,7 +17,7 @@ from core.pki import InternalCA
 from core.ports import PortUse
 from core.secrets import Redactor
 from core.settings import load_settings
-from tasks.files import JINJA
+from tasks.files import jinja
 from tasks.firewall import port_set
 from tasks.haproxy import edge, well_known
 from tasks.keepalived import interface_of
@@ -116,12 +116,16 @@ def test_the_edge_answers_the_well_known_files_in_native_mode_only(site: Site) -
         "server": {"m.server": "chat.z3r0d3v.com:443"},
         "client": {"m.homeserver": {"base_url": "https://chat.z3r0d3v.com"}},
     }
-    text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
-        host_name="haproxy1",
-        turns=None,
-        edge=edge(settings, settings.hosts["haproxy1"]),
-        stats_password="x",
-        admin_socket="/x",
-        server_state_file="/x",
+    text = (
+        jinja()
+        .get_template("haproxy/haproxy.cfg.j2")
+        .render(
+            host_name="haproxy1",
+            turns=None,
+            edge=edge(settings, settings.hosts["haproxy1"]),
+            stats_password="x",
+            admin_socket="/x",
+            server_state_file="/x",
+        )
     )
     assert """string '{"m.server": "chat.z3r0d3v.com:443"}' if { path /.well-known/matrix/server }""" in text

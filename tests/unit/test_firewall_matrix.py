@@ -10,7 +10,8 @@ import sys
 
 from core.errors import HostError
 from core.settings import Settings
-from tasks.firewall import JINJA, ruleset
+from tasks.files import jinja
+from tasks.firewall import ruleset
 from tasks.firewall_audit import PROBE, Mismatch, compare, expected, matrix, on_each, reachable_ports, targets
 
 
@@ -64,8 +65,10 @@ def test_the_rules_written_to_each_server_open_exactly_the_matrix(lab_settings: 
     """Every declared TCP port of every lab host, from every other host: the rules agree with the matrix."""
     checked = 0
     for dest in lab_settings.hosts.values():
-        rules = JINJA.get_template("firewall/rules.nft.j2").render(
-            host_name=dest.name, **ruleset(lab_settings, dest.name)
+        rules = (
+            jinja()
+            .get_template("firewall/rules.nft.j2")
+            .render(host_name=dest.name, **ruleset(lab_settings, dest.name))
         )
         ports = {
             port

@@ -16,7 +16,7 @@ from core import artifacts, turn_service
 from core.errors import InputError
 from core.settings import Settings, load_settings
 from tasks import coturn, livekit, minio
-from tasks.files import JINJA
+from tasks.files import jinja
 from tasks.registry import CATALOG
 from tests.conftest import Site
 
@@ -105,14 +105,18 @@ def test_a_binary_inside_an_archive_is_unpacked_once_for_all_hosts(
 
 
 def test_minio_env_is_one_erasure_set_with_ec4(settings: Settings) -> None:
-    env = JINJA.get_template("minio/minio.env.j2").render(
-        host_name="minio1",
-        volumes=minio.volumes(settings),
-        address="10.0.3.31:9000",
-        console="10.0.3.31:9001",
-        parity=minio.PARITY,
-        root_user="u",
-        root_password="p",
+    env = (
+        jinja()
+        .get_template("minio/minio.env.j2")
+        .render(
+            host_name="minio1",
+            volumes=minio.volumes(settings),
+            address="10.0.3.31:9000",
+            console="10.0.3.31:9001",
+            parity=minio.PARITY,
+            root_user="u",
+            root_password="p",
+        )
     )
     endpoints = next(line for line in env.splitlines() if line.startswith("MINIO_VOLUMES=")).split("=", 1)[1]
     endpoints = endpoints.strip('"').split()
@@ -120,8 +124,10 @@ def test_minio_env_is_one_erasure_set_with_ec4(settings: Settings) -> None:
     assert endpoints[0] == "http://minio1.internal:9000/srv/minio/disk1"
     assert endpoints[-1] == "http://minio4.internal:9000/srv/minio/disk4"
     assert "MINIO_STORAGE_CLASS_STANDARD=EC:4" in env.splitlines()
-    unit = JINJA.get_template("minio/minio.service.j2").render(
-        binary="/usr/local/bin/minio", user=minio.USER, env_file=minio.ENV_FILE
+    unit = (
+        jinja()
+        .get_template("minio/minio.service.j2")
+        .render(binary="/usr/local/bin/minio", user=minio.USER, env_file=minio.ENV_FILE)
     )
     assert "ExecStart=/usr/local/bin/minio server $MINIO_OPTS $MINIO_VOLUMES" in unit
     policy = minio.bucket_policy("synapse-media")
@@ -139,8 +145,10 @@ def _keys(node: object, prefix: str = "") -> set[str]:
 
 def test_livekit_config_uses_documented_keys_and_spec_ports(settings: Settings) -> None:
     host = settings.hosts["livekit2"]
-    text = JINJA.get_template("livekit/livekit.yaml.j2").render(
-        host_name=host.name, **livekit.livekit_config(settings, host)
+    text = (
+        jinja()
+        .get_template("livekit/livekit.yaml.j2")
+        .render(host_name=host.name, **livekit.livekit_config(settings, host))
     )
     config = yaml.safe_load(text)
     assert _keys(config) <= livekit.DOCUMENTED_KEYS, _keys(config) - livekit.DOCUMENTED_KEYS
@@ -176,7 +184,7 @@ def render_coturn(settings: Settings, **override: object) -> str:
         allowed=["10.0.4.51"],
     )
     data.update(override)
-    return JINJA.get_template("coturn/turnserver.conf.j2").render(**data)
+    return jinja().get_template("coturn/turnserver.conf.j2").render(**data)
 
 
 def test_coturn_config_matches_spec(settings: Settings) -> None:

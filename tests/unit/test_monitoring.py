@@ -17,7 +17,7 @@ import yaml
 from core.dashboards import DASHBOARDS, DATASOURCE_UID, expressions
 from core.dashboards import render as render_dashboard
 from core.settings import Settings, load_settings
-from tasks.files import JINJA
+from tasks.files import jinja
 from tasks.monitoring import HAPROXY_PASSWORD_FILE, RULES_SOURCE, TARGETS, expected_targets, scrape_context
 from tasks.registry import CATALOG
 from tests.conftest import REPO, Site
@@ -61,7 +61,7 @@ def test_prometheus_config_passes_promtool(which: str, lab_settings: Settings, s
         settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
     context = scrape_context(settings, str(RULES_SOURCE))
     config = tmp_path / "prometheus.yml"
-    config.write_text(JINJA.get_template("monitoring/prometheus.yml.j2").render(**context))
+    config.write_text(jinja().get_template("monitoring/prometheus.yml.j2").render(**context))
     checked = tool("promtool", "check", "config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -69,7 +69,7 @@ def test_prometheus_config_passes_promtool(which: str, lab_settings: Settings, s
 @pytest.mark.parametrize("webhook", [None, "http://10.0.6.5:8065/hooks/platform"])
 def test_alertmanager_config_passes_amtool(webhook: str | None, tmp_path: Path) -> None:
     config = tmp_path / "alertmanager.yml"
-    config.write_text(JINJA.get_template("monitoring/alertmanager.yml.j2").render(interval=30, webhook=webhook))
+    config.write_text(jinja().get_template("monitoring/alertmanager.yml.j2").render(interval=30, webhook=webhook))
     checked = tool("amtool", "check-config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -123,7 +123,7 @@ def test_dashboards_are_grafana_json_on_the_provisioned_datasource() -> None:
         for panel in document["panels"]:
             assert panel["datasource"]["uid"] == DATASOURCE_UID and panel["targets"][0]["expr"]
     assert titles == {"Synapse", "PostgreSQL and Patroni", "Hosts", "HAProxy"}
-    datasource = JINJA.get_template("monitoring/grafana-datasource.yml.j2").render(uid=DATASOURCE_UID, url="http://x")
+    datasource = jinja().get_template("monitoring/grafana-datasource.yml.j2").render(uid=DATASOURCE_UID, url="http://x")
     assert yaml.safe_load(datasource)["datasources"][0]["uid"] == DATASOURCE_UID
 
 

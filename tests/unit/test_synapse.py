@@ -11,7 +11,7 @@ import yaml
 from core.secrets import signing_key
 from core.settings import Settings, load_settings
 from tasks import synapse
-from tasks.files import JINJA
+from tasks.files import jinja
 from tasks.haproxy import edge
 from tasks.playbook import playbook_vars
 from tasks.registry import CATALOG
@@ -20,8 +20,10 @@ from tests.conftest import Site
 
 def rendered(settings: Settings) -> dict:
     host = settings.members("synapse")[0]
-    text = JINJA.get_template("synapse/homeserver.yaml.j2").render(
-        **synapse.homeserver_config(settings, host.private_ip)
+    text = (
+        jinja()
+        .get_template("synapse/homeserver.yaml.j2")
+        .render(**synapse.homeserver_config(settings, host.private_ip))
     )
     return yaml.safe_load(text)
 
@@ -69,8 +71,10 @@ def test_lab_workers_share_redis_and_the_instance_map(lab_settings: Settings) ->
 def worker_config(settings: Settings, name: str) -> dict:
     host = settings.members("synapse")[0]
     worker = next(w for w in synapse.workers(settings) if w.name == name)
-    text = JINJA.get_template("synapse/worker.yaml.j2").render(
-        worker=worker, ip=host.private_ip, loopback="127.0.0.1", log_config=synapse.LOG_CONFIG
+    text = (
+        jinja()
+        .get_template("synapse/worker.yaml.j2")
+        .render(worker=worker, ip=host.private_ip, loopback="127.0.0.1", log_config=synapse.LOG_CONFIG)
     )
     return yaml.safe_load(text)
 
@@ -133,13 +137,17 @@ def routed(haproxy_cfg: str, path: str) -> str:
 
 def test_haproxy_routes_worker_paths_as_synapse_documents(lab_settings: Settings) -> None:
     host = lab_settings.hosts["haproxy1"]
-    text = JINJA.get_template("haproxy/haproxy.cfg.j2").render(
-        host_name=host.name,
-        turns=None,
-        edge=edge(lab_settings, host),
-        stats_password="x",
-        admin_socket="/x",
-        server_state_file="/tmp/state",
+    text = (
+        jinja()
+        .get_template("haproxy/haproxy.cfg.j2")
+        .render(
+            host_name=host.name,
+            turns=None,
+            edge=edge(lab_settings, host),
+            stats_password="x",
+            admin_socket="/x",
+            server_state_file="/tmp/state",
+        )
     )
     expected = {
         "/_matrix/client/v3/sync": "synapse_sync",
