@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import sys
 import tempfile
 import time
@@ -44,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nornir.core import Nornir
 from nornir.core.task import Result, Task
 
-from bench.figures import publish
+from bench.figures import cpu_seconds, publish
 from core.connection import CONNECTION
 from core.errors import HostError, InputError
 from core.settings import Settings, load_settings
@@ -90,14 +88,6 @@ def representative_step(task: Task, revision: int) -> Result:
     if not state["sshd"].strip():
         raise HostError(f"{task.host.name}: sshd is not running (pgrep -x sshd found no process)")
     return Result(host=task.host, changed=written.changed)
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(this controller process, the whole machine) CPU seconds so far: the lab hosts run on this machine."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    with open("/proc/stat") as stat:
-        ticks = sum(int(field) for field in stat.readline().split()[1:4])
-    return own.ru_utime + own.ru_stime, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def timed_step(nr: Nornir, revision: int) -> dict:

@@ -43,7 +43,7 @@ def main() -> int:
         return 1
     started = time.time()
     soak = ("soak", "--lab", "--yes", f"--minutes={args.minutes:g}", f"--seed={args.seed}")
-    code, _ = run_runbook("failover_drill", *soak, on_line=lambda line: print(line, end="", flush=True))
+    code, _ = run_runbook("failover_drill", *soak, on_line=lambda line: print(line, flush=True))
     wall = time.time() - started
     records = sorted((LAB_CONFIG.parent / "drills" / "lab").glob("*-soak.json"))
     if not records or records[-1].stat().st_mtime < started:

@@ -234,20 +234,7 @@ class FabricConnection:
             deadline = timeout or (READ_SECONDS if reads_only else self.command_timeout)
             exit_code, stdout, stderr = shell.run(wrapped, stdin, deadline)
         except HostLost as exc:
-            self.log.append(
-                CommandRecord(
-                    self.username,
-                    self.sudo,
-                    cwd,
-                    script,
-                    expect,
-                    on_failure,
-                    -1,
-                    time.monotonic() - started,
-                    self.step,
-                    at,
-                )
-            )
+            self._record(cwd, script, expect, on_failure, -1, time.monotonic() - started, at)
             first = script.strip().splitlines()[0] if script.strip() else ""
             raise HostLost(
                 f"{exc} (step {self.step or '-'}, command: {first[:160]}{' …' if len(first) > 160 else ''})",
@@ -257,21 +244,25 @@ class FabricConnection:
             if shell is not None:
                 self._give_shell(shell)
         output = Output(exit_code, stdout, stderr, time.monotonic() - started)
-        self.log.append(
-            CommandRecord(
-                self.username,
-                self.sudo,
-                cwd,
-                script,
-                expect,
-                on_failure,
-                output.exit_code,
-                output.seconds,
-                self.step,
-                at,
-            )
-        )
+        self._record(cwd, script, expect, on_failure, output.exit_code, output.seconds, at)
         return output
+
+    def _record(
+        self,
+        cwd: str,
+        command: str,
+        expect: str,
+        on_failure: str,
+        exit_code: int,
+        seconds: float,
+        at: float,
+        *,
+        sudo: bool | None = None,
+    ) -> None:
+        """Add a command to the host's log, with the step it ran for."""
+        sudo = self.sudo if sudo is None else sudo
+        record = CommandRecord(self.username, sudo, cwd, command, expect, on_failure, exit_code, seconds, self.step, at)
+        self.log.append(record)
 
     def upload(self, source: Path, path: str, *, owner: str, group: str, mode: int) -> None:
         """Copy a local file over SFTP, then put it in place atomically with owner and mode.
@@ -289,19 +280,8 @@ class FabricConnection:
             raise HostLost(
                 f"{self.where}: no answer, the connection broke copying {source.name} ({exc})", self.address
             ) from None
-        self.log.append(
-            CommandRecord(
-                self.username,
-                False,
-                "/",
-                f"sftp put {source} {staging}",
-                "file uploaded",
-                "",
-                0,
-                time.monotonic() - started,
-                self.step,
-                at,
-            )
+        self._record(
+            "/", f"sftp put {source} {staging}", "file uploaded", "", 0, time.monotonic() - started, at, sudo=False
         )
         target, tmp = shlex.quote(path), shlex.quote(f"{path}.mha-new")
         script = (

@@ -63,15 +63,17 @@ def run_runbook(name: str, *args: str, on_line: Callable[[str], None] | None = N
     for line in process.stdout:
         lines.append((time.time(), line.rstrip("\n")))
         if on_line:
-            on_line(line)
+            on_line(lines[-1][1])
     return process.wait(timeout=600), lines
 
 
 def cut_when_step_starts(link: Link, step: str) -> Callable[[str], None]:
-    """An `on_line` that cuts `link` as soon as the runbook announces `step` (once)."""
+    """An `on_line` that cuts `link` as soon as the runbook announces `step` (once): the deploy's graph
+    says when a step starts ("… 6/32 node-exporter started"), a runbook of steps in order heads it ("▶ …")."""
 
     def watch(line: str) -> None:
-        if line.startswith("▶") and f" {step} — " in line and not link.cut_at:
+        starts = line.startswith("…") and line.endswith(f" {step} started")
+        if (starts or (line.startswith("▶") and f" {step} — " in line)) and not link.cut_at:
             link.cut()
 
     return watch

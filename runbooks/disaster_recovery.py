@@ -81,9 +81,9 @@ def steps(wipe: bool, time: str | None) -> list[Step]:
     )
     rest: list[Step] = []
     for step in DEPLOY.steps:
-        if step.name not in ("preflight", *INFRASTRUCTURE, "pgbackrest", "patroni"):
+        if step.name not in ("preflight", "packages", *INFRASTRUCTURE, "pgbackrest", "patroni"):
             rest += [step, keys] if step.name == "synapse-database" else [step]
-    return [deploy["preflight"], *before, *infrastructure, *database, *rest]
+    return [deploy["preflight"], *before, deploy["packages"], *infrastructure, *database, *rest]
 
 
 def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:

@@ -8,6 +8,7 @@ import secrets
 import shutil
 from collections import Counter
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,20 @@ def test_deploy_then_rerun_changes_nothing(deploy_lab: Deploy, lab: Lab, tmp_pat
     # Read ahead: a component's state in one command, its health check in another.
     per_step = Counter((host, r["step"]) for host, records in data["commands"].items() for r in records)
     assert {key: n for key, n in per_step.items() if n > 2} == {}
+    # The graph ran steps side by side; --serial runs the same ones one after another, in the listed order.
+    assert overlapping(data)
+    serial = tmp_path / "serial.json"
+    code, out = deploy_lab("--serial", "--report", str(serial))
+    assert code == 0 and "deploy: no changes" in out, out
+    in_order = json.loads(serial.read_text())
+    assert [s["name"] for s in in_order["steps"]] == [s["name"] for s in data["steps"]]
+    assert not overlapping(in_order)
+
+
+def overlapping(report: dict) -> list[tuple[str, str]]:
+    """Pairs of steps of a run's report where the later one started before the earlier one ended."""
+    spans = sorted((s["at"], s["at"] + s["seconds"], s["name"]) for s in report["steps"] if s["at"])
+    return [(one[2], two[2]) for one, two in pairwise(spans) if two[0] < one[1]]
 
 
 def test_hand_edit_inside_the_block_is_repaired(deploy_lab: Deploy, lab: Lab) -> None:
