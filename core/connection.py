@@ -95,7 +95,7 @@ class FabricConnection:
         self.where = ""
         self.opened_at = 0.0  # when the run first reached for the host (seconds since the epoch)
         self.sftp_session: paramiko.SFTPClient | None = None
-        self.opening_sftp = threading.Lock()
+        self.sftp_lock = threading.Lock()
 
     def open(
         self,
@@ -165,12 +165,13 @@ class FabricConnection:
         assert transport is not None  # open() connected it
         return transport
 
-    def sftp(self) -> paramiko.SFTPClient:
-        """The connection's SFTP session, opened on first use."""
-        with self.opening_sftp:
+    def _put(self, source: Path, path: str) -> None:
+        """Copy `source` to `path` over the connection's SFTP session (opened on first use), one
+        transfer at a time: steps running at once on the host share the session."""
+        with self.sftp_lock:
             if self.sftp_session is None:
                 self.sftp_session = self.connection.open_sftp()
-            return self.sftp_session
+            self.sftp_session.put(str(source), path)
 
     def close(self) -> None:
         for shell in self.idle:
@@ -273,7 +274,7 @@ class FabricConnection:
         staging = f"/tmp/.mha-upload-{uuid.uuid4().hex}"
         started, at = time.monotonic(), time.time()
         try:
-            self.sftp().put(str(source), staging)
+            self._put(source, staging)
         except (paramiko.SSHException, OSError) as exc:
             if self.transport.is_active():
                 raise
