@@ -141,6 +141,19 @@ def run(
         timeout=timeout,
         reads_only=reads_only,
     )
+    return checked(target, conn, cwd, script, output, what, ok_codes)
+
+
+def checked(
+    target: Host,
+    conn: FabricConnection,
+    cwd: str,
+    script: str,
+    output: Output,
+    what: Expectation,
+    ok_codes: tuple[int, ...] = (0,),
+) -> Output:
+    """`output`, unless its exit status is not in `ok_codes`: then CommandFailed, saying what to check."""
     if output.exit_code not in ok_codes:
         raise CommandFailed(
             failure_message(target.name, target.hostname, conn.username, conn.sudo, cwd, script, output, what)
@@ -187,8 +200,4 @@ def fresh_login(task: Task, script: str, what: Expectation) -> Output:
     finally:
         login.close()
         shell(task).log.extend(login.log)
-    if output.exit_code != 0:
-        raise CommandFailed(
-            failure_message(task.host.name, task.host.hostname, login.username, login.sudo, "/", script, output, what)
-        )
-    return output
+    return checked(task.host, login, "/", script, output, what)
