@@ -1,8 +1,8 @@
 """Nornir connection plugin around a paramiko SSH client: real exit codes, sudo, stdin, SFTP.
 
 Commands go through a host's root shell (`core.root_shell`), started once through
-`sudo -n`, not a channel and a sudo each. Steps that run at the same time on one host
-(the deploy's graph) each get a shell of their own, started when the others are busy.
+`sudo -n`, not a channel and a sudo each; steps that run at the same time on one host
+(the deploy's graph) share it.
 
 Why not netmiko's `linux` driver: netmiko screen-scrapes an interactive shell and has no
 exit status; provisioning needs both the status and clean stdout/stderr. It is registered
@@ -36,8 +36,6 @@ from core.ssh_library import paramiko
 
 CONNECTION = "fabric"
 READ_SECONDS = 120  # the deadline of a command that only reads, unless it sets its own
-# Root shells per host: one per step running there at once (a step's own commands run one after another).
-MAX_SHELLS = 6
 
 # The runbook step the current thread works for: the runner names it as a host's task
 # starts (`runbooks.shell`), so each command is recorded with its step even when
@@ -86,9 +84,8 @@ class FabricConnection:
         self.command_timeout: int | None = None
         self.address = ""
         self.options: dict[str, Any] = {}
-        self.idle: list[RootShell] = []  # started ones no command uses now
-        self.shells = 0  # how many are started
-        self.free = threading.Condition()
+        self.root_shell: RootShell | None = None  # started by the first command
+        self.shell_lock = threading.Lock()
         # Facts read ahead by each step (tasks.facts), keyed by step, then "<kind>:<name>";
         # all forgotten by any command not marked `reads_only`, as it may have changed them.
         self.read_ahead: dict[str, dict[str, Any]] = {}
@@ -174,36 +171,20 @@ class FabricConnection:
             self.sftp_session.put(str(source), path)
 
     def close(self) -> None:
-        for shell in self.idle:
-            shell.close()
+        if self.root_shell is not None:
+            self.root_shell.close()
         self.connection.close()
 
     @property
     def step(self) -> str:
         return current_step()
 
-    def _take_shell(self) -> RootShell:
-        """An idle root shell, a new one while fewer than MAX_SHELLS run, else the next to come back."""
-        with self.free:
-            while not self.idle and self.shells >= MAX_SHELLS:
-                self.free.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.shells += 1
-        try:
-            return RootShell(self.transport, self.where, sudo=self.sudo)
-        except BaseException:
-            self._give_shell(None)
-            raise
-
-    def _give_shell(self, shell: RootShell | None) -> None:
-        """Return `shell` to the idle ones; a broken one (or None: it did not start) is let go."""
-        with self.free:
-            if shell is None or shell.broken:
-                self.shells -= 1
-            else:
-                self.idle.append(shell)
-            self.free.notify()
+    def _shell(self) -> RootShell:
+        """The host's root shell: started on first use, and again after one broke."""
+        with self.shell_lock:
+            if self.root_shell is None or self.root_shell.broken:
+                self.root_shell = RootShell(self.transport, self.where, sudo=self.sudo)
+            return self.root_shell
 
     @property
     def sudo(self) -> bool:
@@ -228,9 +209,8 @@ class FabricConnection:
         if not reads_only:
             self.read_ahead.clear()
         started, at = time.monotonic(), time.time()
-        shell = None
         try:
-            shell = self._take_shell()
+            shell = self._shell()
             wrapped = f"export LC_ALL=C; cd {shlex.quote(cwd)} && {script}"
             deadline = timeout or (READ_SECONDS if reads_only else self.command_timeout)
             exit_code, stdout, stderr = shell.run(wrapped, stdin, deadline)
@@ -241,9 +221,6 @@ class FabricConnection:
                 f"{exc} (step {self.step or '-'}, command: {first[:160]}{' …' if len(first) > 160 else ''})",
                 self.address,
             ) from None
-        finally:
-            if shell is not None:
-                self._give_shell(shell)
         output = Output(exit_code, stdout, stderr, time.monotonic() - started)
         self._record(cwd, script, expect, on_failure, output.exit_code, output.seconds, at)
         return output

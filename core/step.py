@@ -34,6 +34,10 @@ class Step:
     groups: tuple[str, ...] | None = None
     serial: bool = False
     check: Callable[..., Result] | None = None
+    # The health check of a run that changed nothing, here or in a step this one waits for:
+    # a cheaper proof of the same health (a re-run need not push a WAL segment through
+    # pgBackRest, 1.7 s, to show the chain it proved before still stands). None: `check`.
+    steady_check: Callable[..., Result] | None = None
     gate: Gate | None = None
     artifacts: tuple[str, ...] = ()  # names in artifacts/manifest.yaml the step pushes to hosts
     # Artifacts an operator may not have yet (MinIO, LiveKit): without them the step is
@@ -72,10 +76,18 @@ def direct_needs(steps: Sequence[Step]) -> dict[str, list[str]]:
     """
     names = {step.name for step in steps}
     after = {step.name: [name for name in step.after if name in names] for step in steps}
-    below: dict[str, set[str]] = {}  # every step a step waits for, directly or not
-    for step in steps:  # in an order where each step's `after` comes before it
-        below[step.name] = {far for name in after[step.name] for far in (name, *below.get(name, ()))}
+    below = waits_for(steps)
     return {
         name: [near for near in needs if not any(near in below[other] for other in needs if other != near)]
         for name, needs in after.items()
     }
+
+
+def waits_for(steps: Sequence[Step]) -> dict[str, set[str]]:
+    """Every step of `steps` each one waits for, directly or through others (`steps` in an order
+    where each step's `after` comes before it)."""
+    names = {step.name for step in steps}
+    below: dict[str, set[str]] = {}
+    for step in steps:
+        below[step.name] = {far for name in step.after if name in names for far in (name, *below.get(name, ()))}
+    return below

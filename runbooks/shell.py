@@ -46,7 +46,7 @@ from core.errors import InputError, InputProblem
 from core.mode import Mode
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
-from core.step import Step, direct_needs
+from core.step import Step, direct_needs, waits_for
 from core.yamlsource import SafeLoader
 from runbooks.display import (
     Progress,
@@ -166,6 +166,7 @@ class Runbook:
         # A checklist (validate.py) runs every step whatever failed before: each is a check of its own.
         self.checklist = checklist
         self.console = Console(highlight=False, soft_wrap=True)
+        self.changed_steps: set[str] = set()  # the steps that changed something in the run under way
 
     def parser(self) -> argparse.ArgumentParser:
         width = max(len(s.name) for s in self.steps)
@@ -386,6 +387,7 @@ class Runbook:
             self.console.print(f"[cyan]{mode_note}[/cyan]")
         dropped: dict[str, Dropped] = {}
         refused: list[str] = []
+        self.changed_steps.clear()
         new_ca = not settings.ca.cert_path.exists()  # made by this run if it is refused: removed again
         try:
             blocked_by = ""
@@ -701,7 +703,10 @@ class Runbook:
         else:
             outcome.note = f"{len(losing)} host(s) dropped out" if losing else ""
             staying = targets.filter(filter_func=lambda h: h.name not in losing)
-            problems = self._health(step, staying, result, settings) if options.mode is Mode.APPLY else []
+            if any(h.status == "changed" for h in hosts.values()):
+                self.changed_steps.add(step.name)
+            steady = not self.changed_steps & {step.name, *waits_for(options.steps).get(step.name, ())}
+            problems = self._health(step, staying, result, settings, steady) if options.mode is Mode.APPLY else []
             if problems:
                 outcome.status, outcome.note = "failed", "health gate"
                 outcome.problems = [redact(p) for p in problems]
@@ -716,12 +721,18 @@ class Runbook:
     def _progress(self, console: Console, options: Options, redact: Redactor) -> Progress:
         return Progress(console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY)
 
-    def _health(self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings) -> list[str]:
-        """Problems found by the step's health check (on every host still in the run) and its cross-host gate."""
+    def _health(
+        self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings, steady: bool
+    ) -> list[str]:
+        """Problems found by the step's health check (on every host still in the run) and its cross-host gate.
+
+        `steady`: nothing changed in this step or the steps it waits for; its steady check, if it has one, will do.
+        """
         problems = []
-        if step.check and targets.inventory.hosts:
+        check = step.steady_check if steady and step.steady_check else step.check
+        if check and targets.inventory.hosts:
             checked = targets.with_processors([StepTag(step.name)]).run(
-                task=step.check, name=f"{step.name} health", settings=settings, on_failed=True
+                task=check, name=f"{step.name} health", settings=settings, on_failed=True
             )
             problems += [failure_text(multi) for multi in checked.values() if multi.failed]
         if step.gate and not problems:

@@ -84,6 +84,7 @@ class Component:
     reads: Mapping[str, str | Callable[[Settings, HostInfo], str]] = field(default_factory=dict)
     ready: tuple[Ready, ...] = ()
     check: HealthCheck | None = None  # the step's health check, once every host converged
+    steady_check: HealthCheck | None = None  # a cheaper one for a run that changed nothing it stands on (core.step)
     # What the controller must have for the step (an imported certificate set), checked before any host.
     requires: Callable[[Settings], list[InputProblem]] | None = None
     # Why a host of the groups has nothing of this component ("" when it has), e.g. a
@@ -121,6 +122,7 @@ class Component:
             self.converge,
             groups=self.groups,
             check=self.check,
+            steady_check=self.steady_check,
             requires=self.requires,
             needs=(*(binary.artifact for binary in self.binaries), *self.needs),
             artifacts=tuple(wheels.artifact for wheels in self.wheels),

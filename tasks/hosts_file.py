@@ -67,6 +67,7 @@ def verify_resolution(task: Task, settings: Settings, files_only: bool = False) 
         f"getent {'-s files ' if files_only else ''}hosts " + " ".join(shlex.quote(n) for n in expected),
         ok_codes=(0, 2),
         what=Expectation("every name resolved" + (" from /etc/hosts" if files_only else "")),
+        reads_only=True,
     )
     wrong = wrong_resolutions(out.stdout, expected)
     if wrong:
@@ -80,7 +81,9 @@ def verify_resolution(task: Task, settings: Settings, files_only: bool = False) 
 
 def outbound_route(task: Task, settings: Settings) -> Result:
     """Fact for the intranet transition: the host's default route, if any (the platform uses none)."""
-    route = run(task, "ip -4 route show default", what=Expectation("the default route, if any")).stdout.strip()
+    route = run(
+        task, "ip -4 route show default", what=Expectation("the default route, if any"), reads_only=True
+    ).stdout.strip()
     return Result(host=task.host, result=f"default route: {route.splitlines()[0] if route else 'none'}")
 
 
@@ -135,7 +138,7 @@ def outside_problems(stdout: str) -> tuple[str, list[str]]:
 
 def outside_dependencies(task: Task, settings: Settings) -> Result:
     """Fact and check for the intranet transition: nothing on the host needs the internet."""
-    out = run(task, OUTSIDE, what=Expectation("the time source and Synapse's outbound settings"))
+    out = run(task, OUTSIDE, what=Expectation("the time source and Synapse's outbound settings"), reads_only=True)
     source, problems = outside_problems(out.stdout)
     if problems:
         raise HostError(f"{task.host.name}: needs the internet: {'; '.join(problems)}")

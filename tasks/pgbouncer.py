@@ -105,7 +105,7 @@ def login_check(task: Task, settings: Settings) -> Result:
     # A route just started counts every member up until its checks fail `fall` times (2 s): ask again meanwhile.
     deadline = time.monotonic() + ROUTE_SETTLES
     while True:
-        out = run(task, script, stdin=settings.secrets["synapse_db_password"] + "\n", what=what)
+        out = run(task, script, stdin=settings.secrets["synapse_db_password"] + "\n", what=what, reads_only=True)
         if out.stdout.strip() == "f" or time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -11,6 +11,7 @@ step's gate compares them.
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,15 +26,28 @@ from tasks.remote import Expectation, run
 
 SUPPORTED_OS = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
 
+# Whether the kernel counts the clock synchronised, as `timedatectl show -p NTPSynchronized`
+# decides it (systemd's ntp_synced: adjtimex answers and its maximum error is under 16 s),
+# without it: timedatectl starts systemd-timedated over D-Bus on each host, 0.8 s of CPU
+# across the lab's 16 hosts and a quarter second of waiting, on every run.
+NTP_SYNCED = """
+import ctypes
+class Timex(ctypes.Structure):  # struct timex: its first fields, then room for the rest
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("rest", ctypes.c_char * 256)]
+timex = Timex()
+print("yes" if ctypes.CDLL(None).adjtimex(ctypes.byref(timex)) >= 0 and timex.maxerror < 16000000 else "no")
+"""
+
 FACTS_SCRIPT = r"""
 echo "hostname=$(hostname)"
 . /etc/os-release 2>/dev/null && echo "os=$ID $VERSION_ID"
 echo "time=$(date +%s.%N)"
-echo "ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || echo unknown)"
+echo "ntp=$(python3 -I -S -c NTP_SYNCED 2>/dev/null || echo unknown)"
 echo "disk_free_kb=$(df -Pk / | awk 'NR==2 {print $4}')"
 ss -Hlntup 2>/dev/null | awk '{print "listen=" $1 " " $5 " " $7}'
 true
-"""
+""".replace("NTP_SYNCED", shlex.quote(NTP_SYNCED))
 
 
 @dataclass
@@ -107,6 +121,7 @@ def preflight(task: Task, settings: Settings) -> Result:
             "check that the SSH user has passwordless sudo (sudo -n true) and that the host runs "
             "a standard Debian/Ubuntu userland",
         ),
+        reads_only=True,
     )
     after = time.time()
     facts = parse_facts(out.stdout)

@@ -302,5 +302,6 @@ def redis_pong(task: Task, instance: RedisInstance, settings: Settings) -> Resul
         cli_script(instance.address(settings.hosts[task.host.name]), instance.port, ca),
         stdin=settings.secrets[instance.password] + "\n",
         what=Expectation("PONG", f"journalctl -u {instance.unit} on the host"),
+        reads_only=True,
     )
     return Result(host=task.host, result=out.stdout.strip())

@@ -113,6 +113,7 @@ def sentinel_component(
             cli_script(host.private_ip, replication.port, trusted_ca(settings.site), wait),
             stdin=settings.secrets[instance.password] + "\n",
             what=Expectation("OK: enough usable sentinels", f"journalctl -u {start.unit} on the host"),
+            reads_only=True,
         )
         if not out.stdout.startswith("OK"):
             raise HostError(f"{task.host.name}: sentinel ckquorum {instance.name}: {out.stdout.strip()}")

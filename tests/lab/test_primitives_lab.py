@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +69,33 @@ def test_stdin_streams_and_timeout_through_the_root_shell(nornir: MakeNornir) ->
     assert big.stdout == "x" * 3000000
     assert hung.exit_code == 124 and "timed out after 1 s" in hung.stderr and hung.seconds < 5
     assert left == ""  # the command and what it started in the background
+
+
+def test_commands_from_steps_running_at_once_share_one_root_shell(nornir: MakeNornir) -> None:
+    """A quick command is answered while another step's slow one still runs, both through the host's one shell."""
+
+    def probe(task: Task) -> Result:
+        run(task, "true")  # the connection and its shell are open
+        answers: dict[str, tuple[float, str]] = {}
+
+        def timed(name: str, script: str) -> None:
+            output = run(task, script)
+            answers[name] = (time.monotonic(), output.stdout)
+
+        slow = threading.Thread(target=timed, args=("slow", "sleep 1.5; echo slow"))
+        slow.start()
+        time.sleep(0.2)
+        quick_started = time.monotonic()
+        timed("quick", f"echo quick; pgrep -fc {shlex.quote('^python3 -I -S -c.*read, write, answering')}")
+        slow.join()
+        return Result(host=task.host, result=(answers, quick_started))
+
+    result = nornir(hosts=("patroni3",)).run(task=probe)
+    assert not result.failed, result["patroni3"][0].exception
+    answers, quick_started = only(result, "patroni3").result
+    (quick_done, quick), (slow_done, slow) = answers["quick"], answers["slow"]
+    assert quick == "quick\n1\n" and slow == "slow\n"  # one root shell program on the host
+    assert quick_done - quick_started < 1 and quick_done < slow_done
 
 
 def test_login_user_without_passwordless_sudo_is_named_with_the_fix(nornir: MakeNornir, lab: Lab) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from tasks.backup import BACKUP_REPOSITORY, stanza
+from tasks.backup import BACKUP_REPOSITORY, newest_wal_age, stanza
 from tasks.facts import HostFacts
 from tasks.files import jinja
 from tasks.restore_drill import pgbackrest_time, target_time_problems
@@ -144,3 +144,9 @@ def test_the_stanza_is_created_on_the_host_only_when_pgbackrest_finds_it_missing
     assert (command.marker in done.stdout) is created
     calls = log.read_text() if log.exists() else ""
     assert calls == ("pgbackrest --stanza=matrix stanza-create\n" if created else "")
+
+
+def test_the_newest_archived_wal_is_read_as_an_age_or_none() -> None:
+    assert newest_wal_age("1700000100\n1700000040.5\n") == 59.5
+    assert newest_wal_age("1700000100\n") is None  # no segment within STEADY_WAL_HOURS: the full check runs
+    assert newest_wal_age("") is None and newest_wal_age("garbled\nlines\n") is None

@@ -88,3 +88,43 @@ def test_help_names_what_each_step_directly_waits_for() -> None:
         Step("d", "", plain.task, after=("a", "c", "elsewhere")),
     ]
     assert direct_needs(graph) == {"a": [], "b": ["a"], "c": ["b"], "d": ["c"]}
+
+
+def checked_with(lab_settings: Settings, tmp_path: Path, upstream_changes: bool, own_changes: bool) -> set[str]:
+    """Which health check `gated` ran when `upstream` (which it waits for) and itself changed something or not,
+    while `elsewhere`, which it does not wait for, always changes something."""
+    ran: set[str] = set()
+
+    def work(changes: bool):  # type: ignore[no-untyped-def]
+        return lambda task, settings: Result(host=task.host, changed=changes)
+
+    def check(name: str):  # type: ignore[no-untyped-def]
+        return lambda task, settings: ran.add(name) or Result(host=task.host)
+
+    graph = [
+        Step("upstream", "", work(upstream_changes), groups=("coturn",)),
+        Step("elsewhere", "", work(True), groups=("coturn",)),
+        Step(
+            "gated",
+            "",
+            work(own_changes),
+            groups=("coturn",),
+            check=check("full"),
+            steady_check=check("steady"),
+            after=("upstream",),
+        ),
+    ]
+    runbook = Runbook("deploy", "", graph, graph=True)
+    runbook.console = Console(file=io.StringIO(), width=200)
+    options = Options(tmp_path, tmp_path, Mode.APPLY, graph, [], False, None, tmp_path, True)
+    nr = make_nornir(lab_settings, Mode.APPLY)
+    runbook._run_graph(nr, lab_settings, options, nr.config.user_defined["redact"], {})
+    return ran
+
+
+def test_the_steady_check_serves_only_a_run_that_changed_nothing_the_step_stands_on(
+    lab_settings: Settings, tmp_path: Path
+) -> None:
+    assert checked_with(lab_settings, tmp_path, upstream_changes=False, own_changes=False) == {"steady"}
+    assert checked_with(lab_settings, tmp_path, upstream_changes=True, own_changes=False) == {"full"}
+    assert checked_with(lab_settings, tmp_path, upstream_changes=False, own_changes=True) == {"full"}
