@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from core.errors import InputError, InputProblem
+from core.yamlsource import load_yaml
 
 
 def token() -> str:
@@ -171,7 +172,7 @@ def load_or_create(path: Path, makers: Mapping[str, Callable[[], str]]) -> Secre
                     )
                 ]
             )
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path, label).data or {}
         if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
             raise InputError(
                 [

@@ -7,6 +7,7 @@ InputError, before anything connects to a host.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from core.catalog import Catalog
 from core.config import Config
 from core.errors import InputError, InputProblem
 from core.inventory import Defaults, Group, Host
+from core.paths import real
 from core.pki import InternalCA, ServerCertificate
 from core.secrets import SITE, Secrets, load_or_create
 from core.sizing import Sizing, for_config
@@ -190,9 +192,13 @@ def _parse(config_path: Path, inventory_dir: Path) -> Parsed:
 def _label(path: Path) -> str:
     """The path as the operator would type it: relative to the working directory when inside it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
+        return str(real(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+# A host's or group's name in the inventory: also a folder of the plan, so nothing a path could misread.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def _mapping(model: type[BaseModel], doc: YamlDoc, problems: list[InputProblem]) -> dict[str, Any]:
@@ -203,7 +209,17 @@ def _mapping(model: type[BaseModel], doc: YamlDoc, problems: list[InputProblem])
         return {}
     out = {}
     for name, entry in data.items():
-        parsed = _model(model, doc, (str(name),), problems, entry)
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            problems.append(
+                doc.problem(
+                    (str(name),),
+                    f"{name!r} is not a name: it names folders and files on the controller (plans, reports)",
+                    "use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 "
+                    "characters, and quote a name YAML would read as a number ('12345')",
+                )
+            )
+            continue
+        parsed = _model(model, doc, (name,), problems, entry)
         if parsed is not None:
             out[str(name)] = parsed
     return out

@@ -151,6 +151,16 @@ def _addresses(parsed: Parsed) -> list[InputProblem]:
                 "choose a free address for the VIP",
             )
         )
+    address = parsed.defaults.data.vip
+    if not any(address in net for net in networks if net.version == address.version):
+        problems.append(
+            parsed.docs["defaults.yaml"].problem(
+                ("data", "vip"),
+                f"the VIP {vip} is outside the private networks ({', '.join(map(str, networks))}): "
+                "Keepalived moves it between the haproxy hosts on their shared network",
+                "choose a free address on the haproxy hosts' network, or add its network to private_networks",
+            )
+        )
     return problems
 
 

@@ -32,14 +32,14 @@ from tasks.disaster_recovery import (
     stop_synapse,
 )
 from tasks.patroni import Recovery, patroni_component
-from tasks.restore_drill import pgbackrest_time, target_time_problems
+from tasks.restore_drill import pgbackrest_time, restore_time
 
 INFRASTRUCTURE = ("firewall", "ca-trust", "hosts-file", "node-exporter", "etcd")
 
 
 def steps(wipe: bool, time: str | None) -> list[Step]:
     """The deploy's steps around a Patroni step that bootstraps from the backup."""
-    recovery = Recovery(pgbackrest_time(time) if time and not target_time_problems(time) else None)
+    recovery = Recovery(pgbackrest_time(time) if time else None)
     before = [
         Step(
             "cluster-state",
@@ -47,7 +47,6 @@ def steps(wipe: bool, time: str | None) -> list[Step]:
             cluster_state,
             groups=("patroni",),
             gate=None if wipe else occupied,
-            requires=lambda settings: target_time_problems(time),
         ),
         Step(
             "stop-synapse",
@@ -89,7 +88,7 @@ def steps(wipe: bool, time: str | None) -> list[Step]:
 def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--wipe", action="store_true")
-    own.add_argument("--time", default=None)
+    own.add_argument("--time", default=None, type=restore_time)
     known, rest = own.parse_known_args(argv)
     return Runbook("disaster_recovery", __doc__ or "", steps(known.wipe, known.time), confirm=True), rest
 

@@ -119,6 +119,10 @@ def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
     own.add_argument("--minutes", type=float, default=3.0)
     own.add_argument("--seed", type=int, default=None)
     known, rest = own.parse_known_args(argv)
+    if not 1 <= known.runs <= 100:
+        own.error(f"--runs {known.runs}: give how many times to run each drill, 1 to 100")
+    if known.variant and known.drill in ("all", "soak"):
+        own.error(f"--variant {known.variant}: a variant belongs to one drill; name it, e.g. {next(iter(DRILLS))}")
     if known.drill == "soak":
         if not 0 < known.minutes <= 24 * 60:
             own.error(f"--minutes {known.minutes:g}: give the soak's length in minutes, more than 0 and at most 1440")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from core.errors import InputError
+from core.paths import real
 from core.settings import Settings, load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from tasks.registry import CATALOG
@@ -39,7 +40,7 @@ class Read:
 def read_settings(args: argparse.Namespace, console: Console, runbook: str) -> Read | None:
     """The settings the options name; None once the problems (file, key, fix) are printed."""
     config, inventory = default_paths(args.lab)
-    config, inventory = (args.config or config).resolve(), (args.inventory or inventory).resolve()
+    config, inventory = real(args.config or config), real(args.inventory or inventory)
     try:
         settings, _ = load_settings(config, inventory, catalog=CATALOG, allow_placeholders=True)
     except InputError as exc:

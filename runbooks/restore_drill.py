@@ -26,23 +26,21 @@ from tasks.restore_drill import (
     drill_report,
     pgbackrest_time,
     restore_drill,
-    target_time_problems,
+    restore_time,
 )
 
 
 def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
     """The drill for the options in `argv`, and the options left for the runbook shell."""
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--time", default=None)
+    own.add_argument("--time", default=None, type=restore_time)
     own.add_argument("--keep", action="store_true")
     known, rest = own.parse_known_args(argv)
-    valid = not target_time_problems(known.time)
     step = Step(
         "restore",
         "restore into the scratch instance on the backup host; counts, one-time keys, media, signing key",
-        partial(restore_drill, time=pgbackrest_time(known.time) if known.time and valid else None, keep=known.keep),
+        partial(restore_drill, time=pgbackrest_time(known.time) if known.time else None, keep=known.keep),
         groups=("backup",),
-        requires=lambda settings: target_time_problems(known.time),
         gate=drill_problems,
         report=drill_report,
     )

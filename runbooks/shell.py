@@ -44,6 +44,7 @@ from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection, current
 from core.errors import InputError, InputProblem
 from core.mode import Mode
+from core.paths import real, unwritable
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
 from core.step import Step, direct_needs, waits_for
@@ -207,7 +208,7 @@ class Runbook:
             action="store_true",
             help="use config.lab.yaml and inventory/lab, and bring the lab up first if needed (python runbooks/lab.py)",
         )
-        parser.add_argument("--limit", default="", help="only these hosts, comma-separated inventory names")
+        parser.add_argument("--limit", default=None, help="only these hosts, comma-separated inventory names")
         parser.add_argument(
             "--step", action="append", default=[], metavar="NAME", help="run only this step (repeatable)"
         )
@@ -263,7 +264,7 @@ class Runbook:
                         InputProblem(
                             "--secrets",
                             str(args.secrets),
-                            "no such file",
+                            "not a file" if args.secrets.exists() else "no such file",
                             "name the site's existing secrets file (a new site's file is made by a run without it)",
                         )
                     ]
@@ -273,7 +274,7 @@ class Runbook:
                 options.inventory,
                 catalog=CATALOG,
                 allow_placeholders=options.mode is Mode.PLAN or options.lab,
-                secrets_file=args.secrets.resolve() if args.secrets else None,
+                secrets_file=real(args.secrets) if args.secrets else None,
             )
             missing = [
                 p
@@ -284,6 +285,14 @@ class Runbook:
             if missing and options.mode is not Mode.PLAN:
                 raise InputError(missing)
             warnings += [f"{p.key}: {p.message} ({p.fix})" for p in missing]
+            written = [
+                unwritable(options.report, "--report", folder=False) if options.report else None,
+                unwritable(plan_folder(options, settings), "--plan-dir", folder=True)
+                if options.mode is Mode.PLAN
+                else None,
+            ]
+            if any(written):
+                raise InputError([problem for problem in written if problem])
             unknown = [h for h in options.limit if h not in settings.hosts]
             if unknown:
                 raise InputError(
@@ -342,12 +351,12 @@ class Runbook:
         mode = Mode.PLAN if args.plan else Mode.CHECK if args.check else Mode.APPLY
         default_config, default_inventory = default_paths(args.lab)
         return Options(
-            config=(args.config or default_config).resolve(),
-            inventory=(args.inventory or default_inventory).resolve(),
+            config=real(args.config or default_config),
+            inventory=real(args.inventory or default_inventory),
             lab=args.lab,
             mode=mode,
             steps=steps,
-            limit=[h.strip() for h in args.limit.split(",") if h.strip()],
+            limit=limited(args.limit),
             verbose=args.verbose,
             report=args.report,
             plan_dir=args.plan_dir or Path(""),
@@ -367,9 +376,7 @@ class Runbook:
 
     def execute(self, settings: Settings, options: Options) -> int:
         """Run the selected steps against the inventory; returns the exit code."""
-        plan_dir = (
-            options.plan_dir if options.plan_dir != Path("") else settings.config_path.parent / "plan" / settings.site
-        ).resolve()
+        plan_dir = plan_folder(options, settings)
         nr = make_nornir(settings, options.mode, plan_dir=plan_dir)
         if options.limit:
             nr = nr.filter(filter_func=lambda host: host.name in options.limit)
@@ -778,6 +785,23 @@ class Runbook:
         }
         options.report.parent.mkdir(parents=True, exist_ok=True)
         options.report.write_text(redact(json.dumps(report, indent=2, default=str)) + "\n")
+
+
+def limited(given: str | None) -> list[str]:
+    """--limit's host names; [] without --limit. A --limit that names no host is refused: run as given, an
+    empty shell variable would have meant every host."""
+    if given is None:
+        return []
+    names = [name.strip() for name in given.split(",") if name.strip()]
+    if not names:
+        raise InputError([InputProblem("--limit", repr(given), "names no host", "give host names, comma-separated")])
+    return names
+
+
+def plan_folder(options: Options, settings: Settings) -> Path:
+    """Where --plan writes: --plan-dir, else plan/<site> beside the config file."""
+    chosen = options.plan_dir if options.plan_dir != Path("") else settings.config_path.parent / "plan" / settings.site
+    return real(chosen)
 
 
 def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) -> Nornir:

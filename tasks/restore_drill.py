@@ -10,6 +10,7 @@ read; everything written is on the backup host, under /var/lib/matrix-restore.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -224,6 +225,13 @@ def target_time_problems(value: str | None) -> list[InputProblem]:
             )
         ]
     return []
+
+
+def restore_time(value: str) -> str:
+    """The argparse type of --time: `value`, if `target_time_problems` finds nothing wrong with it (else exit 2)."""
+    for problem in target_time_problems(value):
+        raise argparse.ArgumentTypeError(f"{value}: {problem.message}; {problem.fix}")
+    return value
 
 
 def pgbackrest_time(value: str) -> str:

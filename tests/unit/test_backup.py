@@ -84,15 +84,6 @@ def test_a_restore_time_is_given_to_pgbackrest_in_utc() -> None:
     assert pgbackrest_time("2026-11-28T04:30:00+01:00") == "2026-11-28 03:30:00+00"
 
 
-def test_a_bad_restore_time_is_refused_before_any_host(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
-    site.accept_examples()
-    for name in ("restore_drill", "disaster_recovery"):
-        chosen, rest = load_runbook(name).runbook(["--time", "noon", *site.args("--yes")])
-        assert chosen.main(rest) == 2
-        out = capsys.readouterr().out
-        assert "--time: noon: not an ISO time with a UTC offset" in out and "nothing was touched" in out
-
-
 def test_recovery_restores_before_patroni_and_empties_one_time_keys_before_synapse() -> None:
     recovery = load_runbook("disaster_recovery")
     names = [s.name for s in recovery.steps(wipe=False, time=None)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +139,13 @@ BROKEN = [
             "outside the private networks (10.0.0.0/16)",
         ),
         id="address-outside-private-networks",
+    ),
+    pytest.param(
+        "inventory/defaults.yaml",
+        "vip: 10.0.1.10",
+        "vip: 192.168.1.10",
+        ("inventory/defaults.yaml:13: data.vip", "outside the private networks (10.0.0.0/16)"),
+        id="vip-outside-private-networks",
     ),
     pytest.param(
         "inventory/hosts.yaml",
@@ -302,3 +311,74 @@ def test_bad_flags(deploy: Deploy, site: Site) -> None:
 def test_missing_inventory_file(deploy: Deploy, site: Site) -> None:
     (site.inventory / "groups.yaml").unlink()
     refused(deploy, site, "groups.yaml", "file not found")
+
+
+# Files that are not what a settings file can be: each refused in bounded time and memory.
+LAUGHS = "".join(f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]\n" for n in range(1, 9))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param("domain: café\n".encode("latin-1"), "(encoding): not UTF-8 text (byte b'\\xe9'", id="latin-1"),
+        pytest.param("domain: x\n".encode("utf-16"), "(encoding): not UTF-8 text", id="utf-16"),
+        pytest.param(f"l0: &l0 [x]\n{LAUGHS}".encode(), "holds more than 100000 values", id="alias-bomb"),
+        pytest.param(b"a: &a [1, *a]\n", "nested deeper than 64 levels", id="recursive-alias"),
+        pytest.param(b"a: " + b"x" * (5 * 1024 * 1024), "larger than 4 MiB", id="huge-file"),
+    ],
+)
+def test_a_file_no_settings_file_can_be_is_refused_in_bounded_memory(
+    deploy: Deploy, site: Site, content: bytes, expected: str
+) -> None:
+    site.config.write_bytes(content)
+    tracemalloc.start()
+    try:
+        out = refused(deploy, site, "config.yaml", expected)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024, f"{peak} bytes at the peak"
+    assert len(out) < 20000  # the message names the place, not the expansion
+
+
+def test_a_bom_and_symlinked_inventory_files_are_fine(deploy: Deploy, site: Site, tmp_path: Path) -> None:
+    site.config.write_bytes(b"\xef\xbb\xbf" + site.config.read_bytes())
+    moved = tmp_path / "elsewhere"
+    site.inventory.rename(moved)
+    site.inventory.symlink_to(moved)
+    (moved / "hosts.yaml").rename(moved / "hosts.real.yaml")
+    (moved / "hosts.yaml").symlink_to(moved / "hosts.real.yaml")
+    code, out = deploy(*site.args("--plan"))
+    assert code == 0, out
+
+
+def test_a_symlink_loop_and_a_folder_for_a_file_are_named(deploy: Deploy, site: Site) -> None:
+    (site.inventory / "groups.yaml").unlink()
+    (site.inventory / "groups.yaml").symlink_to(site.inventory / "groups.yaml")
+    refused(deploy, site, "groups.yaml: (file): a symbolic link to nothing (its target is missing, or a loop)")
+    code, out = deploy("--config", str(site.root), "--inventory", str(site.inventory), "--plan")
+    assert code == 2 and "(file): not a regular file" in out
+
+
+@pytest.mark.parametrize("flag", ["--report", "--plan-dir"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(deploy: Deploy, site: Site, flag: str) -> None:
+    (site.root / "a-file").write_text("")
+    code, out = deploy(*site.args("--plan", flag, str(site.root / "a-file" / "out")))
+    assert code == 2 and "nothing was touched" in out and "Traceback" not in out, out
+    assert f"{flag}: {site.root}/a-file/out: {site.root}/a-file is a file, so nothing can be made under it" in out
+    assert not (site.root / "plan").exists()
+
+
+def test_a_secrets_file_that_is_not_yaml_is_refused(deploy: Deploy, site: Site) -> None:
+    secrets = site.root / ".secrets" / "production.yaml"
+    secrets.parent.mkdir(mode=0o700)
+    secrets.write_text("synapse_db_password: [unclosed\n")
+    secrets.chmod(0o600)
+    refused(deploy, site, ".secrets/production.yaml:2: (syntax): not valid YAML")
+
+
+@pytest.mark.parametrize("name", ["12345", "../../etc", "-x", "café"])
+def test_a_host_name_that_is_no_name_is_refused(deploy: Deploy, site: Site, name: str) -> None:
+    entry = f"{name}:\n  hostname: 10.0.9.9\n  groups: [coturn]\n"
+    (site.inventory / "hosts.yaml").write_text((site.inventory / "hosts.yaml").read_text() + entry)
+    refused(deploy, site, "inventory/hosts.yaml:", "is not a name", "quote a name YAML would read as a number")
