@@ -7,7 +7,7 @@
 
 The setup steps also run inside `python runbooks/deploy.py` (deployment step 13); this
 runbook runs only them, e.g. after changing config.yaml's `backup` section. The runbook
-options (--lab, --check, --limit, …) follow the subcommand.
+options (--lab, --check, --limit, …) go before or after the command.
 """
 
 import sys
@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
+from runbooks.commands import Command, Commands
 from runbooks.deploy import RUNBOOK as DEPLOY
 from runbooks.shell import Runbook
 from tasks.backup import backup_ages, freshness_table, too_old
@@ -33,15 +34,27 @@ CHECK = Step(
 )
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    """The runbook for the subcommand in `argv`, and the options left for it."""
-    if argv and argv[0] == "check":
-        return Runbook("backup_setup", f"check: the age of every kind of backup.\n{__doc__}", [CHECK]), argv[1:]
-    rest = argv[1:] if argv and argv[0] == "setup" else argv
-    steps = [s for s in DEPLOY.steps if s.name in BACKUP_STEPS]
-    return Runbook("backup_setup", __doc__ or "", steps), rest
+COMMANDS = Commands(
+    "backup_setup.py",
+    __doc__ or "",
+    (
+        Command(
+            "setup",
+            "converge pgBackRest, the repository, the media and key pulls and their timers",
+            lambda _: Runbook(
+                "backup_setup", "Set the backups up.", [s for s in DEPLOY.steps if s.name in BACKUP_STEPS]
+            ),
+        ),
+        Command(
+            "check",
+            "the age of the newest database backup, media snapshot and key archive; exit 1 past backup.max_age_hours",
+            lambda _: Runbook("backup_setup", "Check the age of every kind of backup.", [CHECK]),
+        ),
+    ),
+    default="setup",
+)
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

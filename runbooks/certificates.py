@@ -9,10 +9,9 @@
                                                        # or re-read certificates.import_dir, then distribute
 
 Every consumer reloads or restarts only when its own certificate changed. The runbook
-options (--plan, --check, --limit, --lab, …) follow the subcommand.
+options (--plan, --check, --limit, --lab, …) go before or after the command.
 """
 
-import argparse
 import sys
 from functools import partial
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.settings import Settings
 from core.step import Step
+from runbooks.commands import Command, Commands, flag
 from runbooks.shell import Runbook
 from tasks.backup import BACKUP_REPOSITORY, PGBACKREST
 from tasks.certificates import CA_TRUST, expiring, expiry_check, expiry_table, reissue, unknown_names, unverified
@@ -90,23 +90,45 @@ def renew_step(names: tuple[str, ...]) -> Step:
     )
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    """The runbook for the subcommand in `argv`, and the options left for it."""
-    command = argv[0] if argv and argv[0] in ("distribute", "check", "renew") else "distribute"
-    rest = argv[1:] if argv and argv[0] == command else argv
-    if command == "check":
-        return Runbook(
-            "certificates", f"check: chain, name and days left of every served certificate.\n{__doc__}", [CHECK]
-        ), rest
-    if command == "renew":
-        names = argparse.ArgumentParser(add_help=False)
-        names.add_argument("--name", action="append", default=[])
-        known, rest = names.parse_known_args(rest)
-        steps = [renew_step(tuple(known.name or ["all"])), *DISTRIBUTION]
-        return Runbook("certificates", f"renew: issue anew and distribute.\n{__doc__}", steps), rest
-    return Runbook("certificates", f"distribute, and verify what is served.\n{__doc__}", DISTRIBUTION), rest
+COMMANDS = Commands(
+    "certificates.py",
+    __doc__ or "",
+    (
+        Command(
+            "distribute",
+            "the CA's trust and every holder's certificate, then verify what is served",
+            lambda _: Runbook(
+                "certificates", "Distribute the site's certificates, and verify what is served.", DISTRIBUTION
+            ),
+        ),
+        Command(
+            "check",
+            "chain, name and days left of every served certificate; fails under certificates.min_days_left",
+            lambda _: Runbook("certificates", "Check chain, name and days left of every served certificate.", [CHECK]),
+        ),
+        Command(
+            "renew",
+            "issue anew (internal CA) or re-read certificates.import_dir, then distribute",
+            lambda flags: Runbook(
+                "certificates",
+                "Renew certificates: issue anew and distribute.",
+                [renew_step(tuple(flags.name or ["all"])), *DISTRIBUTION],
+            ),
+            flags=(
+                flag(
+                    "--name",
+                    action="append",
+                    default=[],
+                    metavar="N",
+                    help="a certificate from the expiry table (repeatable; default: all)",
+                ),
+            ),
+        ),
+    ),
+    default="distribute",
+)
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

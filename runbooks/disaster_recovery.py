@@ -10,10 +10,9 @@ member that wins restores and replays the archived WAL, the others are cloned fr
 e2e_one_time_keys_json is emptied before Synapse starts again; every other deploy step
 follows. Needs the secrets file of the lost site (the repository's cipher pass, the
 signing key). Media: copy the newest snapshot back (README, "Disaster recovery").
-The runbook options (--lab, --check, --yes, …) follow.
+The runbook options (--lab, --check, --yes, …) go with them.
 """
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
+from runbooks.commands import Command, Commands, flag
 from runbooks.deploy import RUNBOOK as DEPLOY
 from runbooks.shell import Runbook
 from tasks.disaster_recovery import (
@@ -85,14 +85,33 @@ def steps(wipe: bool, time: str | None) -> list[Step]:
     return [deploy["preflight"], *before, deploy["packages"], *infrastructure, *database, *rest]
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--wipe", action="store_true")
-    own.add_argument("--time", default=None, type=restore_time)
-    known, rest = own.parse_known_args(argv)
-    return Runbook("disaster_recovery", __doc__ or "", steps(known.wipe, known.time), confirm=True), rest
+COMMANDS = Commands(
+    "disaster_recovery.py",
+    __doc__ or "",
+    (
+        Command(
+            "",
+            "disaster recovery",
+            lambda flags: Runbook("disaster_recovery", __doc__ or "", steps(flags.wipe, flags.time), confirm=True),
+            flags=(
+                flag(
+                    "--time",
+                    type=restore_time,
+                    metavar="ISO-TIME",
+                    help="restore to this point in time, with its UTC offset, e.g. 2026-11-28T03:00:00+00:00",
+                ),
+                flag(
+                    "--wipe",
+                    action="store_true",
+                    help="replace an existing cluster: its data directories are moved aside, not deleted",
+                ),
+            ),
+        ),
+    ),
+    default="",
+)
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

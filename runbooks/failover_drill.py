@@ -18,7 +18,7 @@ write and message must be there. Prints a table per run and writes its JSON reco
 timeline PNG to drills/<site>/. The soak prints each kind of fault's unavailability per probe
 (p50/p95/max, from acknowledgements) and the totals, with one JSON record and one timeline.
 Exit 1 when a verdict fails or the platform is left unhealthy. The runbook options (--lab,
---yes, …) follow. MinIO and LiveKit server drills come when their binaries can be deployed
+--yes, …) go before or after the drill. MinIO and LiveKit server drills come when their binaries can be deployed
 (artifacts/manifest.yaml).
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
+from runbooks.commands import Command, Commands, flag
 from runbooks.shell import Runbook
 from tasks.drills import drill_report, failed_verdicts, healthy, refuse_unless_healthy, still_healthy
 from tasks.faults import coturn_drill, etcd_drill, has_coturn, patroni_drill, redis_drill, uses_redis, vip_drill
@@ -111,34 +112,62 @@ def soak_steps(minutes: float, seed: int) -> list[Step]:
     ]
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("drill", nargs="?", choices=[*DRILLS, "all", "soak"], default="all")
-    own.add_argument("--variant", default=None)
-    own.add_argument("--runs", type=int, default=1)
-    own.add_argument("--minutes", type=float, default=3.0)
-    own.add_argument("--seed", type=int, default=None)
-    known, rest = own.parse_known_args(argv)
-    if not 1 <= known.runs <= 100:
-        own.error(f"--runs {known.runs}: give how many times to run each drill, 1 to 100")
-    if known.variant and known.drill in ("all", "soak"):
-        own.error(f"--variant {known.variant}: a variant belongs to one drill; name it, e.g. {next(iter(DRILLS))}")
-    if known.drill == "soak":
-        if not 0 < known.minutes <= 24 * 60:
-            own.error(f"--minutes {known.minutes:g}: give the soak's length in minutes, more than 0 and at most 1440")
-        seed = known.seed if known.seed is not None else random.randrange(1 << 31)
-        return Runbook("failover_drill", __doc__ or "", soak_steps(known.minutes, seed), confirm=True), rest
-    if known.drill == "all":
-        runs = ALL * known.runs
-    else:
-        variants = DRILLS[known.drill][1]
-        variant = known.variant or variants[0]
-        if variant not in variants:
-            own.error(f"--variant {variant}: the {known.drill} drill has {', '.join(variants)}")
-        runs = [(known.drill, variant)] * known.runs
-    return Runbook("failover_drill", __doc__ or "", steps(runs), confirm=True), rest
+RUNS = flag("--runs", type=int, default=1, metavar="N", help="how many times to run it (1 to 100)")
+
+
+def runs_problem(flags: argparse.Namespace) -> str:
+    return "" if 1 <= flags.runs <= 100 else f"--runs {flags.runs}: give how many times to run each drill, 1 to 100"
+
+
+def drill(name: str) -> Command:
+    """The command running the drill `name` (its first variant unless --variant names another)."""
+    variants = DRILLS[name][1]
+    chosen = flag("--variant", choices=variants, default=variants[0], help=f"one of {', '.join(variants)}")
+
+    def build(flags: argparse.Namespace) -> Runbook:
+        return Runbook("failover_drill", __doc__ or "", steps([(name, flags.variant)] * flags.runs), confirm=True)
+
+    return Command(name, f"the {name} drill under load", build, (chosen, RUNS), runs_problem)
+
+
+def soaking(flags: argparse.Namespace) -> Runbook:
+    seed = flags.seed if flags.seed is not None else random.randrange(1 << 31)
+    return Runbook("failover_drill", __doc__ or "", soak_steps(flags.minutes, seed), confirm=True)
+
+
+COMMANDS = Commands(
+    "failover_drill.py",
+    __doc__ or "",
+    (
+        *(drill(name) for name in DRILLS),
+        Command(
+            "all",
+            "patroni (each variant), vip, etcd member, coturn, redis",
+            lambda flags: Runbook("failover_drill", __doc__ or "", steps(ALL * flags.runs), confirm=True),
+            (RUNS,),
+            runs_problem,
+        ),
+        Command(
+            "soak",
+            "random faults of every kind, one at a time, under every probe",
+            soaking,
+            (
+                flag("--minutes", type=float, default=3.0, metavar="N", help="how long, more than 0 and at most 1440"),
+                flag(
+                    "--seed", type=int, default=None, metavar="S", help="the random sequence of faults, to repeat one"
+                ),
+            ),
+            lambda flags: (
+                ""
+                if 0 < flags.minutes <= 24 * 60
+                else f"--minutes {flags.minutes:g}: give the soak's length in minutes, more than 0 and at most 1440"
+            ),
+        ),
+    ),
+    default="all",
+)
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

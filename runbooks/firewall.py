@@ -8,8 +8,8 @@
 The matrix comes from the ports the components declare: SSH and the public ports are open
 to anyone, a private port only to the servers of the groups that use it (Synapse's
 listeners to the HAProxy hosts, each exporter to the monitoring host, …). The deploy's
-firewall step writes it into every server's nftables rules. Both subcommands take --lab,
---config and --inventory; audit takes the runbook options (--limit, --report, …) after it.
+firewall step writes it into every server's nftables rules. Both commands take --lab,
+--config and --inventory; audit takes the runbook options (--limit, --report, …) as well.
 """
 
 import argparse
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from core.step import Step
+from runbooks.commands import Command, Commands
 from runbooks.offline import add_settings_options, read_settings
 from runbooks.shell import Runbook
 from tasks.firewall_audit import audit, audit_report, findings, matrix
@@ -58,14 +59,24 @@ def show_matrix(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["matrix"]:
-        return show_matrix(argv[1:])
-    if argv[:1] == ["audit"]:
-        return Runbook("firewall", f"audit: the matrix against the servers.\n{__doc__}", [AUDIT]).main(argv[1:])
-    print(__doc__)
-    return 0 if argv[:1] in (["--help"], ["-h"]) else 2
+COMMANDS = Commands(
+    "firewall.py",
+    __doc__ or "",
+    (
+        Command(
+            "matrix",
+            "every port of every server and who may open it, from the config and inventory; touches no host",
+            None,
+            offline=show_matrix,
+        ),
+        Command(
+            "audit",
+            "from every server, every listening TCP port of every other server; exit 1 unless the matrix's answered",
+            lambda _: Runbook("firewall", "Audit: the firewall matrix against the servers.", [AUDIT]),
+        ),
+    ),
+)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

@@ -22,10 +22,9 @@ Each runs the deploy's steps for its change (update and rolling-restart add thei
 rolling steps) with their health gates, so a re-run that changes nothing says so. Adding
 a sync or generic worker starts only that worker; a change of event persisters or
 federation senders restarts every Synapse process (they share the stream writer map).
-The runbook options (--lab, --check, --plan, …) follow.
+The runbook options (--lab, --check, --plan, …) go before or after the command.
 """
 
-import argparse
 import sys
 from dataclasses import replace
 from functools import partial
@@ -34,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
+from runbooks.commands import Command, Commands
 from runbooks.deploy import RUNBOOK as DEPLOY
 from runbooks.display import answers
 from runbooks.shell import Runbook
@@ -50,7 +50,7 @@ UPDATE = [
     SYNAPSE_ROLLING.step(),
     DEPLOY_STEPS["synapse-playbook"],
 ]
-COMMANDS = {
+STEPS = {
     "update": UPDATE,
     "workers": [DEPLOY_STEPS[name] for name in ("firewall", "synapse", "synapse-playbook", "haproxy", "monitoring")],
     "federation": [
@@ -93,16 +93,26 @@ COMMANDS = {
 }
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    """The maintenance runbook for the command in `argv`, and the options left for the runbook shell."""
-    own = argparse.ArgumentParser(prog="python runbooks/maintenance.py", add_help=False)
-    own.add_argument("command", choices=COMMANDS)
-    known, rest = own.parse_known_args(argv)
-    command = known.command
-    confirm = command == "rolling-restart"  # reboots: an outage of Synapse while its host is down
-    return Runbook("maintenance", f"{command}: {__doc__}", COMMANDS[command], confirm=confirm), rest
+SUMMARIES = {
+    "update": "install a newly pinned Synapse (native) or playbook commit, one process at a time behind HAProxy",
+    "workers": "after changing synapse.workers, scale or ccu: workers, HAProxy routing, firewall, scrape targets",
+    "federation": "after changing synapse.federation: Synapse, the 8448 frontend and the firewall, then 8448 checked",
+    "rolling-restart": "reboot every server (or --limit's) one at a time, least important first (asks first; --yes)",
+    "intranet": "the network transition: /etc/hosts everywhere, names from /etc/hosts alone, nothing outside needed",
+}
+
+
+def command(name: str) -> Command:
+    # rolling-restart reboots: an outage of Synapse while its host is down, so it asks first.
+    made = Runbook(
+        "maintenance", f"maintenance {name}: {SUMMARIES[name]}.", STEPS[name], confirm=name == "rolling-restart"
+    )
+    return Command(name, SUMMARIES[name], lambda _: made)
+
+
+COMMANDS = Commands("maintenance.py", __doc__ or "", tuple(command(name) for name in STEPS))
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

@@ -9,7 +9,7 @@
 The drill empties e2e_one_time_keys_json before anything could start Synapse on the copy,
 finds every local media file of the restored database in the newest media snapshot, and
 compares the archived signing key with the Synapse host's. It only reads the production
-cluster. Exit 1 when a comparison fails. The runbook options (--lab, --check, …) follow.
+cluster. Exit 1 when a comparison fails. The runbook options (--lab, --check, …) go with them.
 """
 
 import argparse
@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.step import Step
+from runbooks.commands import Command, Commands, flag
 from runbooks.shell import Runbook
 from tasks.restore_drill import (
     drill_problems,
@@ -30,23 +31,41 @@ from tasks.restore_drill import (
 )
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    """The drill for the options in `argv`, and the options left for the runbook shell."""
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--time", default=None, type=restore_time)
-    own.add_argument("--keep", action="store_true")
-    known, rest = own.parse_known_args(argv)
+def drill(flags: argparse.Namespace) -> Runbook:
     step = Step(
         "restore",
         "restore into the scratch instance on the backup host; counts, one-time keys, media, signing key",
-        partial(restore_drill, time=pgbackrest_time(known.time) if known.time else None, keep=known.keep),
+        partial(restore_drill, time=pgbackrest_time(flags.time) if flags.time else None, keep=flags.keep),
         groups=("backup",),
         gate=drill_problems,
         report=drill_report,
     )
-    return Runbook("restore_drill", __doc__ or "", [step]), rest
+    return Runbook("restore_drill", __doc__ or "", [step])
+
+
+COMMANDS = Commands(
+    "restore_drill.py",
+    __doc__ or "",
+    (
+        Command(
+            "",
+            "the restore drill",
+            drill,
+            flags=(
+                flag(
+                    "--time",
+                    type=restore_time,
+                    metavar="ISO-TIME",
+                    help="restore to this point in time, with its UTC offset, e.g. 2026-11-28T03:00:00+00:00",
+                ),
+                flag("--keep", action="store_true", help="leave the scratch instance running to inspect"),
+            ),
+        ),
+    ),
+    default="",
+)
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

@@ -13,10 +13,9 @@ re-run after an interruption finishes the job. The old value stays in the file (
 
 Secrets that can be rotated this way (every consumer is a file the deploy renders and
 restarts or reloads on change): turn_shared_secret, haproxy_stats_password,
-synapse_db_password. The runbook options (--lab, --check, --yes, …) follow the name.
+synapse_db_password. The runbook options (--lab, --check, --yes, …) go before or after the name.
 """
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -25,33 +24,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.secrets import ROTATABLE, rotate
 from core.settings import Settings
+from runbooks.commands import Command, Commands
 from runbooks.deploy import RUNBOOK as DEPLOY
 from runbooks.shell import Runbook
 from tasks.remote import Mode
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    """The rotation of the secret `argv` names, and the options left for the runbook shell."""
-    own = argparse.ArgumentParser(
-        prog="python runbooks/rotate_secret.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-    )
-    own.add_argument("name", choices=ROTATABLE, help="the secret to replace")
-    if {"-h", "--help"} & set(argv) and not (argv and argv[0] in ROTATABLE):
-        print(f"usage: python runbooks/rotate_secret.py NAME [options]; NAME: one of {', '.join(ROTATABLE)}\n")
-        Runbook("rotate_secret", __doc__ or "", DEPLOY.steps).parser().print_help()
-        sys.exit(0)
-    known, rest = own.parse_known_args(argv)
+def rotation(name: str) -> Command:
+    """The command replacing the secret `name`, then deploying it."""
 
     def new_value(settings: Settings, mode: Mode) -> Settings:
-        secrets = rotate(settings.secrets, known.name, settings.catalog.secrets[known.name], write=mode is Mode.APPLY)
+        secrets = rotate(settings.secrets, name, settings.catalog.secrets[name], write=mode is Mode.APPLY)
         return dataclasses.replace(settings, secrets=secrets)
 
-    return Runbook("rotate_secret", __doc__ or "", DEPLOY.steps, confirm=True, prepare=new_value), rest
+    said = f"Rotate {name}: a new value in the secrets file, then the deploy that takes it everywhere."
+    made = Runbook("rotate_secret", said, DEPLOY.steps, confirm=True, prepare=new_value)
+    return Command(name, f"a new {name}, deployed everywhere it is used", lambda _: made)
+
+
+COMMANDS = Commands("rotate_secret.py", __doc__ or "", tuple(rotation(name) for name in ROTATABLE))
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import gc
 import io
 import json
@@ -21,11 +22,11 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from nornir.core import Nornir
@@ -61,6 +62,9 @@ from runbooks.display import (
 from runbooks.offline import default_paths
 from tasks import site_identity
 from tasks.registry import CATALOG
+
+if TYPE_CHECKING:
+    from runbooks.commands import Flag
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 MAX_THREADS = 100
@@ -168,6 +172,9 @@ class Runbook:
         self.checklist = checklist
         self.console = Console(highlight=False, soft_wrap=True)
         self.changed_steps: set[str] = set()  # the steps that changed something in the run under way
+        # How the operator calls it, and the flags of its command (runbooks.commands), shown in --help.
+        self.prog = f"python runbooks/{name}.py"
+        self.flags: Sequence[Flag] = ()
 
     def parser(self) -> argparse.ArgumentParser:
         width = max(len(s.name) for s in self.steps)
@@ -185,71 +192,18 @@ class Runbook:
             else "steps, in order"
         )
         parser = argparse.ArgumentParser(
-            prog=f"python runbooks/{self.name}.py",
+            prog=self.prog,
+            allow_abbrev=False,
             description=self.description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog=f"{heading}:\n{listing}\n\nexit codes: 0 all good, 1 a host failed, "
             "2 bad input (nothing was touched)",
         )
-        parser.add_argument(
-            "--config",
-            type=Path,
-            default=None,
-            help="deployment settings file (default: config.yaml; config.lab.yaml with --lab)",
-        )
-        parser.add_argument(
-            "--inventory",
-            type=Path,
-            default=None,
-            help="inventory folder with hosts.yaml, groups.yaml, defaults.yaml (default: inventory)",
-        )
-        parser.add_argument(
-            "--lab",
-            action="store_true",
-            help="use config.lab.yaml and inventory/lab, and bring the lab up first if needed (python runbooks/lab.py)",
-        )
-        parser.add_argument("--limit", default=None, help="only these hosts, comma-separated inventory names")
-        parser.add_argument(
-            "--step", action="append", default=[], metavar="NAME", help="run only this step (repeatable)"
-        )
-        parser.add_argument(
-            "--skip-step", action="append", default=[], metavar="NAME", help="skip this step (repeatable)"
-        )
-        modes = parser.add_mutually_exclusive_group()
-        modes.add_argument(
-            "--plan",
-            action="store_true",
-            help="render every file for every host into --plan-dir and list the changes; connects to no host",
-        )
-        modes.add_argument(
-            "--check",
-            action="store_true",
-            help="connect and read each host's state, show what would change, change nothing",
-        )
-        parser.add_argument(
-            "--plan-dir",
-            type=Path,
-            default=None,
-            help="where --plan writes (default plan/<site> beside the config file)",
-        )
-        parser.add_argument(
-            "--secrets",
-            type=Path,
-            default=None,
-            metavar="FILE",
-            help="the site's secrets file (default: the config's secrets_file, else .secrets/<site>.yaml beside it); "
-            "servers remember the secrets and CA they were deployed with and refuse others",
-        )
-        if self.graph:
-            parser.add_argument(
-                "--serial",
-                action="store_true",
-                help="run the steps one after another in the order listed below, instead of each as soon as the "
-                "steps it needs are done (--plan always renders in that order)",
-            )
-        parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        parser.add_argument("--verbose", action="store_true", help="show diffs, each host's detail and every command")
-        parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report here")
+        add_runbook_options(parser, serial=self.graph)
+        if self.flags:
+            own = parser.add_argument_group(f"{self.prog} options")
+            for item in self.flags:
+                item.add_to(own)
         return parser
 
     def main(self, argv: list[str] | None = None) -> int:
@@ -293,18 +247,7 @@ class Runbook:
             ]
             if any(written):
                 raise InputError([problem for problem in written if problem])
-            unknown = [h for h in options.limit if h not in settings.hosts]
-            if unknown:
-                raise InputError(
-                    [
-                        InputProblem(
-                            "--limit",
-                            ",".join(unknown),
-                            "not in the inventory",
-                            f"use names from {options.inventory / 'hosts.yaml'}: {', '.join(settings.hosts)}",
-                        )
-                    ]
-                )
+            options = replace(options, limit=limit_hosts(options.limit, settings, options.inventory))
         except InputError as exc:
             self.console.print(f"[bold red]{self.name}: refusing to start, nothing was touched:[/bold red]")
             for problem in exc.problems:
@@ -642,7 +585,7 @@ class Runbook:
                 skip = True
             elif not arg.startswith("--limit="):
                 kept.append(arg)
-        return " ".join(["python", f"runbooks/{self.name}.py", *map(shlex.quote, kept), "--limit", ",".join(hosts)])
+        return " ".join([self.prog, *map(shlex.quote, kept), "--limit", ",".join(hosts)])
 
     def _run_step(
         self,
@@ -787,6 +730,74 @@ class Runbook:
         options.report.write_text(redact(json.dumps(report, indent=2, default=str)) + "\n")
 
 
+def add_runbook_options(parser: argparse.ArgumentParser, *, serial: bool) -> None:
+    """The options every runbook takes (`serial`: --serial, for a runbook run as a graph)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="deployment settings file (default: config.yaml; config.lab.yaml with --lab)",
+    )
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        default=None,
+        help="inventory folder with hosts.yaml, groups.yaml, defaults.yaml (default: inventory)",
+    )
+    parser.add_argument(
+        "--lab",
+        action="store_true",
+        help="use config.lab.yaml and inventory/lab, and bring the lab up first if needed (python runbooks/lab.py)",
+    )
+    parser.add_argument(
+        "--limit", default=None, help="only these hosts, comma-separated: host names, group names or globs ('haproxy*')"
+    )
+    parser.add_argument("--step", action="append", default=[], metavar="NAME", help="run only this step (repeatable)")
+    parser.add_argument("--skip-step", action="append", default=[], metavar="NAME", help="skip this step (repeatable)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--plan",
+        action="store_true",
+        help="render every file for every host into --plan-dir and list the changes; connects to no host",
+    )
+    modes.add_argument(
+        "--check",
+        action="store_true",
+        help="connect and read each host's state, show what would change, change nothing",
+    )
+    parser.add_argument(
+        "--plan-dir",
+        type=Path,
+        default=None,
+        help="where --plan writes (default plan/<site> beside the config file)",
+    )
+    parser.add_argument(
+        "--secrets",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the site's secrets file (default: the config's secrets_file, else .secrets/<site>.yaml beside it); "
+        "servers remember the secrets and CA they were deployed with and refuse others",
+    )
+    if serial:
+        parser.add_argument(
+            "--serial",
+            action="store_true",
+            help="run the steps one after another in the order listed below, instead of each as soon as the "
+            "steps it needs are done (--plan always renders in that order)",
+        )
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--verbose", action="store_true", help="show diffs, each host's detail and every command")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report here")
+
+
+def value_options() -> set[str]:
+    """The runbook options that take a value (--limit X): the word after one is never a sub-command."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_runbook_options(parser, serial=True)
+    return {name for action in parser._actions if action.nargs != 0 for name in action.option_strings}
+
+
 def limited(given: str | None) -> list[str]:
     """--limit's host names; [] without --limit. A --limit that names no host is refused: run as given, an
     empty shell variable would have meant every host."""
@@ -796,6 +807,35 @@ def limited(given: str | None) -> list[str]:
     if not names:
         raise InputError([InputProblem("--limit", repr(given), "names no host", "give host names, comma-separated")])
     return names
+
+
+def limit_hosts(words: list[str], settings: Settings, inventory: Path) -> list[str]:
+    """The hosts --limit's words select, in the inventory's order: each word a host name, a group name (its
+    hosts) or a glob over host names ('haproxy*'). A word that selects no host is refused."""
+    chosen: set[str] = set()
+    unknown = []
+    for word in words:
+        found = {
+            name
+            for name, host in settings.hosts.items()
+            if name == word or word in host.groups or fnmatch.fnmatchcase(name, word)
+        }
+        chosen |= found
+        unknown += [] if found else [word]
+    if unknown:
+        groups = sorted({group for host in settings.hosts.values() for group in host.groups})
+        raise InputError(
+            [
+                InputProblem(
+                    "--limit",
+                    ",".join(unknown),
+                    "not a host, group or pattern of the inventory",
+                    f"use host names from {inventory / 'hosts.yaml'} ({', '.join(settings.hosts)}), "
+                    f"groups ({', '.join(groups)}) or a glob such as 'haproxy*'",
+                )
+            ]
+        )
+    return [name for name in settings.hosts if name in chosen]
 
 
 def plan_folder(options: Options, settings: Settings) -> Path:

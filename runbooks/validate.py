@@ -10,7 +10,7 @@ this machine); LiveKit (when deployed); the admin UI from an allowed address and
 refused one; federation (8448 answers when on, is closed when off); every Prometheus
 target UP; clocks; /etc/hosts on every server; the served certificates. The client checks
 leave one uploaded file and a left, forgotten room behind. Exit 0 when nothing FAILed,
-else 1. The runbook options (--lab, --limit, --report, …) follow.
+else 1. The runbook options (--lab, --limit, --report, …) go with them.
 """
 
 import argparse
@@ -25,6 +25,7 @@ from nornir.core.task import Result
 
 from core.step import Step
 from runbooks import failover_drill, restore_drill
+from runbooks.commands import Command, Commands, flag
 from runbooks.shell import Runbook
 from tasks.certificates import expiring, expiry_table, served_certificates
 from tasks.hosts_file import verify_resolution
@@ -77,19 +78,33 @@ STEPS = [
 ]
 
 
-def runbook(argv: list[str]) -> tuple[Runbook, list[str]]:
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--drills", action="store_true")
-    own.add_argument("--restore", action="store_true")
-    known, rest = own.parse_known_args(argv)
+def checklist(flags: argparse.Namespace) -> Runbook:
     steps = list(STEPS)
-    if known.drills:
+    if flags.drills:
         steps += failover_drill.steps([("patroni", "stop"), ("vip", "haproxy")])
-    if known.restore:
+    if flags.restore:
         steps += restore_drill.runbook([])[0].steps
-    return Runbook("validate", __doc__ or "", steps, confirm=known.drills, checklist=True), rest
+    return Runbook("validate", __doc__ or "", steps, confirm=flags.drills, checklist=True)
+
+
+COMMANDS = Commands(
+    "validate.py",
+    __doc__ or "",
+    (
+        Command(
+            "",
+            "the post-deployment checklist",
+            checklist,
+            flags=(
+                flag("--drills", action="store_true", help="also a Patroni and a VIP failover drill, under load"),
+                flag("--restore", action="store_true", help="also the restore drill of the newest backup"),
+            ),
+        ),
+    ),
+    default="",
+)
+runbook = COMMANDS.choose
 
 
 if __name__ == "__main__":
-    chosen, options = runbook(sys.argv[1:])
-    sys.exit(chosen.main(options))
+    sys.exit(COMMANDS.main(sys.argv[1:]))

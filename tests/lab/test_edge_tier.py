@@ -221,9 +221,9 @@ def test_every_server_reaches_exactly_the_ports_the_matrix_opens_to_it(
 ) -> None:
     """From every lab host to every listening TCP port of every other: 0 holes, 0 ports the matrix opens closed."""
     firewall = load_runbook("firewall")
-    assert firewall.main(["matrix", "--lab"]) == 0
+    assert firewall.COMMANDS.main(["matrix", "--lab"]) == 0
     shown = capsys.readouterr().out
-    code = firewall.main(["audit", "--lab"])
+    code = firewall.COMMANDS.main(["audit", "--lab"])
     out = capsys.readouterr().out
     print(shown, out)
     assert code == 0, out
