@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from core.connection import CONNECTION, CommandRecord, FabricConnection, current
 from core.errors import InputError, InputProblem
 from core.mode import Mode
 from core.paths import real, unwritable
+from core.provenance import commit, settings_digest
 from core.secrets import Redactor
 from core.settings import Settings, load_settings
 from core.step import Step, direct_needs, waits_for
@@ -172,6 +174,7 @@ class Runbook:
         self.checklist = checklist
         self.console = Console(highlight=False, soft_wrap=True)
         self.changed_steps: set[str] = set()  # the steps that changed something in the run under way
+        self.provenance: dict[str, str] = {}  # what the run under way is, for its report
         # How the operator calls it, and the flags of its command (runbooks.commands), shown in --help.
         self.prog = f"python runbooks/{name}.py"
         self.flags: Sequence[Flag] = ()
@@ -338,6 +341,12 @@ class Runbook:
         dropped: dict[str, Dropped] = {}
         refused: list[str] = []
         self.changed_steps.clear()
+        self.provenance = {
+            "command": " ".join([self.prog, *map(shlex.quote, options.argv)]),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "commit": commit(),
+            "settings_sha256": settings_digest(options.config, options.inventory) if options.report else "",
+        }
         new_ca = not settings.ca.cert_path.exists()  # made by this run if it is refused: removed again
         try:
             blocked_by = ""
@@ -711,11 +720,13 @@ class Runbook:
         redact: Redactor,
         dropped: dict[str, Dropped],
     ) -> None:
-        """The run as JSON: each step's outcome, the hosts that dropped out, and per host when the run began
-        connecting to it and every command it ran (benchmarks read the timings from it)."""
+        """The run as JSON: how it was called, when, by which commit of the tool and with which settings (a digest
+        of the config and inventory files); each step's outcome, the hosts that dropped out, and per host when the
+        run began connecting to it and every command it ran (benchmarks read the timings from it)."""
         commands, reached = hosts
         report: dict[str, Any] = {
             "runbook": self.name,
+            **self.provenance,
             "site": settings.site,
             "mode": options.mode.value,
             "exit_code": code,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 
+from core.provenance import commit, settings_digest
 from tasks.registry import STEPS
 from tests.conftest import Site
 
@@ -24,6 +26,12 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     assert block.startswith("# BEGIN matrix-platform hosts") and block.rstrip().endswith("# END matrix-platform hosts")
     data = json.loads(report.read_text())
     assert data["mode"] == "plan" and data["exit_code"] == 0
+    assert data["command"] == f"python runbooks/deploy.py {' '.join(site.args('--plan', '--report', str(report)))}"
+    assert datetime.fromisoformat(data["started_at"]).tzinfo is not None
+    assert data["commit"] == commit() and len(data["commit"]) == 40  # the tests run in a checkout
+    assert data["settings_sha256"] == settings_digest(site.config, site.inventory)
+    site.edit("inventory/hosts.yaml", "hostname: 10.0.2.12", "hostname: 10.0.2.13")
+    assert settings_digest(site.config, site.inventory) != data["settings_sha256"]
     names = [s["name"] for s in data["steps"]]
     assert names == [step.name for step in STEPS]  # every step reported, in the deploy's order
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
