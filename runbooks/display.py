@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from nornir.core.inventory import Host
@@ -189,6 +190,13 @@ def checklist_table(steps: list[StepOutcome]) -> Table:
         style = {"PASS": "green", "FAIL": "red"}.get(verdict, "dim")
         table.add_row(step.name, f"[{style}]{verdict}[/{style}]", escape(evidence(step)), f"{step.seconds:.1f}")
     return table
+
+
+def checklist_verdict(steps: list[StepOutcome]) -> str:
+    """How a checklist ended, by verdict: it changes nothing, so "no changes" would say nothing."""
+    counts = Counter(VERDICTS.get(step.status, "SKIP") for step in steps)
+    shown = {"PASS": "green", "FAIL": "bold red", "SKIP": "dim"}
+    return ", ".join(f"[{style}]{counts[verdict]} {verdict}[/{style}]" for verdict, style in shown.items())
 
 
 def summary_table(steps: list[StepOutcome]) -> Table:

@@ -56,6 +56,7 @@ from runbooks.display import (
     Progress,
     StepOutcome,
     checklist_table,
+    checklist_verdict,
     failure_text,
     grouped,
     host_outcome,
@@ -379,7 +380,9 @@ class Runbook:
         failed = any(o.status == "failed" for o in outcomes)
         changed = any(o.status == "changed" for o in outcomes)
         verdict = (
-            "[bold red]FAILED[/bold red]"
+            checklist_verdict(outcomes)
+            if self.checklist
+            else "[bold red]FAILED[/bold red]"
             if failed
             else "[yellow]changes made[/yellow]"
             if changed and options.mode is Mode.APPLY
