@@ -6,6 +6,7 @@ finishes, so output never interleaves. Every text passes through the redactor fi
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ class HostOutcome:
     diff: str = ""
     at: float = 0.0  # when the host finished the step (seconds since the epoch)
     lost_address: str = ""  # with status lost: the address that stopped answering (this host's or a peer's)
+    warning: bool = False  # a result said WARNING (Nornir's severity_level): its message is always shown
 
 
 @dataclass
@@ -67,7 +69,9 @@ def host_outcome(multi: MultiResult, seconds: float, redact: Redactor) -> HostOu
         return HostOutcome(status, seconds, redact(failure_text(multi)), redact(diff), time.time(), address)
     first = multi[0].result
     message = first if isinstance(first, str) else ""
-    return HostOutcome("changed" if multi.changed else "ok", seconds, redact(message), redact(diff), time.time())
+    warning = any(result.severity_level >= logging.WARNING for result in flatten(multi))
+    status = "changed" if multi.changed else "ok"
+    return HostOutcome(status, seconds, redact(message), redact(diff), time.time(), warning=warning)
 
 
 def lost_in(multi: MultiResult) -> HostLost | None:
@@ -128,8 +132,9 @@ class Progress:
     def _print(self, name: str, outcome: HostOutcome) -> None:
         style = {"ok": "green", "changed": "yellow", "failed": "bold red", "lost": "bold magenta"}[outcome.status]
         line = f"  [{style}]{outcome.status:8}[/{style}] {escape(name):16} {outcome.seconds:6.1f}s"
-        if outcome.message and outcome.status not in ("failed", "lost") and self.verbose:
-            line += f"  {escape(outcome.message.splitlines()[0])}"
+        if outcome.message and outcome.status not in ("failed", "lost") and (self.verbose or outcome.warning):
+            said = escape(outcome.message.splitlines()[0])
+            line += f"  [yellow]{said}[/yellow]" if outcome.warning else f"  {said}"
         self.console.print(line, highlight=False)
         if outcome.status in ("failed", "lost"):
             self.console.print(escape(_indent(outcome.message)), style="red", highlight=False)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+from nornir.core.inventory import Host
+from nornir.core.task import MultiResult, Result
 from rich.console import Console
 
 from core.secrets import Redactor
-from runbooks.display import HostOutcome, Progress
+from runbooks.display import HostOutcome, Progress, host_outcome
 
 
 def test_a_host_line_names_each_change_and_says_how_many_it_leaves_out() -> None:
@@ -18,3 +22,17 @@ def test_a_host_line_names_each_change_and_says_how_many_it_leaves_out() -> None
     assert "@admin:lab.example created" in shown and "@@" not in shown and "+new" not in shown
     assert "/etc/x/6: created" in shown and "/etc/x/7: created" not in shown
     assert "… 3 more (--verbose shows them)" in shown
+
+
+def test_a_warning_is_shown_without_verbose() -> None:
+    """A host's result at WARNING severity (an unsynchronised clock) keeps its message in the default output."""
+    console = Console(record=True, width=200)
+    progress = Progress(console, Redactor(None), verbose=False, show_diffs=False)
+    for name, level in (("coturn1", logging.WARNING), ("coturn2", logging.INFO)):
+        multi = MultiResult("preflight")
+        multi.append(Result(host=Host(name), result=f"debian 12; said by {name}", severity_level=level))
+        outcome = host_outcome(multi, 0.1, Redactor(None))
+        assert outcome.warning is (level == logging.WARNING)
+        progress._print(name, outcome)
+    shown = console.export_text()
+    assert "said by coturn1" in shown and "said by coturn2" not in shown
