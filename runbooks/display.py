@@ -98,11 +98,15 @@ def _is_subtask_error(exc: BaseException) -> bool:
 class Progress:
     """Nornir processor printing one line per host as it finishes a step."""
 
-    def __init__(self, console: Console, redact: Redactor, verbose: bool, show_diffs: bool) -> None:
+    def __init__(
+        self, console: Console, redact: Redactor, verbose: bool, show_diffs: bool, ordered: bool = False
+    ) -> None:
         self.console = console
         self.redact = redact
         self.verbose = verbose
         self.show_diffs = show_diffs
+        # Print the hosts in the inventory's order once all are done, not each as it finishes.
+        self.ordered = ordered
         self.lock = threading.Lock()
         self.started: dict[str, float] = {}
         self.outcomes: dict[str, HostOutcome] = {}
@@ -111,7 +115,10 @@ class Progress:
         self.outcomes = {}
 
     def task_completed(self, task: Task, result: AggregatedResult) -> None:
-        return None
+        if self.ordered:
+            for name in result:  # the runner's order: the inventory's
+                if name in self.outcomes:
+                    self._print(name, self.outcomes[name])
 
     def task_instance_started(self, task: Task, host: Host) -> None:
         with self.lock:
@@ -121,7 +128,8 @@ class Progress:
         outcome = host_outcome(result, time.monotonic() - self.started.get(host.name, time.monotonic()), self.redact)
         with self.lock:
             self.outcomes[host.name] = outcome
-            self._print(host.name, outcome)
+            if not self.ordered:
+                self._print(host.name, outcome)
 
     def subtask_instance_started(self, task: Task, host: Host) -> None:
         return None

@@ -681,7 +681,10 @@ class Runbook:
         return outcome, result
 
     def _progress(self, console: Console, options: Options, redact: Redactor) -> Progress:
-        return Progress(console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY)
+        # Hosts in the inventory's order where nobody watches them finish: a step shown whole when it ends
+        # (its own console), and plan mode, whose output is compared from one run to the next.
+        ordered = console is not self.console or options.mode is Mode.PLAN
+        return Progress(console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY, ordered=ordered)
 
     def _health(
         self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings, steady: bool

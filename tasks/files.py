@@ -321,12 +321,15 @@ def _diff(task: Task, spec: FileSpec, fact: FileFact, changes: list[str], redact
     return header + "\n" + unified(old, spec.content, spec.path, redact)
 
 
-def unified(old: str, new: str, path: str, redact: Redactor) -> str:
+def unified(
+    old: str, new: str, path: str, redact: Redactor, labels: tuple[str, str] = ("on the host", "wanted")
+) -> str:
+    """A unified diff from `old` to `new`, each side named by its `labels`."""
     lines = difflib.unified_diff(
         old.splitlines(keepends=True),
         new.splitlines(keepends=True),
-        fromfile=f"{path} (now)",
-        tofile=f"{path} (wanted)",
+        fromfile=f"{path} ({labels[0]})",
+        tofile=f"{path} ({labels[1]})",
     )
     return redact("".join(lines))
 
@@ -344,6 +347,8 @@ def _plan(task: Task, specs: list[FileSpec], redact: Redactor) -> Result:
         target.chmod(0o600)
         summary = f"{spec.path}: would be written ({spec.owner}:{spec.group} {spec.mode:04o})"
         if previous is not None and previous != content:
-            summary += " — differs from the previous plan:\n" + unified(previous, content, spec.path, redact)
+            summary += " — differs from the previous plan:\n" + unified(
+                previous, content, spec.path, redact, ("previous plan", "this plan")
+            )
         diffs.append(summary)
     return Result(host=task.host, result=[s.path for s in specs], changed=True, diff="\n".join(diffs))

@@ -157,8 +157,10 @@ def unit_actions(
 def converge_units(task: Task, action: Systemctl | UnitsWanted) -> Result:
     """Carry out `action` in the run's mode: describe it (plan, check) or run its one command (apply)."""
     if isinstance(action, UnitsWanted):
+        # The host was not read (plan mode): what the unit would be, not what was done to it.
         diffs = [
-            f"{unit}: {'running' if want.running else 'stopped'}{', restarted' if want.restart else ''}"
+            f"{unit}: would be {'running' if want.running else 'stopped'}"
+            f"{', restarted where its files differ on the host' if want.restart else ''}"
             for unit, want in action.wanted
         ]
         return Result(

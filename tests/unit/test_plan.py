@@ -124,3 +124,17 @@ def test_step_selection(deploy: Deploy, site: Site) -> None:
     assert code == 0
     assert "preflight" not in out.split("Summary")[0]
     assert sorted(p.name for p in (site.root / "plan" / "production").iterdir()) == ["haproxy2", "patroni1"]
+
+
+def test_plan_output_is_stable_and_says_what_it_compares(deploy: Deploy, site: Site) -> None:
+    """Hosts in the inventory's order, run after run; a changed plan is compared with the previous plan."""
+    code, first = deploy(*site.args("--plan", "--step", "hosts-file", "--step", "etcd"))
+    assert code == 0, first
+    shown = [line.split()[1] for line in first.splitlines() if line.startswith("  changed ")]
+    inventory = [line[:-1] for line in (site.inventory / "hosts.yaml").read_text().splitlines() if line[:1].isalnum()]
+    assert shown == [*inventory, "patroni1", "patroni2", "patroni3"]
+    assert "etcd.service: would be running, restarted where its files differ on the host" in first
+    site.edit("config.yaml", "domain: z3r0d3v.com", "domain: example.org")
+    code, second = deploy(*site.args("--plan", "--step", "hosts-file"))
+    assert code == 0 and "differs from the previous plan" in second
+    assert "(previous plan)" in second and "(this plan)" in second and "(now)" not in second
