@@ -42,7 +42,7 @@ from tasks.declaration import Procedure
 from tasks.executor import execute
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
-from tasks.remote import redactor
+from tasks.remote import Mode, mode, redactor
 from tasks.synapse import room_list_publication_rules
 from tasks.waits import wait_for_http
 
@@ -331,6 +331,31 @@ def requirements(settings: Settings) -> list[InputProblem]:
     return problems
 
 
+# Where plan mode puts what a run writes on the controller: a folder no host name can take
+# (core.settings.NAME starts with a letter or digit).
+CONTROLLER_PLAN = "_controller"
+
+
+def plan_files(task: Task, settings: Settings, values: dict[str, object]) -> list[str]:
+    """Plan mode: the playbook's inventory and vars.yml as a run would write them into the checkout, every
+    secret masked, under <plan dir>/_controller/playbook/; what each line of the plan says of them."""
+    root = Path(task.nornir.config.user_defined["plan_dir"]) / CONTROLLER_PLAN / "playbook"
+    where = directory(settings)
+    redact = redactor(task)
+    files = {
+        where / "inventory" / "hosts": inventory_text(settings),
+        vars_path(settings): yaml.safe_dump(values, sort_keys=True),
+    }
+    said = []
+    for path, text in files.items():
+        target = root / path.relative_to(where)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(redact(text))
+        target.chmod(0o600)
+        said.append(f"{path}: would be written on the controller (plan: {target}, secrets masked)")
+    return said
+
+
 def run_playbook(task: Task, settings: Settings) -> Result:
     """Write the playbook's inventory and vars.yml, then run ansible-playbook with the tags the change needs."""
     values = playbook_vars(settings)
@@ -342,10 +367,14 @@ def run_playbook(task: Task, settings: Settings) -> Result:
     where = directory(settings)
     state = {**values, CHECKOUT: checkout_commit(where)}
     tags, changed = tags_for(applied, state)
+    planned = plan_files(task, settings, values) if mode(task) is Mode.PLAN else []
     if tags is None:
-        return Result(host=task.host, result="vars.yml as last applied")
+        return Result(host=task.host, result="vars.yml as last applied", diff="\n".join(planned))
     shown = ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
     summary = f"ansible-playbook --tags={tags} ({len(changed)} variables changed: {shown})"
+    if planned:
+        said = [*planned, f"would run {summary}"]
+        return Result(host=task.host, result=said, changed=True, diff="\n".join(said))
 
     def apply(_task: Task) -> list[str]:
         write_private(where / "inventory" / "hosts", inventory_text(settings))

@@ -191,3 +191,17 @@ def test_a_registry_prefix_without_its_slash_is_refused(deploy: Deploy, site: Si
     code, out = deploy(*site.args("--plan"))
     assert code == 2 and "nothing was touched" in out and "playbook.registry_prefix" in out
     assert "ending in '/'" in out and "Traceback" not in out
+
+
+def test_the_plan_holds_the_playbooks_inventory_and_vars_with_every_secret_masked(deploy: Deploy, site: Site) -> None:
+    code, out = deploy(*site.args("--plan", "--step", "synapse-playbook"))
+    assert code == 0, out
+    settings = settings_of(site)
+    plan = site.root / "plan" / "production" / playbook.CONTROLLER_PLAN / "playbook" / "inventory"
+    written = yaml.safe_load((plan / "host_vars" / "chat.z3r0d3v.com" / "vars.yml").read_text())
+    assert written["matrix_domain"] == "z3r0d3v.com"
+    assert written["matrix_homeserver_generic_secret_key"] == "<secret:playbook_generic_secret_key>"
+    text = (plan / "host_vars" / "chat.z3r0d3v.com" / "vars.yml").read_text() + (plan / "hosts").read_text()
+    assert not [name for name, value in settings.secrets.values.items() if len(value) >= 8 and value in text]
+    assert (plan / "hosts").read_text() == playbook.inventory_text(settings)
+    assert "vars.yml: would be written on the controller" in out
