@@ -255,13 +255,15 @@ def binary(item: ArtifactFile) -> Path:
     """The file a server gets for `item`: the cached file, or its `member` unpacked beside it.
 
     Hosts run in threads: one unpacks (into a scratch folder, then renamed) while the
-    others wait, so no host ever reads a half-written binary.
+    others wait, so no host ever reads a half-written binary. Without the archive (only
+    plan mode gets this far then: it shows the configuration of what it cannot install yet)
+    the path it would be unpacked to.
     """
     if item.member is None:
         return item.path
     unpacked = CACHE / "unpacked" / item.name / item.member
     with _UNPACK_LOCK:
-        if not unpacked.exists():
+        if not unpacked.exists() and item.path.exists():
             unpacked.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=unpacked.parent) as scratch, tarfile.open(item.path) as archive:
                 archive.extract(item.member, scratch, filter="data")

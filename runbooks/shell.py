@@ -631,10 +631,12 @@ class Runbook:
             console.print(f"  [dim]skipped: {note}[/dim]")
             return StepOutcome(step.name, "skipped", note=note), None
         absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
-        if absent:
+        if absent and options.mode is not Mode.PLAN:
             for problem in absent:
                 console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
             return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}"), None
+        for problem in absent:  # plan mode renders the configuration all the same, to be reviewed
+            console.print(f"  [yellow]binary missing, configuration only: {escape(str(problem))}[/yellow]")
         runner: RunnerPlugin = ThreadedRunner(num_workers=min(count, MAX_THREADS))
         if step.serial:
             order = step.order
@@ -664,6 +666,8 @@ class Runbook:
             outcome.note = f"{len(failed)} host(s) failed"
         else:
             outcome.note = f"{len(losing)} host(s) dropped out" if losing else ""
+            if absent:
+                outcome.note = f"configuration only: artifact {absent[0].key}: {absent[0].message}"
             staying = targets.filter(filter_func=lambda h: h.name not in losing)
             if any(h.status == "changed" for h in hosts.values()):
                 self.changed_steps.add(step.name)

@@ -195,7 +195,11 @@ def copy_actions(specs: list[ArtifactSpec], facts: Mapping[str, FileFact] | None
 def copy_files(task: Task, copies: list[Copy]) -> Result:
     """Carry out `copies` in the run's mode: named (plan), described (check), uploaded over SFTP (apply)."""
     if mode(task) is Mode.PLAN:
-        diff = "\n".join(f"{c.spec.path}: would be copied from {c.spec.source}" for c in copies)
+        diff = "\n".join(
+            f"{c.spec.path}: would be copied from {c.spec.source}"
+            + ("" if c.spec.source.exists() else " (not in the artifact cache yet)")
+            for c in copies
+        )
         return Result(host=task.host, result=[c.spec.path for c in copies], changed=True, diff=diff)
     diffs = []
     for copy in copies:
