@@ -95,6 +95,9 @@ def _is_subtask_error(exc: BaseException) -> bool:
     return type(exc).__name__ == "NornirSubTaskError"
 
 
+QUIET_NAMES = 8  # hosts named on the line that counts those with nothing to do
+
+
 class Progress:
     """Nornir processor printing one line per host as it finishes a step."""
 
@@ -119,6 +122,12 @@ class Progress:
             for name in result:  # the runner's order: the inventory's
                 if name in self.outcomes:
                     self._print(name, self.outcomes[name])
+        quiet = [name for name in result if name in self.outcomes and self._quiet(self.outcomes[name])]
+        if quiet:
+            shown = ", ".join(quiet[:QUIET_NAMES]) + (
+                f" … {len(quiet) - QUIET_NAMES} more" if len(quiet) > QUIET_NAMES else ""
+            )
+            self.console.print(f"  [green]ok[/green]       {len(quiet)} host(s) with nothing to do: {escape(shown)}")
 
     def task_instance_started(self, task: Task, host: Host) -> None:
         with self.lock:
@@ -137,7 +146,13 @@ class Progress:
     def subtask_instance_completed(self, task: Task, host: Host, result: MultiResult) -> None:
         return None
 
+    def _quiet(self, outcome: HostOutcome) -> bool:
+        """A host with nothing to say: counted on one line instead of its own, unless the run is verbose."""
+        return outcome.status == "ok" and not outcome.warning and not outcome.diff and not self.verbose
+
     def _print(self, name: str, outcome: HostOutcome) -> None:
+        if self._quiet(outcome):
+            return
         style = {"ok": "green", "changed": "yellow", "failed": "bold red", "lost": "bold magenta"}[outcome.status]
         line = f"  [{style}]{outcome.status:8}[/{style}] {escape(name):16} {outcome.seconds:6.1f}s"
         if outcome.message and outcome.status not in ("failed", "lost") and (self.verbose or outcome.warning):

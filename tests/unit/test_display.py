@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from nornir.core.inventory import Host
-from nornir.core.task import MultiResult, Result
+from nornir.core.task import AggregatedResult, MultiResult, Result
 from rich.console import Console
 
 from core.secrets import Redactor
@@ -36,3 +36,32 @@ def test_a_warning_is_shown_without_verbose() -> None:
         progress._print(name, outcome)
     shown = console.export_text()
     assert "said by coturn1" in shown and "said by coturn2" not in shown
+
+
+def test_hosts_with_nothing_to_do_share_one_line_unless_verbose() -> None:
+    for verbose in (False, True):
+        console = Console(record=True, width=200)
+        progress = Progress(console, Redactor(None), verbose=verbose, show_diffs=False)
+        result = AggregatedResult("etcd")
+        for number in range(1, 11):
+            name = f"host{number}"
+            multi = MultiResult("etcd")
+            multi.append(
+                Result(
+                    host=Host(name),
+                    result="members healthy",
+                    changed=number == 3,
+                    diff="x: changed"[: 10 * (number == 3)],
+                )
+            )
+            result[name] = multi
+            progress.task_instance_completed(None, Host(name), multi)  # type: ignore[arg-type]
+        progress.task_completed(None, result)  # type: ignore[arg-type]
+        shown = console.export_text()
+        if verbose:
+            assert shown.count(" ok ") == 9 and "nothing to do" not in shown
+        else:
+            assert (
+                "9 host(s) with nothing to do: host1, host2, host4, host5, host6, host7, host8, host9 … 1 more" in shown
+            )
+            assert "changed  host3" in shown and "host10" not in shown.split("nothing to do")[0]
