@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.step import Step
 from runbooks.commands import Command, Commands, flag
 from runbooks.deploy import RUNBOOK as DEPLOY
+from runbooks.restore_drill import RESTORE_TIME
 from runbooks.shell import Runbook
 from tasks.disaster_recovery import (
     cluster_state,
@@ -32,7 +33,7 @@ from tasks.disaster_recovery import (
     stop_synapse,
 )
 from tasks.patroni import Recovery, patroni_component
-from tasks.restore_drill import pgbackrest_time, restore_time
+from tasks.restore_drill import pgbackrest_time
 
 INFRASTRUCTURE = ("firewall", "ca-trust", "hosts-file", "node-exporter", "etcd")
 
@@ -94,12 +95,7 @@ COMMANDS = Commands(
             "disaster recovery",
             lambda flags: Runbook("disaster_recovery", __doc__ or "", steps(flags.wipe, flags.time), confirm=True),
             flags=(
-                flag(
-                    "--time",
-                    type=restore_time,
-                    metavar="ISO-TIME",
-                    help="restore to this point in time, with its UTC offset, e.g. 2026-11-28T03:00:00+00:00",
-                ),
+                RESTORE_TIME,
                 flag(
                     "--wipe",
                     action="store_true",

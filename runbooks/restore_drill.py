@@ -30,6 +30,14 @@ from tasks.restore_drill import (
     restore_time,
 )
 
+# The point in time to restore to (this drill and disaster recovery).
+RESTORE_TIME = flag(
+    "--time",
+    type=restore_time,
+    metavar="ISO-TIME",
+    help="restore to this point in time, with its UTC offset, e.g. 2026-11-28T03:00:00+00:00",
+)
+
 
 def drill(flags: argparse.Namespace) -> Runbook:
     step = Step(
@@ -52,12 +60,7 @@ COMMANDS = Commands(
             "the restore drill",
             drill,
             flags=(
-                flag(
-                    "--time",
-                    type=restore_time,
-                    metavar="ISO-TIME",
-                    help="restore to this point in time, with its UTC offset, e.g. 2026-11-28T03:00:00+00:00",
-                ),
+                RESTORE_TIME,
                 flag("--keep", action="store_true", help="leave the scratch instance running to inspect"),
             ),
         ),
