@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nornir.core.inventory import Host
@@ -17,6 +18,7 @@ from nornir.core.task import AggregatedResult, MultiResult, Result, Task
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from core.errors import HostError, HostLost
 from core.secrets import Redactor
@@ -98,11 +100,55 @@ def _is_subtask_error(exc: BaseException) -> bool:
 QUIET_NAMES = 8  # hosts named on the line that counts those with nothing to do
 
 
+@dataclass
+class UnderWay:
+    started: float  # time.monotonic()
+    hosts: int
+    done: int = 0
+
+
+class Running:
+    """The steps under way, for the live line a terminal shows below the finished steps' output: each with
+    how long it has run and how many of its hosts are done (a first deploy's package step runs 90 s)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.steps: dict[str, UnderWay] = {}
+
+    def start(self, name: str, hosts: int) -> None:
+        with self.lock:
+            self.steps[name] = UnderWay(time.monotonic(), hosts)
+
+    def host_done(self, name: str) -> None:
+        with self.lock:
+            if name in self.steps:
+                self.steps[name].done += 1
+
+    def finish(self, name: str) -> None:
+        with self.lock:
+            self.steps.pop(name, None)
+
+    def line(self, now: float | None = None) -> str:
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            shown = [f"{name} {now - s.started:.0f}s ({s.done}/{s.hosts} hosts)" for name, s in self.steps.items()]
+        return "running: " + " · ".join(shown) if shown else ""
+
+    def __rich__(self) -> Text:
+        return Text(self.line(), style="dim")
+
+
 class Progress:
     """Nornir processor printing one line per host as it finishes a step."""
 
     def __init__(
-        self, console: Console, redact: Redactor, verbose: bool, show_diffs: bool, ordered: bool = False
+        self,
+        console: Console,
+        redact: Redactor,
+        verbose: bool,
+        show_diffs: bool,
+        ordered: bool = False,
+        host_done: Callable[[], None] | None = None,
     ) -> None:
         self.console = console
         self.redact = redact
@@ -110,6 +156,7 @@ class Progress:
         self.show_diffs = show_diffs
         # Print the hosts in the inventory's order once all are done, not each as it finishes.
         self.ordered = ordered
+        self.host_done = host_done  # told as each host finishes (the live line's count)
         self.lock = threading.Lock()
         self.started: dict[str, float] = {}
         self.outcomes: dict[str, HostOutcome] = {}
@@ -139,6 +186,8 @@ class Progress:
             self.outcomes[host.name] = outcome
             if not self.ordered:
                 self._print(host.name, outcome)
+        if self.host_done:
+            self.host_done()
 
     def subtask_instance_started(self, task: Task, host: Host) -> None:
         return None

@@ -40,7 +40,9 @@ from nornir.core.task import AggregatedResult, MultiResult, Task
 from nornir.plugins.inventory.simple import _get_defaults, _get_inventory_element  # nornir is pinned
 from nornir.plugins.runners import ThreadedRunner
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
+from rich.text import Text
 
 from core import artifacts
 from core.connection import CONNECTION, CommandRecord, FabricConnection, current
@@ -54,6 +56,7 @@ from core.step import Step, direct_needs, waits_for
 from core.yamlsource import SafeLoader
 from runbooks.display import (
     Progress,
+    Running,
     StepOutcome,
     checklist_table,
     checklist_verdict,
@@ -176,6 +179,7 @@ class Runbook:
         self.console = Console(highlight=False, soft_wrap=True)
         self.changed_steps: set[str] = set()  # the steps that changed something in the run under way
         self.provenance: dict[str, str] = {}  # what the run under way is, for its report
+        self.running: Running | None = None  # the graph's steps under way, on a terminal's live line
         # How the operator calls it, and the flags of its command (runbooks.commands), shown in --help.
         self.prog = f"python runbooks/{name}.py"
         self.flags: Sequence[Flag] = ()
@@ -438,7 +442,12 @@ class Runbook:
         stopped: dict[str, str] = {}  # step → the failed step it waited for
         pending = list(steps)
         running: dict[Future[tuple[StepOutcome, str]], Step] = {}
-        with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="step") as pool:
+        self.running = Running() if self.console.is_terminal else None
+        live = Live(self.running, console=self.console, refresh_per_second=2, transient=True) if self.running else None
+        with (
+            ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="step") as pool,
+            live or contextlib.nullcontext(),
+        ):
             while pending or running:
                 for step in list(pending):
                     waited = [name for name in needs[step.name] if name not in outcomes]
@@ -466,8 +475,11 @@ class Runbook:
                 for future in done:
                     step = running.pop(future)
                     outcome, shown = future.result()
-                    self.console.file.write(shown)
-                    self.console.file.flush()
+                    if live:  # above the live line
+                        self.console.print(Text.from_ansi(shown), end="")
+                    else:
+                        self.console.file.write(shown)
+                        self.console.file.flush()
                     outcomes[step.name] = outcome
                     self._drop(nr, step, outcome, settings, dropped)
         return [outcomes[step.name] for step in steps]
@@ -485,7 +497,11 @@ class Runbook:
             highlight=False,
             soft_wrap=True,
         )
-        outcome, _ = self._run_step(nr, step, index, len(options.steps), settings, options, console, redact)
+        try:
+            outcome, _ = self._run_step(nr, step, index, len(options.steps), settings, options, console, redact)
+        finally:
+            if self.running:
+                self.running.finish(step.name)
         return outcome, buffer.getvalue()
 
     def _site_identity(self, nr: Nornir, settings: Settings, options: Options, redact: Redactor) -> StepOutcome:
@@ -642,7 +658,9 @@ class Runbook:
             order = step.order
             runner = RollingRunner(lambda host: order(host.name, settings) if order else 0)
         started, at = time.monotonic(), time.time()
-        progress = self._progress(console, options, redact)
+        if self.running:
+            self.running.start(step.name, count)
+        progress = self._progress(console, options, redact, step.name)
         # on_failed: Nornir would leave out hosts that failed in any step so far, also in steps that do not need them.
         result = (
             targets.with_runner(runner)
@@ -684,11 +702,19 @@ class Runbook:
         outcome.seconds = time.monotonic() - started
         return outcome, result
 
-    def _progress(self, console: Console, options: Options, redact: Redactor) -> Progress:
+    def _progress(self, console: Console, options: Options, redact: Redactor, step: str = "") -> Progress:
         # Hosts in the inventory's order where nobody watches them finish: a step shown whole when it ends
         # (its own console), and plan mode, whose output is compared from one run to the next.
         ordered = console is not self.console or options.mode is Mode.PLAN
-        return Progress(console, redact, options.verbose, show_diffs=options.mode is not Mode.APPLY, ordered=ordered)
+        running = self.running
+        return Progress(
+            console,
+            redact,
+            options.verbose,
+            show_diffs=options.mode is not Mode.APPLY,
+            ordered=ordered,
+            host_done=(lambda: running.host_done(step)) if running and step else None,
+        )
 
     def _health(
         self, step: Step, targets: Nornir, result: AggregatedResult, settings: Settings, steady: bool

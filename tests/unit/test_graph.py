@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 from itertools import takewhile
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from core.settings import Settings
 from core.step import Step, direct_needs
+from runbooks.display import Running
 from runbooks.shell import Dropped, Options, Runbook, make_nornir
 from tasks.remote import Mode
 
@@ -129,3 +131,34 @@ def test_the_steady_check_serves_only_a_run_that_changed_nothing_the_step_stands
     assert checked_with(lab_settings, tmp_path, upstream_changes=False, own_changes=False) == {"steady"}
     assert checked_with(lab_settings, tmp_path, upstream_changes=True, own_changes=False) == {"full"}
     assert checked_with(lab_settings, tmp_path, upstream_changes=False, own_changes=True) == {"full"}
+
+
+def test_a_terminal_shows_the_steps_under_way_on_a_live_line(lab_settings: Settings, tmp_path: Path) -> None:
+    """Each running step with its time and hosts done; the finished steps' output above it, whole."""
+    slow = threading.Event()
+
+    def waits(task: Task, settings: Settings) -> Result:
+        slow.wait(2.5)  # long enough for the line to be drawn at 2 per second, even on a busy machine
+        return Result(host=task.host, result="done")
+
+    graph = [Step("long-step", "waits", waits, groups=("coturn",))]
+    runbook = Runbook("deploy", "", graph, graph=True)
+    runbook.console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    options = Options(tmp_path, tmp_path, Mode.CHECK, graph, [], False, None, tmp_path, True)
+    nr = make_nornir(lab_settings, Mode.CHECK)
+    runbook._run_graph(nr, lab_settings, options, nr.config.user_defined["redact"], {})
+    shown = runbook.console.file.getvalue()  # type: ignore[attr-defined]
+    assert re.search(r"running: long-step \ds \([012]/2 hosts\)", shown), shown
+    assert "▶ 1/1 long-step" in shown and "2 host(s) with nothing to do" in shown
+
+
+def test_the_live_line_counts_hosts_and_time() -> None:
+    running = Running()
+    running.start("etcd", 3)
+    running.start("coturn", 2)
+    running.host_done("etcd")
+    started = running.steps["etcd"].started
+    assert running.line(started + 2.4).startswith("running: etcd 2s (1/3 hosts) · coturn ")
+    running.finish("etcd")
+    running.finish("coturn")
+    assert running.line() == ""
