@@ -9,8 +9,9 @@ cd "$(dirname "$0")"
 
 export DEBIAN_FRONTEND=noninteractive
 # python3-venv: the controller's venv; openssh-client: ssh-keygen and `lab.py ssh`;
-# the rest builds the lab (debootstrap base, systemd-nspawn hosts, bridge, its firewall).
-packages=(python3 python3-venv openssh-client debootstrap systemd-container iproute2 nftables)
+# debootstrap … nftables build the lab (debootstrap base, systemd-nspawn hosts, bridge, its firewall);
+# chromium: the tests open the HTML run report in a headless browser.
+packages=(python3 python3-venv openssh-client debootstrap systemd-container iproute2 nftables chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null | grep -q '^ii' || missing+=("$package")

@@ -66,6 +66,7 @@ from runbooks.display import (
     summary_table,
 )
 from runbooks.offline import default_paths
+from runbooks.report_html import render as render_html
 from tasks import site_identity
 from tasks.registry import CATALOG
 
@@ -774,7 +775,9 @@ class Runbook:
             "commands": {host: [asdict(r) for r in records] for host, records in commands.items()},
         }
         options.report.parent.mkdir(parents=True, exist_ok=True)
-        options.report.write_text(redact(json.dumps(report, indent=2, default=str)) + "\n")
+        text = redact(json.dumps(report, indent=2, default=str))
+        # .html: one page made from the redacted JSON (runbooks/report_html.py); anything else: the JSON.
+        options.report.write_text(render_html(json.loads(text)) if options.report.suffix == ".html" else text + "\n")
 
 
 def add_runbook_options(parser: argparse.ArgumentParser, *, serial: bool) -> None:
@@ -835,7 +838,13 @@ def add_runbook_options(parser: argparse.ArgumentParser, *, serial: bool) -> Non
         )
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--verbose", action="store_true", help="show diffs, each host's detail and every command")
-    parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the run's report here: JSON, or one self-contained HTML page when FILE ends in .html",
+    )
 
 
 def value_options() -> set[str]:

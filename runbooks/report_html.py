@@ -1,0 +1,35 @@
+"""A run's report as one HTML page: `--report FILE.html`.
+
+Made from the same (already redacted) data as the JSON report, so it shows nothing the JSON
+would not. The page is self-contained, with no script and no file beside it, so it opens
+on an air-gapped machine and can be mailed: the run, every step's outcome host by host with
+its changes, the hosts that dropped out, and every command with where it ran, as whom, what
+was expected and what to do if it fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "report" / "run.html.j2"
+
+
+def verdict(report: dict[str, Any]) -> tuple[str, str]:
+    """What the run came to, and the style class it is shown in."""
+    statuses = {step["status"] for step in report["steps"]}
+    if report["exit_code"] == 2:
+        return "refused, nothing was changed", "failed"
+    if "failed" in statuses or report["exit_code"] != 0:
+        return "FAILED", "failed"
+    if "changed" in statuses:
+        return ("changes made", "changed") if report["mode"] == "apply" else ("changes pending", "changed")
+    return "no changes", "ok"
+
+
+def render(report: dict[str, Any]) -> str:
+    import jinja2  # only for a run that writes an HTML report: it costs every other run's start 20 ms
+
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    said, style = verdict(report)
+    return environment.from_string(TEMPLATE.read_text()).render(r=report, verdict=said, verdict_class=style)
