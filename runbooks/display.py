@@ -139,7 +139,8 @@ class Running:
 
 
 class Progress:
-    """Nornir processor printing one line per host as it finishes a step."""
+    """Nornir processor printing what each host of a step came to: its own line when it changed, failed,
+    dropped out or warns (every host's with --verbose), the rest counted on one line when the step ends."""
 
     def __init__(
         self,
