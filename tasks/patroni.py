@@ -574,27 +574,40 @@ def await_cluster(
     )
 
 
-# GETs each path of argv[2:] from the Patroni REST API at argv[1]; prints {path: [status, body]}
+# GETs each path of argv[3:] from the Patroni REST API at argv[1]; prints {path: [status, body]}
 # (status 0: no answer, the error as the body). One TLS context for all: each loads the trust
-# store, a third of the command's CPU when made per request.
+# store, a third of the command's CPU when made per request. Unless argv[2] is "-", the answer
+# also says under "served" whether the API serves the certificate in that file: Patroni applies
+# a reload on its next loop, after `systemctl reload` returned, and then reopens its socket.
 REST_GETS = r"""
-import json, ssl, sys, urllib.error, urllib.request
+import json, ssl, sys, urllib.error, urllib.parse, urllib.request
+base, certificate, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 answers, tls = {}, ssl.create_default_context()
-for path in sys.argv[2:]:
+for path in paths:
     try:
-        with urllib.request.urlopen(sys.argv[1] + path, timeout=3, context=tls) as answer:
+        with urllib.request.urlopen(base + path, timeout=3, context=tls) as answer:
             answers[path] = [answer.status, answer.read().decode()]
     except urllib.error.HTTPError as error:
         answers[path] = [error.code, error.read().decode()]
     except OSError as error:
         answers[path] = [0, str(error)]
+if certificate != "-":
+    url = urllib.parse.urlsplit(base)
+    try:
+        served = ssl.get_server_certificate((url.hostname, url.port), timeout=3)
+        with open(certificate) as file:
+            answers["served"] = ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(file.read())
+    except (OSError, ValueError):
+        answers["served"] = False
 print(json.dumps(answers))
 """
 
 
-def rest_gets_command(base: str, paths: list[str]) -> str:
-    """The command printing what the REST API at `base` answers for each of `paths` (REST_GETS)."""
-    return f"python3 -I -S -c {shlex.quote(REST_GETS)} {base} {' '.join(shlex.quote(p) for p in paths)}"
+def rest_gets_command(base: str, paths: list[str], certificate: str = "-") -> str:
+    """The command printing what the REST API at `base` answers for each of `paths` and, given a
+    `certificate` file on the host, whether the API serves it (REST_GETS)."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return f"python3 -I -S -c {shlex.quote(REST_GETS)} {base} {shlex.quote(certificate)} {quoted}"
 
 
 def rest_gets(task: Task, paths: list[str], address: str, asker: str | None = None) -> dict[str, tuple[int, str]]:
@@ -658,15 +671,42 @@ def cluster(task: Task, settings: Settings) -> dict:
     return json.loads(body)
 
 
+def own_view(task: Task, settings: Settings) -> tuple[int, str, bool]:
+    """GET /cluster from this member's REST API, and whether the API serves the member's certificate on disk
+    (one command): (status, body, serves it)."""
+    what = Expectation("Patroni REST /cluster and the certificate it serves")
+    command = rest_gets_command(api(settings.hosts[task.host.name].private_ip), ["/cluster"], TLS_CERT)
+    answers = json.loads(run(task, command, what=what, reads_only=True).stdout)
+    status, body = answers["/cluster"]
+    return status, body, answers["served"]
+
+
+def await_certificate(task: Task, settings: Settings, timeout: float = 30) -> None:
+    """Wait until the REST API serves the certificate on disk: after a reload that brought a new one, Patroni
+    reopens its socket on its next loop, and a client reaching it in between is reset."""
+    deadline = time.monotonic() + timeout
+    while not own_view(task, settings)[2]:
+        if time.monotonic() > deadline:
+            raise HostError(
+                f"{task.host.name}: Patroni's REST API still does not serve {TLS_CERT} {timeout:g} s after the "
+                f"reload. Read 'journalctl -u patroni -n 80' on the host"
+            )
+        time.sleep(0.5)
+
+
 def wait_for_cluster(task: Task, settings: Settings) -> Result:
-    """Health check: one leader, every other member streaming, a sync standby when synchronous_mode is on."""
+    """Health check: the REST API serves the member's certificate, one leader, every other member streaming, a
+    sync standby when synchronous_mode is on."""
     members = answering_members(task, settings)
-    status, body = rest_get(task, "/cluster", settings.hosts[task.host.name].private_ip)
+    status, body, current = own_view(task, settings)
     healthy = status == 200 and not cluster_problems(
         state := json.loads(body), members, settings.config.database.synchronous_mode
     )
     if not healthy:  # just started, or still settling
         wait_for_member(task, settings)
+    if not current:  # a reload that brought a new one is still to take effect
+        await_certificate(task, settings)
+    if not healthy:
         state = await_cluster(task, settings, lambda _state: True, "the cluster")
     return Result(host=task.host, result=f"leader {leader_of(state)}, replicas streaming")
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from core.errors import HostError
+from core.pki import InternalCA
 from core.settings import Settings
 from tasks.database import PSQL, ROLE_SETTINGS, SYNAPSE_DATABASE, digest, statements
 from tasks.declaration import Command
 from tasks.facts import HostFacts
-from tasks.patroni import PATRONI, Memory, cluster_problems, config_patch, pending_restart
+from tasks.patroni import PATRONI, Memory, cluster_problems, config_patch, pending_restart, rest_gets_command
 from tasks.pgbouncer import synapse_verifier
 from tasks.systemd import ServiceFact
 
@@ -132,3 +138,32 @@ def test_the_sql_reaches_psql_on_stdin(lab_settings: Settings) -> None:
     assert isinstance(command, Command) and command.script == PSQL
     assert command.stdin and synapse_verifier(lab_settings) in command.stdin  # the password, on stdin only
     assert synapse_verifier(lab_settings) not in repr(command) + str(command)
+
+
+def test_the_rest_read_says_whether_the_api_serves_the_certificate_on_disk(tmp_path: Path) -> None:
+    """REST_GETS, run as on a member against a TLS server: "served" holds for the certificate the server shows and
+    not for another (a reload Patroni has yet to apply), nor when nothing answers."""
+    ca = InternalCA(tmp_path / "ca", "test")
+    shown, other = (ca.server(name, ["127.0.0.1"], 30, 7) for name in ("shown", "other"))
+    for certificate in (shown, other):
+        (tmp_path / f"{certificate.name}.crt").write_text(certificate.cert_pem)
+        (tmp_path / f"{certificate.name}.key").write_text(certificate.key_pem)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "shown.crt", tmp_path / "shown.key")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def served(certificate: str, port: int) -> bool:
+        command = rest_gets_command(f"https://127.0.0.1:{port}", [], str(tmp_path / certificate))
+        return json.loads(subprocess.run(command, shell=True, capture_output=True, check=True, text=True).stdout)[
+            "served"
+        ]
+
+    try:
+        assert served("shown.crt", server.server_port)
+        assert not served("other.crt", server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not served("shown.crt", server.server_port)
