@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from PIL import Image
-
 from runbooks.report_html import render, verdict
+from tests.browser import needs_chromium, screenshot
 from tests.conftest import Site
 
 Deploy = Callable[..., tuple[int, str]]
@@ -44,24 +40,11 @@ def test_the_page_names_the_run_its_steps_and_commands_and_escapes_them() -> Non
     assert verdict(report(mode="check"))[0] == "changes pending"
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed (setup.sh installs it)")
+@needs_chromium
 def test_a_plan_report_opens_in_a_browser_without_a_console_message(deploy: Deploy, site: Site, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     code, out = deploy(*site.args("--plan", "--report", str(page)))
     assert code == 0, out
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.count("<h3 id=") == text.count('<td><a href="#step-')
-    screenshot = tmp_path / "report.png"
-    browser = [
-        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-        f"--screenshot={screenshot}", "--window-size=1280,1600", page.as_uri(),
-    ]  # fmt: skip
-    done = subprocess.run(browser, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    # Chromium logs what a page says to its console as ":CONSOLE:<line>]" (checked with a page that calls
-    # console.error); its own D-Bus complaints in a container are not the page's.
-    assert "CONSOLE" not in done.stderr, done.stderr
-    with Image.open(screenshot) as image:
-        assert image.size == (1280, 1600)
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
-    assert len(colours) > 50  # text, tables and the status colours drawn, not a blank page
+    assert screenshot(page, (1280, 1600)) > 50  # text, tables and the status colours drawn, not a blank page

@@ -21,7 +21,7 @@ def test_every_runbook_answers_help_with_exit_0() -> None:
         command = [sys.executable, f"runbooks/{name}.py", "--help"]
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
 
-    assert len(RUNBOOKS) == 13, RUNBOOKS  # every runbook a user types, none of the shell's own modules
+    assert len(RUNBOOKS) == 14, RUNBOOKS  # every runbook a user types, none of the shell's own modules
     with ThreadPoolExecutor(4) as pool:
         for name, done in zip(RUNBOOKS, pool.map(help_of, RUNBOOKS), strict=True):
             assert done.returncode == 0, f"{name}: {done.stderr}"
