@@ -9,10 +9,14 @@ was expected and what to do if it fails.
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 from typing import Any
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "report" / "run.html.j2"
+# How a drill's or the soak's report names the timeline PNG it wrote (tasks/drills.py, tasks/soak.py).
+TIMELINE = re.compile(r"timeline: (\S+\.png)")
 
 
 def verdict(report: dict[str, Any]) -> tuple[str, str]:
@@ -32,4 +36,16 @@ def render(report: dict[str, Any]) -> str:
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     said, style = verdict(report)
-    return environment.from_string(TEMPLATE.read_text()).render(r=report, verdict=said, verdict_class=style)
+    page = environment.from_string(TEMPLATE.read_text())
+    return page.render(r=report, verdict=said, verdict_class=style, timelines=timelines)
+
+
+def timelines(step_report: str) -> list[tuple[str, str]]:
+    """The timelines a step's report names, as (file, data: URI) to embed: the page stays one file that opens
+    anywhere. A file gone since the run is left out (its path is still in the report's text)."""
+    found = []
+    for name in TIMELINE.findall(step_report):
+        path = Path(name)
+        if path.is_file():
+            found.append((name, "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()))
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -53,12 +54,12 @@ def test_a_drill_on_an_unhealthy_cluster_refuses_without_touching_anything(
 
 
 def test_every_drill_loses_no_acknowledged_write_and_leaves_the_platform_healthy(
-    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str]
+    deployed: None, lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """Three consecutive Patroni drills (stop, kill -9, network cut), the VIP, one etcd member, one Coturn, and
-    LiveKit's Redis master killed."""
-    started = time.time()
-    code = drill("all")
+    LiveKit's Redis master killed; the HTML report holds each drill's timeline."""
+    started, page = time.time(), tmp_path / "drills.html"
+    code = drill("all", "--report", str(page))
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
@@ -91,6 +92,7 @@ def test_every_drill_loses_no_acknowledged_write_and_leaves_the_platform_healthy
     folder = LAB_CONFIG.parent / "drills" / "lab"
     timelines = [p for p in folder.glob("*.png") if p.stat().st_mtime >= started]
     assert len(timelines) == 7 and all(Image.open(p).size[0] == 1200 for p in timelines)
+    assert page.read_text().count('<img src="data:image/png;base64,') == 7  # the report embeds each one
     members = patroni_cluster(lab)["members"]
     assert sorted(m["state"] for m in members) == ["running", "streaming", "streaming"]
     for probe in ("/run/matrix-drill", "/run/matrix-drill-messages"):

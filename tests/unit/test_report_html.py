@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+from core import timeline
 from runbooks.report_html import render, verdict
 from tests.browser import needs_chromium, screenshot
 from tests.conftest import Site
@@ -48,3 +51,16 @@ def test_a_plan_report_opens_in_a_browser_without_a_console_message(deploy: Depl
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.count("<h3 id=") == text.count('<td><a href="#step-')
     assert screenshot(page, (1280, 1600)) > 50  # text, tables and the status colours drawn, not a blank page
+
+
+def test_a_drill_timeline_is_embedded_in_the_page(tmp_path: Path) -> None:
+    """The timeline PNG a drill's report names is in the page itself (it must open without the drills folder);
+    one removed since the run is left out."""
+    png, gone = tmp_path / "patroni-1.png", tmp_path / "vip-1.png"
+    timeline.render(png, "patroni kill", [(100.0, True, "db"), (101.0, False, "db"), (103.0, True, "db")], {}, 101.0)
+    text = f"    record: {png.with_suffix('.json')}  timeline: {png}\n    record: x.json  timeline: {gone}"
+    step = {"name": "drill", "status": "ok", "seconds": 30.0, "hosts": {}, "note": "", "problems": [],
+            "report": text, "at": 0.0}  # fmt: skip
+    page = render(report(steps=[step]))
+    embedded = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(data) for data in embedded] == [png.read_bytes()]
