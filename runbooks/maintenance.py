@@ -17,6 +17,10 @@
     python runbooks/maintenance.py intranet     # the network transition: /etc/hosts everywhere, every name
                                                 # resolved from /etc/hosts alone, no time server or Synapse
                                                 # setting that needs the internet, default routes reported
+    python runbooks/maintenance.py storage      # every volume's use, growth (from Prometheus) and days until
+                                                # full with what to do; the database's largest tables and
+                                                # transaction-ID age; the media store by kind. Reads only;
+                                                # exit 1 when a volume needs action now
 
 Each runs the deploy's steps for its change (update and rolling-restart add their own
 rolling steps) with their health gates, so a re-run that changes nothing says so. Adding
@@ -41,6 +45,15 @@ from runbooks.validate import FEDERATION
 from tasks.hosts_file import outbound_route, outside_dependencies, verify_resolution
 from tasks.reboots import reboot_order, rolling_reboot
 from tasks.rolling import SYNAPSE_ROLLING
+from tasks.storage import (
+    database_table,
+    database_usage,
+    media_table,
+    media_usage,
+    needing_action,
+    volumes_and_growth,
+    volumes_table,
+)
 from tasks.synapse import SYNAPSE_STAGE
 
 DEPLOY_STEPS = {step.name: step for step in DEPLOY.steps}
@@ -90,6 +103,32 @@ STEPS = {
             live=True,
         ),
     ],
+    "storage": [
+        Step(
+            "volumes",
+            "every server's volumes: size, use, how fast each fills (Prometheus) and when it is full",
+            volumes_and_growth,
+            report=volumes_table,
+            gate=needing_action,
+            live=True,
+        ),
+        Step(
+            "database-usage",
+            "the Synapse database on the primary: its size, largest tables, dead rows, transaction-ID age",
+            database_usage,
+            groups=("patroni",),
+            report=database_table,
+            live=True,
+        ),
+        Step(
+            "media-usage",
+            "Synapse's media store by kind: uploads, thumbnails, other servers' media, URL previews",
+            media_usage,
+            groups=("synapse",),
+            report=media_table,
+            live=True,
+        ),
+    ],
 }
 
 
@@ -99,13 +138,18 @@ SUMMARIES = {
     "federation": "after changing synapse.federation: Synapse, the 8448 frontend and the firewall, then 8448 checked",
     "rolling-restart": "reboot every server (or --limit's) one at a time, least important first (asks first; --yes)",
     "intranet": "the network transition: /etc/hosts everywhere, names from /etc/hosts alone, nothing outside needed",
+    "storage": "how full each volume is, how fast it fills, what fills it; exit 1 when one needs action now",
 }
 
 
 def command(name: str) -> Command:
     # rolling-restart reboots: an outage of Synapse while its host is down, so it asks first.
     made = Runbook(
-        "maintenance", f"maintenance {name}: {SUMMARIES[name]}.", STEPS[name], confirm=name == "rolling-restart"
+        "maintenance",
+        f"maintenance {name}: {SUMMARIES[name]}.",
+        STEPS[name],
+        confirm=name == "rolling-restart",
+        checklist=name == "storage",  # a report: each part is read whatever another found
     )
     return Command(name, SUMMARIES[name], lambda _: made)
 

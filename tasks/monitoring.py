@@ -93,10 +93,17 @@ NODE_EXPORTER = Component(
 )
 
 
+POSTGRES_QUERIES = "/etc/prometheus-postgres-exporter/queries.yaml"
+POSTGRES_QUERIES_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "monitoring" / "postgres-queries.yaml"
+
+
 def postgres_exporter_defaults(context: Context) -> str:
-    """Logging in over the socket as the read-only pg_monitor role: no password to keep."""
-    dsn = f"host=/var/run/postgresql user={MONITOR_ROLE} dbname=postgres sslmode=disable"
-    args = f"--web.listen-address={context.host.private_ip}:{POSTGRES_EXPORTER_PORT}"
+    """Logging in over the socket as the read-only pg_monitor role (no password to keep), to the Synapse database:
+    the platform's queries read its tables' sizes and vacuum state (the server-wide metrics are the same from any)."""
+    database = context.settings.config.database.name
+    dsn = f"host=/var/run/postgresql user={MONITOR_ROLE} dbname={database} sslmode=disable"
+    address = f"{context.host.private_ip}:{POSTGRES_EXPORTER_PORT}"
+    args = f"--web.listen-address={address} --extend.query-path={POSTGRES_QUERIES}"
     return defaults_file(args, f"DATA_SOURCE_NAME={shlex.quote(dsn)}\n")
 
 
@@ -106,7 +113,10 @@ POSTGRES_EXPORTER = Component(
     summary="postgres-exporter beside each PostgreSQL, as the read-only pg_monitor role",
     after=("synapse-database",),
     packages=("prometheus-postgres-exporter",),
-    files=(File("/etc/default/prometheus-postgres-exporter", postgres_exporter_defaults),),
+    files=(
+        File(POSTGRES_QUERIES, lambda _: POSTGRES_QUERIES_SOURCE.read_text()),
+        File("/etc/default/prometheus-postgres-exporter", postgres_exporter_defaults),
+    ),
     services=(Service("prometheus-postgres-exporter.service"),),
     ports=(tcp("postgres-exporter", POSTGRES_EXPORTER_PORT, (comm("prometheus-postgres-exporter"),), ("monitoring",)),),
     scrape=lambda settings: [Job("postgres", per_host(settings, "patroni", POSTGRES_EXPORTER_PORT))],

@@ -53,6 +53,27 @@ def test_probes_of_turn_and_the_vip_succeed(deployed: None, lab: Lab) -> None:
     assert set(probes.values()) == {"1"}, probes
 
 
+def test_prometheus_holds_the_databases_long_run_health(deployed: None, lab: Lab) -> None:
+    """The platform's postgres-exporter queries: the transaction-ID age and the largest tables of the Synapse
+    database with their dead rows, as the long-run alerts read them."""
+
+    def query(expression: str) -> list[dict]:
+        url = f"{PROMETHEUS}/api/v1/query?query={expression}"
+        return get(lab, url)["data"]["result"]  # type: ignore[index,return-value]
+
+    ages = wait_until(lambda: query("pg_platform_xid_oldest_age"), 60, "the transaction-ID age")
+    assert {r["metric"]["host"] for r in ages} == {"patroni1", "patroni2", "patroni3"}
+    assert all(0 < float(r["value"][1]) < 2**31 for r in ages)
+    tables: dict[str, set[str]] = {}
+    for row in query("pg_platform_table_total_bytes"):
+        tables.setdefault(row["metric"]["host"], set()).add(row["metric"]["table"])
+    assert {host: len(names) for host, names in tables.items()} == dict.fromkeys(
+        ("patroni1", "patroni2", "patroni3"), 20
+    )
+    assert all("events" in names for names in tables.values()), tables
+    assert query("pg_platform_table_dead_rows") and query("pg_platform_table_seconds_since_vacuum")
+
+
 def test_a_stopped_exporter_goes_down_and_fires_its_alert(deployed: None, lab: Lab) -> None:
     target = ("node", "198.18.1.42:9101")  # coturn2's node-exporter
     ssh(lab, "coturn2", "sudo systemctl stop prometheus-node-exporter")

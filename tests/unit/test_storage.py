@@ -1,0 +1,86 @@
+"""The storage report's decisions, as data: volumes from df, growth from Prometheus, what to do at each level."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+from core.settings import Settings
+from tasks.storage import (
+    Growth,
+    Volume,
+    advice,
+    growth_queries,
+    media_command,
+    needing_action,
+    parse_df,
+    parse_growth,
+    parse_media,
+    volumes_table,
+)
+
+DF = """Filesystem     Type      1B-blocks         Used      Available Mounted on
+/dev/sda1      ext4    105089261568  95000000000    5137076224 /
+/dev/sdb1      xfs    4398046511104 879609302220 3518437208884 /var/lib/postgresql
+/dev/sdb1      xfs    4398046511104 879609302220 3518437208884 /srv/bind mount
+none           fuse               0            0             0 /proc/fake
+"""
+GB = 10**9
+
+
+def test_df_gives_each_filesystem_once() -> None:
+    volumes = parse_df("patroni1", DF)
+    assert [(v.mountpoint, v.fstype) for v in volumes] == [("/", "ext4"), ("/var/lib/postgresql", "xfs")]
+    assert round(volumes[0].used_percent) == 95  # of used + available, as df counts it
+
+
+def test_growth_is_joined_by_host_and_mountpoint() -> None:
+    answers = {
+        "per_day": [[{"host": "minio1", "mountpoint": "/data1"}, 432e9], [{"host": "haproxy1", "mountpoint": "/"}, -1]],
+        "hours": [[{"host": "minio1", "mountpoint": "/data1"}, 720.0]],
+    }
+    assert parse_growth(answers) == [Growth("minio1", "/data1", 432e9, 720.0), Growth("haproxy1", "/", -1, 0)]
+    assert parse_growth({"error": "connection refused"}) == []
+
+
+def test_what_to_do_follows_the_level_and_the_rate() -> None:
+    half = Volume("minio1", "/data1", "/dev/sdb1", "xfs", 1000 * GB, 500 * GB, 500 * GB)
+    assert advice(half, None) == (None, "ok")  # no metrics: judged by its level alone
+    assert advice(half, Growth("minio1", "/data1", -5 * GB, 24)) == (None, "ok")  # shrinking
+    assert advice(half, Growth("minio1", "/data1", 10 * GB, 24)) == (50, "ok")  # full in 50 days
+    assert advice(half, Growth("minio1", "/data1", 20 * GB, 24)) == (25, "plan: grow the volume within weeks")
+    days, action = advice(half, Growth("minio1", "/data1", 100 * GB, 24))
+    assert days == 5 and action.startswith("act now")
+    full = Volume("minio1", "/data1", "/dev/sdb1", "xfs", 1000 * GB, 950 * GB, 50 * GB)
+    assert advice(full, None)[1].startswith("act now")
+    assert advice(Volume("b", "/", "d", "ext4", 100, 85, 15), None)[1].startswith("plan")
+
+
+def test_the_gate_names_the_volume_to_act_on_and_the_table_says_where_growth_is_unknown() -> None:
+    result = {
+        "patroni1": [SimpleNamespace(result={"volumes": [v.__dict__ for v in parse_df("patroni1", DF)]})],
+        "monitoring1": [SimpleNamespace(result={"volumes": [], "growth": [], "growth_error": ""})],
+    }
+    assert needing_action(result, None) == ["patroni1:/ 95% used: act now: grow the volume, or shorten media/message "
+                                            "retention and purge"]  # fmt: skip
+    table = volumes_table(result, None)
+    assert "no metrics" in table and "days until full are unknown" in table
+
+
+def test_the_growth_fit_spans_the_retention(lab_settings: Settings) -> None:
+    queries = growth_queries(lab_settings)
+    window = f"[{lab_settings.config.monitoring.retention_days}d]"
+    assert window in queries["per_day"] and window in queries["hours"] and "overlay" in queries["per_day"]
+
+
+def test_the_media_command_counts_each_kind_on_disk(tmp_path: Path) -> None:
+    """Run as on the Synapse host, against a store with two uploads and one remote copy."""
+    for name, size in (("local_content/ab/cd/one", 5000), ("local_content/ab/ef/two", 7000),
+                       ("remote_content/remote.example/xy/three", 3000)):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * size)
+    out = subprocess.run(media_command(str(tmp_path)), shell=True, capture_output=True, text=True, check=True).stdout
+    kinds = parse_media(out)
+    assert kinds["local_content"][1] == 2 and kinds["local_content"][0] >= 12000
+    assert kinds["remote_content"][1] == 1 and kinds["url_cache"] == (0, 0)
