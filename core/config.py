@@ -73,6 +73,39 @@ class WorkerCounts(Section):
     )
 
 
+class Retention(Section):
+    """How long Synapse keeps media and messages; every lifetime is in days, null keeps for ever."""
+
+    remote_media_days: int | None = Field(
+        90,
+        ge=1,
+        le=36500,
+        description="copies of other servers' media not accessed for this many days are deleted (fetched again "
+        "when someone asks), e.g. 90; null keeps them",
+    )
+    local_media_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="this server's uploads not accessed for this many days are DELETED for good (profile pictures "
+        "are kept), e.g. 365; null keeps them",
+    )
+    messages_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="message retention: events older than this are purged from every room (a room may choose a "
+        "shorter policy, never a longer one), e.g. 365; null keeps messages",
+    )
+    forgotten_rooms_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="a room every local member has forgotten is purged from the database this many days later, "
+        "e.g. 28; null keeps it",
+    )
+
+
 class Synapse(Section):
     mode: Literal["playbook", "native"] = Field(
         "playbook", description="'playbook' (matrix-docker-ansible-deploy, containers) or 'native' (venv + systemd)"
@@ -99,6 +132,7 @@ class Synapse(Section):
         "(synapse.admin_user only) or nobody; Synapse's own default, no rule, refuses everyone",
     )
     workers: WorkerCounts = WorkerCounts()
+    retention: Retention = Retention()
     database_cp_min: int = Field(5, ge=1, le=50, description="minimum DB connections per Synapse process, e.g. 5")
     database_cp_max: int = Field(10, ge=1, le=100, description="maximum DB connections per Synapse process, e.g. 10")
 

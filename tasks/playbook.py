@@ -43,7 +43,7 @@ from tasks.executor import execute
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
 from tasks.remote import Mode, mode, redactor
-from tasks.synapse import room_list_publication_rules
+from tasks.synapse import retention_settings, room_list_publication_rules
 from tasks.waits import wait_for_http
 
 # The playbook refuses to run when vars.yml does not confirm its migration notes up to
@@ -141,6 +141,7 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
         "matrix_ketesa_container_labels_traefik_path_prefix": config.synapse.admin_path,
         "matrix_ketesa_container_labels_traefik_ipallowlist_sourcerange": haproxy,
         "matrix_synapse_room_list_publication_rules": room_list_publication_rules(settings),
+        **retention_vars(settings),
         "matrix_user_creator_users_additional": [
             {
                 "username": config.synapse.admin_user,
@@ -158,6 +159,29 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
         values |= s3_vars(settings)
     if config.livekit.enabled:
         values |= rtc_vars(settings)
+    return values
+
+
+def retention_vars(settings: Settings) -> dict[str, object]:
+    """synapse.retention in the playbook's names: the same Synapse settings native mode writes
+    (tasks.synapse.retention_settings). Set even when off: the playbook's own default purges
+    forgotten rooms after 28 days, which this platform leaves to the operator."""
+    wanted = retention_settings(settings)
+    media = wanted.get("media_retention", {})
+    values: dict[str, object] = {
+        "matrix_synapse_media_retention_local_media_lifetime": media.get("local_media_lifetime"),
+        "matrix_synapse_media_retention_remote_media_lifetime": media.get("remote_media_lifetime"),
+        "matrix_synapse_forgotten_room_retention_period": wanted["forgotten_room_retention_period"],
+        "matrix_synapse_retention_enabled": "retention" in wanted,
+    }
+    if "retention" in wanted:
+        messages = wanted["retention"]
+        values |= {
+            "matrix_synapse_retention_default_policy_max_lifetime": messages["default_policy"]["max_lifetime"],
+            "matrix_synapse_retention_allowed_lifetime_min": messages["allowed_lifetime_min"],
+            "matrix_synapse_retention_allowed_lifetime_max": messages["allowed_lifetime_max"],
+            "matrix_synapse_retention_purge_jobs": messages["purge_jobs"],
+        }
     return values
 
 

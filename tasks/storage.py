@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from nornir.core.task import AggregatedResult, Result, Task
 
 from core.settings import Settings
+from tasks.backup_files import layout
 from tasks.monitoring import PROMETHEUS_PORT
 from tasks.remote import Expectation, run
 
@@ -241,17 +242,8 @@ def database_table(result: AggregatedResult, _settings: Settings) -> str:
 
 # Synapse's media store, by kind (its own folder names): local uploads and their thumbnails, copies of
 # other servers' media, URL previews.
-MEDIA_KINDS = ("local_content", "local_thumbnails", "remote_content", "remote_thumbnail", "url_cache",
+STORE_KINDS = ("local_content", "local_thumbnails", "remote_content", "remote_thumbnail", "url_cache",
                "url_cache_thumbnails")  # fmt: skip
-
-
-def media_store(settings: Settings) -> str:
-    """Where Synapse keeps media on its host, in this mode."""
-    if settings.config.synapse.mode == "playbook":
-        return "/matrix/synapse/storage/media-store"
-    from tasks.synapse import DATA
-
-    return f"{DATA}/media"
 
 
 def media_command(store: str) -> str:
@@ -259,7 +251,7 @@ def media_command(store: str) -> str:
     return "; ".join(
         f'd={shlex.quote(f"{store}/{kind}")}; if [ -d "$d" ]; then echo "{kind} $(du -sB1 "$d" | cut -f1) '
         f'$(find "$d" -type f | wc -l)"; else echo "{kind} 0 0"; fi'
-        for kind in MEDIA_KINDS
+        for kind in STORE_KINDS
     )
 
 
@@ -269,7 +261,7 @@ def parse_media(out: str) -> dict[str, tuple[int, int]]:
 
 def media_usage(task: Task, settings: Settings) -> Result:
     """Fact: the bytes on disk and the file count of each kind of media (what is absent counts 0)."""
-    store = media_store(settings)
+    store = layout(settings).media
     out = run(task, media_command(store), what=Expectation("one line per kind of media"), reads_only=True).stdout
     return Result(host=task.host, result={"store": store, "kinds": parse_media(out)})
 

@@ -140,7 +140,45 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
         "turn_uris": turn_uris(settings),
         "turn_shared_secret": secrets["turn_shared_secret"],
         "room_list_publication_rules": room_list_publication_rules(settings),
+        "retention": retention_settings(settings),
     }
+
+
+# Message retention's purge job: Synapse runs one a day when none is set; twice keeps a volume's
+# daily growth from carrying a day's worth of expired history.
+PURGE_INTERVAL = "12h"
+
+
+def retention_settings(settings: Settings) -> dict[str, object]:
+    """Synapse's own settings for `synapse.retention` (homeserver.yaml keys; a lifetime of null is left out).
+
+    Synapse applies media retention once an hour (by last access, profile pictures and
+    quarantined media kept), purges expired messages every PURGE_INTERVAL, and purges a room
+    the whole server has forgotten after its period. Rooms may set a shorter message policy
+    (m.room.retention), never a longer one than `messages_days`.
+    """
+    retention = settings.config.synapse.retention
+    media = {
+        key: f"{days}d"
+        for key, days in (
+            ("local_media_lifetime", retention.local_media_days),
+            ("remote_media_lifetime", retention.remote_media_days),
+        )
+        if days
+    }
+    found: dict[str, object] = {"media_retention": media} if media else {}
+    if retention.messages_days:
+        lifetime = f"{retention.messages_days}d"
+        found["retention"] = {
+            "enabled": True,
+            "default_policy": {"max_lifetime": lifetime},
+            "allowed_lifetime_min": "1d",
+            "allowed_lifetime_max": lifetime,
+            "purge_jobs": [{"interval": PURGE_INTERVAL}],
+        }
+    days = retention.forgotten_rooms_days
+    found["forgotten_room_retention_period"] = f"{days}d" if days else None
+    return found
 
 
 def room_list_publication_rules(settings: Settings) -> list[dict[str, str]]:

@@ -106,8 +106,12 @@ def test_air_gap_settings(site: Site) -> None:
             ('registry_prefix: ""', "registry_prefix: r.internal/"),
             ('synapse_image: ""', "synapse_image: r.internal/s:1"),
         ],
+        [
+            ("    messages_days: null", "    messages_days: 365"),
+            ("    local_media_days: null", "    local_media_days: 90"),
+        ],
     ],
-    ids=["default", "no-federation", "no-livekit", "air-gap"],
+    ids=["default", "no-federation", "no-livekit", "air-gap", "retention"],
 )
 def test_every_emitted_variable_was_checked_against_the_playbook(site: Site, edits: list[tuple[str, str]]) -> None:
     for old, new in edits:

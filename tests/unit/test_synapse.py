@@ -184,3 +184,36 @@ def test_room_directory_publication_follows_the_config(site: Site, who: str, rul
     settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
     assert rendered(settings)["room_list_publication_rules"] == rules
     assert playbook_vars(settings)["matrix_synapse_room_list_publication_rules"] == rules
+
+
+def test_retention_is_the_same_synapse_setting_in_both_modes(site: Site) -> None:
+    """The shipped defaults: remote media after 90 unused days, uploads, messages and forgotten rooms kept (the
+    playbook's own default would purge forgotten rooms after 28 days). Then every lifetime set."""
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
+    native, values = rendered(settings), playbook_vars(settings)
+    assert native["media_retention"] == {"remote_media_lifetime": "90d"} and "retention" not in native
+    assert native["forgotten_room_retention_period"] is None
+    assert values["matrix_synapse_media_retention_remote_media_lifetime"] == "90d"
+    assert values["matrix_synapse_media_retention_local_media_lifetime"] is None
+    assert values["matrix_synapse_forgotten_room_retention_period"] is None
+    assert values["matrix_synapse_retention_enabled"] is False
+
+    for key, days in (("local_media_days", 365), ("messages_days", 180), ("forgotten_rooms_days", 28)):
+        site.edit("config.yaml", f"    {key}: null", f"    {key}: {days}")
+    site.edit("config.yaml", "    remote_media_days: 90", "    remote_media_days: null")
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
+    native, values = rendered(settings), playbook_vars(settings)
+    assert native["media_retention"] == {"local_media_lifetime": "365d"}
+    assert native["retention"] == {
+        "enabled": True,
+        "default_policy": {"max_lifetime": "180d"},
+        "allowed_lifetime_min": "1d",
+        "allowed_lifetime_max": "180d",
+        "purge_jobs": [{"interval": "12h"}],
+    }
+    assert native["forgotten_room_retention_period"] == "28d"
+    assert values["matrix_synapse_media_retention_remote_media_lifetime"] is None
+    assert values["matrix_synapse_retention_enabled"] is True
+    assert values["matrix_synapse_retention_default_policy_max_lifetime"] == "180d"
+    assert values["matrix_synapse_retention_allowed_lifetime_max"] == "180d"
+    assert values["matrix_synapse_forgotten_room_retention_period"] == "28d"
