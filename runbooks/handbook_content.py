@@ -25,8 +25,13 @@ from runbooks import handbook_diagram
 from runbooks.commands import Commands as RunbookCommands
 from runbooks.handbook_document import Commands, Picture, Section, Table, Text
 from runbooks.shell import Runbook
+from tasks.backup import REPO_PATH
+from tasks.backup_files import ROOT as BACKUP_ROOT
+from tasks.backup_files import layout
 from tasks.firewall_audit import matrix
 from tasks.haproxy import well_known
+from tasks.minio import drives
+from tasks.patroni import data_dir
 from tasks.playbook import playbook, playbook_vars, vars_path
 from tasks.registry import DECLARED, DEPLOYED, deployed
 
@@ -183,6 +188,66 @@ def hardware(settings: Settings, where: str) -> Section:
     )
 
 
+def storage(settings: Settings, where: str) -> Section:
+    """Where the data that grows lives, and how long Synapse keeps it."""
+    retention = settings.config.synapse.retention
+
+    def kept(days: int | None) -> str:
+        return "for ever" if days is None else f"{days} days"
+
+    places = [
+        ("Synapse's media store", "synapse", layout(settings).media),
+        ("the database (PostgreSQL data directory)", "patroni", data_dir(settings)),
+        ("database backups (pgBackRest repository)", "backup", REPO_PATH),
+        ("media and key backups (snapshots)", "backup", BACKUP_ROOT),
+        (
+            "metrics (Prometheus)",
+            "monitoring",
+            f"/var/lib/prometheus ({settings.config.monitoring.retention_days} days)",
+        ),
+    ]
+    if settings.config.minio.enabled:
+        places.append(("media objects (MinIO drives)", "minio", ", ".join(drives(settings))))
+    return Section(
+        "Storage and retention",
+        [
+            Text(
+                f"What grows, and where (`python runbooks/maintenance.py storage{where}` shows each volume's use, "
+                "growth and days until full; alerts fire a week and a day before a volume fills):"
+            ),
+            Table(
+                ("data", "servers", "folder"), tuple((what, names(settings.members(g)), at) for what, g, at in places)
+            ),
+            Text("How long Synapse keeps things (`synapse.retention` in the config):"),
+            Table(
+                ("what", "kept", "when it goes"),
+                (
+                    (
+                        "other servers' media (cached copies)",
+                        kept(retention.remote_media_days),
+                        "deleted once unused that long; fetched again when someone asks",
+                    ),
+                    (
+                        "your users' uploads",
+                        kept(retention.local_media_days),
+                        "deleted for good once unused that long (profile pictures kept)",
+                    ),
+                    (
+                        "messages",
+                        kept(retention.messages_days),
+                        "purged from every room twice a day; a room may choose less, never more",
+                    ),
+                    (
+                        "rooms every local member forgot",
+                        kept(retention.forgotten_rooms_days),
+                        "purged from the database that long after",
+                    ),
+                ),
+            ),
+        ],
+    )
+
+
 def holders(settings: Settings) -> dict[str, dict[str, list[str]]]:
     """Where each secret's value is written on the servers: {secret: {file: [server, …]}}, found by rendering
     every file the deploy writes (as the plan does) and looking for the value itself, so a table built from it
@@ -326,6 +391,7 @@ def sections(settings: Settings, where: str) -> tuple[Section, ...]:
         perimeter(settings),
         ports(settings, where),
         hardware(settings, where),
+        storage(settings, where),
         secrets(settings, where),
         procedures(settings, where),
     )
