@@ -6,13 +6,12 @@
 
 Writes handbook.md, handbook.html (one self-contained page) and architecture.svg: the
 architecture picture, the servers and their addresses, DNS records and /.well-known, the
-perimeter ports, every port of every server and who may open it (what the firewall
-loads), hardware and sizing, where the growing data lives and how long Synapse keeps it,
-where every secret lives (never a value), and every
-procedure (deploy, checks, drills, backups, restore, disaster recovery, certificates,
-maintenance, secret rotation) with its command, its steps on the real servers and what to
-do when it fails. Touches no host; regenerate it after changing the config or inventory.
-Exit 2 on bad input.
+perimeter ports, every port of every server and who may open it (what the firewall loads),
+hardware and sizing, where the growing data lives and how long Synapse keeps it, where
+every secret lives (never a value), and every procedure (deploy, checks, drills, backups,
+restore, disaster recovery, certificates, maintenance, secret rotation) with its command,
+its steps on the real servers and what to do when it fails. Touches no host; regenerate it
+after changing the config or inventory. Exit 2 on bad input.
 """
 
 import argparse
