@@ -225,17 +225,18 @@ def database_table(result: AggregatedResult, _settings: Settings) -> str:
     lines = [
         f"  database {size(found['bytes'])}; oldest transaction ID age {xid:,}"
         + (" (high: check that autovacuum keeps up, VACUUM FREEZE the oldest tables)" if xid > XID_WARN else ""),
-        f"  {'table':32} {'total':>10} {'heap':>10} {'live rows':>12} {'dead':>6}",
     ]
+    width = max((len(table["name"]) for table in found["tables"]), default=5)
+    lines.append(f"  {'table':{width}} {'total':>10} {'heap':>10} {'live rows':>12} {'dead':>6}")
     for table in found["tables"]:
         dead = table["dead"] / max(table["live"] + table["dead"], 1)
         lines.append(
-            f"  {table['name'][:32]:32} {size(table['total']):>10} {size(table['heap']):>10} {table['live']:>12,}"
+            f"  {table['name']:{width}} {size(table['total']):>10} {size(table['heap']):>10} {table['live']:>12,}"
             f" {dead:6.0%}"
         )
     lines.append(
-        "  state_groups_state leads in most Synapse databases: synapse-auto-compressor shrinks it; events and "
-        "event_json shrink only with message retention (synapse.retention)"
+        "  events and event_json shrink only with message retention (synapse.retention); state_groups_state "
+        "leads in most long-running Synapse databases"
     )
     return "\n".join(lines)
 

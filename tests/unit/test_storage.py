@@ -11,6 +11,7 @@ from tasks.storage import (
     Growth,
     Volume,
     advice,
+    database_table,
     growth_queries,
     media_command,
     needing_action,
@@ -84,3 +85,16 @@ def test_the_media_command_counts_each_kind_on_disk(tmp_path: Path) -> None:
     kinds = parse_media(out)
     assert kinds["local_content"][1] == 2 and kinds["local_content"][0] >= 12000
     assert kinds["remote_content"][1] == 1 and kinds["url_cache"] == (0, 0)
+
+
+def test_the_database_table_shows_long_table_names_whole() -> None:
+    long_name = "cache_invalidation_stream_by_instance"
+    tables = [{"name": long_name, "total": 90112, "heap": 8192, "live": 12, "dead": 3},
+              {"name": "events", "total": 65536, "heap": 16384, "live": 40, "dead": 0}]  # fmt: skip
+    found = {"primary": True, "bytes": 34_000_000, "xid_age": 59_473, "tables": tables}
+    text = database_table(
+        {"patroni1": [SimpleNamespace(result=found)], "patroni2": [SimpleNamespace(result=None)]}, None
+    )
+    rows = [line.split() for line in text.splitlines()[2:-1]]
+    assert [row[0] for row in rows] == [long_name, "events"] and rows[0][-1] == "20%"
+    assert "59,473" in text and "high" not in text
