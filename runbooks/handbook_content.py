@@ -23,7 +23,8 @@ from core.sizing import explain
 from core.step import Step
 from runbooks import handbook_diagram
 from runbooks.commands import Commands as RunbookCommands
-from runbooks.handbook_document import Commands, Picture, Section, Table, Text
+from runbooks.commands import Flag
+from runbooks.handbook_document import Block, Commands, Picture, Section, Table, Text
 from runbooks.shell import Runbook
 from tasks.backup import REPO_PATH
 from tasks.backup_files import ROOT as BACKUP_ROOT
@@ -326,9 +327,14 @@ IF_IT_FAILS = (
 
 
 def procedure(
-    settings: Settings, title: str, summary: str, lines: tuple[str, ...], runbook: Runbook | None, flags: Sequence
+    settings: Settings,
+    title: str,
+    summary: str,
+    lines: tuple[str, ...],
+    runbook: Runbook | None,
+    flags: Sequence[Flag],
 ) -> Section:
-    blocks: list = [Text(summary), Commands(lines)]
+    blocks: list[Block] = [Text(summary), Commands(lines)]
     if flags:
         blocks.append(Table(("flag", "meaning"), tuple((f.usage, f.options.get("help", "")) for f in flags)))
     if runbook is not None:
@@ -336,7 +342,7 @@ def procedure(
     return Section(title, blocks)
 
 
-def defaults(flags: Sequence) -> argparse.Namespace:
+def defaults(flags: Sequence[Flag]) -> argparse.Namespace:
     """A command's flags at their defaults: the runbook it builds when given none."""
     parser = argparse.ArgumentParser(add_help=False)
     for item in flags:

@@ -4,6 +4,7 @@ command it gives one the runbooks take, no secret value anywhere, and a page a b
 from __future__ import annotations
 
 import importlib
+import itertools
 import re
 import shlex
 import xml.etree.ElementTree as ElementTree
@@ -35,13 +36,11 @@ def made(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Settings
 
 
 def table(markdown: str, heading: str) -> list[list[str]]:
-    """The rows of the first table under `heading` (cells unescaped)."""
-    section = markdown.split(f"\n{heading}\n", 1)[1]
-    rows = [line for line in section.splitlines() if line.startswith("| ")]
-    end = next((i for i, line in enumerate(section.splitlines()) if line.startswith("## ")), None)
-    if end is not None:
-        rows = [line for line in section.splitlines()[:end] if line.startswith("| ")]
-    return [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows[1:]]
+    """The rows of the first table under `heading` (its header and rule left out, cells unescaped)."""
+    lines = markdown.split(f"\n{heading}\n", 1)[1].splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+    return [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows[2:]]
 
 
 def test_the_handbook_renders_all_three_files_and_names_every_server(made: tuple[Path, Settings]) -> None:
