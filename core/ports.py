@@ -39,9 +39,13 @@ class PortUse:
     def overlaps(self, other: PortUse) -> bool:
         return self.proto == other.proto and self.start <= other.end and other.start <= self.end
 
+    @property
+    def span(self) -> str:
+        """`8008`, or `49152-49172` for a range."""
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
     def label(self) -> str:
-        span = str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
-        return f"{self.service} {span}/{self.proto}"
+        return f"{self.service} {self.span}/{self.proto}"
 
 
 def tcp(service: str, port: int, processes: tuple[str, ...], clients: tuple[str, ...], setting: str = FIXED) -> PortUse:

@@ -30,7 +30,7 @@ from tasks.backup import REPO_PATH
 from tasks.backup_files import ROOT as BACKUP_ROOT
 from tasks.backup_files import layout
 from tasks.firewall_audit import matrix
-from tasks.haproxy import well_known
+from tasks.haproxy import delegation
 from tasks.minio import drives
 from tasks.patroni import data_dir
 from tasks.playbook import playbook, playbook_vars, vars_path
@@ -106,10 +106,7 @@ def dns(settings: Settings, where: str) -> Section:
     records = [(config.homeserver_fqdn, "A", settings.vip, "clients and other homeservers (443, 8448)")]
     if config.domain != config.homeserver_fqdn:
         records.append((config.domain, "A", settings.vip, "the base domain's /.well-known/matrix/ files"))
-    documents = well_known(settings) or {
-        "server": f'{{"m.server": "{config.homeserver_fqdn}:443"}}',
-        "client": f'{{"m.homeserver": {{"base_url": "https://{config.homeserver_fqdn}"}}}}',
-    }
+    documents = delegation(settings)
     who = "HAProxy answers them itself" if config.synapse.mode == "native" else "the playbook's static-files service"
     return Section(
         "DNS and /.well-known",
@@ -368,9 +365,8 @@ def procedures(settings: Settings, where: str) -> Section:
     for file in RUNBOOK_FILES:
         commands: RunbookCommands = importlib.import_module(f"runbooks.{file}").COMMANDS
         for command in commands.commands:
-            line = f"{commands.prog} {command.name}".rstrip() + where
             runbook = command.runbook(defaults(command.flags)) if command.runbook else None
-            title = f"{commands.file} {command.name}".rstrip()
+            line, title = commands.usage(command) + where, commands.usage(command).removeprefix("python runbooks/")
             sections.append(procedure(settings, title, command.summary, (line,), runbook, command.flags))
     return Section(
         "Procedures",

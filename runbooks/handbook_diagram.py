@@ -60,9 +60,8 @@ def arrows(settings: Settings) -> list[Arrow]:
     for group in sorted(present):
         for use in settings.catalog.ports(settings.config, [group]):
             sources = (CLIENTS,) if use.public else tuple(c for c in use.clients if c in present and c != group)
-            span = str(use.start) if use.start == use.end else f"{use.start}-{use.end}"
             for source in sources:
-                found.setdefault((source, group), set()).add(f"{span}/{use.proto}")
+                found.setdefault((source, group), set()).add(f"{use.span}/{use.proto}")
     return [
         Arrow(
             source,
@@ -84,11 +83,9 @@ def boxes(settings: Settings) -> list[Box]:
     width = max(len(row) for row in rows) * (BOX_WIDTH + GAP_X) - GAP_X
     found, y = [], MARGIN
     for row in rows:
-        made = [Box(group, box_lines(settings, group), 0, 0) for group in row]
-        x = MARGIN + (width - (len(row) * (BOX_WIDTH + GAP_X) - GAP_X)) // 2
-        for box in made:
-            found.append(Box(box.group, box.lines, x, y))
-            x += BOX_WIDTH + GAP_X
+        left = MARGIN + (width - (len(row) * (BOX_WIDTH + GAP_X) - GAP_X)) // 2
+        made = [Box(g, box_lines(settings, g), left + i * (BOX_WIDTH + GAP_X), y) for i, g in enumerate(row)]
+        found += made
         y += max(box.height for box in made) + GAP_Y
     return found
 

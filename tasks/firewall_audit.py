@@ -86,15 +86,14 @@ def matrix(settings: Settings) -> list[Row]:
     for hosts in alike.values():
         first = hosts[0]
         for use in declared(settings, first):
-            span = str(use.start) if use.start == use.end else f"{use.start}-{use.end}"
             allowed = reachers(settings, first, use)
             if allowed is None:
                 who = "anyone"
             else:
                 members = sorted({h.name for host in hosts for h in reachers(settings, host, use) or []})
                 who = f"{', '.join(use.clients)}: {', '.join(members)}" if members else "this host only"
-            groups = ", ".join(first.groups)
-            rows.append(Row(f"{', '.join(h.name for h in hosts)} [{groups}]", f"{span}/{use.proto}", use.service, who))
+            where = f"{', '.join(h.name for h in hosts)} [{', '.join(first.groups)}]"
+            rows.append(Row(where, f"{use.span}/{use.proto}", use.service, who))
     return rows
 
 

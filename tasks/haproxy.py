@@ -212,20 +212,23 @@ def worker_backends(settings: Settings) -> dict[str, Backend]:
     return found
 
 
-def well_known(settings: Settings) -> dict[str, str] | None:
-    """Native mode: the /.well-known/matrix/ documents the edge answers itself, for any name on the VIP.
+def delegation(settings: Settings) -> dict[str, str]:
+    """The /.well-known/matrix/ documents that point clients and servers at the homeserver name, by kind.
 
     Synapse's own server document names the base domain (`<server_name>:443`), which in an
     air-gapped site resolves nowhere else; these delegate to the homeserver name instead.
-    In playbook mode the playbook's static-files service answers them (base domain included).
     """
-    if settings.config.synapse.mode != "native":
-        return None
     fqdn = settings.config.homeserver_fqdn
     return {
         "server": json.dumps({"m.server": f"{fqdn}:443"}),
         "client": json.dumps({"m.homeserver": {"base_url": f"https://{fqdn}"}}),
     }
+
+
+def well_known(settings: Settings) -> dict[str, str] | None:
+    """Native mode: the delegation documents the edge answers itself, for any name on the VIP. In playbook
+    mode the playbook's static-files service answers them (base domain included)."""
+    return delegation(settings) if settings.config.synapse.mode == "native" else None
 
 
 def edge(settings: Settings, host: HostInfo) -> dict | None:

@@ -245,6 +245,7 @@ def database_table(result: AggregatedResult, _settings: Settings) -> str:
 # other servers' media, URL previews.
 STORE_KINDS = ("local_content", "local_thumbnails", "remote_content", "remote_thumbnail", "url_cache",
                "url_cache_thumbnails")  # fmt: skip
+REMOTE_KINDS = STORE_KINDS[2:]  # what Synapse fetches again when asked: copies and previews
 
 
 def media_command(store: str) -> str:
@@ -276,8 +277,7 @@ def media_table(result: AggregatedResult, settings: Settings) -> str:
         lines.append(f"  {name}: {found['store']}")
         for kind, (used, files) in found["kinds"].items():
             lines.append(f"    {kind:22} {size(used):>10} {files:>10,} files")
-        remote = sum(found["kinds"][k][0] for k in ("remote_content", "remote_thumbnail", "url_cache",
-                                                     "url_cache_thumbnails"))  # fmt: skip
+        remote = sum(found["kinds"][kind][0] for kind in REMOTE_KINDS)
         if remote:
             lines.append(f"    copies of other servers' media and URL previews: {size(remote)}, purged by Synapse's "
                          "media retention (remote_media_lifetime)")  # fmt: skip
