@@ -42,5 +42,5 @@ tool_package prometheus-alertmanager amtool
 # from the internet. Here only what the package index serves; on a controller with
 # internet, `python runbooks/artifacts.py fetch` (all) or `import FILE` adds the vendor
 # binaries (MinIO, mc, LiveKit) once their sha256 is pinned in artifacts/manifest.yaml.
-.venv/bin/python runbooks/artifacts.py fetch patroni synapse
+.venv/bin/python runbooks/artifacts.py fetch patroni synapse synapse-auto-compressor
 echo "set-up complete: activate with '. .venv/bin/activate'"

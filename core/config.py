@@ -73,36 +73,53 @@ class WorkerCounts(Section):
     )
 
 
-class Retention(Section):
-    """How long Synapse keeps media and messages; every lifetime is in days, null keeps for ever."""
+# Synapse's own duration syntax (its config's parse_duration): a count and s, m (minutes), h, d, w or y.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+Lifetime = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,5}[smhdwy]$")]
 
-    remote_media_days: int | None = Field(
-        90,
-        ge=1,
-        le=36500,
-        description="copies of other servers' media not accessed for this many days are deleted (fetched again "
-        "when someone asks), e.g. 90; null keeps them",
+
+def duration_seconds(duration: str) -> int:
+    """Seconds in a Synapse duration such as 90d or 12h (validated by `Lifetime`)."""
+    return int(duration[:-1]) * DURATION_UNITS[duration[-1]]
+
+
+class Retention(Section):
+    """How long Synapse keeps media and messages: a duration such as 90d, 12h or 1y; null keeps for ever."""
+
+    remote_media: Lifetime | None = Field(
+        "90d",
+        description="copies of other servers' media not accessed for this long are deleted (fetched again when "
+        "someone asks), e.g. 90d; null keeps them",
     )
-    local_media_days: int | None = Field(
+    local_media: Lifetime | None = Field(
         None,
-        ge=1,
-        le=36500,
-        description="this server's uploads not accessed for this many days are DELETED for good (profile pictures "
-        "are kept), e.g. 365; null keeps them",
+        description="this server's uploads not accessed for this long are DELETED for good (profile pictures are "
+        "kept), e.g. 365d; null keeps them",
     )
-    messages_days: int | None = Field(
+    messages: Lifetime | None = Field(
         None,
-        ge=1,
-        le=36500,
         description="message retention: events older than this are purged from every room (a room may choose a "
-        "shorter policy, never a longer one), e.g. 365; null keeps messages",
+        "shorter policy, never a longer one), e.g. 365d; null keeps messages",
     )
-    forgotten_rooms_days: int | None = Field(
+    forgotten_rooms: Lifetime | None = Field(
         None,
-        ge=1,
-        le=36500,
-        description="a room every local member has forgotten is purged from the database this many days later, "
-        "e.g. 28; null keeps it",
+        description="a room every local member has forgotten is purged from the database this long after, "
+        "e.g. 28d; null keeps it",
+    )
+
+
+class StateCompression(Section):
+    """synapse-auto-compressor on the Synapse host: rewrites state_groups_state into fewer rows, a chunk at a time."""
+
+    enabled: bool = Field(True, description="true to run the state compressor on a timer (native mode), false not to")
+    schedule: str = Field(
+        "*-*-* 04:30:00", description="systemd OnCalendar of a compressor run, e.g. '*-*-* 04:30:00' (daily)"
+    )
+    chunk_size: int = Field(
+        500, ge=50, le=100000, description="state groups the compressor loads per chunk (memory), e.g. 500"
+    )
+    chunks_per_run: int = Field(
+        100, ge=1, le=100000, description="chunks one run compresses before it stops (its length), e.g. 100"
     )
 
 
@@ -133,6 +150,7 @@ class Synapse(Section):
     )
     workers: WorkerCounts = WorkerCounts()
     retention: Retention = Retention()
+    state_compression: StateCompression = StateCompression()
     database_cp_min: int = Field(5, ge=1, le=50, description="minimum DB connections per Synapse process, e.g. 5")
     database_cp_max: int = Field(10, ge=1, le=100, description="maximum DB connections per Synapse process, e.g. 10")
 

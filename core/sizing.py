@@ -21,6 +21,9 @@ SCALE_CCU = {"small": 1_000, "medium": 5_000, "large": 10_000}
 SYNC_CURVE = ((1_000, 4), (5_000, 6), (10_000, 8), (20_000, 12))
 MAX_CONNECTIONS_FLOOR = 300
 CONNECTION_HEADROOM = 1.5  # reconnect storms after a failover, maintenance sessions
+# Each PgBouncer's session-pooled maintenance pool (the state compressor: its lock session, its two
+# connections, and a second run's attempt that the lock refuses).
+MAINTENANCE_POOL = 4
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Sizing:
     @property
     def pgbouncer_server_connections(self) -> int:
         """What all PgBouncers together may open to PostgreSQL at most."""
-        return self.pgbouncer_hosts * (self.pgbouncer_pool + self.pgbouncer_reserve)
+        return self.pgbouncer_hosts * (self.pgbouncer_pool + self.pgbouncer_reserve + MAINTENANCE_POOL)
 
     @property
     def max_connections(self) -> int:
@@ -216,7 +219,8 @@ def explain(sizing: Sizing, overridden: set[str], max_client_conn: int) -> list[
         Line(
             "PgBouncer server connections",
             str(sizing.pgbouncer_server_connections),
-            f"{sizing.pgbouncer_hosts} PgBouncer host(s) × ({sizing.pgbouncer_pool} + {sizing.pgbouncer_reserve})",
+            f"{sizing.pgbouncer_hosts} PgBouncer host(s) × ({sizing.pgbouncer_pool} + {sizing.pgbouncer_reserve} "
+            f"+ {MAINTENANCE_POOL} maintenance)",
         ),
         Line(
             "PgBouncer max_client_conn",

@@ -186,12 +186,25 @@ def hardware(settings: Settings, where: str) -> Section:
     )
 
 
+def compression(settings: Settings, where: str) -> str:
+    """What keeps the state tables from growing without bound (synapse.state_compression)."""
+    compression = settings.config.synapse.state_compression
+    if not compression.enabled:
+        return "State compression is off (`synapse.state_compression.enabled`): state_groups_state only grows."
+    runner = "its own timer" if settings.config.synapse.mode == "native" else "the playbook's compressor role"
+    return (
+        f"The state compressor rewrites state_groups_state into fewer rows, {compression.chunks_per_run} chunks of "
+        f"{compression.chunk_size} state groups a run, on {runner} at `{compression.schedule}`; "
+        f"`python runbooks/maintenance.py compress-state{where}` runs one now (native mode)."
+    )
+
+
 def storage(settings: Settings, where: str) -> Section:
     """Where the data that grows lives, and how long Synapse keeps it."""
     retention = settings.config.synapse.retention
 
-    def kept(days: int | None) -> str:
-        return "for ever" if days is None else f"{days} days"
+    def kept(lifetime: str | None) -> str:
+        return "for ever" if lifetime is None else lifetime
 
     places = [
         ("Synapse's media store", "synapse", layout(settings).media),
@@ -222,26 +235,31 @@ def storage(settings: Settings, where: str) -> Section:
                 (
                     (
                         "other servers' media (cached copies)",
-                        kept(retention.remote_media_days),
+                        kept(retention.remote_media),
                         "deleted once unused that long; fetched again when someone asks",
                     ),
                     (
                         "your users' uploads",
-                        kept(retention.local_media_days),
+                        kept(retention.local_media),
                         "deleted for good once unused that long (profile pictures kept)",
                     ),
                     (
                         "messages",
-                        kept(retention.messages_days),
+                        kept(retention.messages),
                         "purged from every room twice a day; a room may choose less, never more",
                     ),
                     (
                         "rooms every local member forgot",
-                        kept(retention.forgotten_rooms_days),
+                        kept(retention.forgotten_rooms),
                         "purged from the database that long after",
                     ),
                 ),
             ),
+            Text(
+                f"Synapse applies the media lifetimes hourly; `python runbooks/maintenance.py purge-media{where}` "
+                "applies them now and says how many went."
+            ),
+            Text(compression(settings, where)),
         ],
     )
 

@@ -21,6 +21,11 @@
                                                 # full with what to do; the database's largest tables and
                                                 # transaction-ID age; the media store by kind. Reads only;
                                                 # exit 1 when a volume needs action now
+    python runbooks/maintenance.py purge-media  # synapse.retention's media lifetimes applied now (Synapse does it
+                                                # hourly): other servers' media and, when local_media is set,
+                                                # uploads unused that long are deleted; says how many
+    python runbooks/maintenance.py compress-state  # a state compressor run now (its timer runs one daily):
+                                                # state_groups_state rows saved, chunks, what is left
 
 Each runs the deploy's steps for its change (update and rolling-restart add their own
 rolling steps) with their health gates, so a re-run that changes nothing says so. Adding
@@ -42,9 +47,12 @@ from runbooks.deploy import RUNBOOK as DEPLOY
 from runbooks.display import answers
 from runbooks.shell import Runbook
 from runbooks.validate import FEDERATION
+from tasks.compress_state import compress_now, compress_table
 from tasks.hosts_file import outbound_route, outside_dependencies, verify_resolution
+from tasks.media_purge import purge_media, purge_table
 from tasks.reboots import reboot_order, rolling_reboot
 from tasks.rolling import SYNAPSE_ROLLING
+from tasks.state_compressor import compressing
 from tasks.storage import (
     database_table,
     database_usage,
@@ -129,6 +137,25 @@ STEPS = {
             live=True,
         ),
     ],
+    "purge-media": [
+        Step(
+            "purge-media",
+            "media unused for longer than synapse.retention's lifetimes deleted now, through Synapse's admin API",
+            purge_media,
+            groups=("synapse",),
+            report=purge_table,
+        )
+    ],
+    "compress-state": [
+        Step(
+            "compress-state",
+            "one run of the state compressor now: state_groups_state rewritten into fewer rows, a chunk at a time",
+            compress_now,
+            groups=("synapse",),
+            report=compress_table,
+            applies=compressing,
+        )
+    ],
 }
 
 
@@ -139,6 +166,8 @@ SUMMARIES = {
     "rolling-restart": "reboot every server (or --limit's) one at a time, least important first (asks first; --yes)",
     "intranet": "the network transition: /etc/hosts everywhere, names from /etc/hosts alone, nothing outside needed",
     "storage": "how full each volume is, how fast it fills, what fills it; exit 1 when one needs action now",
+    "purge-media": "apply synapse.retention's media lifetimes now instead of at Synapse's next hourly pass",
+    "compress-state": "run the state compressor now (its timer runs it daily): state rows saved, what is left",
 }
 
 

@@ -20,10 +20,12 @@ from nornir.core.task import Result, Task
 
 from core import scram
 from core.catalog import GroupRule
+from core.config import Config
 from core.pki import ServerCertificate, libpq_verify_full
 from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
+from core.sizing import MAINTENANCE_POOL
 from tasks.component import Component
 from tasks.declaration import Block, Context, File, Port, Service, template
 from tasks.patroni import primary_name
@@ -35,6 +37,12 @@ CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
 TLS_DIR = "/etc/pgbouncer/tls"
 ROUTE_SETTLES = 10  # seconds the login check asks again while the route still counts a replica up
 TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/pgbouncer.crt", f"{TLS_DIR}/pgbouncer.key"
+
+
+def maintenance_database(config: Config) -> str:
+    """PgBouncer's session-pooled name for the Synapse database: for maintenance that needs a session of its own
+    (the state compressor's prepared statements and its advisory lock), a few connections apart from Synapse's."""
+    return f"{config.database.name}_maintenance"
 
 
 def verifier(settings: Settings, password: str, salt_suffix: str = "") -> str:
@@ -56,6 +64,8 @@ def ini(context: Context) -> dict[str, object]:
         "ip": host.private_ip,
         "port": config.pgbouncer.port,
         "database": config.database.name,
+        "maintenance_database": maintenance_database(config),
+        "maintenance_pool": MAINTENANCE_POOL,
         "user": config.database.user,
         "primary_port": ROUTE_PORT,
         "primary_name": primary_name(settings),

@@ -42,6 +42,7 @@ from tasks.declaration import Procedure
 from tasks.executor import execute
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
+from tasks.pgbouncer import maintenance_database
 from tasks.remote import Mode, mode, redactor
 from tasks.synapse import retention_settings, room_list_publication_rules
 from tasks.waits import wait_for_http
@@ -142,6 +143,7 @@ def playbook_vars(settings: Settings) -> dict[str, object]:
         "matrix_ketesa_container_labels_traefik_ipallowlist_sourcerange": haproxy,
         "matrix_synapse_room_list_publication_rules": room_list_publication_rules(settings),
         **retention_vars(settings),
+        **compressor_vars(settings),
         "matrix_user_creator_users_additional": [
             {
                 "username": config.synapse.admin_user,
@@ -181,6 +183,27 @@ def retention_vars(settings: Settings) -> dict[str, object]:
             "matrix_synapse_retention_allowed_lifetime_min": messages["allowed_lifetime_min"],
             "matrix_synapse_retention_allowed_lifetime_max": messages["allowed_lifetime_max"],
             "matrix_synapse_retention_purge_jobs": messages["purge_jobs"],
+        }
+    return values
+
+
+def compressor_vars(settings: Settings) -> dict[str, object]:
+    """synapse.state_compression with the playbook's own compressor role (its container on a systemd timer; the
+    playbook's group_vars leave it off), through the first PgBouncer's session-pooled maintenance database as
+    native mode's compressor (tasks/state_compressor.py): prepared statements need a session."""
+    config = settings.config
+    compression = config.synapse.state_compression
+    values: dict[str, object] = {"matrix_synapse_auto_compressor_enabled": compression.enabled}
+    if compression.enabled:
+        values |= {
+            "matrix_synapse_auto_compressor_database_hostname": settings.members("pgbouncer")[0].private_ip,
+            "matrix_synapse_auto_compressor_database_port": config.pgbouncer.port,
+            "matrix_synapse_auto_compressor_database_username": config.database.user,
+            "matrix_synapse_auto_compressor_database_password": settings.secrets["synapse_db_password"],
+            "matrix_synapse_auto_compressor_database_name": maintenance_database(config),
+            "matrix_synapse_auto_compressor_schedule": compression.schedule,
+            "matrix_synapse_auto_compressor_chunk_size": compression.chunk_size,
+            "matrix_synapse_auto_compressor_chunks_to_compress": compression.chunks_per_run,
         }
     return values
 

@@ -37,6 +37,7 @@ from tasks.pgbouncer import PGBOUNCER
 from tasks.playbook import SYNAPSE_PLAYBOOK
 from tasks.preflight import PREFLIGHT
 from tasks.rolling import SYNAPSE_ROLLING
+from tasks.state_compressor import STATE_COMPRESSOR
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
 
 # The deploy's components (and steps of their own) after preflight and the package transaction,
@@ -67,6 +68,7 @@ COMPONENT_STEPS: tuple[Component | Step, ...] = (
     SYNAPSE,
     SYNAPSE_PLAYBOOK,
     ADMIN_USER,
+    STATE_COMPRESSOR,
     BACKUP_SOURCE,
     BACKUP_FILES,
     FIRST_BACKUP,

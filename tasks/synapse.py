@@ -28,7 +28,7 @@ from nornir.core.task import Result, Task
 
 from core import artifacts
 from core.catalog import GroupRule
-from core.config import Config
+from core.config import Config, duration_seconds
 from core.pki import libpq_verify_full
 from core.ports import PortUse, tcp
 from core.secrets import signing_key, token
@@ -38,11 +38,12 @@ from core.targets import Job, Target, labels
 from core.turn_service import turn_uris
 from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan, playbook_plan, port_ranges
 from tasks.component import Component
-from tasks.declaration import Command, Context, File, Handler, Service, Stage, Wheels, template
+from tasks.declaration import Command, Context, File, Handler, Service, Wheels, template
 from tasks.facts import HostFacts
 from tasks.packages import venv_version_script
 from tasks.redis import RedisInstance, redis_component
 from tasks.systemd import UNIT_DIR
+from tasks.venvs import offline_install
 from tasks.waits import wait_for_urls
 
 VENVS = "/opt/synapse/venvs"
@@ -155,29 +156,29 @@ def retention_settings(settings: Settings) -> dict[str, object]:
     Synapse applies media retention once an hour (by last access, profile pictures and
     quarantined media kept), purges expired messages every PURGE_INTERVAL, and purges a room
     the whole server has forgotten after its period. Rooms may set a shorter message policy
-    (m.room.retention), never a longer one than `messages_days`.
+    (m.room.retention), never a longer one than `messages`, nor one under a day (or under
+    `messages` itself when that is shorter).
     """
     retention = settings.config.synapse.retention
     media = {
-        key: f"{days}d"
-        for key, days in (
-            ("local_media_lifetime", retention.local_media_days),
-            ("remote_media_lifetime", retention.remote_media_days),
+        key: lifetime
+        for key, lifetime in (
+            ("local_media_lifetime", retention.local_media),
+            ("remote_media_lifetime", retention.remote_media),
         )
-        if days
+        if lifetime
     }
     found: dict[str, object] = {"media_retention": media} if media else {}
-    if retention.messages_days:
-        lifetime = f"{retention.messages_days}d"
+    if retention.messages:
+        lifetime = retention.messages
         found["retention"] = {
             "enabled": True,
             "default_policy": {"max_lifetime": lifetime},
-            "allowed_lifetime_min": "1d",
+            "allowed_lifetime_min": lifetime if duration_seconds(lifetime) < duration_seconds("1d") else "1d",
             "allowed_lifetime_max": lifetime,
             "purge_jobs": [{"interval": PURGE_INTERVAL}],
         }
-    days = retention.forgotten_rooms_days
-    found["forgotten_room_retention_period"] = f"{days}d" if days else None
+    found["forgotten_room_retention_period"] = retention.forgotten_rooms
     return found
 
 
@@ -213,21 +214,11 @@ def venv_install(context: Context, facts: HostFacts | None, written: frozenset[s
     changed_wheels = any(path.startswith(f"{WHEELS}/") for path in written)
     if facts is not None and facts.commands["version"].strip() == version and not changed_wheels:
         return []
-    install = (
-        f"set -e; install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; "
-        f"[ -x {target}/bin/pip ] || python3 -m venv --system-site-packages {target}; "
-        f"{target}/bin/pip install --quiet --no-index --find-links {WHEELS} "
-        f"{shlex.quote(f'matrix-synapse[redis]=={version}')}"
-    )
+    folders = f"install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; "
+    requirement = f"matrix-synapse[redis]=={version}"
     return [
-        Command(
-            install,
-            f"synapse {version} in {target}" if facts is None else f"synapse {version} installed in {target}",
-            f"matrix-synapse {version} installed in {target}",
-            f"pip's message above names the missing wheel; check {WHEELS} and python3-venv on the host",
-            timeout=900,
-            stage=Stage.BEFORE_FILES,
-            name=f"pip install matrix-synapse[redis]=={version} into {target} (from {WHEELS})",
+        offline_install(
+            target, WHEELS, requirement, f"synapse {version}", fresh=facts is None, prepare=folders, timeout=900
         )
     ]
 

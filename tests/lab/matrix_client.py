@@ -28,12 +28,14 @@ def call(method, path, body=None, token=None, raw=None, content_type="applicatio
         payload = answer.read()
         return payload if raw is not None or method == "GET" and "/download/" in path else json.loads(payload)
 
-def register(user):
+def register(user, admin=False):
+    # A new user (a server admin when admin is true); Synapse's answer holds its user_id and an access_token.
     nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
-    mac = hmac.new(secret.encode(), b"\0".join([nonce.encode(), user.encode(), password.encode(), b"notadmin"]),
+    kind = b"admin" if admin else b"notadmin"
+    mac = hmac.new(secret.encode(), b"\0".join([nonce.encode(), user.encode(), password.encode(), kind]),
                    hashlib.sha1).hexdigest()
-    call("POST", "/_synapse/admin/v1/register",
-         {"nonce": nonce, "username": user, "password": password, "admin": False, "mac": mac})
+    return call("POST", "/_synapse/admin/v1/register",
+                {"nonce": nonce, "username": user, "password": password, "admin": admin, "mac": mac})
 
 def login(user):
     return call("POST", "/_matrix/client/v3/login",

@@ -76,12 +76,14 @@ def candidates(value: Any, annotation: Any) -> list[Any]:
     if isinstance(value, str):
         head, _, last = value.rpartition(".")
         bumped = [f"{head}.{int(last) + 1}"] if last.isdigit() else []  # a version: 4.1.5 → 4.1.6
+        if re.fullmatch(r"\d+[a-z]", value):  # a duration: 90d → 91d
+            bumped.append(f"{int(value[:-1]) + 1}{value[-1]}")
         texts = [value + "x", value + "x/", value.replace(".", "x.", 1), *bumped, "0 4 * * *", "http://198.18.9.9:9/h"]
         return [text for text in texts if text != value]
     if isinstance(value, list):
         return [value[:-1], [*value, "198.18.250.0/24"]] if value else []
     if value is None:
-        return [2, 20_000, "/tmp/elsewhere", "http://198.18.9.9:9/hook"]
+        return [2, 20_000, "30d", "/tmp/elsewhere", "http://198.18.9.9:9/hook"]
     return []
 
 
@@ -116,7 +118,7 @@ def derived(settings: Settings) -> dict[str, object]:
             where = f"{host.name} {component.name}"
             found[f"{where} reads"] = component.reading(settings, host).script
             found[f"{where} packages"] = component.package_names(settings)
-            found[f"{where} units"] = component.units(settings)
+            found[f"{where} units"] = [(s.unit, s.running) for s in component.services_of(settings)]
             found[f"{where} absent"] = component.absent(settings, host) if component.absent else ""
             for file in component.files_on(settings, host):
                 found[f"{where} {file.where(settings)}"] = PEM.sub("<pem>", file.spec(context).content)

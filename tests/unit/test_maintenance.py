@@ -21,6 +21,9 @@ from tests.conftest import load_runbook
         ("intranet", ["hosts-file", "offline-names", "outside-dependencies", "default-routes"]),
         ("update", ["haproxy", "synapse-stage", "synapse-rolling", "synapse-playbook"]),
         ("rolling-restart", ["rolling-restart"]),
+        ("storage", ["volumes", "database-usage", "media-usage"]),
+        ("purge-media", ["purge-media"]),
+        ("compress-state", ["compress-state"]),
     ],
 )
 def test_each_command_runs_only_the_steps_it_concerns(command: str, steps: list[str]) -> None:

@@ -36,9 +36,10 @@ def test_plan_writes_hosts_block_for_every_host(deploy: Deploy, site: Site) -> N
     names = [s["name"] for s in data["steps"]]
     assert names == [step.name for step in STEPS]  # every step reported, in the deploy's order
     skipped = {s["name"]: s["note"] for s in data["steps"] if s["status"] == "skipped"}
-    # Synapse itself comes from the playbook in production; preflight reads the hosts, which plan mode
-    # never contacts. Components whose vendor binaries are not pinned yet are planned all the same.
-    assert set(skipped) == {"preflight", "synapse", "admin-user"}
+    # Synapse itself (and its state compressor) comes from the playbook in production; preflight reads the
+    # hosts, which plan mode never contacts. Components whose vendor binaries are not pinned yet are planned
+    # all the same.
+    assert set(skipped) == {"preflight", "synapse", "admin-user", "state-compressor"}
     assert skipped["preflight"] == "not run in plan mode: it reads the running platform"
     vendor = {s["name"]: s for s in data["steps"] if s["name"] in ("minio", "livekit", "livekit-jwt", "grafana")}
     assert all(

@@ -107,8 +107,8 @@ def test_air_gap_settings(site: Site) -> None:
             ('synapse_image: ""', "synapse_image: r.internal/s:1"),
         ],
         [
-            ("    messages_days: null", "    messages_days: 365"),
-            ("    local_media_days: null", "    local_media_days: 90"),
+            ("    messages: null", "    messages: 365d"),
+            ("    local_media: null", "    local_media: 90d"),
         ],
     ],
     ids=["default", "no-federation", "no-livekit", "air-gap", "retention"],

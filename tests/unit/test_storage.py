@@ -1,12 +1,21 @@
-"""The storage report's decisions, as data: volumes from df, growth from Prometheus, what to do at each level."""
+"""Storage, as data: the report's volumes from df, growth from Prometheus and what to do at each level; the
+media purge's requests and report; the state compressor's report."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 from core.settings import Settings
+from tasks.compress_state import compress_table, parse_metrics
+from tasks.media_purge import PURGE, lifetimes, media_url, purge_table
 from tasks.storage import (
     Growth,
     Volume,
@@ -98,3 +107,79 @@ def test_the_database_table_shows_long_table_names_whole() -> None:
     rows = [line.split() for line in text.splitlines()[2:-1]]
     assert [row[0] for row in rows] == [long_name, "events"] and rows[0][-1] == "20%"
     assert "59,473" in text and "high" not in text
+
+
+def test_a_purge_applies_each_kinds_lifetime_at_the_media_worker(lab_settings: Settings) -> None:
+    assert lifetimes(lab_settings) == {"remote": "90d", "local": "10y"}
+    ip = lab_settings.members("synapse")[0].private_ip
+    assert media_url(lab_settings, ip) == f"http://{ip}:18551"  # the lab runs a media worker
+    found = {"remote": 0, "local": 3}
+    text = purge_table({"synapse1": [SimpleNamespace(result=found)], "synapse2": [SimpleNamespace(result=None)]},
+                       lab_settings)  # fmt: skip
+    assert text.splitlines() == [
+        "  synapse1: copies of other servers' media: 0 deleted (unused for 90d)",
+        "  synapse1: uploads of this server's users: 3 deleted (unused for 10y)",
+    ]
+    kept = purge_table({"synapse1": [SimpleNamespace(result={"remote": 5})]}, lab_settings)
+    assert "uploads of this server's users: kept (no lifetime set)" in kept
+
+
+class FakeSynapse(BaseHTTPRequestHandler):
+    """What the purge script asks of Synapse, recorded; answers as Synapse's admin API does."""
+
+    asked: ClassVar[list[tuple[str, str, str]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"] or 0)).decode()
+        self.asked.append((self.path, self.headers.get("Authorization", ""), body))
+        answers = {"/login": {"access_token": "t0ken"}, "/logout": {}, "/purge_media_cache": {"deleted": 2}}
+        answer = next((a for key, a in answers.items() if key in self.path.split("?")[0]), {"total": 1})
+        payload = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_the_purge_script_logs_in_purges_before_each_lifetime_and_logs_out() -> None:
+    """The script the purge runs on the Synapse host, against a recording HTTP server on loopback."""
+    server = HTTPServer(("127.0.0.1", 0), FakeSynapse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    started = time.time() * 1000
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PURGE, base, base, "admin", "3600", "0"],
+            input="pass word\n", capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert json.loads(done.stdout) == {"remote": 2}  # local media kept: its lifetime is 0
+    (login, _, credentials), (purge, token, _), (logout, token_out, _) = FakeSynapse.asked
+    assert login == "/_matrix/client/v3/login" and json.loads(credentials)["password"] == "pass word"
+    assert purge.startswith("/_synapse/admin/v1/purge_media_cache?before_ts=") and token == "Bearer t0ken"
+    before = int(purge.rsplit("=", 1)[1])
+    assert started - 3600_000 - 1000 <= before <= time.time() * 1000 - 3600_000
+    assert logout == "/_matrix/client/v3/logout" and token_out == "Bearer t0ken"
+
+
+def test_a_compressor_runs_metrics_become_its_report_line() -> None:
+    metrics = parse_metrics(
+        "# HELP x\nmatrix_platform_state_compressor_rows_saved 1234\n"
+        'matrix_platform_state_compressor_chunks{outcome="compressed"} 3\n'
+        'matrix_platform_state_compressor_chunks{outcome="skipped"} 1\n'
+        "matrix_platform_state_compressor_pending_state_groups 50000\n"
+        "matrix_platform_state_compressor_last_run_seconds 12.34\n"
+    )
+    ran = {"refused": False, "said": [], "metrics": metrics}
+    refused = {"refused": True, "said": ["another state compressor run holds the lock (…)"], "metrics": {}}
+    text = compress_table({"synapse1": [SimpleNamespace(result=ran)], "synapse2": [SimpleNamespace(result=refused)]},
+                          None)  # fmt: skip
+    assert text.splitlines() == [
+        "  synapse1: 1,234 rows of state_groups_state saved; chunks: 3 compressed, 1 skipped (nothing to save); "
+        "50,000 state groups not compressed yet; 12.3 s",
+        "  synapse2: refused: another state compressor run holds the lock (…)",
+    ]

@@ -198,9 +198,9 @@ def test_retention_is_the_same_synapse_setting_in_both_modes(site: Site) -> None
     assert values["matrix_synapse_forgotten_room_retention_period"] is None
     assert values["matrix_synapse_retention_enabled"] is False
 
-    for key, days in (("local_media_days", 365), ("messages_days", 180), ("forgotten_rooms_days", 28)):
-        site.edit("config.yaml", f"    {key}: null", f"    {key}: {days}")
-    site.edit("config.yaml", "    remote_media_days: 90", "    remote_media_days: null")
+    for key, lifetime in (("local_media", "365d"), ("messages", "180d"), ("forgotten_rooms", "4w")):
+        site.edit("config.yaml", f"    {key}: null", f"    {key}: {lifetime}")
+    site.edit("config.yaml", "    remote_media: 90d", "    remote_media: null")
     settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
     native, values = rendered(settings), playbook_vars(settings)
     assert native["media_retention"] == {"local_media_lifetime": "365d"}
@@ -211,9 +211,34 @@ def test_retention_is_the_same_synapse_setting_in_both_modes(site: Site) -> None
         "allowed_lifetime_max": "180d",
         "purge_jobs": [{"interval": "12h"}],
     }
-    assert native["forgotten_room_retention_period"] == "28d"
+    assert native["forgotten_room_retention_period"] == "4w"
     assert values["matrix_synapse_media_retention_remote_media_lifetime"] is None
     assert values["matrix_synapse_retention_enabled"] is True
     assert values["matrix_synapse_retention_default_policy_max_lifetime"] == "180d"
     assert values["matrix_synapse_retention_allowed_lifetime_max"] == "180d"
-    assert values["matrix_synapse_forgotten_room_retention_period"] == "28d"
+    assert values["matrix_synapse_forgotten_room_retention_period"] == "4w"
+
+    site.edit("config.yaml", "    messages: 180d", "    messages: 6h")
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
+    assert rendered(settings)["retention"]["allowed_lifetime_min"] == "6h"  # never above the maximum
+
+
+def test_state_compression_in_playbook_mode_is_the_playbooks_compressor_through_the_maintenance_pool(
+    site: Site,
+) -> None:
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
+    values = playbook_vars(settings)
+    assert values["matrix_synapse_auto_compressor_enabled"] is True
+    assert values["matrix_synapse_auto_compressor_database_hostname"] == settings.members("pgbouncer")[0].private_ip
+    assert values["matrix_synapse_auto_compressor_database_name"] == "synapse_maintenance"  # session-pooled
+    assert values["matrix_synapse_auto_compressor_database_password"] == settings.secrets["synapse_db_password"]
+    assert values["matrix_synapse_auto_compressor_schedule"] == "*-*-* 04:30:00"
+    assert values["matrix_synapse_auto_compressor_chunk_size"] == 500
+    assert values["matrix_synapse_auto_compressor_chunks_to_compress"] == 100
+
+    site.edit(
+        "config.yaml", '    enabled: true\n    schedule: "*-*-* 04:30', '    enabled: false\n    schedule: "*-*-* 04:30'
+    )
+    settings = load_settings(site.config, site.inventory, catalog=CATALOG, allow_placeholders=True)[0]
+    compressor = {k: v for k, v in playbook_vars(settings).items() if k.startswith("matrix_synapse_auto_compressor")}
+    assert compressor == {"matrix_synapse_auto_compressor_enabled": False}  # no password where nothing runs

@@ -201,6 +201,16 @@ BROKEN = [
     ),
     pytest.param(
         "config.yaml",
+        "    remote_media: 90d",
+        "    remote_media: 90",
+        (
+            "synapse.retention.remote_media",
+            "e.g. 90d",
+        ),
+        id="lifetime-without-unit",
+    ),
+    pytest.param(
+        "config.yaml",
         "scale: large",
         "scale: [large",
         (
