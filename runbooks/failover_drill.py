@@ -102,7 +102,8 @@ def soak_steps(minutes: float, seed: int) -> list[Step]:
         HEALTHY,
         Step(
             "soak",
-            f"random faults, one at a time, for {minutes:g} minutes under every probe (seed {seed})",
+            # The seed is in the report (to repeat a run with --seed), not here: the handbook lists this summary.
+            f"random faults, one at a time, for {minutes:g} minutes under every probe",
             partial(soak, minutes=minutes, seed=seed),
             groups=("synapse",),
             gate=failed_soak,

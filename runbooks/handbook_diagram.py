@@ -66,7 +66,7 @@ def arrows(settings: Settings) -> list[Arrow]:
         Arrow(
             source,
             target,
-            ", ".join(sorted(ports, key=lambda p: int(p.split("/")[0].split("-")[0]))),
+            ", ".join(sorted(ports, key=lambda p: (int(p.split("/")[0].split("-")[0]), p))),  # by port, then text
             source in WATCHERS,
         )
         for (source, target), ports in sorted(found.items())

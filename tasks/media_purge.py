@@ -26,14 +26,16 @@ from tasks.remote import Expectation, Mode, mode, run
 from tasks.synapse import HTTP_PORT, native, workers
 
 # Runs on the Synapse host: argv = login URL, media URL, user, then the lifetime in seconds of each of KINDS
-# (0: kept). Prints what Synapse deleted of each kind as JSON, or {"error": …} and exits 1.
+# (0: kept). Prints what Synapse deleted of each kind as JSON; on an error {"error": …, "done": what it had
+# deleted by then} and exits 1.
 PURGE = r"""
 import json, sys, time, urllib.error, urllib.request
 login, media, user, remote, local = sys.argv[1:6]
 password = sys.stdin.readline().rstrip("\n")
+done = {}
 
 def fail(message):
-    print(json.dumps({"error": message}))
+    print(json.dumps({"error": message, "done": done}))
     raise SystemExit(1)
 
 def call(base, method, path, token=None, body=None):
@@ -53,7 +55,6 @@ def call(base, method, path, token=None, body=None):
 token = call(login, "POST", "/_matrix/client/v3/login", body={
     "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password,
     "initial_device_display_name": "maintenance.py purge-media"})["access_token"]
-done = {}
 try:
     now = int(time.time() * 1000)
     if int(remote):
@@ -111,11 +112,16 @@ def purge_media(task: Task, settings: Settings) -> Result:
         ok_codes=(0, 1),
         timeout=900,
     ).stdout.strip()
-    answer = json.loads(out.splitlines()[-1]) if out else {"error": "the purge printed nothing"}
+    try:
+        answer = json.loads(out.splitlines()[-1])
+    except (IndexError, ValueError):
+        answer = {"error": f"no JSON answer from the purge script: {out[-200:]!r}", "done": {}}
     if "error" in answer:
+        gone = ", ".join(f"{count} {KINDS[kind]}" for kind, count in answer["done"].items())
         raise HostError(
-            f"{task.host.name}: media purge: {answer['error']}; check that Synapse runs (systemctl status synapse) "
-            "and that synapse.admin_user's password in the secrets file is current"
+            f"{task.host.name}: media purge: {answer['error']} (deleted before that: {gone or 'nothing'}); check "
+            "that Synapse runs (systemctl status synapse) and that synapse.admin_user's password in the secrets "
+            "file is current"
         )
     return Result(host=task.host, result=answer, changed=any(answer.values()))
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import re
 import shlex
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from runbooks.handbook_diagram import CLIENTS, arrows
 from tasks.declaration import Context
 from tasks.firewall import rules
 from tests.browser import needs_chromium, screenshot
+from tests.conftest import REPO
 from tests.unit.test_firewall_matrix import rule_opens
 
 
@@ -120,6 +124,17 @@ def test_no_secret_value_is_in_the_handbook(made: tuple[Path, Settings]) -> None
     for name in settings.catalog.secrets:
         assert settings.secrets[name] not in written, name
     assert "PRIVATE KEY" not in written
+
+
+def test_a_handbook_made_again_is_the_same_byte_for_byte(tmp_path: Path) -> None:
+    """Regenerated from the same sources (in processes of their own: string hashing differs), nothing changes."""
+    for run, hash_seed in enumerate(("1", "2")):
+        subprocess.run(
+            [sys.executable, str(REPO / "runbooks" / "handbook.py"), "--lab", "--out", str(tmp_path / str(run))],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    for name in ("handbook.md", "handbook.html", "architecture.svg"):
+        assert (tmp_path / "0" / name).read_bytes() == (tmp_path / "1" / name).read_bytes(), name
 
 
 def test_an_unwritable_out_folder_is_refused_before_anything_is_read(tmp_path: Path) -> None:

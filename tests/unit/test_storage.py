@@ -128,14 +128,16 @@ class FakeSynapse(BaseHTTPRequestHandler):
     """What the purge script asks of Synapse, recorded; answers as Synapse's admin API does."""
 
     asked: ClassVar[list[tuple[str, str, str]]] = []
+    failing: ClassVar[str] = ""  # a path answered with HTTP 500
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"] or 0)).decode()
         self.asked.append((self.path, self.headers.get("Authorization", ""), body))
         answers = {"/login": {"access_token": "t0ken"}, "/logout": {}, "/purge_media_cache": {"deleted": 2}}
         answer = next((a for key, a in answers.items() if key in self.path.split("?")[0]), {"total": 1})
-        payload = json.dumps(answer).encode()
-        self.send_response(200)
+        failed = bool(self.failing) and self.failing in self.path
+        payload = json.dumps({"errcode": "M_UNKNOWN"} if failed else answer).encode()
+        self.send_response(500 if failed else 200)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -144,26 +146,37 @@ class FakeSynapse(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_purge_script_logs_in_purges_before_each_lifetime_and_logs_out() -> None:
-    """The script the purge runs on the Synapse host, against a recording HTTP server on loopback."""
+def purge(*lifetimes: str, failing: str = "") -> tuple[int, dict]:
+    """Run the purge script against a recording HTTP server on loopback: its exit status and JSON answer."""
+    FakeSynapse.asked, FakeSynapse.failing = [], failing
     server = HTTPServer(("127.0.0.1", 0), FakeSynapse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
-    started = time.time() * 1000
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", PURGE, base, base, "admin", "3600", "0"],
-            input="pass word\n", capture_output=True, text=True, timeout=30, check=True,
-        )  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", PURGE, base, base, "admin", *lifetimes],
+                              input="pass word\n", capture_output=True, text=True, timeout=30)  # fmt: skip
     finally:
         server.shutdown()
-    assert json.loads(done.stdout) == {"remote": 2}  # local media kept: its lifetime is 0
-    (login, _, credentials), (purge, token, _), (logout, token_out, _) = FakeSynapse.asked
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_the_purge_script_logs_in_purges_before_each_lifetime_and_logs_out() -> None:
+    """The script the purge runs on the Synapse host, against a recording HTTP server on loopback."""
+    started = time.time() * 1000
+    assert purge("3600", "0") == (0, {"remote": 2})  # local media kept: its lifetime is 0
+    (login, _, credentials), (purged, token, _), (logout, token_out, _) = FakeSynapse.asked
     assert login == "/_matrix/client/v3/login" and json.loads(credentials)["password"] == "pass word"
-    assert purge.startswith("/_synapse/admin/v1/purge_media_cache?before_ts=") and token == "Bearer t0ken"
-    before = int(purge.rsplit("=", 1)[1])
+    assert purged.startswith("/_synapse/admin/v1/purge_media_cache?before_ts=") and token == "Bearer t0ken"
+    before = int(purged.rsplit("=", 1)[1])
     assert started - 3600_000 - 1000 <= before <= time.time() * 1000 - 3600_000
     assert logout == "/_matrix/client/v3/logout" and token_out == "Bearer t0ken"
+
+
+def test_a_failed_purge_says_what_it_had_deleted_and_still_logs_out() -> None:
+    code, answer = purge("3600", "60", failing="/media/delete")
+    assert code == 1 and answer["done"] == {"remote": 2}
+    assert answer["error"].startswith("POST /_synapse/admin/v1/media/delete: HTTP 500")
+    assert FakeSynapse.asked[-1][0] == "/_matrix/client/v3/logout"
 
 
 def test_a_compressor_runs_metrics_become_its_report_line() -> None:
