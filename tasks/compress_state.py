@@ -24,12 +24,15 @@ RUN_NOW = (
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """`name{labels}` → value of a Prometheus text file (comments left out)."""
+    """`name{labels}` → value of a Prometheus text file (comments and lines that are not samples left out)."""
     found = {}
     for line in text.splitlines():
-        if line and not line.startswith("#") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            found[name] = float(value)
+        name, _, value = line.rpartition(" ")
+        if name and not line.startswith("#"):
+            try:
+                found[name] = float(value)
+            except ValueError:
+                continue
     return found
 
 

@@ -186,6 +186,7 @@ def test_a_compressor_runs_metrics_become_its_report_line() -> None:
         'matrix_platform_state_compressor_chunks{outcome="skipped"} 1\n'
         "matrix_platform_state_compressor_pending_state_groups 50000\n"
         "matrix_platform_state_compressor_last_run_seconds 12.34\n"
+        "a line cut short by a full disk\n"
     )
     ran = {"refused": False, "said": [], "metrics": metrics}
     refused = {"refused": True, "said": ["another state compressor run holds the lock (…)"], "metrics": {}}
