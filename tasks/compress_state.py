@@ -13,13 +13,13 @@ from nornir.core.task import AggregatedResult, Result, Task
 from core.errors import HostError
 from core.settings import Settings
 from tasks.remote import Expectation, Mode, mode, run
-from tasks.state_compressor import METRICS, STATE, UNIT
+from tasks.state_compressor import UNIT, WRITTEN
 
 # A run through the unit, then its last journal lines and the metrics it wrote.
 RUN_NOW = (
     f"systemctl start {UNIT}; status=$?; "
     f"journalctl -o cat --no-pager _SYSTEMD_INVOCATION_ID=$(systemctl show -P InvocationID {UNIT}) | tail -n 5; "
-    f"echo '--- metrics'; cat {STATE}/{METRICS} 2>/dev/null; exit $status"
+    f"echo '--- metrics'; cat {WRITTEN} 2>/dev/null; exit $status"
 )
 
 

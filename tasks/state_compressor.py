@@ -30,8 +30,10 @@ HOME = "/opt/synapse-state-compressor"
 VENV, WHEELS = f"{HOME}/venv", f"{HOME}/wheels"
 SCRIPT = "/usr/local/sbin/synapse-state-compressor"
 UNIT, TIMER = "synapse-state-compressor.service", "synapse-state-compressor.timer"
-STATE = "/var/lib/synapse-state-compressor"  # the unit's StateDirectory: the run's metrics, written as synapse
+STATE_DIRECTORY = "synapse-state-compressor"  # the unit's, under /var/lib: the run's metrics, written as synapse
+STATE = f"/var/lib/{STATE_DIRECTORY}"
 METRICS = "synapse-state-compressor.prom"
+WRITTEN = f"{STATE}/{METRICS}"  # by the run, as synapse; the unit publishes it as root
 PUBLISHED = f"{TEXTFILE_DIR}/{METRICS}"
 LOCK_KEY = 0x53434D50  # "SCMP": the advisory lock of a run
 REFUSED = 75  # EX_TEMPFAIL: another run holds the lock
@@ -64,7 +66,7 @@ def script(context: Context) -> dict[str, object]:
     return {
         "venv": VENV,
         "homeserver": CONFIG,
-        "metrics": f"{STATE}/{METRICS}",
+        "metrics": WRITTEN,
         "maintenance_database": maintenance_database(config),
         "lock_key": LOCK_KEY,
         "refused": REFUSED,
@@ -77,7 +79,7 @@ def script(context: Context) -> dict[str, object]:
 
 
 def unit(_context: Context) -> dict[str, object]:
-    return {"script": SCRIPT, "user": USER, "state": STATE.rsplit("/", 1)[1], "metrics": METRICS, "textfile": PUBLISHED}
+    return {"script": SCRIPT, "user": USER, "state": STATE_DIRECTORY, "metrics": WRITTEN, "textfile": PUBLISHED}
 
 
 def timer(context: Context) -> dict[str, object]:

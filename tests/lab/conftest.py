@@ -115,6 +115,40 @@ def failed_units(lab: Lab) -> str:
     return "\n".join(report) or "no failed units on any lab host"
 
 
+# Errors every lab host logged lately: Synapse's own "<logger> - <line> - ERROR - ..." lines with what
+# follows them (its tracebacks), and what other daemons logged at priority err or worse.
+JOURNAL_ERRORS = (
+    "journalctl -q --since=-15min --no-pager -o short-precise | grep -E -A12 ' - (ERROR|CRITICAL) - ' | tail -n 60; "
+    "journalctl -q --since=-15min --no-pager -o short-precise -p err | tail -n 20"
+)
+
+
+def journal_errors(lab: Lab) -> str:
+    """What went wrong on the hosts around a failed lab test: an intermittent failure is read from
+    this alone, since its lab is gone with the test session."""
+    report = []
+    for host in lab.hosts:
+        try:
+            done = ssh(lab, host.name, f"sudo sh -c {shlex.quote(JOURNAL_ERRORS)}", check=False)
+        except subprocess.TimeoutExpired:
+            report.append(f"--- {host.name}\nno answer within 120 s")
+            continue
+        out = done.stdout.strip() if done.returncode == 0 else f"unreachable: {done.stderr.strip()[-200:]}"
+        if out:
+            report.append(f"--- {host.name}\n{out}")
+    return "\n".join(report) or "no host logged an error in the last 15 minutes"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed lab test (or its fixture) carries the hosts' recent errors in its report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    lab = getattr(item, "funcargs", {}).get("lab")
+    if report.failed and call.when in ("setup", "call") and isinstance(lab, Lab):
+        report.sections.append(("lab hosts: errors logged in the last 15 minutes", journal_errors(lab)))
+
+
 def step_failures(report: Path) -> str:
     """The failed steps of a runbook's JSON report with each failed host's message: the lines
     a red CI run is read by (the run's own output is cut off above the summary table)."""
