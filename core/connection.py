@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ from core.ssh_library import paramiko
 
 CONNECTION = "fabric"
 READ_SECONDS = 120  # the deadline of a command that only reads, unless it sets its own
+RUN_READS = "run_reads"  # the run's RunReads, in the options every host's connection shares
+
+
+@dataclass
+class RunReads:
+    """What each step of a run reads first on a host, read for all of them at once (`tasks.facts`).
+
+    A re-run that changes nothing was mostly read-aheads: one command per step per host, each
+    a round trip to a host busy with everyone else's, one step after another. The first step
+    to read on a host reads what every step of the run will read there, in one command; a
+    step takes its own from it while no host has run a command that may change anything.
+    After such a command every step reads for itself again: what was read before it may be stale.
+    """
+
+    scripts: Callable[[str], list[str]]  # the read-ahead scripts of the run's steps on a host, by host name
+    changed: bool = False  # a command that may change a host has run, on any host
+
 
 # The runbook step the current thread works for: the runner names it as a host's task
 # starts (`runbooks.shell`), so each command is recorded with its step even when
@@ -93,6 +111,8 @@ class FabricConnection:
         self.opened_at = 0.0  # when the run first reached for the host (seconds since the epoch)
         self.sftp_session: paramiko.SFTPClient | None = None
         self.sftp_lock = threading.Lock()
+        self.run_read: dict[str, str] | None = None  # each step's read-ahead script → its output (RunReads)
+        self.run_read_lock = threading.Lock()
 
     def open(
         self,
@@ -204,10 +224,14 @@ class FabricConnection:
         """Run `script` with bash as root, in the host's root shell (`core.root_shell`).
 
         `stdin` carries file contents and secrets, which must never be on the command line.
-        A command not marked `reads_only` forgets the facts read ahead.
+        A command not marked `reads_only` forgets the facts read ahead, and those read for the whole
+        run (`RunReads`) on every host.
         """
         if not reads_only:
             self.read_ahead.clear()
+            reads = self.options.get(RUN_READS)
+            if isinstance(reads, RunReads):
+                reads.changed = True
         started, at = time.monotonic(), time.time()
         try:
             shell = self._shell()

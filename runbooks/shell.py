@@ -45,7 +45,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from core import artifacts
-from core.connection import CONNECTION, CommandRecord, FabricConnection, current
+from core.connection import CONNECTION, RUN_READS, CommandRecord, FabricConnection, RunReads, current
 from core.errors import InputError, InputProblem
 from core.mode import Mode
 from core.paths import real, unwritable
@@ -333,6 +333,8 @@ class Runbook:
         if options.limit:
             nr = nr.filter(filter_func=lambda host: host.name in options.limit)
         redact: Redactor = nr.config.user_defined["redact"]
+        if options.mode is not Mode.PLAN:
+            nr.config.user_defined[RUN_READS] = RunReads(lambda host: step_readings(options.steps, settings, host))
         outcomes: list[StepOutcome] = []
         commands: dict[str, list[CommandRecord]] = {}
         reached: dict[str, float] = {}  # when the run began connecting to each host (seconds since the epoch)
@@ -914,6 +916,23 @@ def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) ->
         "lost": {},  # hosts that dropped out of the run, with why (tasks.remote.lost_hosts)
     }
     return inventory_nornir(inventory, max(1, min(len(settings.hosts), MAX_THREADS)), options)
+
+
+def step_readings(steps: Sequence[Step], settings: Settings, host: str) -> list[str]:
+    """The read-ahead scripts of the `steps` that will run on `host`, in their order: those its groups
+    take part in, that the settings use and whose artifacts are here (the others are skipped)."""
+    groups = set(settings.hosts[host].groups)
+    scripts = []
+    for step in steps:
+        elsewhere = step.groups is not None and not groups & set(step.groups)
+        if step.reading is None or elsewhere or not step.used(settings):
+            continue
+        if any(artifacts.problems(artifacts.manifest()[name]) for name in step.needs):
+            continue
+        script = step.reading(settings, host)
+        if script:
+            scripts.append(script)
+    return scripts
 
 
 def inventory_nornir(inventory: Path, threads: int, options: dict[str, Any]) -> Nornir:

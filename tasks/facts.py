@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 
 from nornir.core.task import Task
 
+from core.connection import RUN_READS, RunReads
 from tasks.files import FileFact, facts_script, parse_facts
 from tasks.packages import missing, query_script
 from tasks.remote import Expectation, Mode, known, mode, run, shell
 from tasks.systemd import ServiceFact, parse_show_many, show_script
 
 SECTION = "@@matrix-facts "
+STEP_SECTION = "@@matrix-step-read "
 
 
 def users_script(names: Sequence[str]) -> str:
@@ -87,11 +89,50 @@ class Reading:
         )
 
 
+def together(scripts: Sequence[str]) -> str:
+    """One command running each of `scripts` in a subshell of its own, each output followed by a numbered
+    marker on a line of its own (a newline first: an output need not end with one)."""
+    return "\n".join(f"(\n{script}\n)\nprintf '\\n{STEP_SECTION}{number}\\n'" for number, script in enumerate(scripts))
+
+
+def apart(out: str, scripts: Sequence[str]) -> dict[str, str]:
+    """`together(scripts)`'s output as each script's own, by script (those before a missing marker only)."""
+    outputs: dict[str, str] = {}
+    start = 0
+    for number, script in enumerate(scripts):
+        marker = f"\n{STEP_SECTION}{number}\n"
+        end = out.find(marker, start)
+        if end < 0:
+            break
+        outputs.setdefault(script, out[start:end])
+        start = end + len(marker)
+    return outputs
+
+
+def read_for_run(task: Task, script: str) -> str | None:
+    """`script`'s output from the run's one read of every step's read-ahead on this host, while it holds
+    (`core.connection.RunReads`); None when the run has no such read or it no longer holds."""
+    conn = shell(task)
+    reads = conn.options.get(RUN_READS)
+    if not isinstance(reads, RunReads) or reads.changed:
+        return None
+    with conn.run_read_lock:  # steps running at once on the host wait for the one read
+        if conn.run_read is None:
+            scripts = list(dict.fromkeys(reads.scripts(task.host.name)))
+            what = Expectation("what every step of the run reads on the host")
+            conn.run_read = apart(run(task, together(scripts), what=what, reads_only=True).stdout, scripts)
+    return None if reads.changed else conn.run_read.get(script)
+
+
 def read_facts(task: Task, reading: Reading) -> HostFacts | None:
-    """Read everything of `reading` in one command; None in plan mode. The facts are kept for the primitives too."""
+    """Read everything of `reading` in one command (or take it from the run's read); None in plan mode.
+    The facts are kept for the primitives too."""
     if mode(task) is Mode.PLAN:
         return None
-    out = run(task, reading.script, what=Expectation("the component's state"), reads_only=True).stdout
+    script = reading.script
+    out = read_for_run(task, script)
+    if out is None:
+        out = run(task, script, what=Expectation("the component's state"), reads_only=True).stdout
     facts = reading.parse(out)
     kinds = {"package": facts.packages, "file": facts.files, "unit": facts.units, "user": facts.users}
     conn = shell(task)

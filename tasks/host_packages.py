@@ -68,12 +68,16 @@ def first_files(components: Sequence[Component], settings: Settings, host: HostI
 def package_step(components: Sequence[Component], used: Used) -> Step:
     """The deploy step installing, on each host, every package of the `components` it runs."""
 
-    def install_all(task: Task, settings: Settings) -> Result:
-        host = settings.hosts[task.host.name]
+    def wanted(settings: Settings, host_name: str) -> tuple[list[str], list[FileSpec], Reading]:
+        """The host's packages, the files written before them, and the read-ahead of both."""
+        host = settings.hosts[host_name]
         present = on_host(components, used, settings, host)
-        names = host_packages(present, settings, host)
-        files = first_files(present, settings, host)
-        facts = read_facts(task, Reading(packages=names, files=[spec.path for spec in files]))
+        names, files = host_packages(present, settings, host), first_files(present, settings, host)
+        return names, files, Reading(packages=names, files=[spec.path for spec in files])
+
+    def install_all(task: Task, settings: Settings) -> Result:
+        names, files, reading = wanted(settings, task.host.name)
+        facts = read_facts(task, reading)
         installs = install_actions(names, facts and facts.packages, autostart=False)
         results = execute(task, [*write_actions(files, facts and facts.files), *installs], facts)
         task.results.extend(results)
@@ -82,4 +86,5 @@ def package_step(components: Sequence[Component], used: Used) -> Step:
         said = f"{missing} of {len(names)} packages {done}" if missing else f"{len(names)} packages present"
         return Result(host=task.host, result=said, changed=any(result.changed for result in results))
 
-    return Step(NAME, "every Debian package the host's components need, installed in one apt run", install_all)
+    summary = "every Debian package the host's components need, installed in one apt run"
+    return Step(NAME, summary, install_all, reading=lambda settings, host: wanted(settings, host)[2].script)

@@ -116,10 +116,11 @@ def failed_units(lab: Lab) -> str:
 
 
 # Errors every lab host logged lately: Synapse's own "<logger> - <line> - ERROR - ..." lines with what
-# follows them (its tracebacks), and what other daemons logged at priority err or worse.
+# follows them (its tracebacks), and what other daemons logged at priority err or worse (but sshd's
+# complaint, at every login, that the lab's hosts have no /etc/default/locale).
 JOURNAL_ERRORS = (
     "journalctl -q --since=-15min --no-pager -o short-precise | grep -E -A12 ' - (ERROR|CRITICAL) - ' | tail -n 60; "
-    "journalctl -q --since=-15min --no-pager -o short-precise -p err | tail -n 20"
+    "journalctl -q --since=-15min --no-pager -o short-precise -p err | grep -v pam_env | tail -n 20"
 )
 
 
