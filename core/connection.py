@@ -111,7 +111,8 @@ class FabricConnection:
         self.opened_at = 0.0  # when the run first reached for the host (seconds since the epoch)
         self.sftp_session: paramiko.SFTPClient | None = None
         self.sftp_lock = threading.Lock()
-        self.run_read: dict[str, str] | None = None  # each step's read-ahead script → its output (RunReads)
+        self.run_scripts: list[str] | None = None  # the read-ahead scripts of the run's steps here (RunReads)
+        self.run_read: dict[str, str] | None = None  # each of them → its output, once read
         self.run_read_lock = threading.Lock()
 
     def open(

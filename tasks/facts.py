@@ -118,9 +118,13 @@ def read_for_run(task: Task, script: str) -> str | None:
         return None
     with conn.run_read_lock:  # steps running at once on the host wait for the one read
         if conn.run_read is None:
-            scripts = list(dict.fromkeys(reads.scripts(task.host.name)))
+            if conn.run_scripts is None:
+                conn.run_scripts = list(dict.fromkeys(reads.scripts(task.host.name)))
+            if script not in conn.run_scripts:
+                return None  # a read no step declares (a drill's own): it goes alone, the run's read waits
             what = Expectation("what every step of the run reads on the host")
-            conn.run_read = apart(run(task, together(scripts), what=what, reads_only=True).stdout, scripts)
+            out = run(task, together(conn.run_scripts), what=what, reads_only=True).stdout
+            conn.run_read = apart(out, conn.run_scripts)
     return None if reads.changed else conn.run_read.get(script)
 
 
