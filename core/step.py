@@ -12,6 +12,7 @@ from typing import Any
 
 from nornir.core.task import AggregatedResult, Result
 
+from core import artifacts
 from core.errors import InputProblem
 from core.settings import Settings
 
@@ -69,6 +70,10 @@ class Step:
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
+
+    def missing(self) -> list[InputProblem]:
+        """What of `needs` the artifact cache lacks: the step is then skipped (configuration only in plan mode)."""
+        return [problem for name in self.needs for problem in artifacts.problems(artifacts.manifest()[name])]
 
 
 def direct_needs(steps: Sequence[Step]) -> dict[str, list[str]]:

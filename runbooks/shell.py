@@ -649,7 +649,7 @@ class Runbook:
             note = "not run in plan mode: it reads the running platform"
             console.print(f"  [dim]skipped: {note}[/dim]")
             return StepOutcome(step.name, "skipped", note=note), None
-        absent = [p for name in step.needs for p in artifacts.problems(artifacts.manifest()[name])]
+        absent = step.missing()
         if absent and options.mode is not Mode.PLAN:
             for problem in absent:
                 console.print(f"  [yellow]skipped: {escape(str(problem))}[/yellow]")
@@ -925,9 +925,7 @@ def step_readings(steps: Sequence[Step], settings: Settings, host: str) -> list[
     scripts = []
     for step in steps:
         elsewhere = step.groups is not None and not groups & set(step.groups)
-        if step.reading is None or elsewhere or not step.used(settings):
-            continue
-        if any(artifacts.problems(artifacts.manifest()[name]) for name in step.needs):
+        if step.reading is None or elsewhere or not step.used(settings) or step.missing():
             continue
         script = step.reading(settings, host)
         if script:

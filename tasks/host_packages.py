@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 
 from nornir.core.task import Result, Task
 
-from core import artifacts
 from core.settings import HostInfo, Settings
 from core.step import Step
 from tasks.component import Component
@@ -43,7 +42,7 @@ def on_host(components: Sequence[Component], used: Used, settings: Settings, hos
         in_groups = component.groups is None or set(component.groups) & set(host.groups)
         if not in_groups or not used(component, settings) or (component.absent and component.absent(settings, host)):
             continue
-        if any(artifacts.problems(artifacts.manifest()[name]) for name in component.step().needs):
+        if component.step().missing():
             continue
         found.append(component)
     return found
