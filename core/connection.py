@@ -46,12 +46,14 @@ class RunReads:
 
     A re-run that changes nothing was mostly read-aheads: one command per step per host, each
     a round trip to a host busy with everyone else's, one step after another. The first step
-    to read on a host reads what every step of the run will read there, in one command; a
-    step takes its own from it while no host has run a command that may change anything.
+    to read on a host reads what every step of the run will read there in one command (each
+    package, file, unit, user and command once); a step takes its own facts from it while no
+    host has run a command that may change anything.
     After such a command every step reads for itself again: what was read before it may be stale.
     """
 
-    scripts: Callable[[str], list[str]]  # the read-ahead scripts of the run's steps on a host, by host name
+    # What the run's steps read first on a host (`tasks.facts.Reading`, which core does not import), by host name.
+    readings: Callable[[str], list[Any]]
     changed: bool = False  # a command that may change a host has run, on any host
 
 
@@ -111,8 +113,7 @@ class FabricConnection:
         self.opened_at = 0.0  # when the run first reached for the host (seconds since the epoch)
         self.sftp_session: paramiko.SFTPClient | None = None
         self.sftp_lock = threading.Lock()
-        self.run_scripts: list[str] | None = None  # the read-ahead scripts of the run's steps here (RunReads)
-        self.run_read: dict[str, str] | None = None  # each of them → its output, once read
+        self.run_read: tuple[Any, Any] | None = None  # what the run read here at once and what it found (tasks.facts)
         self.run_read_lock = threading.Lock()
 
     def open(

@@ -64,9 +64,9 @@ class Step:
     # The steps (by name) that must have succeeded before this one starts: what it uses.
     # The runbook's order respects them (tasks/registry.py checks the deploy's).
     after: tuple[str, ...] = ()
-    # The read-ahead script its task runs first on a host (None: none there). A run that has
-    # changed nothing reads those of all its steps on a host in one command (`core.connection.RunReads`).
-    reading: Callable[[Settings, str], str | None] | None = None
+    # What its task reads first on a host (a `tasks.facts.Reading`; None: nothing there). A run that
+    # has changed nothing reads those of all its steps on a host in one command (`core.connection.RunReads`).
+    reading: Callable[[Settings, str], Any] | None = None
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)

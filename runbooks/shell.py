@@ -68,6 +68,7 @@ from runbooks.display import (
 from runbooks.offline import default_paths
 from runbooks.report_html import render as render_html
 from tasks import site_identity
+from tasks.facts import Reading
 from tasks.registry import CATALOG
 
 if TYPE_CHECKING:
@@ -918,19 +919,19 @@ def make_nornir(settings: Settings, mode: Mode, plan_dir: Path | None = None) ->
     return inventory_nornir(inventory, max(1, min(len(settings.hosts), MAX_THREADS)), options)
 
 
-def step_readings(steps: Sequence[Step], settings: Settings, host: str) -> list[str]:
-    """The read-ahead scripts of the `steps` that will run on `host`, in their order: those its groups
-    take part in, that the settings use and whose artifacts are here (the others are skipped)."""
+def step_readings(steps: Sequence[Step], settings: Settings, host: str) -> list[Reading]:
+    """What the `steps` that will run on `host` read first there, in their order: those its groups take
+    part in, that the settings use and whose artifacts are here (the others are skipped)."""
     groups = set(settings.hosts[host].groups)
-    scripts = []
+    readings = []
     for step in steps:
         elsewhere = step.groups is not None and not groups & set(step.groups)
         if step.reading is None or elsewhere or not step.used(settings) or step.missing():
             continue
-        script = step.reading(settings, host)
-        if script:
-            scripts.append(script)
-    return scripts
+        reading = step.reading(settings, host)
+        if reading:
+            readings.append(reading)
+    return readings
 
 
 def inventory_nornir(inventory: Path, threads: int, options: dict[str, Any]) -> Nornir:

@@ -128,15 +128,15 @@ class Component:
             artifacts=tuple(wheels.artifact for wheels in self.wheels),
             applies=self.applies,
             after=self.after,
-            reading=self.read_script,
+            reading=self.step_reading,
         )
 
-    def read_script(self, settings: Settings, host_name: str) -> str | None:
-        """The read-ahead `converge` runs first on the host (None where the component is absent)."""
+    def step_reading(self, settings: Settings, host_name: str) -> Reading | None:
+        """What `converge` reads first on the host (None where the component is absent)."""
         host = settings.hosts[host_name]
         if self.absent and self.absent(settings, host):
             return None
-        return self.reading(settings, host).script
+        return self.reading(settings, host)
 
     def ports_of(self, config: Config) -> list[PortUse]:
         return list(self.ports) if isinstance(self.ports, tuple) else self.ports(config)

@@ -24,7 +24,6 @@ from tasks.remote import Expectation, Mode, known, mode, run, shell
 from tasks.systemd import ServiceFact, parse_show_many, show_script
 
 SECTION = "@@matrix-facts "
-STEP_SECTION = "@@matrix-step-read "
 
 
 def users_script(names: Sequence[str]) -> str:
@@ -43,6 +42,9 @@ class HostFacts:
     commands: Mapping[str, str] = field(default_factory=dict)  # a component's own read-only commands → output
 
 
+KINDS = ("packages", "files", "units", "users")  # what a Reading reads by name, besides its commands
+
+
 @dataclass(frozen=True)
 class Reading:
     """What one read-ahead reads: packages, files, units, users, and a component's own read-only commands."""
@@ -53,27 +55,36 @@ class Reading:
     users: Sequence[str] = ()
     commands: Mapping[str, str] = field(default_factory=dict)  # name → command
 
-    @property
-    def script(self) -> str:
-        """The one command reading all of it, in sections. The commands' exit status is not checked."""
+    def sections(self) -> dict[str, str]:
+        """The script's sections in their order: kind → the command reading it."""
         scripts = {
             "package": query_script(list(self.packages)) if self.packages else "",
             "file": facts_script(list(self.files)) if self.files else "",
             "unit": f"{show_script(list(self.units))} || true" if self.units else "",
             "user": users_script(self.users) if self.users else "",
         } | {f"command {name}": f"( {text} ) || true" for name, text in self.commands.items()}
-        return "\n".join(f"echo '{SECTION}{kind}'\n{text}" for kind, text in scripts.items() if text)
+        return {kind: text for kind, text in scripts.items() if text}
+
+    @property
+    def script(self) -> str:
+        """The one command reading all of it, in sections, each ended by a newline of its own (an output need
+        not end with one, and the next heading must start a line). The commands' exit status is not checked."""
+        return "\n".join(f"echo '{SECTION}{kind}'\n{text}\necho" for kind, text in self.sections().items())
 
     def parse(self, out: str) -> HostFacts:
-        """The script's output as facts."""
+        """The script's output as facts. Only the next section's own heading starts it: a command printing
+        a heading-like line of another section only prints."""
+        headings = iter(self.sections())
+        heading = next(headings, None)
         sections: dict[str, str] = {}
         kind = ""
         for line in out.splitlines(keepends=True):
-            if line.startswith(SECTION):
-                kind = line[len(SECTION) :].strip()
+            if heading is not None and line == f"{SECTION}{heading}\n":
+                kind, heading = heading, next(headings, None)
                 sections[kind] = ""
             elif kind:
                 sections[kind] += line
+        sections = {kind: text.removesuffix("\n") for kind, text in sections.items()}  # each section's own newline
         absent = missing(list(self.packages), sections.get("package", ""))
         users = {}
         for line in sections.get("user", "").splitlines():
@@ -88,44 +99,52 @@ class Reading:
             commands={name: sections.get(f"command {name}", "") for name in self.commands},
         )
 
+    @classmethod
+    def at_once(cls, readings: Sequence[Reading]) -> Reading:
+        """One read of everything `readings` read: each package, file, unit and user once, and each distinct
+        command once (numbered: two steps may give one name to different commands)."""
+        texts = dict.fromkeys(text for reading in readings for text in reading.commands.values())
 
-def together(scripts: Sequence[str]) -> str:
-    """One command running each of `scripts` in a subshell of its own, each output followed by a numbered
-    marker on a line of its own (a newline first: an output need not end with one)."""
-    return "\n".join(f"(\n{script}\n)\nprintf '\\n{STEP_SECTION}{number}\\n'" for number, script in enumerate(scripts))
+        def union(kind: str) -> list[str]:
+            return list(dict.fromkeys(name for reading in readings for name in getattr(reading, kind)))
+
+        commands = {str(number): text for number, text in enumerate(texts)}
+        return cls(union("packages"), union("files"), union("units"), union("users"), commands)
+
+    def covers(self, other: Reading) -> bool:
+        """Whether this reads everything `other` reads."""
+        names = all(set(getattr(other, kind)) <= set(getattr(self, kind)) for kind in KINDS)
+        return names and set(other.commands.values()) <= set(self.commands.values())
+
+    def part(self, found: HostFacts, other: Reading) -> HostFacts:
+        """`other`'s part of the facts this read `found` (it `covers` other): what other's own read finds."""
+        numbers = {text: number for number, text in self.commands.items()}
+        return HostFacts(
+            packages={name: found.packages[name] for name in other.packages},
+            files={path: found.files[path] for path in other.files},
+            units={unit: found.units[unit] for unit in other.units if unit in found.units},
+            users={user: found.users[user] for user in other.users if user in found.users},
+            commands={name: found.commands[numbers[text]] for name, text in other.commands.items()},
+        )
 
 
-def apart(out: str, scripts: Sequence[str]) -> dict[str, str]:
-    """`together(scripts)`'s output as each script's own, by script (those before a missing marker only)."""
-    outputs: dict[str, str] = {}
-    start = 0
-    for number, script in enumerate(scripts):
-        marker = f"\n{STEP_SECTION}{number}\n"
-        end = out.find(marker, start)
-        if end < 0:
-            break
-        outputs.setdefault(script, out[start:end])
-        start = end + len(marker)
-    return outputs
-
-
-def read_for_run(task: Task, script: str) -> str | None:
-    """`script`'s output from the run's one read of every step's read-ahead on this host, while it holds
-    (`core.connection.RunReads`); None when the run has no such read or it no longer holds."""
+def read_for_run(task: Task, reading: Reading) -> HostFacts | None:
+    """`reading`'s facts from the run's one read of every step's read-ahead on this host, while it holds
+    (`core.connection.RunReads`); None when the run has no such read, it does not cover `reading` or it
+    no longer holds."""
     conn = shell(task)
     reads = conn.options.get(RUN_READS)
     if not isinstance(reads, RunReads) or reads.changed:
         return None
     with conn.run_read_lock:  # steps running at once on the host wait for the one read
         if conn.run_read is None:
-            if conn.run_scripts is None:
-                conn.run_scripts = list(dict.fromkeys(reads.scripts(task.host.name)))
-            if script not in conn.run_scripts:
+            whole = Reading.at_once(reads.readings(task.host.name))
+            if not whole.covers(reading):
                 return None  # a read no step declares (a drill's own): it goes alone, the run's read waits
             what = Expectation("what every step of the run reads on the host")
-            out = run(task, together(conn.run_scripts), what=what, reads_only=True).stdout
-            conn.run_read = apart(out, conn.run_scripts)
-    return None if reads.changed else conn.run_read.get(script)
+            conn.run_read = (whole, whole.parse(run(task, whole.script, what=what, reads_only=True).stdout))
+    whole, found = conn.run_read
+    return whole.part(found, reading) if whole.covers(reading) and not reads.changed else None
 
 
 def read_facts(task: Task, reading: Reading) -> HostFacts | None:
@@ -133,11 +152,10 @@ def read_facts(task: Task, reading: Reading) -> HostFacts | None:
     The facts are kept for the primitives too."""
     if mode(task) is Mode.PLAN:
         return None
-    script = reading.script
-    out = read_for_run(task, script)
-    if out is None:
-        out = run(task, script, what=Expectation("the component's state"), reads_only=True).stdout
-    facts = reading.parse(out)
+    facts = read_for_run(task, reading)
+    if facts is None:
+        out = run(task, reading.script, what=Expectation("the component's state"), reads_only=True).stdout
+        facts = reading.parse(out)
     kinds = {"package": facts.packages, "file": facts.files, "unit": facts.units, "user": facts.users}
     conn = shell(task)
     conn.read_ahead[conn.step] = {

@@ -86,4 +86,4 @@ def package_step(components: Sequence[Component], used: Used) -> Step:
         return Result(host=task.host, result=said, changed=any(result.changed for result in results))
 
     summary = "every Debian package the host's components need, installed in one apt run"
-    return Step(NAME, summary, install_all, reading=lambda settings, host: wanted(settings, host)[2].script)
+    return Step(NAME, summary, install_all, reading=lambda settings, host: wanted(settings, host)[2])
