@@ -15,7 +15,8 @@ from typing import ClassVar
 
 import pytest
 
-from lab.proxy import Cache, Server, source_prefixes
+from lab.proxy import source_prefixes
+from lab.proxy_server import Cache, Server
 
 INDEX, DEB = "/debian/dists/bookworm/InRelease", "/debian/pool/main/t/tree/tree_2.1.0-1_amd64.deb"
 FILES = {INDEX: b"index of the day", DEB: b"a package" * 100_000}
