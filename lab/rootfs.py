@@ -62,12 +62,6 @@ APT_PROXY = {
 }
 
 
-# How a container image of the controller may keep its package indexes: on a host every apt
-# run then recompresses or re-reads them gzipped (0.1-0.3 CPU s more per `apt-get update` or
-# install on a lab host), and no server installed from Debian's own media keeps them so.
-INDEX_STORAGE = ("Acquire::GzipIndexes",)
-
-
 def machine_apt_files() -> dict[str, str]:
     """The controller's own enabled apt sources and its fetch settings, to reuse in the lab.
 
@@ -80,8 +74,7 @@ def machine_apt_files() -> dict[str, str]:
         if path.is_file() and path.suffix in (".list", ".sources") and "https://" not in path.read_text():
             files[f"etc/apt/{path.relative_to(etc)}"] = path.read_text()
     for path in sorted((etc / "apt.conf.d").glob("*")):
-        lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
-        text = "".join(line for line in lines if not line.lstrip().startswith(INDEX_STORAGE))
+        text = path.read_text() if path.is_file() else ""
         if "Acquire::" in text and "Proxy" not in text:
             files[f"etc/apt/apt.conf.d/80machine-{path.name}"] = text
     return files
