@@ -596,9 +596,9 @@ def get(path):
 def served():
     url = urllib.parse.urlsplit(base)
     try:
-        served = ssl.get_server_certificate((url.hostname, url.port), timeout=3)
+        pem = ssl.get_server_certificate((url.hostname, url.port), timeout=3)
         with open(certificate) as file:
-            answers["served"] = ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(file.read())
+            answers["served"] = ssl.PEM_cert_to_DER_cert(pem) == ssl.PEM_cert_to_DER_cert(file.read())
     except (OSError, ValueError):
         answers["served"] = False
 asks = [threading.Thread(target=get, args=(path,)) for path in paths]

@@ -357,7 +357,7 @@ class Processes:
 # One command: the worker configs, then each running unit with its process's argv[0]
 # (<venv>/bin/python): the units' files may already name a newer venv than it runs. One
 # `systemctl show` for all units (a blank line after each), argv[0] read by the shell itself:
-# a `systemctl` per unit cost a ten-worker host some 60 ms of CPU on every run.
+# a `systemctl` per unit cost a ten-worker host 60-70 ms of CPU on every run, this one 10 ms.
 PROCESSES = rf"""ls -1 {WORKERS_DIR} 2>/dev/null | sed -n 's/^\(.*\)\.yaml$/config \1/p'
 running() {{
   if [ "$state" = running ]; then
