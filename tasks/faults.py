@@ -143,8 +143,11 @@ def switchover_fault(task: Task, settings: Settings, _load: Load) -> Record:
 # --- the VIP ------------------------------------------------------------------------------
 
 VIP_FAULTS = {"haproxy": "systemctl stop haproxy.service", "keepalived": "systemctl stop keepalived.service"}
-# The longest pause database writes may see while the edge fails: the write probe's own pace is 0.05 s.
-VIP_WRITE_GAP = 0.5
+# The longest pause database writes may see while the edge fails: the write probe's own pace is
+# 0.05 s and its gaps are 0.07-0.21 s through the other drills, but one CI run measured 0.52 s just
+# as the VIP moved, on a lab whose two cores then also serve the clients' reconnections. Writes
+# that went through the edge would stop for the whole move (the clients' gap: 1.2-1.9 s).
+VIP_WRITE_GAP = 1.0
 
 
 def vip_fault(task: Task, settings: Settings, _load: Load, variant: str = "haproxy") -> Record:

@@ -13,6 +13,7 @@ from core.settings import Settings
 from lab import LAB_CONFIG
 from lab.lab import Lab
 from tasks.drills import database_problems
+from tasks.faults import VIP_WRITE_GAP
 from tests.conftest import load_runbook
 from tests.lab.conftest import patroni_cluster, ssh
 
@@ -84,7 +85,7 @@ def test_every_drill_loses_no_acknowledged_write_and_leaves_the_platform_healthy
         assert record["writes_acknowledged"] > 100 and 0 < record["write_gap_s"] < 60, record
         assert record["detection_s"] is not None and record["rejoined_s"] is not None
     assert 0 < records[3]["http_gap_s"] < 10
-    assert records[3]["write_gap_s"] <= 0.5  # the edge stopped: database writes go on (their own route)
+    assert records[3]["write_gap_s"] <= VIP_WRITE_GAP  # the edge stopped: database writes go on (their own route)
     assert records[5]["detection_s"] < 5 and records[5]["rejoined_s"] is not None  # coturn1 failed, then served
     redis = records[6]  # the master's sentinels promoted its replica; the old master came back as a replica
     assert 0 < redis["redis_gap_s"] < 10 and redis["rejoined_s"] is not None and redis["write_gap_s"] <= 0.5, redis

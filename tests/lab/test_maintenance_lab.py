@@ -121,7 +121,7 @@ def previous_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 def running_venvs(lab: Lab) -> dict[str, str]:
     """Each running Synapse unit and the venv its process runs, as synapse1 reports them."""
-    return synapse.parse_processes(ssh(lab, "synapse1", "sudo sh", input=synapse.PROCESSES).stdout).venvs
+    return synapse.parse_processes(ssh(lab, "synapse1", "sudo bash", input=synapse.PROCESSES).stdout).venvs
 
 
 def not_ok(probe: HttpsProbe) -> list[str]:
