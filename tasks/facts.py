@@ -108,8 +108,7 @@ class Reading:
         def union(kind: str) -> list[str]:
             return list(dict.fromkeys(name for reading in readings for name in getattr(reading, kind)))
 
-        commands = {str(number): text for number, text in enumerate(texts)}
-        return cls(union("packages"), union("files"), union("units"), union("users"), commands)
+        return cls(*(union(kind) for kind in KINDS), commands={str(number): text for number, text in enumerate(texts)})
 
     def covers(self, other: Reading) -> bool:
         """Whether this reads everything `other` reads."""
