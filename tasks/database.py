@@ -17,7 +17,7 @@ from core.settings import HostInfo, Settings
 from tasks.component import Component
 from tasks.declaration import Action, Command, Context
 from tasks.facts import HostFacts
-from tasks.pgbouncer import synapse_verifier
+from tasks.pooler import synapse_verifier
 
 # Synapse sets these on each connection; with transaction pooling they must be defaults
 # of the role so that every pooled server connection already has them.

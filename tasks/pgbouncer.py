@@ -5,10 +5,12 @@ through its own local route (tasks/postgres_route.py), which follows Patroni's l
 Logins are SCRAM with the same verifier PostgreSQL holds (core/scram.py), so PgBouncer
 never stores a plain password.
 
-Both sides speak TLS with certificates of the site CA: clients must (Synapse verifies this
-PgBouncer's certificate for its address), and PgBouncer verifies the primary for the name
-every Patroni member's certificate carries, `postgres-primary.<internal_domain>`, which
-this host's /etc/hosts points at the local route; it shows its own certificate there too.
+Both sides speak TLS with certificates of the site CA: clients must (Synapse's own PgBouncer
+verifies this one's certificate for `pgbouncers.<internal_domain>`, the name every pgbouncer
+host's certificate carries; the drills and the login check for its address), and PgBouncer
+verifies the primary for the name every Patroni member's certificate carries,
+`postgres-primary.<internal_domain>`, which this host's /etc/hosts points at the local route;
+it shows its own certificate there too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import time
 
 from nornir.core.task import Result, Task
 
-from core import scram
 from core.catalog import GroupRule
 from core.config import Config
 from core.pki import ServerCertificate, libpq_verify_full
@@ -29,11 +30,11 @@ from core.sizing import MAINTENANCE_POOL
 from tasks.component import Component
 from tasks.declaration import Block, Context, File, Port, Service, template
 from tasks.patroni import primary_name
+from tasks.pooler import CONFIG_FILES, pool_name, users
 from tasks.postgres_route import PORT as ROUTE_PORT
 from tasks.postgres_route import POSTGRES_ROUTE
 from tasks.remote import Expectation, run
 
-CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
 TLS_DIR = "/etc/pgbouncer/tls"
 ROUTE_SETTLES = 10  # seconds the login check asks again while the route still counts a replica up
 TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/pgbouncer.crt", f"{TLS_DIR}/pgbouncer.key"
@@ -43,16 +44,6 @@ def maintenance_database(config: Config) -> str:
     """PgBouncer's session-pooled name for the Synapse database: for maintenance that needs a session of its own
     (the state compressor's prepared statements and its advisory lock), a few connections apart from Synapse's."""
     return f"{config.database.name}_maintenance"
-
-
-def verifier(settings: Settings, password: str, salt_suffix: str = "") -> str:
-    """SCRAM verifier of the secret `password`, salted from the salt secret (+ a per-user suffix)."""
-    secrets = settings.secrets
-    return scram.verifier(secrets[password], scram.salt_for(secrets["synapse_db_scram_salt"] + salt_suffix))
-
-
-def synapse_verifier(settings: Settings) -> str:
-    return verifier(settings, "synapse_db_password")
 
 
 def ini(context: Context) -> dict[str, object]:
@@ -76,22 +67,15 @@ def ini(context: Context) -> dict[str, object]:
         "max_client_conn": config.pgbouncer.max_client_conn,
         "max_connections": sizing.max_connections,
         "max_db_connections": sizing.pgbouncer_pool + sizing.pgbouncer_reserve,
-    }
-
-
-def users(context: Context) -> dict[str, object]:
-    """Template data of userlist.txt: SCRAM verifiers, never a password."""
-    settings = context.settings
-    return {
-        "user": settings.config.database.user,
-        "user_verifier": synapse_verifier(settings),
-        "admin_verifier": verifier(settings, "pgbouncer_admin_password", "admin"),
+        "login_retry": 2,
     }
 
 
 def certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
-    """What this PgBouncer serves to Synapse, and shows PostgreSQL as its client."""
-    return settings.certificate(f"pgbouncer-{host.name}", [settings.service_name(host), host.private_ip], client=True)
+    """What this PgBouncer serves to its clients (for its own name and address, and for the name of the
+    pgbouncer hosts together), and shows PostgreSQL as its client."""
+    names = [settings.service_name(host), host.private_ip, pool_name(settings)]
+    return settings.certificate(f"pgbouncer-{host.name}", names, client=True)
 
 
 def login_check(task: Task, settings: Settings) -> Result:

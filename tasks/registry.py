@@ -39,6 +39,7 @@ from tasks.preflight import PREFLIGHT
 from tasks.rolling import SYNAPSE_ROLLING
 from tasks.state_compressor import STATE_COMPRESSOR
 from tasks.synapse import ADMIN_USER, SYNAPSE, SYNAPSE_REDIS, SYNAPSE_STAGE
+from tasks.synapse_pgbouncer import SYNAPSE_PGBOUNCER
 
 # The deploy's components (and steps of their own) after preflight and the package transaction,
 # each after what it declares it needs (`after`) and what `deploy_step` adds.
@@ -76,9 +77,9 @@ COMPONENT_STEPS: tuple[Component | Step, ...] = (
     GRAFANA,
 )
 # Declared components with no deploy step of their own: converged inside another's step
-# (Synapse's replication Redis), or used by other runbooks (the restore drill's server,
+# (Synapse's own PgBouncer and replication Redis), or used by other runbooks (the restore drill's server,
 # maintenance update's staging of a new Synapse and its rolling restart).
-OTHERS = (SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE, SYNAPSE_ROLLING)
+OTHERS = (SYNAPSE_PGBOUNCER, SYNAPSE_REDIS, POSTGRESQL_SERVER, SYNAPSE_STAGE, SYNAPSE_ROLLING)
 DEPLOYED: tuple[Component, ...] = tuple(entry for entry in COMPONENT_STEPS if isinstance(entry, Component))
 DECLARED: tuple[Component, ...] = (*DEPLOYED, *OTHERS)
 COMPONENTS: dict[str, Component] = {component.name: component for component in DECLARED}

@@ -3,7 +3,7 @@
 The lab (and sites that want no containers) run Synapse this way; production's default
 is the playbook (matrix-docker-ansible-deploy). Wheels come from the artifact cache and
 are installed without an index; psycopg2 comes from Debian. The database is reached
-through every PgBouncer host (libpq tries them in order), the signing key comes from
+through the host's own PgBouncer (tasks/synapse_pgbouncer.py), the signing key comes from
 the secrets file, and nothing in homeserver.yaml needs the internet (no trusted key
 servers, no stats reporting).
 
@@ -29,7 +29,6 @@ from nornir.core.task import Result, Task
 from core import artifacts
 from core.catalog import GroupRule
 from core.config import Config, duration_seconds
-from core.pki import libpq_verify_full
 from core.ports import PortUse, tcp
 from core.secrets import signing_key, token
 from core.settings import HostInfo, Settings
@@ -42,6 +41,7 @@ from tasks.declaration import Command, Context, File, Handler, Service, Wheels, 
 from tasks.facts import HostFacts
 from tasks.packages import venv_version_script
 from tasks.redis import RedisInstance, redis_component
+from tasks.synapse_pgbouncer import SOCKET_DIR, SYNAPSE_PGBOUNCER
 from tasks.systemd import UNIT_DIR
 from tasks.venvs import offline_install
 from tasks.waits import wait_for_urls
@@ -124,12 +124,11 @@ def homeserver_config(settings: Settings, ip: str) -> dict[str, object]:
         "http_port": HTTP_PORT,
         "metrics_port": config.synapse.metrics_port,
         "federation": config.synapse.federation,
-        "db_hosts": ",".join(h.private_ip for h in settings.members("pgbouncer")),
+        "db_socket": SOCKET_DIR,
         "db_port": config.pgbouncer.port,
         "db_name": config.database.name,
         "db_user": config.database.user,
         "db_password": secrets["synapse_db_password"],
-        "db_tls": libpq_verify_full(settings.site),
         "cp_min": config.synapse.database_cp_min,
         "cp_max": config.synapse.database_cp_max,
         "data": DATA,
@@ -523,7 +522,7 @@ SYNAPSE = Component(
     reads={"version": lambda _settings, _host: version_probe(), "processes": PROCESSES, "venvs": VENVS_LISTING},
     behaviour=synapse_behaviour,
     restarts=process_restarts,
-    parts=(SYNAPSE_REDIS,),
+    parts=(SYNAPSE_PGBOUNCER, SYNAPSE_REDIS),
     check=synapse_healthy,
     applies=native,
     inventory=(GroupRule("synapse", fewest=1, most=1, reboot_rank=7),),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 
 import pytest
@@ -177,3 +178,35 @@ def test_the_base_domain_says_where_the_homeserver_is(deployed: None, lab: Lab) 
     client, server = (json.loads(line) for line in out)
     assert client == ["*", {"m.homeserver": {"base_url": "https://chat.lab.example"}}]
     assert server == ["*", {"m.server": "chat.lab.example:443"}]
+
+
+# Uploads through the media worker, each one's HTTP status.
+UPLOADS = r"""
+import urllib.error
+def uploads(token, count):
+    codes = []
+    for i in range(count):
+        try:
+            call("POST", "/_matrix/media/v3/upload?filename=n.txt", token=token, raw=b"n%d" % i,
+                 content_type="text/plain")
+            codes.append(200)
+        except urllib.error.HTTPError as error:
+            codes.append(error.code)
+    return codes
+"""
+
+
+def test_restarting_pgbouncer_on_the_pgbouncer_hosts_fails_no_request_afterwards(
+    deployed: None, lab: Lab, lab_settings: Settings
+) -> None:
+    """Synapse's processes keep their connections in their host's own PgBouncer, which no pgbouncer host's restart
+    closes. Connected to the pgbouncer hosts directly, each pooled connection cost one HTTP 500 at its next use
+    (4 of 20 uploads after one restart: the media worker's)."""
+    user = "pooled" + secrets.token_hex(4)
+    token, warm = run_client(
+        lab, lab_settings, UPLOADS + f"register({user!r}); t = login({user!r}); print(json.dumps([t, uploads(t, 5)]))"
+    )
+    assert warm == [200] * 5
+    for host in lab_settings.members("pgbouncer"):
+        ssh(lab, host.name, "sudo systemctl restart pgbouncer")
+    assert run_client(lab, lab_settings, UPLOADS + f"print(json.dumps(uploads({token!r}, 20)))") == [200] * 20

@@ -18,7 +18,7 @@ from tasks.database import PSQL, ROLE_SETTINGS, SYNAPSE_DATABASE, digest, statem
 from tasks.declaration import Command
 from tasks.facts import HostFacts
 from tasks.patroni import PATRONI, Memory, cluster_problems, config_patch, pending_restart, rest_gets_command
-from tasks.pgbouncer import synapse_verifier
+from tasks.pooler import synapse_verifier
 from tasks.systemd import ServiceFact
 
 HEALTHY = {

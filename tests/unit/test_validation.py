@@ -276,6 +276,18 @@ def test_port_clash_on_one_host(deploy: Deploy, site: Site) -> None:
     assert "patroni1" not in out  # only the host that runs both is named
 
 
+def test_a_synapse_host_in_the_pgbouncer_group_is_refused_in_native_mode(deploy: Deploy, site: Site) -> None:
+    site.edit("config.yaml", "  mode: playbook ", "  mode: native ")
+    site.edit("inventory/hosts.yaml", " groups: [synapse]", " groups: [synapse, pgbouncer]")
+    refused(
+        deploy,
+        site,
+        "synapse1.groups",
+        "pgbouncer 6432/tcp and synapse-pgbouncer 6432/tcp would listen on the same port",
+        "keep the pgbouncer group on other hosts",
+    )
+
+
 @pytest.mark.parametrize("path", ["/synapse-admin/", "synapse-admin"])
 def test_admin_path(deploy: Deploy, site: Site, path: str) -> None:
     site.edit("config.yaml", "admin_path: /synapse-admin", f"admin_path: {path}")
