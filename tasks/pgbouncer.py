@@ -21,16 +21,15 @@ import time
 from nornir.core.task import Result, Task
 
 from core.catalog import GroupRule
-from core.config import Config
 from core.pki import ServerCertificate, libpq_verify_full
 from core.ports import tcp
 from core.secrets import token
 from core.settings import HostInfo, Settings
 from core.sizing import MAINTENANCE_POOL
 from tasks.component import Component
-from tasks.declaration import Block, Context, File, Port, Service, template
+from tasks.declaration import Block, Context, File, Port, template
 from tasks.patroni import primary_name
-from tasks.pooler import CONFIG_FILES, pool_name, users
+from tasks.pooler import CONFIG, config_files, maintenance_database, pool_name, service
 from tasks.postgres_route import PORT as ROUTE_PORT
 from tasks.postgres_route import POSTGRES_ROUTE
 from tasks.remote import Expectation, run
@@ -40,20 +39,12 @@ ROUTE_SETTLES = 10  # seconds the login check asks again while the route still c
 TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/pgbouncer.crt", f"{TLS_DIR}/pgbouncer.key"
 
 
-def maintenance_database(config: Config) -> str:
-    """PgBouncer's session-pooled name for the Synapse database: for maintenance that needs a session of its own
-    (the state compressor's prepared statements and its advisory lock), a few connections apart from Synapse's."""
-    return f"{config.database.name}_maintenance"
-
-
 def ini(context: Context) -> dict[str, object]:
     """Template data of pgbouncer.ini: the pools sized once in the settings, the route to the primary."""
     settings, host = context.settings, context.host
     config, sizing = settings.config, settings.sizing
     return {
         "host_name": host.name,
-        "ip": host.private_ip,
-        "port": config.pgbouncer.port,
         "database": config.database.name,
         "maintenance_database": maintenance_database(config),
         "maintenance_pool": MAINTENANCE_POOL,
@@ -108,23 +99,27 @@ def login_check(task: Task, settings: Settings) -> Result:
     return Result(host=task.host, result="synapse logs in through PgBouncer to the primary")
 
 
+FILES = (
+    File(TLS_CA, lambda c: c.settings.ca.ca_pem(), "postgres", "postgres"),
+    File(TLS_CERT, lambda c: certificate(c.settings, c.host).cert_pem, "postgres", "postgres"),
+    File(TLS_KEY, lambda c: certificate(c.settings, c.host).key_pem, "postgres", "postgres", 0o600, secret=True),
+    *config_files(
+        File(CONFIG, template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
+        lambda context: f"{context.host.private_ip},127.0.0.1",
+    ),
+)
+
 PGBOUNCER = Component(
     "pgbouncer",
     groups=("pgbouncer",),
     summary="PgBouncer (transaction pooling) routed to the primary by a local HAProxy; Synapse's role logs in",
     after=("hosts-file", "patroni", "synapse-database"),  # the check logs in as Synapse's role
     packages=("pgbouncer", "postgresql-client"),
-    files=(
-        File(TLS_CA, lambda c: c.settings.ca.ca_pem(), "postgres", "postgres"),
-        File(TLS_CERT, lambda c: certificate(c.settings, c.host).cert_pem, "postgres", "postgres"),
-        File(TLS_KEY, lambda c: certificate(c.settings, c.host).key_pem, "postgres", "postgres", 0o600, secret=True),
-        File(CONFIG_FILES[0], template("pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
-        File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
-    ),
+    files=FILES,
     # The name it verifies the primary for leads to the local route.
     blocks=(Block("/etc/hosts", "pgbouncer", lambda c: f"127.0.0.1 {primary_name(c.settings)}\n"),),
-    # A reload reads the TLS files again: a renewed certificate drops no connection.
-    services=(Service("pgbouncer.service", reload=True),),
+    # A reload reads the TLS files again too: a renewed certificate drops no connection.
+    services=(service(FILES),),
     # After a (re)start; on every run the login check proves the port answers (one command fewer).
     ready=(Port(lambda settings: settings.config.pgbouncer.port, always=False),),
     check=login_check,

@@ -42,7 +42,7 @@ from tasks.declaration import Procedure
 from tasks.executor import execute
 from tasks.haproxy import TRAEFIK_FEDERATION_PORT, TRAEFIK_WEB_PORT
 from tasks.livekit import JWT_PATH
-from tasks.pgbouncer import maintenance_database
+from tasks.pooler import maintenance_database
 from tasks.remote import Mode, mode, redactor
 from tasks.synapse import retention_settings, room_list_publication_rules
 from tasks.waits import wait_for_http

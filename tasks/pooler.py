@@ -1,6 +1,6 @@
-"""What every PgBouncer of the platform shares: Debian's config files, the SCRAM verifiers its
-users log in with (the ones PostgreSQL holds, so no PgBouncer stores a plain password), and the
-one name of the pgbouncer hosts together.
+"""What every PgBouncer of the platform shares: Debian's unit and config files, the SCRAM verifiers
+its users log in with (the ones PostgreSQL holds, so no PgBouncer stores a plain password), and
+the one name of the pgbouncer hosts together.
 
 Apart from tasks/pgbouncer.py so that Synapse's own PgBouncer (tasks/synapse_pgbouncer.py)
 and the database role (tasks/database.py) use them without the pgbouncer hosts' route.
@@ -8,11 +8,22 @@ and the database role (tasks/database.py) use them without the pgbouncer hosts' 
 
 from __future__ import annotations
 
-from core import scram
-from core.settings import Settings
-from tasks.declaration import Context
+from collections.abc import Callable, Sequence
 
-CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt")
+from core import scram
+from core.config import Config
+from core.settings import Settings
+from tasks.declaration import Context, File, Service, template
+
+UNIT = "pgbouncer.service"
+CONFIG, USERS, LISTEN = "/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt", "/etc/pgbouncer/listen.ini"
+SOCKET_DIR = "/var/run/postgresql"  # where Debian's PgBouncer and libpq look by default
+
+
+def maintenance_database(config: Config) -> str:
+    """PgBouncer's session-pooled name for the Synapse database: for maintenance that needs a session of its own
+    (the state compressor's prepared statements and its advisory lock), a few connections apart from Synapse's."""
+    return f"{config.database.name}_maintenance"
 
 
 def pool_name(settings: Settings) -> str:
@@ -39,3 +50,25 @@ def users(context: Context) -> dict[str, object]:
         "user_verifier": synapse_verifier(settings),
         "admin_verifier": verifier(settings, "pgbouncer_admin_password", "admin"),
     }
+
+
+def config_files(ini: File, addresses: Callable[[Context], str]) -> tuple[File, ...]:
+    """pgbouncer.ini, the user list, and where it listens (`addresses`, on `config.yaml pgbouncer.port`) in a
+    file of its own, which pgbouncer.ini includes: PgBouncer reads those settings only when it starts."""
+
+    def listen(context: Context) -> dict[str, object]:
+        port = context.settings.config.pgbouncer.port
+        return {"host_name": context.host.name, "addresses": addresses(context), "port": port, "socket_dir": SOCKET_DIR}
+
+    return (
+        ini,
+        File(USERS, template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
+        File(LISTEN, template("pgbouncer/listen.ini.j2", listen), "postgres", "postgres", 0o640),
+    )
+
+
+def service(files: Sequence[File]) -> Service:
+    """Debian's unit, restarted when where it listens changed (a reload would keep the old listener) and
+    reloaded for any other of `files`: a reload keeps every client connection."""
+    reloaded = tuple(file.path for file in files if file.path != LISTEN)
+    return Service(UNIT, restart_on=(LISTEN, *reloaded), reload_on=reloaded)

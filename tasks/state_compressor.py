@@ -20,7 +20,7 @@ from tasks.declaration import Command, Context, File, Service, Wheels, template
 from tasks.facts import HostFacts
 from tasks.monitoring import TEXTFILE_DIR
 from tasks.packages import venv_version_script
-from tasks.pgbouncer import maintenance_database
+from tasks.pooler import maintenance_database
 from tasks.synapse import CONFIG, USER, native
 from tasks.systemd import UNIT_DIR
 from tasks.venvs import offline_install

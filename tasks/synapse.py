@@ -40,8 +40,9 @@ from tasks.component import Component
 from tasks.declaration import Command, Context, File, Handler, Service, Wheels, template
 from tasks.facts import HostFacts
 from tasks.packages import venv_version_script
+from tasks.pooler import SOCKET_DIR
 from tasks.redis import RedisInstance, redis_component
-from tasks.synapse_pgbouncer import SOCKET_DIR, SYNAPSE_PGBOUNCER
+from tasks.synapse_pgbouncer import SYNAPSE_PGBOUNCER
 from tasks.systemd import UNIT_DIR
 from tasks.venvs import offline_install
 from tasks.waits import wait_for_urls

@@ -14,8 +14,8 @@ maps to every pgbouncer host (PgBouncer takes them in turn and skips one that re
 each pgbouncer host's certificate carries that name, so TLS is verified in full as before.
 Logins are SCRAM with the same verifier the pgbouncer hosts hold (PgBouncer passes the
 client's proof on), so no plain password is stored here either. It uses Debian's
-`pgbouncer.service` and `config.yaml pgbouncer.port` on 127.0.0.1: a host in both the
-synapse and pgbouncer groups is refused as a port clash.
+`pgbouncer.service` and `config.yaml pgbouncer.port` on 127.0.0.1: in native mode, a host in
+both the synapse and pgbouncer groups is refused as a port clash.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from __future__ import annotations
 from core.config import Config
 from core.pki import trusted_ca
 from core.ports import PortUse, tcp
+from core.sizing import MAINTENANCE_POOL
 from tasks.component import Component
-from tasks.declaration import Block, Context, File, Port, Service, template
-from tasks.pooler import CONFIG_FILES, pool_name, users
+from tasks.declaration import Block, Context, File, Port, template
+from tasks.pooler import CONFIG, config_files, maintenance_database, pool_name, service
 
-SOCKET_DIR = "/var/run/postgresql"  # where Debian's PgBouncer and libpq look by default
 # What a port clash with a pgbouncer host's PgBouncer tells the operator to change.
 CLASH = "none: the synapse host runs a PgBouncer of its own; keep the pgbouncer group on other hosts"
 
@@ -39,9 +39,10 @@ def ini(context: Context) -> dict[str, object]:
     return {
         "host_name": context.host.name,
         "database": config.database.name,
+        "maintenance_database": maintenance_database(config),
+        "maintenance_pool": MAINTENANCE_POOL,
         "upstream": pool_name(settings),
         "port": config.pgbouncer.port,
-        "socket_dir": SOCKET_DIR,
         "ca": trusted_ca(settings.site),
         "default_pool_size": config.pgbouncer.default_pool_size,
         "reserve_pool_size": config.pgbouncer.reserve_pool_size,
@@ -63,18 +64,20 @@ def ports(config: Config) -> list[PortUse]:
     return [tcp("synapse-pgbouncer", config.pgbouncer.port, ("pgbouncer",), (), CLASH)]
 
 
+FILES = config_files(
+    File(CONFIG, template("synapse_pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
+    lambda _: "127.0.0.1",
+)
+
 SYNAPSE_PGBOUNCER = Component(
     "synapse-pgbouncer",
     groups=("synapse",),
     summary="Synapse's own PgBouncer on its host (transaction pooling towards the pgbouncer hosts)",
     packages=("pgbouncer",),
-    files=(
-        File(CONFIG_FILES[0], template("synapse_pgbouncer/pgbouncer.ini.j2", ini), "postgres", "postgres", 0o640),
-        File(CONFIG_FILES[1], template("pgbouncer/userlist.txt.j2", users), "postgres", "postgres", 0o600, secret=True),
-    ),
+    files=FILES,
     blocks=(Block("/etc/hosts", "synapse-pgbouncer", hosts_lines),),
-    # A reload reads the files again and keeps Synapse's connections: a restart would cut every one of them.
-    services=(Service("pgbouncer.service", reload=True),),
+    # Reloaded, which keeps Synapse's connections, unless where it listens changed.
+    services=(service(FILES),),
     ready=(Port(lambda settings: settings.config.pgbouncer.port, always=False),),
     ports=ports,
 )

@@ -61,8 +61,8 @@ def script(lab_settings: Settings, tmp_path: Path) -> Path:
     file = next(f for f in STATE_COMPRESSOR.files_on(lab_settings, context.host) if f.path == SCRIPT)
     text = file.spec(context).content
     homeserver = tmp_path / "homeserver.yaml"
-    args = {"host": "198.18.1.21,198.18.1.22", "port": 6432, "user": "synapse", "password": PASSWORD}
-    homeserver.write_text(yaml.safe_dump({"database": {"args": {**args, "sslmode": "verify-full"}}}))
+    args = {"host": "/var/run/postgresql", "port": 6432, "user": "synapse", "password": PASSWORD}
+    homeserver.write_text(yaml.safe_dump({"database": {"args": args}}))
     text = text.replace(CONFIG, str(homeserver)).replace(STATE, str(tmp_path))
     (tmp_path / "psycopg2.py").write_text(PSYCOPG2)
     (tmp_path / "synapse_auto_compressor.py").write_text(COMPRESSOR)

@@ -14,11 +14,13 @@ from tasks.synapse_pgbouncer import SYNAPSE_PGBOUNCER, hosts_lines
 def test_it_reaches_every_pgbouncer_host_by_one_name_their_certificates_carry(lab_settings: Settings) -> None:
     synapse1 = lab_settings.hosts["synapse1"]
     context = Context(lab_settings, synapse1, None)
-    ini = next(f for f in SYNAPSE_PGBOUNCER.files_on(lab_settings, synapse1) if f.path.endswith(".ini"))
-    text = ini.content(context)
+    files = {f.path: f.content(context) for f in SYNAPSE_PGBOUNCER.files_on(lab_settings, synapse1)}
+    text = files["/etc/pgbouncer/pgbouncer.ini"]
     assert "synapse = host=pgbouncers.internal port=6432 dbname=synapse" in text
     assert "server_tls_sslmode = verify-full" in text and "pool_mode = transaction" in text
-    assert "listen_addr = 127.0.0.1\n" in text and "unix_socket_dir = /var/run/postgresql" in text
+    assert "%include /etc/pgbouncer/listen.ini\n" in text
+    listen = files["/etc/pgbouncer/listen.ini"]
+    assert "listen_addr = 127.0.0.1\n" in listen and "unix_socket_dir = /var/run/postgresql\n" in listen
     assert hosts_lines(context) == "198.18.1.21 pgbouncers.internal\n198.18.1.22 pgbouncers.internal\n"
     for name in ("haproxy1", "haproxy2"):
         cert = x509.load_pem_x509_certificate(certificate(lab_settings, lab_settings.hosts[name]).cert_pem.encode())
