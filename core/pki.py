@@ -37,7 +37,7 @@ def trusted_ca(site: str) -> str:
 
 
 def libpq_verify_full(site: str) -> dict[str, str]:
-    """libpq options of a client of PgBouncer (Synapse, the drills, the login check): TLS, the server's
+    """libpq options of a client of PgBouncer (the playbook's Synapse, the drills, the login check): TLS, the server's
     certificate verified for the address connected to, against the site CA."""
     return {"sslmode": "verify-full", "sslrootcert": trusted_ca(site)}
 

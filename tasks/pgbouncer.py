@@ -29,7 +29,7 @@ from core.sizing import MAINTENANCE_POOL
 from tasks.component import Component
 from tasks.declaration import Block, Context, File, Port, template
 from tasks.patroni import primary_name
-from tasks.pooler import CONFIG, config_files, maintenance_database, pool_name, service
+from tasks.pooler import CONFIG, LISTEN, config_files, maintenance_database, pool_name, service
 from tasks.postgres_route import PORT as ROUTE_PORT
 from tasks.postgres_route import POSTGRES_ROUTE
 from tasks.remote import Expectation, run
@@ -45,6 +45,7 @@ def ini(context: Context) -> dict[str, object]:
     config, sizing = settings.config, settings.sizing
     return {
         "host_name": host.name,
+        "listen": LISTEN,
         "database": config.database.name,
         "maintenance_database": maintenance_database(config),
         "maintenance_pool": MAINTENANCE_POOL,

@@ -26,7 +26,7 @@ from core.ports import PortUse, tcp
 from core.sizing import MAINTENANCE_POOL
 from tasks.component import Component
 from tasks.declaration import Block, Context, File, Port, template
-from tasks.pooler import CONFIG, config_files, maintenance_database, pool_name, service
+from tasks.pooler import CONFIG, LISTEN, config_files, maintenance_database, pool_name, service
 
 # What a port clash with a pgbouncer host's PgBouncer tells the operator to change.
 CLASH = "none: the synapse host runs a PgBouncer of its own; keep the pgbouncer group on other hosts"
@@ -38,6 +38,7 @@ def ini(context: Context) -> dict[str, object]:
     config = settings.config
     return {
         "host_name": context.host.name,
+        "listen": LISTEN,
         "database": config.database.name,
         "maintenance_database": maintenance_database(config),
         "maintenance_pool": MAINTENANCE_POOL,
