@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from core.schema import Field, Parse, Section
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 DNS_NAME = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
@@ -35,14 +35,8 @@ def _address(value: object) -> IPv4Address | IPv6Address:
         raise ValueError(f"'{value}' is not an IP address") from None
 
 
-Network = Annotated[IPv4Network | IPv6Network, PlainValidator(_network)]
-Address = Annotated[IPv4Address | IPv6Address, PlainValidator(_address)]
-
-
-class Section(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Network = Annotated[IPv4Network | IPv6Network, Parse(_network)]
+Address = Annotated[IPv4Address | IPv6Address, Parse(_address)]
 
 
 class Versions(Section):

@@ -6,28 +6,41 @@ Nornir script can load them; we validate them ourselves first to give exact mess
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_address
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from core.config import Address, Network, Port
+from core.schema import Field, Parse, Section
 
-HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")]
-
-
-class Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 
 
-class FabricExtras(Entry):
+def _host_name(value: object) -> str:
+    """A DNS name or an address; `10.0.2.300` is a mistyped address, not a DNS name."""
+    if not isinstance(value, str):
+        raise ValueError("expected a host name or IP address")
+    if not HOST_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    if all(part.isdigit() for part in value.split(".")):
+        try:
+            ip_address(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a valid IP address") from None
+    return value
+
+
+HostName = Annotated[str, Parse(_host_name)]
+
+
+class FabricExtras(Section):
     key_filename: str | None = Field(None, description="private key for SSH, e.g. ~/.ssh/id_ed25519")
     known_hosts: str | None = Field(
         None, description="known_hosts file to verify host keys against, e.g. ~/.ssh/known_hosts"
     )
 
 
-class ConnectionOptions(Entry):
+class ConnectionOptions(Section):
     hostname: str | None = None
     port: Port | None = None
     username: str | None = None
@@ -35,7 +48,7 @@ class ConnectionOptions(Entry):
     extras: FabricExtras | None = None
 
 
-class HostData(Entry):
+class HostData(Section):
     private_ip: Address | None = Field(
         None, description="the host's address on the private network, e.g. 10.0.2.11 (default: hostname)"
     )
@@ -47,37 +60,26 @@ class HostData(Entry):
     )
 
 
-class Host(Entry):
+class Host(Section):
     hostname: HostName = Field(description="address or DNS name the controller reaches over SSH, e.g. 10.0.2.11")
     port: Port | None = Field(None, description="SSH port, e.g. 22")
     username: str | None = Field(None, description="SSH user with passwordless sudo, e.g. root or deploy")
     platform: str | None = None
     groups: list[str] = Field(min_length=1, description="one or more of the platform's groups (groups.yaml)")
     data: HostData = HostData()
-    connection_options: dict[str, ConnectionOptions] = {}
-
-    @field_validator("hostname")
-    @classmethod
-    def _address_if_numeric(cls, value: str) -> str:
-        """`10.0.2.300` is a mistyped address, not a DNS name."""
-        if all(part.isdigit() for part in value.split(".")):
-            try:
-                ip_address(value)
-            except ValueError:
-                raise ValueError(f"'{value}' is not a valid IP address") from None
-        return value
+    connection_options: dict[str, ConnectionOptions] = Field({})
 
 
-class Group(Entry):
+class Group(Section):
     port: Port | None = None
     username: str | None = None
     platform: str | None = None
-    groups: list[str] = []
-    data: dict[str, Any] = {}
-    connection_options: dict[str, ConnectionOptions] = {}
+    groups: list[str] = Field([])
+    data: dict[str, Any] = Field({})
+    connection_options: dict[str, ConnectionOptions] = Field({})
 
 
-class DefaultsData(Entry):
+class DefaultsData(Section):
     site: str = Field(
         pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
         description="short name of this site, used for its secrets file and reports, e.g. production",
@@ -96,9 +98,9 @@ class DefaultsData(Entry):
     )
 
 
-class Defaults(Entry):
+class Defaults(Section):
     port: Port = Field(22, description="SSH port, e.g. 22")
     username: str = Field(description="SSH user with passwordless sudo, e.g. root or deploy")
     platform: str | None = "linux"
     data: DefaultsData
-    connection_options: dict[str, ConnectionOptions] = {}
+    connection_options: dict[str, ConnectionOptions] = Field({})

@@ -8,14 +8,10 @@ InputError, before anything connects to a host.
 from __future__ import annotations
 
 import re
-import types
-import typing
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ValidationError
 
 from core import validate
 from core.catalog import Catalog
@@ -24,6 +20,7 @@ from core.errors import InputError, InputProblem
 from core.inventory import Defaults, Group, Host
 from core.paths import real
 from core.pki import InternalCA, ServerCertificate
+from core.schema import Invalid, Section
 from core.secrets import SITE, Secrets, load_or_create
 from core.sizing import Sizing, for_config
 from core.yamlsource import KeyPath, Placeholder, YamlDoc, load_yaml
@@ -201,7 +198,7 @@ def _label(path: Path) -> str:
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
-def _mapping(model: type[BaseModel], doc: YamlDoc, problems: list[InputProblem]) -> dict[str, Any]:
+def _mapping(model: type[Section], doc: YamlDoc, problems: list[InputProblem]) -> dict[str, Any]:
     """A file whose top level maps names (hosts, groups) to entries of `model`."""
     data = doc.data or {}
     if not isinstance(data, dict):
@@ -225,66 +222,9 @@ def _mapping(model: type[BaseModel], doc: YamlDoc, problems: list[InputProblem])
     return out
 
 
-def _model(
-    model: type[BaseModel], doc: YamlDoc, prefix: KeyPath, problems: list[InputProblem], data: Any = None
-) -> Any:
-    data = doc.data if data is None and not prefix else data
-    if not isinstance(data, dict):
-        problems.append(doc.problem(prefix, "expected a mapping of keys to values", "see the shipped example file"))
-        return None
+def _model(model: type[Section], doc: YamlDoc, prefix: KeyPath, problems: list[InputProblem], data: Any = None) -> Any:
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors():
-            key = (*prefix, *error["loc"])
-            problems.append(doc.problem(key, _message(error), _fix(model, error)))
+        return model.parse(doc.data if data is None and not prefix else data, prefix)
+    except Invalid as exc:
+        problems.extend(doc.problem(p.loc, p.message, p.fix) for p in exc.problems)
         return None
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    text = error["msg"].removeprefix("Value error, ")
-    value = error.get("input")
-    if isinstance(value, (str, int, float, bool)) and repr(value) not in text:
-        text += f" (got {value!r})"
-    return text
-
-
-def _fix(model: type[BaseModel], error: Any) -> str:
-    loc = [part for part in error["loc"] if isinstance(part, str)]
-    if error["type"] == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
-        known = ", ".join(parent.model_fields) if parent else "see the shipped example"
-        return f"remove it or correct its spelling; keys allowed here: {known}"
-    parent = _model_at(model, loc[:-1])
-    field = parent.model_fields.get(loc[-1]) if parent and loc else None
-    if field and field.description:
-        return field.description
-    return "see the shipped example file for the expected form"
-
-
-def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
-    """The nested model class that holds the field at `loc`, following the annotations."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
-            return None
-        current = _inner_model(current.model_fields[part].annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _inner_model(annotation: Any) -> Any:
-    """The BaseModel inside `X | None`, `list[X]` or `dict[str, X]`, else the annotation."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list, dict):
-        for arg in typing.get_args(annotation):
-            inner = _inner_model(arg)
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                return inner
-    return annotation

@@ -109,7 +109,7 @@ def chosen_workers(ccu: int, overrides: dict[str, int | None]) -> Workers:
 
 
 def workers_for(config: Config) -> Workers:
-    return chosen_workers(config.ccu or SCALE_CCU[config.scale], config.synapse.workers.model_dump())
+    return chosen_workers(config.ccu or SCALE_CCU[config.scale], config.synapse.workers.dump())
 
 
 def size(
@@ -138,7 +138,7 @@ def for_config(config: Config, pgbouncer_hosts: int) -> Sizing:
     """The sizing a deployment of `config` with that many PgBouncers gets."""
     return size(
         config.ccu or SCALE_CCU[config.scale],
-        overrides=config.synapse.workers.model_dump(),
+        overrides=config.synapse.workers.dump(),
         cp_max=config.synapse.database_cp_max,
         reserved_connections=config.database.reserved_connections,
         pgbouncer_hosts=pgbouncer_hosts,

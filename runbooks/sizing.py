@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     config = settings.config
     if args.ccu is not None:  # a what-if: the derived counts, not this site's explicit ones
         workers = WorkerCounts(media_repository=config.synapse.workers.media_repository)
-        synapse = config.synapse.model_copy(update={"workers": workers})
-        config = config.model_copy(update={"ccu": args.ccu, "synapse": synapse})
+        synapse = config.synapse.replace(workers=workers)
+        config = config.replace(ccu=args.ccu, synapse=synapse)
     pgbouncers = len(settings.members("pgbouncer"))
     sizing = for_config(config, pgbouncers)
     table = Table(
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for column in ("what", "value", "how"):
         table.add_column(column, overflow="fold")
-    explicit = {name for name, value in config.synapse.workers.model_dump().items() if value is not None}
+    explicit = {name for name, value in config.synapse.workers.dump().items() if value is not None}
     for line in explain(sizing, explicit, config.pgbouncer.max_client_conn):
         table.add_row(line.what, line.value, escape(line.formula))
     console.print(table)

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
 
 from core.config import Config
 from core.errors import InputError
+from core.schema import Invalid, Section
 from core.settings import Settings, load_settings
 from core.sizing import for_config
 from lab import LAB_CONFIG, LAB_INVENTORY
@@ -52,11 +52,11 @@ ELSEWHERE = {
 PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTALL)
 
 
-def leaves(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+def leaves(model: type[Section], prefix: str = "") -> Iterator[str]:
     """The dotted names of every leaf key of the schema."""
-    for name, field in model.model_fields.items():
+    for name, field in model.keys().items():
         kind = field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
+        if isinstance(kind, type) and issubclass(kind, Section):
             yield from leaves(kind, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}"
@@ -69,10 +69,10 @@ def candidates(value: Any, annotation: Any) -> list[Any]:
         return [o for o in options if o != value]
     if isinstance(value, bool):
         return [not value]
+    if annotation is float:  # a default may be written as a whole number
+        return [value + 1.5]
     if isinstance(value, int):
         return [value + 1, value - 1, value * 2 + 50]  # the last one past a rounding step (max_connections)
-    if isinstance(value, float):
-        return [value + 1.5]
     if isinstance(value, str):
         head, _, last = value.rpartition(".")
         bumped = [f"{head}.{int(last) + 1}"] if last.isdigit() else []  # a version: 4.1.5 → 4.1.6
@@ -89,19 +89,19 @@ def candidates(value: Any, annotation: Any) -> list[Any]:
 
 def variants(config: Config, key: str) -> list[Config]:
     """`config` with `key` set to each other value the schema accepts."""
-    data = config.model_dump(mode="json")
+    data = config.dump()
     *path, last = key.split(".")
     section: Any = data
     model: Any = Config
     for part in path:
         section = section[part]
-        model = model.model_fields[part].annotation
+        model = model.keys()[part].annotation
     found = []
-    for value in candidates(section[last], model.model_fields[last].annotation):
+    for value in candidates(section[last], model.keys()[last].annotation):
         section[last] = value
         try:
-            found.append(Config.model_validate(data))
-        except ValidationError:
+            found.append(Config.parse(data))
+        except Invalid:
             continue
     return found
 

@@ -31,9 +31,7 @@ def test_a_host_gets_every_package_of_its_components_once_and_the_files_that_ste
 
 def test_a_component_the_settings_leave_out_installs_nothing(lab_settings: Settings) -> None:
     config = lab_settings.config
-    off = replace(
-        lab_settings, config=config.model_copy(update={"livekit": config.livekit.model_copy(update={"enabled": False})})
-    )
+    off = replace(lab_settings, config=config.replace(livekit=config.livekit.replace(enabled=False)))
     assert {"redis-server", "redis-sentinel"} <= set(wanted(lab_settings, "livekit1")[0])
     assert not {"redis-server", "redis-sentinel"} & set(wanted(off, "livekit1")[0])
     assert "redis-sentinel" not in wanted(off, "monitoring1")[0]

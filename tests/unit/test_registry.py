@@ -33,7 +33,7 @@ def test_a_host_listens_on_the_ports_of_the_components_of_its_groups(lab_setting
     # The livekit group's components all listen there; the switch in config.yaml takes them away.
     livekit = {use.service for use in catalog.host_ports(config, ("livekit",), 22)}
     assert {"livekit-http", "livekit-media", "livekit-jwt", "livekit-redis", "livekit-sentinel"} <= livekit
-    off = config.model_copy(update={"livekit": config.livekit.model_copy(update={"enabled": False})})
+    off = config.replace(livekit=config.livekit.replace(enabled=False))
     assert {use.service for use in catalog.host_ports(off, ("livekit",), 22)} == {"ssh", "node-exporter"}
     # The third sentinel beside two livekit hosts: on the monitoring host, only while LiveKit is on.
     assert "livekit-sentinel" in {use.service for use in catalog.host_ports(config, ("monitoring",), 22)}

@@ -63,8 +63,8 @@ def test_explicit_worker_counts_override_the_derived_ones() -> None:
 def test_the_sizing_table_shows_the_reference_points_with_their_formulas(
     ccu: int, expected: tuple[str, ...], lab_settings: Settings
 ) -> None:
-    config = lab_settings.config.model_copy(update={"ccu": ccu})
-    config = config.model_copy(update={"synapse": config.synapse.model_copy(update={"workers": WorkerCounts()})})
+    config = lab_settings.config.replace(ccu=ccu)
+    config = config.replace(synapse=config.synapse.replace(workers=WorkerCounts()))
     lines = {line.what: line for line in explain(for_config(config, 2), set(), 1000)}
     names = ("sync workers", "generic workers", "federation sender workers", "event persister workers")
     assert tuple(lines[name].value for name in names) == expected
@@ -78,9 +78,7 @@ def test_the_sizing_table_shows_the_reference_points_with_their_formulas(
 
 def test_explicit_counts_are_named_as_from_the_config(lab_settings: Settings) -> None:
     workers = WorkerCounts(sync=12)
-    config = lab_settings.config.model_copy(
-        update={"ccu": 10_000, "synapse": lab_settings.config.synapse.model_copy(update={"workers": workers})}
-    )
+    config = lab_settings.config.replace(ccu=10_000, synapse=lab_settings.config.synapse.replace(workers=workers))
     lines = {line.what: line for line in explain(for_config(config, 2), {"sync"}, 100)}
     assert lines["sync workers"].value == "12"
     assert lines["sync workers"].formula == "config.yaml synapse.workers.sync (derived: 8)"

@@ -105,7 +105,7 @@ BROKEN = [
         " port: 70000",
         (
             "pgbouncer.port",
-            "less than or equal to 65535",
+            "must be at most 65535",
             "PgBouncer listen port",
         ),
         id="bad-port",
