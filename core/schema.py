@@ -68,6 +68,7 @@ Check = Callable[[Any, Loc, list[Problem], str], Any]  # value, where, found pro
 _BAD: Any = object()
 _DEFAULT_FIX = "see the shipped example file for the expected form"
 # What YAML gives for a yes/no that was quoted, as pydantic took it before.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE, _FALSE = {"true", "yes", "on", "y", "t", "1"}, {"false", "no", "off", "n", "f", "0"}
 
 
@@ -281,7 +282,12 @@ def _section(cls: type[Section]) -> Check:
 
 
 def _text(raw: Any, loc: Loc, problems: list[Problem], fix: str) -> Any:
-    return raw if isinstance(raw, str) else _bad(problems, loc, "expected text", fix, raw)
+    """One line of text: every setting is rendered into some file, where a line break would start a line of its own."""
+    if not isinstance(raw, str):
+        return _bad(problems, loc, "expected text", fix, raw)
+    if _CONTROL.search(raw):
+        return _bad(problems, loc, "must be one line of text, without control characters", fix, raw)
+    return raw
 
 
 def _whole(raw: Any, loc: Loc, problems: list[Problem], fix: str) -> Any:
@@ -332,11 +338,8 @@ def _limited(base: Check, fields: list[Field], unit: str) -> Check:
         if field.max_length is not None:
             tests.append((lambda v, n=field.max_length: len(v) <= n, f"takes at most {field.max_length} {unit}(s)"))
         if field.pattern is not None:
-            pattern = re.compile(field.pattern)
-            # A pattern's `$` would also match before a final newline: no such value is meant.
-            tests.append(
-                (lambda v, p=pattern: "\n" not in v and p.search(v) is not None, f"must match {field.pattern}")
-            )
+            pattern = re.compile(field.pattern)  # `$` also matches before a final line break: _text refused those
+            tests.append((lambda v, p=pattern: p.search(v) is not None, f"must match {field.pattern}"))
     if not tests:
         return base
 

@@ -155,13 +155,30 @@ def rotate(secrets: Secrets, name: str, make: Callable[[], str], *, write: bool)
 
 
 def load_or_create(path: Path, makers: Mapping[str, Callable[[], str]]) -> Secrets:
-    """Read the secrets file, adding any secret of `makers` it lacks; refuse one others can read."""
+    """Read the secrets file, adding any secret of `makers` it lacks; refuse one others can read, or a path
+    the controller cannot use (too long a name, a folder it may not write)."""
+    try:
+        return _load_or_create(path, makers)
+    except OSError as error:
+        raise InputError(
+            [
+                InputProblem(
+                    str(path),
+                    "(file)",
+                    f"cannot read or write the secrets file: {error.strerror or error}",
+                    "point secrets_file in config.yaml (or --secrets) at a file the controller can read and write",
+                )
+            ]
+        ) from None
+
+
+def _load_or_create(path: Path, makers: Mapping[str, Callable[[], str]]) -> Secrets:
     values: dict[str, str] = {}
     label = str(path)
     created = not path.exists()
     if not created:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
+        if path.is_file() and mode & 0o077:  # anything else load_yaml refuses as not a file
             raise InputError(
                 [
                     InputProblem(

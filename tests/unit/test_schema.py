@@ -94,7 +94,8 @@ def test_every_problem_is_named_with_its_key_and_its_fix() -> None:
         ({"name": "x", "networks": []}, "needs at least 1 item(s)"),
         ({"name": "x", "networks": "10.0.0.0/8"}, "expected a list (got '10.0.0.0/8')"),
         ({"name": "x", "inner": 5}, "expected a mapping of keys to values (got 5)"),
-        ({"name": "x", "keep": "30d\n"}, "must match ^[1-9][0-9]*[smhd]$ (got '30d\\n')"),
+        ({"name": "x", "keep": "30d\n"}, "must be one line of text, without control characters (got '30d\\n')"),
+        ({"name": "main\tx"}, "must be one line of text, without control characters (got 'main\\tx')"),
     ],
 )
 def test_a_value_of_the_wrong_kind_is_refused(data: dict[str, Any], message: str) -> None:

@@ -44,6 +44,16 @@ def test_readable_secrets_file_is_refused(tmp_path: Path) -> None:
         load_or_create(path, MAKERS)
 
 
+@pytest.mark.parametrize(
+    ("name", "message"), [("x" * 300, "cannot read or write the secrets file"), ("folder", "not a regular file")]
+)
+def test_a_secrets_path_the_controller_cannot_use_is_refused_naming_it(tmp_path: Path, name: str, message: str) -> None:
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match=message) as refused:
+        load_or_create(tmp_path / name, MAKERS)
+    assert refused.value.problems[0].file == str(tmp_path / name)
+
+
 def test_redactor_replaces_every_value_longest_first(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("a: abc\nb: abcdef\n")
