@@ -51,6 +51,8 @@ class Parse:
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing wrong: the key path to it, what is wrong, and how to fix it."""
+
     loc: Loc
     message: str
     fix: str
