@@ -148,8 +148,12 @@ class FabricConnection:
         known_hosts = _local_path(extras.get("known_hosts"), options.get("inventory_dir"))
         _verify_host_keys(client, known_hosts, str(hostname), port or 22)
         where = f"{self.username}@{hostname}:{port or 22}"
+        lost_after = int(options.get("lost_after", 12))
+        sock: socket.socket | None = None
         try:
-            client.connect(str(hostname), port or 22, self.username, timeout=connect_timeout, **connect_kwargs)
+            sock = dial(str(hostname), port or 22, connect_timeout, lost_after)
+            client.connect(str(hostname), port or 22, self.username, sock=sock, **connect_kwargs)
+            sock = None  # the client's now
         except paramiko.BadHostKeyException:
             raise HostError(
                 f"{where}: the host key differs from the one in known_hosts. If the server was "
@@ -173,9 +177,11 @@ class FabricConnection:
                 "that the host is up and that the network/firewall lets SSH through",
                 str(hostname),
             ) from None
+        finally:
+            if sock is not None:
+                sock.close()
         self.connection = client
         self.transport.set_keepalive(5)
-        detect_dead_peer(self.transport.sock, int(options.get("lost_after", 12)))
         self.where = where
 
     @property
@@ -301,24 +307,30 @@ class FabricConnection:
             )
 
 
-def detect_dead_peer(sock: object, seconds: int) -> None:
-    """Make the kernel give up on the connection once the host has answered nothing for `seconds`.
+def dial(address: str, port: int, timeout: float, lost_after: int) -> socket.socket:
+    """The TCP connection to a host's sshd, made to answer at once and to notice a dead host.
 
-    A host whose link is cut or that is switched off sends no reset: without this, the
-    controller waits for the command's whole deadline (up to `command_timeout`) before it
+    Nagle's algorithm off (TCP_NODELAY): during the handshake paramiko writes a message in several
+    sends and then waits for the answer, and with Nagle on the last send waited for the host's
+    delayed ACK, some 40 ms. Connecting and authenticating one lab host took 65–111 ms with it,
+    23–31 ms without (a command, which the root shell sends in one write, ~2 ms either way).
+
+    And the kernel gives up on the connection once the host has answered nothing for `lost_after`
+    seconds: a host whose link is cut or that is switched off sends no reset, and without this
+    the controller waits for the command's whole deadline (up to `command_timeout`) before it
     knows. TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged; keep-alive
     probes (every 2 s after 3 s of silence) make sure there is something to acknowledge
     while a long command prints nothing. paramiko then closes the transport, and the
-    command waiting on it fails at once. A proxied connection (not a plain socket) keeps
-    only the SSH keep-alive.
+    command waiting on it fails at once.
     """
-    if not isinstance(sock, socket.socket):
-        return
+    sock = socket.create_connection((address, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 3)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, (seconds - 3) // 2))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, (lost_after - 3) // 2))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, lost_after * 1000)
+    return sock
 
 
 def _local_path(value: str | None, inventory_dir: str | None) -> str | None:
