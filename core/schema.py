@@ -69,8 +69,8 @@ class Invalid(Exception):
 Check = Callable[[Any, Loc, list[Problem], str], Any]  # value, where, found problems, fix -> value or _BAD
 _BAD: Any = object()
 _DEFAULT_FIX = "see the shipped example file for the expected form"
-# What YAML gives for a yes/no that was quoted, as pydantic took it before.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What YAML gives for a yes/no that was quoted, as pydantic took it before.
 _TRUE, _FALSE = {"true", "yes", "on", "y", "t", "1"}, {"false", "no", "off", "n", "f", "0"}
 
 

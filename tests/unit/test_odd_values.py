@@ -43,19 +43,16 @@ def leaves(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple
             yield (*prefix, key)
 
 
-def with_value(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    changed = copy.deepcopy(data)
-    section = changed
-    for part in path[:-1]:
-        section = section[part]
-    section[path[-1]] = value
-    return changed
-
-
 def entry(data: dict[str, Any], where: tuple[str, ...]) -> Any:
     for part in where:
         data = data[part]
     return data
+
+
+def with_value(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(data)
+    entry(changed, path[:-1])[path[-1]] = value
+    return changed
 
 
 @pytest.mark.parametrize(("name", "section", "where"), FILES, ids=[f[0] for f in FILES])
@@ -65,7 +62,7 @@ def test_every_odd_value_is_refused_naming_its_key_or_accepted(
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     shutil.copytree(REPO / "inventory", tmp_path / "inventory", ignore=shutil.ignore_patterns("lab"))
     shipped = yaml.safe_load((REPO / name).read_text())
-    accepted = refused = 0
+    accepted = refused = loaded = 0
     for path in leaves(entry(shipped, where), where):
         for odd in ODD:
             data = with_value(shipped, path, odd)
@@ -81,9 +78,11 @@ def test_every_odd_value_is_refused_naming_its_key_or_accepted(
                 load_settings(
                     tmp_path / "config.yaml", tmp_path / "inventory", catalog=CATALOG, allow_placeholders=True
                 )
+                loaded += 1
             except InputError:
                 pass
             except Exception as error:  # the point: nothing but InputError may come out
                 pytest.fail(f"{name}: {'.'.join(path)} = {odd!r}: {type(error).__name__}: {error}")
     (tmp_path / name).write_text((REPO / name).read_text())
-    assert refused and accepted + refused == len(list(leaves(entry(shipped, where)))) * len(ODD)
+    # Both answers were given, and an accepted value went all the way through the settings' load.
+    assert refused and (loaded or not accepted)
