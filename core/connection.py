@@ -19,11 +19,11 @@ where and benchmarks can count remote commands per host.
 from __future__ import annotations
 
 import functools
+import secrets
 import shlex
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,7 +280,7 @@ class FabricConnection:
         The upload lands in the login user's own temporary file first (SFTP runs without
         sudo), so only non-secret files (binaries, archives) may come this way.
         """
-        staging = f"/tmp/.mha-upload-{uuid.uuid4().hex}"
+        staging = f"/tmp/.mha-upload-{secrets.token_hex(16)}"
         started, at = time.monotonic(), time.time()
         try:
             self._put(source, staging)

@@ -13,7 +13,6 @@ import re
 import secrets as random
 import stat
 import string
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +74,7 @@ def ssh_public_key(private: str, comment: str) -> str:
 # The site's own entry, beside the secrets the components declare (`Component.secrets`): not
 # a secret, it names the site on every server (tasks/site_identity.py) and is kept with the
 # secrets it goes with.
-SITE = {"site_id": lambda: uuid.uuid4().hex}
+SITE = {"site_id": lambda: random.token_hex(16)}  # 32 hex digits, as uuid4().hex gave
 
 
 PREVIOUS = "previous_secrets_fingerprint"  # written by a deliberate rotation (rotate_secret.py)

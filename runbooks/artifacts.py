@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
 from rich.markup import escape
 
 from core import artifacts
 from core.errors import InputError
+from runbooks.terminal import terminal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         "items", nargs="*", help="fetch: artifact names (default: all); import: files; lock: NAME REQUIREMENT"
     )
     args = parser.parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal()
     if args.action == "lock":
         if len(args.items) != 2:
             parser.error("lock needs NAME and REQUIREMENT, e.g. lock synapse 'matrix-synapse[redis]==1.163.2'")

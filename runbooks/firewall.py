@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
 from rich.markup import escape
 
 from core.step import Step
 from runbooks.commands import Command, Commands
 from runbooks.offline import add_settings_options, read_settings
 from runbooks.shell import Runbook
+from runbooks.terminal import terminal
 from tasks.firewall_audit import audit, audit_report, findings, matrix
 
 AUDIT = Step(
@@ -42,7 +42,7 @@ def show_matrix(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python runbooks/firewall.py matrix", description=__doc__.splitlines()[0])
     add_settings_options(parser)
     args = parser.parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal()
     read = read_settings(args, console, "firewall")
     if read is None:
         return 2

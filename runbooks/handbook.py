@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
 from rich.markup import escape
 
 from core.paths import unwritable
@@ -28,6 +27,7 @@ from core.provenance import commit, settings_digest
 from runbooks.handbook_content import REPO, sections, site_flags
 from runbooks.handbook_document import Handbook, html, markdown
 from runbooks.offline import add_settings_options, read_settings
+from runbooks.terminal import terminal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     add_settings_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="folder to write into (default: handbook/<site>)")
     args = parser.parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal()
     if args.out is not None and (problem := unwritable(args.out, "--out", folder=True)):
         console.print(f"[bold red]handbook: {escape(str(problem))}[/bold red]")
         return 2

@@ -16,7 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
 from rich.table import Table
 
 from core.errors import InputError
@@ -24,6 +23,7 @@ from core.settings import load_settings
 from lab import LAB_CONFIG, LAB_INVENTORY
 from lab.lab import Lab, lab_hosts
 from lab.shell import LabError
+from runbooks.terminal import terminal
 from tasks.registry import CATALOG
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=LAB_CONFIG)
     parser.add_argument("--inventory", type=Path, default=LAB_INVENTORY)
     args = parser.parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal()
     try:
         lab = load_lab(args.config, args.inventory)
         if args.action == "up":

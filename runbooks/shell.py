@@ -67,6 +67,7 @@ from runbooks.display import (
 )
 from runbooks.offline import default_paths
 from runbooks.report_html import render as render_html
+from runbooks.terminal import terminal
 from tasks import site_identity
 from tasks.facts import Reading
 from tasks.registry import CATALOG
@@ -178,7 +179,7 @@ class Runbook:
         self.prepare = prepare
         # A checklist (validate.py) runs every step whatever failed before: each is a check of its own.
         self.checklist = checklist
-        self.console = Console(highlight=False, soft_wrap=True)
+        self.console = terminal()
         self.changed_steps: set[str] = set()  # the steps that changed something in the run under way
         self.provenance: dict[str, str] = {}  # what the run under way is, for its report
         self.running: Running | None = None  # the graph's steps under way, on a terminal's live line
@@ -493,13 +494,11 @@ class Runbook:
     ) -> tuple[StepOutcome, str]:
         """`_run_step` into a console of its own: the outcome, and what it printed (styled as the terminal's)."""
         buffer = io.StringIO()
-        console = Console(
+        console = terminal(
             file=buffer,
             width=self.console.width,
             force_terminal=self.console.is_terminal,
-            color_system=self.console.color_system,  # type: ignore[arg-type]
-            highlight=False,
-            soft_wrap=True,
+            color_system=self.console.color_system,
         )
         try:
             outcome, _ = self._run_step(nr, step, index, len(options.steps), settings, options, console, redact)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from core.config import WorkerCounts
 from core.sizing import explain, for_config
 from runbooks.offline import add_settings_options, read_settings
+from runbooks.terminal import terminal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ccu is not None and not 10 <= args.ccu <= 200_000:
         parser.error(f"--ccu {args.ccu}: give between 10 and 200000 concurrent users")
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal()
     read = read_settings(args, console, "sizing")
     if read is None:
         return 2
