@@ -240,7 +240,7 @@ class Component:
             depends = written & set(service.restart_on) if service.restart_on is not None else written
             restart = bool(depends) or service.unit in restarts
             reload = service.reload or (not (depends - set(service.reload_on)) and service.unit not in restarts)
-            wanted = Wanted(service.running, service.running, restart and service.running, reload)
+            wanted = Wanted(service.running, service.running, restart and service.running, reload, service.rolling)
             waves.setdefault(service.wave, {})[service.unit] = wanted
         daemon_reload = any(change.spec.path.startswith(f"{UNIT_DIR}/") for change in changes)
         return unit_actions(tuple(waves.values()), None if units is None else dict(units), daemon_reload=daemon_reload)

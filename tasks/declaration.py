@@ -127,6 +127,9 @@ class Service:
     reload_on: tuple[str, ...] = ()  # files whose change a reload applies (the rest of restart_on restart it)
     running: bool = True  # False: kept stopped and disabled (a package's stock instance)
     wave: int = 0
+    # A restart goes through the component's hosts one at a time (tasks.systemd.Turns): the
+    # members of a cluster or a pool, which must not all be down at once.
+    rolling: bool = False
 
 
 class Stage(IntEnum):

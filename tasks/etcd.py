@@ -138,8 +138,9 @@ ETCD = Component(
         File(KEY, lambda c: member_certificate(c.settings, c.host).key_pem, "etcd", "etcd", 0o600, secret=True),
     ),
     # A renewed certificate needs no restart: etcd reads its certificate and key again for each new
-    # connection. Its settings and the CA it trusts are read at start.
-    services=(Service("etcd.service", restart_on=("/etc/default/etcd", CA)),),
+    # connection. Its settings and the CA it trusts are read at start: a change restarts the
+    # members one at a time, so the cluster keeps its quorum (and Patroni its leader key).
+    services=(Service("etcd.service", restart_on=("/etc/default/etcd", CA), rolling=True),),
     reads={"plaintext": PLAINTEXT_PEERS},
     behaviour=refuse_plaintext_cluster,
     check=etcd_healthy,

@@ -209,6 +209,8 @@ MINIO = Component(
         ),
         File(ENV_FILE, template("minio/minio.env.j2", environment), group=USER, mode=0o640),
     ),
+    # Not in turns: MinIO's servers restart together, as its own `mc admin update` does (its documentation
+    # warns against one node at a time; a set's servers refuse peers whose MINIO_ settings differ).
     services=(Service(UNIT, restart_on=(SERVER.path, f"{UNIT_DIR}/{UNIT}", ENV_FILE)),),
     reads={"drives": lambda settings, _host: drive_owners_script(settings)},
     behaviour=drive_folders,

@@ -68,7 +68,7 @@ def config_files(ini: File, addresses: Callable[[Context], str]) -> tuple[File, 
 
 
 def service(files: Sequence[File]) -> Service:
-    """Debian's unit, restarted when where it listens changed (a reload would keep the old listener) and
-    reloaded for any other of `files`: a reload keeps every client connection."""
+    """Debian's unit, restarted when where it listens changed (a reload would keep the old listener), one
+    host at a time, and reloaded for any other of `files`: a reload keeps every client connection."""
     reloaded = tuple(file.path for file in files if file.path != LISTEN)
-    return Service(UNIT, restart_on=(LISTEN, *reloaded), reload_on=reloaded)
+    return Service(UNIT, restart_on=(LISTEN, *reloaded), reload_on=reloaded, rolling=True)

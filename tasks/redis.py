@@ -273,7 +273,9 @@ def redis_component(
         handlers=(reload_tls,) if instance.private else (),
         services=(
             *(Service(unit, running=False) for unit in DEBIAN_UNITS),
-            Service(instance.unit, restart_on=(instance.limits, instance.config, *(f.path for f in started))),
+            Service(
+                instance.unit, restart_on=(instance.limits, instance.config, *(f.path for f in started)), rolling=True
+            ),
             Service(instance.exporter_unit, restart_on=(EXPORTER_UNIT_FILE, instance.exporter_env), wave=1),
         ),
         ready=(Port(instance.port, private=instance.private, always=False),),

@@ -136,7 +136,7 @@ def sentinel_component(
         ),
         services=(
             Service(DEBIAN_UNIT, running=False),
-            Service(start.unit, restart_on=(*tls.values(), start.managed, start.script, start.drop_in)),
+            Service(start.unit, restart_on=(*tls.values(), start.managed, start.script, start.drop_in), rolling=True),
         ),
         ready=(Port(replication.port, private=True, always=False),),
         check=check,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from nornir.core.task import Result, Task
 
+from core.connection import current_step
+from core.errors import HostError
 from tasks.files import FileSpec, put_files
 from tasks.remote import Expectation, Mode, known, mode, primitive, run
 
@@ -82,6 +86,7 @@ class Wanted:
     enabled: bool = True
     restart: bool = False
     reload: bool = False
+    rolling: bool = False  # a restart takes turns with the step's other hosts (`Turns`)
 
 
 def show_script(units: list[str]) -> str:
@@ -110,6 +115,7 @@ class Systemctl:
     verbs: tuple[tuple[str, tuple[str, ...]], ...]  # (verb, units), in the order they run
     lines: tuple[str, ...] = ()  # per unit, what it was and what is done ("x.service: stopped → start")
     daemon_reload: bool = False
+    rolling: tuple[str, ...] = ()  # units it restarts one host at a time (`Turns`)
 
     def __str__(self) -> str:
         commands = ["systemctl daemon-reload"] if self.daemon_reload else []
@@ -139,6 +145,7 @@ def unit_actions(
         return [UnitsWanted(tuple((unit, want) for wave in waves for unit, want in wave.items()))]
     verbs: list[tuple[str, tuple[str, ...]]] = []
     lines: list[str] = []
+    rolling: list[str] = []
     for wave in waves:
         by_verb: dict[str, list[str]] = {}
         for unit, want in wave.items():
@@ -146,12 +153,67 @@ def unit_actions(
             wanted = actions(fact, running=want.running, enabled=want.enabled, restart=want.restart, reload=want.reload)
             for verb in wanted:
                 by_verb.setdefault(verb, []).append(unit)
+            turns = want.rolling and "restart" in wanted
+            rolling += [unit] if turns else []
             if wanted:
-                lines.append(f"{unit}: {'running' if fact.active else 'stopped'} → {', '.join(wanted)}")
+                lines.append(
+                    f"{unit}: {'running' if fact.active else 'stopped'} → {', '.join(wanted)}"
+                    f"{' (one host at a time)' if turns else ''}"
+                )
         verbs += [(verb, tuple(by_verb[verb])) for verb in VERB_ORDER if verb in by_verb]
     if not verbs and not daemon_reload:
         return []
-    return [Systemctl(tuple(verbs), tuple(lines), daemon_reload)]
+    return [Systemctl(tuple(verbs), tuple(lines), daemon_reload, tuple(rolling))]
+
+
+class Turns:
+    """The hosts of a step restarting a unit one at a time: a rolling restart.
+
+    A step runs its hosts at once, and a changed configuration would restart every etcd member,
+    every Redis of a Sentinel group or every PgBouncer at the same moment: the cluster loses its
+    quorum, the pool all its members. A unit declared `rolling` restarts on one host at a time;
+    the others wait their turn. systemctl returns once the unit is up again (those units tell
+    systemd when they are ready), so each member is back before the next goes. After a failed
+    restart the hosts still waiting keep theirs running: the cluster keeps the members it has.
+    One `Turns` serves a run (kept in its options); a turn is a step and its units.
+    """
+
+    def __init__(self) -> None:
+        self.failed: dict[tuple[str, ...], str] = {}  # turn -> the host whose restart failed
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self, turn: tuple[str, ...], host: str) -> Iterator[None]:
+        """Wait for `turn`, then hold it; raises HostError, restarting nothing, after another host's restart failed."""
+        with self._guard:
+            lock = self._locks.setdefault(turn, threading.Lock())
+        with lock:
+            if turn in self.failed:
+                raise HostError(
+                    f"{', '.join(turn[1:])} not restarted here: its restart failed on {self.failed[turn]} first, "
+                    "and a rolling restart goes no further (this host runs on with its old configuration). "
+                    f"Fix it on {self.failed[turn]} (journalctl -u <unit>), then run the step again"
+                )
+            try:
+                yield
+            except BaseException:
+                self.failed[turn] = host
+                raise
+
+
+TURNS = "turns"  # the run's Turns, in the options every host's connection shares
+
+
+@contextlib.contextmanager
+def rolling_turn(task: Task, units: tuple[str, ...]) -> Iterator[None]:
+    """Hold the run's turn for restarting `units` in the current step (nothing to wait for without `units`)."""
+    if not units:
+        yield
+        return
+    turns = task.nornir.config.user_defined.setdefault(TURNS, Turns())
+    with turns.take((current_step(), *units), task.host.name):
+        yield
 
 
 def converge_units(task: Task, action: Systemctl | UnitsWanted) -> Result:
@@ -167,14 +229,15 @@ def converge_units(task: Task, action: Systemctl | UnitsWanted) -> Result:
             host=task.host, result=[], changed=any(w.restart for _, w in action.wanted), diff="\n".join(diffs)
         )
     if mode(task) is Mode.APPLY:
-        run(
-            task,
-            str(action),
-            what=Expectation(
-                "; ".join(action.lines) or "unit files reloaded",
-                "look at 'journalctl -u <unit> -n 50' on the host for why the unit failed",
-            ),
-        )
+        with rolling_turn(task, action.rolling):
+            run(
+                task,
+                str(action),
+                what=Expectation(
+                    "; ".join(action.lines) or "unit files reloaded",
+                    "look at 'journalctl -u <unit> -n 50' on the host for why the unit failed",
+                ),
+            )
     taken = [f"{verb} {unit}" for verb, units in action.verbs for unit in units]
     return Result(host=task.host, result=taken, changed=bool(taken), diff="\n".join(action.lines))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import shutil
 import subprocess
@@ -165,6 +166,30 @@ def test_rerun_changes_nothing_and_restarts_nothing(deployed: None, lab: Lab, de
     code, out = deploy_lab("--skip-step", "hosts-file")
     assert code == 0 and "deploy: no changes" in out, out
     assert pids() == before
+
+
+def test_changed_etcd_settings_restart_the_members_one_at_a_time(deployed: None, lab: Lab, deploy_lab: Deploy) -> None:
+    """Every member's settings differ from the deploy's: each member restarts, each back before the next stops
+    (etcd tells systemd when it has rejoined), so two of three always answer and Patroni keeps its leader."""
+    leader = next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader")
+    for host in PATRONI:
+        ssh(lab, host, "echo '# edited by hand' | sudo tee -a /etc/default/etcd >/dev/null")
+    code, out = deploy_lab("--step", "etcd", "--verbose")
+    assert code == 0, out
+    assert "etcd.service: running → restart (one host at a time)" in out, out
+    down = []  # per member: (stopping began, up again), on the clock the lab's hosts share
+    for host in PATRONI:
+        shown = ssh(
+            lab, host, "systemctl show -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic etcd.service"
+        ).stdout
+        times = dict(line.split("=", 1) for line in shown.split())
+        down.append((int(times["ActiveExitTimestampMonotonic"]), int(times["ActiveEnterTimestampMonotonic"])))
+    down.sort()
+    assert all(earlier[0] < earlier[1] <= later[0] for earlier, later in itertools.pairwise(down)), down
+    endpoints = ",".join(f"https://198.18.1.1{i}:2379" for i in (1, 2, 3))
+    health = ssh(lab, "patroni1", f"sudo etcdctl --endpoints={endpoints} {MEMBER_TLS} endpoint health 2>&1").stdout
+    assert health.count("is healthy") == len(PATRONI), health
+    assert next(m["name"] for m in patroni_cluster(lab)["members"] if m["role"] == "leader") == leader
 
 
 def test_restart_needing_change_rolls_through_the_cluster(

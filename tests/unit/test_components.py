@@ -32,7 +32,7 @@ from tasks.component import Component
 from tasks.facts import HostFacts
 from tasks.files import ArtifactSpec, FileFact, FileSpec
 from tasks.registry import CATALOG, COMPONENTS
-from tasks.systemd import ServiceFact
+from tasks.systemd import ServiceFact, Systemctl
 
 FIXTURES = Path(__file__).resolve().parent.parent / "components"
 CASES = sorted(FIXTURES.glob("*/*.json"))
@@ -124,16 +124,18 @@ def test_component_decides(case: Path, settings: Settings) -> None:
     facts = None if given is None else host_facts(component, settings, fixture["host"], given)
     context = component.context(settings, fixture["host"], facts)
 
-    def decide() -> list[str]:
-        return [
-            str(action) for part in component.parts_on(settings, context.host) for action in part.decide(context, facts)
-        ]
+    def decide() -> list[Any]:
+        return [action for part in component.parts_on(settings, context.host) for action in part.decide(context, facts)]
 
     if "refused" in fixture:  # the host is refused before anything is decided, with this in the message
         with pytest.raises(HostError, match=fixture["refused"]):
             decide()
         return
-    assert decide() == fixture["actions"], fixture.get("why", "")
+    decided = decide()
+    assert [str(action) for action in decided] == fixture["actions"], fixture.get("why", "")
+    # The units whose restart takes turns with the step's other hosts (a rolling restart).
+    in_turns = [unit for action in decided if isinstance(action, Systemctl) for unit in action.rolling]
+    assert in_turns == fixture.get("in turns", []), fixture.get("why", "")
 
 
 def test_every_component_has_its_fixtures() -> None:

@@ -18,6 +18,7 @@ import pytest
 from nornir.core.task import Result, Task
 
 from core.connection import Output
+from core.errors import HostError
 from core.secrets import Redactor
 from core.settings import Settings
 from runbooks.display import flatten, host_outcome
@@ -27,7 +28,7 @@ from tasks.files import FileFact, FileSpec, facts_script, file_changes, parse_fa
 from tasks.hosts_file import wrong_resolutions
 from tasks.packages import install_script, missing, query_script, venv_version_script
 from tasks.remote import Expectation, Mode, failure_message, primitive
-from tasks.systemd import ServiceFact, actions, parse_show, parse_show_many
+from tasks.systemd import ServiceFact, Turns, Wanted, actions, parse_show, parse_show_many, unit_actions
 from tasks.waits import command_script, http_script, port_script
 
 
@@ -219,6 +220,53 @@ def test_systemctl_show_of_several_units_is_keyed_by_unit() -> None:
         "enable",
         "start",
     ]
+
+
+def test_a_rolling_unit_restarts_in_turns_but_starts_with_its_peers() -> None:
+    waves = ({"etcd.service": Wanted(restart=True, rolling=True), "etcd-exporter.service": Wanted(restart=True)},)
+    [restart] = unit_actions(waves, {"etcd.service": RUNNING, "etcd-exporter.service": RUNNING})
+    assert restart.rolling == ("etcd.service",)
+    assert "etcd.service: running → restart (one host at a time)" in restart.lines
+    # A stopped member starts at once: a new cluster's members must start together to form it.
+    [start] = unit_actions(waves, {"etcd.service": STOPPED, "etcd-exporter.service": RUNNING})
+    assert start.rolling == ()
+    # A reload keeps the service up: nothing to take turns for.
+    [reload] = unit_actions(
+        ({"pgbouncer.service": Wanted(restart=True, reload=True, rolling=True)},), {"pgbouncer.service": RUNNING}
+    )
+    assert str(reload) == "systemctl reload -- pgbouncer.service" and reload.rolling == ()
+
+
+def test_turns_let_one_host_at_a_time_through() -> None:
+    turns, inside, seen = Turns(), [], []
+    ready = threading.Barrier(3)
+
+    def host(name: str) -> None:
+        ready.wait()
+        with turns.take(("etcd", "etcd.service"), name):
+            inside.append(name)
+            seen.append(len(inside))
+            threading.Event().wait(0.02)  # a restart taking its time
+            inside.remove(name)
+
+    threads = [threading.Thread(target=host, args=(f"patroni{i}",)) for i in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [1, 1, 1]
+
+
+def test_after_a_failed_restart_the_hosts_waiting_keep_theirs() -> None:
+    turns, restarted = Turns(), []
+    turn = ("etcd", "etcd.service")
+    with pytest.raises(RuntimeError), turns.take(turn, "patroni1"):
+        raise RuntimeError("etcd.service did not come up")
+    with pytest.raises(HostError, match="failed on patroni1 first"), turns.take(turn, "patroni2"):
+        restarted.append("patroni2")
+    with turns.take(("livekit-redis", "redis-server@livekit.service"), "livekit1"):  # another turn goes on
+        restarted.append("livekit1")
+    assert restarted == ["livekit1"]
 
 
 # waits
