@@ -92,7 +92,8 @@ COTURN = Component(
             check=NO_TCP_RELAY_CHECK,
         ),
     ),
-    services=(Service("coturn.service"),),
+    # One TURN server at a time: a restart ends the relays it holds, and new calls need the other.
+    services=(Service("coturn.service", rolling=True),),
     ready=(Port(PORT, private=True),),
     inventory=(GroupRule("coturn", fewest=2, reboot_rank=2),),
     secrets={"turn_shared_secret": token},

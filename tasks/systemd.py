@@ -193,7 +193,7 @@ class Turns:
                 raise HostError(
                     f"{', '.join(turn[1:])} not restarted here: its restart failed on {self.failed[turn]} first, "
                     "and a rolling restart goes no further (this host runs on with its old configuration). "
-                    f"Fix it on {self.failed[turn]} (journalctl -u <unit>), then run the step again"
+                    f"Fix it on {self.failed[turn]} (journalctl -u {turn[1]} -n 50), then run the step again"
                 )
             try:
                 yield
