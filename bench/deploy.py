@@ -37,14 +37,40 @@ from tasks.registry import CATALOG, STEPS
 
 
 def critical_path(steps: list[dict], declared: tuple[Step, ...]) -> float:
-    """The longest chain through the steps' `after`, each step as long as it took in the run."""
-    after = {step.name: step.after for step in declared}
-    first = sum(step["seconds"] for step in steps if step["name"] not in after)  # the site identity, before all
+    """The longest chain through the steps' `after`, each step as long as it took in the run.
+
+    Through a `per_host` step host by host: a host's run of it starts once the steps before it
+    are done on that host, and takes as long as it took there. Hosts a step let start only some
+    at a time (`at_once`: the package installs) end as far after the step's start as they did.
+    """
+    by_name = {step.name: step for step in declared}
+    first = sum(step["seconds"] for step in steps if step["name"] not in by_name)  # the site identity, before all
     finish: dict[str, float] = {}
+    on_host: dict[str, dict[str, float]] = {}  # a per-host step's end on each of its hosts
+
+    def ready(step: Step, hosts: list[str]) -> float:
+        ends = [first]
+        for name in step.after:
+            if name in on_host:
+                ends += [on_host[name][host] for host in hosts if host in on_host[name]]
+            elif name in finish:
+                ends.append(finish[name])
+        return max(ends)
+
     for step in steps:  # in the deploy's order: each step's `after` comes before it
-        if step["name"] in after:
-            start = max((finish[name] for name in after[step["name"]] if name in finish), default=first)
-            finish[step["name"]] = start + step["seconds"]
+        known = by_name.get(step["name"])
+        if known is None:
+            continue
+        hosts = step.get("hosts") or {}
+        if known.per_host and hosts:
+            begun = ready(known, list(hosts))
+            on_host[known.name] = {
+                host: begun + ran["at"] - step["at"] if known.at_once else ready(known, [host]) + ran["seconds"]
+                for host, ran in hosts.items()
+            }
+            finish[known.name] = max(on_host[known.name].values())
+        else:
+            finish[known.name] = ready(known, list(hosts)) + step["seconds"]
     return max(finish.values(), default=first)
 
 

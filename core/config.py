@@ -302,6 +302,17 @@ class Preflight(Section):
     max_clock_skew_seconds: float = Field(2, gt=0, description="allowed clock difference to the controller, e.g. 2")
 
 
+class Packages(Section):
+    installs_at_once: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="servers installing their packages at the same time in a deploy, those the longest chain of "
+        "steps waits for first; lower it where the servers share a package mirror's bandwidth or one machine's CPU, "
+        "e.g. 4 (null: all at once)",
+    )
+
+
 class Ssh(Section):
     connect_timeout: int = Field(10, ge=1, le=300, description="seconds to wait for an SSH connection, e.g. 10")
     command_timeout: int = Field(
@@ -360,4 +371,5 @@ class Config(Section):
     backup: Backup = Backup()
     certificates: Certificates = Certificates()
     preflight: Preflight = Preflight()
+    packages: Packages = Packages()
     ssh: Ssh = Ssh()

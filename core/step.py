@@ -55,9 +55,13 @@ class Step:
     # In a checklist (validate.py) a failed step stops the rest only if it blocks: a drill's
     # health check, since the drill must not start on an unhealthy cluster.
     blocks: bool = False
-    # For a serial step (one host at a time, none after a failure): the order of its hosts,
-    # a sort key of (host name, settings); the inventory's order without it.
+    # The order its hosts start in, a sort key of (host name, settings); the inventory's order
+    # without it. A serial step (one host at a time, none after a failure) takes them in it, and
+    # so does a step whose hosts are limited by `at_once`.
     order: Callable[[str, Settings], Any] | None = None
+    # How many of its hosts run at the same time (None: all), for work that shares something
+    # between hosts: the package installs of servers behind one mirror or on one machine's CPU.
+    at_once: Callable[[Settings], int | None] | None = None
     # Reads the running platform (a checklist item, a gate): run in check and apply mode; in
     # plan mode, which contacts no host, it is reported as not run, never as passed.
     live: bool = False
@@ -67,6 +71,11 @@ class Step:
     # What its task reads first on a host (a `tasks.facts.Reading`; None: nothing there). A run that
     # has changed nothing reads those of all its steps on a host in one command (`core.connection.RunReads`).
     reading: Callable[[Settings, str], Any] | None = None
+    # What a later step needs of it on a host is its run on that same host (the host's packages,
+    # firewall rules, CA trust, /etc/hosts): in a graph run a later step starts on a host, or a
+    # cluster step on its hosts, as soon as it is done there, not once it is done everywhere; a
+    # failure on one host stops only what runs there. Such a step has no health check across hosts.
+    per_host: bool = False
 
     def used(self, settings: Settings) -> bool:
         return self.applies is None or self.applies(settings)
@@ -99,3 +108,23 @@ def waits_for(steps: Sequence[Step]) -> dict[str, set[str]]:
     for step in steps:
         below[step.name] = {far for name in step.after if name in names for far in (name, *below.get(name, ()))}
     return below
+
+
+def urgency(steps: Sequence[Step]) -> dict[str, tuple[int, int]]:
+    """Each step's (slack, depth): how many steps shorter than the longest chain of `steps` the longest
+    chain through it is, and how many steps come before it on that chain (`steps` in an order where each
+    step's `after` comes before it).
+
+    Each step counts alike: how long one takes is not known before it ran. A step with no slack is
+    on the longest chain; the smaller its depth, the sooner that chain needs it.
+    """
+    names = {step.name for step in steps}
+    depth: dict[str, int] = {}
+    for step in steps:
+        depth[step.name] = max((depth[name] + 1 for name in step.after if name in names), default=0)
+    tail: dict[str, int] = {}
+    for step in reversed(steps):
+        later = [other.name for other in steps if step.name in other.after]
+        tail[step.name] = 1 + max((tail[name] for name in later), default=0)
+    longest = max((depth[name] + tail[name] for name in names), default=0)
+    return {name: (longest - depth[name] - tail[name], depth[name]) for name in depth}

@@ -21,9 +21,10 @@ import logging
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,7 @@ from runbooks.display import (
     host_outcome,
     summary_table,
 )
+from runbooks.host_board import FAILED, LOST, HostBoard, HostRunner
 from runbooks.offline import default_paths
 from runbooks.report_html import render as render_html
 from runbooks.terminal import terminal
@@ -436,17 +438,58 @@ class Runbook:
     ) -> list[StepOutcome]:
         """Each step as soon as the steps it is `after` are done, steps that do not depend on each other at once.
 
-        A failed step stops only the steps that need it, directly or through others; the rest
-        go on. Each step prints into a buffer of its own, shown whole when it ends, so the
-        output of steps running at once never interleaves; a line says when each starts.
+        A step after a `per_host` step (runbooks/host_board.py) needs it done on its own hosts
+        only: a `per_host` step starts with it and takes each host as it is ready there, a cluster
+        step starts once it is done on all of its hosts. A failed step stops only the steps that
+        need it, directly or through others, and a `per_host` step's failure on a host only what
+        needs that host. Each step prints into a buffer of its own, shown whole when it ends, so
+        the output of steps running at once never interleaves; a line says when each starts.
         """
         steps = options.steps
+        by_name = {step.name: step for step in steps}
         index = {step.name: number for number, step in enumerate(steps, 1)}
         needs = {step.name: [name for name in step.after if name in index] for step in steps}
         outcomes: dict[str, StepOutcome] = {}
-        stopped: dict[str, str] = {}  # step → the failed step it waited for
+        stopped: dict[str, str] = {}  # step → what stopped it: a failed step (on a host, for a per-host one)
         pending = list(steps)
         running: dict[Future[tuple[StepOutcome, str]], Step] = {}
+        wake = threading.Event()
+        board = HostBoard(told=wake.set)
+        idle = {step.name for step in steps if not step.used(settings) or step.missing()}
+
+        def hosts_of(step: Step) -> list[str]:
+            return [
+                name
+                for name, host in nr.inventory.hosts.items()
+                if name not in dropped and (step.groups is None or any(g.name in step.groups for g in host.groups))
+            ]
+
+        def verdict(step: Step) -> str | None:
+            """Why `step` must not run ("" while it must wait, None once it may start).
+
+            A step that will be skipped (not used with these settings, its artifacts missing) starts at once:
+            it does nothing that needs the steps before it, and what waits for it need not wait for those.
+            """
+            if step.name in idle:
+                return None
+            waiting = False
+            for name in needs[step.name]:
+                if name in stopped:
+                    return stopped[name]
+                if by_name[name].per_host and board.began(name):
+                    if step.per_host:  # its runner takes each host once it is done there
+                        continue
+                    states = board.states(name, hosts_of(step))
+                    failed = sorted(host for host, state in states.items() if state == FAILED)
+                    if failed:
+                        return f"{name} on {', '.join(failed)}"
+                    waiting |= None in states.values() or (LOST in states.values() and name not in outcomes)
+                elif name not in outcomes:
+                    waiting = True
+                elif outcomes[name].status == "failed":
+                    return name
+            return "" if waiting else None
+
         self.running = Running() if self.console.is_terminal else None
         live = Live(self.running, console=self.console, refresh_per_second=2, transient=True) if self.running else None
         with (
@@ -454,30 +497,8 @@ class Runbook:
             live or contextlib.nullcontext(),
         ):
             while pending or running:
-                for step in list(pending):
-                    waited = [name for name in needs[step.name] if name not in outcomes]
-                    failed = [
-                        name
-                        for name in needs[step.name]
-                        if name in stopped or (name in outcomes and outcomes[name].status == "failed")
-                    ]
-                    if failed:
-                        pending.remove(step)
-                        stopped[step.name] = stopped.get(failed[0], failed[0])
-                        outcomes[step.name] = StepOutcome(
-                            step.name, "not run", note=f"after failure in {stopped[step.name]}"
-                        )
-                    elif not waited:
-                        pending.remove(step)
-                        staying = nr.filter(filter_func=lambda host: host.name not in dropped)
-                        self.console.print(f"[dim]… {index[step.name]}/{len(steps)} {step.name} started[/dim]")
-                        running[
-                            pool.submit(self._buffered_step, staying, step, index[step.name], settings, options, redact)
-                        ] = step
-                if not running:
-                    continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
+                wake.clear()
+                for future in [future for future in running if future.done()]:
                     step = running.pop(future)
                     outcome, shown = future.result()
                     if live:  # above the live line
@@ -487,10 +508,42 @@ class Runbook:
                         self.console.file.flush()
                     outcomes[step.name] = outcome
                     self._drop(nr, step, outcome, settings, dropped)
+                for step in list(pending):
+                    why = verdict(step)
+                    if why:
+                        pending.remove(step)
+                        stopped[step.name] = why
+                        outcomes[step.name] = StepOutcome(step.name, "not run", note=f"after failure in {why}")
+                    elif why is None:
+                        pending.remove(step)
+                        staying = nr.filter(filter_func=lambda host: host.name not in dropped)
+                        under_way = ", ".join(name for name in needs[step.name] if board.under_way(name))
+                        each = (
+                            ""
+                            if not under_way
+                            else f" (each host once {under_way} is done there)"
+                            if step.per_host
+                            else f" ({under_way} done on its hosts, still under way on others)"
+                        )
+                        self.console.print(f"[dim]… {index[step.name]}/{len(steps)} {step.name} started{each}[/dim]")
+                        future = pool.submit(
+                            self._buffered_step, staying, step, index[step.name], settings, options, redact, board
+                        )
+                        future.add_done_callback(lambda _: wake.set())
+                        running[future] = step
+                if pending or running:
+                    wake.wait()
         return [outcomes[step.name] for step in steps]
 
     def _buffered_step(
-        self, nr: Nornir, step: Step, index: int, settings: Settings, options: Options, redact: Redactor
+        self,
+        nr: Nornir,
+        step: Step,
+        index: int,
+        settings: Settings,
+        options: Options,
+        redact: Redactor,
+        board: HostBoard,
     ) -> tuple[StepOutcome, str]:
         """`_run_step` into a console of its own: the outcome, and what it printed (styled as the terminal's)."""
         buffer = io.StringIO()
@@ -501,8 +554,10 @@ class Runbook:
             color_system=self.console.color_system,
         )
         try:
-            outcome, _ = self._run_step(nr, step, index, len(options.steps), settings, options, console, redact)
+            outcome, _ = self._run_step(nr, step, index, len(options.steps), settings, options, console, redact, board)
         finally:
+            if step.per_host:
+                board.end(step.name)
             if self.running:
                 self.running.finish(step.name)
         return outcome, buffer.getvalue()
@@ -628,8 +683,13 @@ class Runbook:
         options: Options,
         console: Console,
         redact: Redactor,
+        board: HostBoard | None = None,
     ) -> tuple[StepOutcome, AggregatedResult | None]:
-        """Run one step on its hosts (and its health check); the outcome, and the hosts' results when it ran."""
+        """Run one step on its hosts (and its health check); the outcome, and the hosts' results when it ran.
+
+        In a graph run (`board`) its hosts wait for the `per_host` steps it is after to be done on them,
+        and a `per_host` step tells the board of each host as it ends there.
+        """
         groups = step.groups
         targets = nr.filter(filter_func=lambda h: groups is None or any(g.name in groups for g in h.groups))
         count = len(targets.inventory.hosts)
@@ -656,10 +716,18 @@ class Runbook:
             return StepOutcome(step.name, "skipped", note=f"artifact {absent[0].key}: {absent[0].message}"), None
         for problem in absent:  # plan mode renders the configuration all the same, to be reviewed
             console.print(f"  [yellow]binary missing, configuration only: {escape(str(problem))}[/yellow]")
-        runner: RunnerPlugin = ThreadedRunner(num_workers=min(count, MAX_THREADS))
+        order = step.order
+        key = (lambda host: order(host.name, settings)) if order else None
+        waits = [name for name in step.after if board and board.began(name)]
+        runner: RunnerPlugin
         if step.serial:
-            order = step.order
-            runner = RollingRunner(lambda host: order(host.name, settings) if order else 0)
+            runner = RollingRunner(key or (lambda host: 0))
+        else:
+            at_once = (step.at_once(settings) if step.at_once else None) or count
+            record = step.name if board and step.per_host else ""
+            runner = HostRunner(min(count, at_once, MAX_THREADS), key, board, waits, record)
+            if board and record:
+                board.begin(record, targets.inventory.hosts)
         started, at = time.monotonic(), time.time()
         if self.running:
             self.running.start(step.name, count)
@@ -670,6 +738,9 @@ class Runbook:
             .with_processors([StepTag(step.name), progress])
             .run(task=step.task, name=step.name, settings=settings, on_failed=True)
         )
+        if waits and progress.started:  # the time its hosts waited for the steps before is not this step's
+            first = min(progress.started.values())
+            started, at = first, at + first - started
         hosts = {
             name: progress.outcomes.get(name) or host_outcome(multi, 0.0, redact) for name, multi in result.items()
         }
@@ -692,7 +763,8 @@ class Runbook:
             staying = targets.filter(filter_func=lambda h: h.name not in losing)
             if any(h.status == "changed" for h in hosts.values()):
                 self.changed_steps.add(step.name)
-            steady = not self.changed_steps & {step.name, *waits_for(options.steps).get(step.name, ())}
+            changed = self.changed_steps | (board.changed if board else set())
+            steady = not changed & {step.name, *waits_for(options.steps).get(step.name, ())}
             problems = self._health(step, staying, result, settings, steady) if options.mode is Mode.APPLY else []
             if problems:
                 outcome.status, outcome.note = "failed", "health gate"

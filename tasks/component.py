@@ -113,6 +113,9 @@ class Component:
     # The steps whose work it uses (a database before its users, the VIP before what answers on it).
     # The registry adds the rest: the firewall before anything that listens, scraped components before monitoring.
     after: tuple[str, ...] = ()
+    # What a host's later steps need of it is its work on that host alone (core.step's `per_host`):
+    # they start there once it is done there, not once it is done on every server.
+    per_host: bool = False
 
     def step(self) -> Step:
         """The deploy step of this component."""
@@ -129,6 +132,7 @@ class Component:
             applies=self.applies,
             after=self.after,
             reading=self.step_reading,
+            per_host=self.per_host,
         )
 
     def step_reading(self, settings: Settings, host_name: str) -> Reading | None:

@@ -167,6 +167,7 @@ def load(context: Context, facts: HostFacts | None, _written: frozenset[str]) ->
 FIREWALL = Component(
     "firewall",
     groups=None,
+    per_host=True,  # a host's later steps need only its own
     summary="nftables on every server: public ports open, each internal port to the groups that use it, rest dropped",
     packages=("nftables",),
     autostart=True,

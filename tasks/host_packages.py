@@ -14,6 +14,7 @@ PostgreSQL cluster), are written first here too.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from nornir.core.task import Result, Task
 
@@ -64,8 +65,9 @@ def first_files(components: Sequence[Component], settings: Settings, host: HostI
     ]
 
 
-def package_step(components: Sequence[Component], used: Used) -> Step:
-    """The deploy step installing, on each host, every package of the `components` it runs."""
+def package_step(components: Sequence[Component], used: Used, order: Callable[[str, Settings], Any]) -> Step:
+    """The deploy step installing, on each host, every package of the `components` it runs: in `order`
+    (a host's sort key), `packages.installs_at_once` of them at a time."""
 
     def wanted(settings: Settings, host_name: str) -> tuple[list[str], list[FileSpec], Reading]:
         """The host's packages, the files written before them, and the read-ahead of both."""
@@ -86,4 +88,12 @@ def package_step(components: Sequence[Component], used: Used) -> Step:
         return Result(host=task.host, result=said, changed=any(result.changed for result in results))
 
     summary = "every Debian package the host's components need, installed in one apt run"
-    return Step(NAME, summary, install_all, reading=lambda settings, host: wanted(settings, host)[2])
+    return Step(
+        NAME,
+        summary,
+        install_all,
+        reading=lambda settings, host: wanted(settings, host)[2],
+        order=order,
+        at_once=lambda settings: settings.config.packages.installs_at_once,
+        per_host=True,
+    )

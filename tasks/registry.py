@@ -15,7 +15,7 @@ from core.catalog import Catalog, GroupRule
 from core.config import Config
 from core.ports import PortUse
 from core.settings import Settings
-from core.step import Step
+from core.step import Step, urgency
 from core.targets import Job
 from tasks.backup import BACKUP_REPOSITORY, FIRST_BACKUP, PGBACKREST
 from tasks.backup_files import BACKUP_FILES, BACKUP_SOURCE
@@ -99,7 +99,23 @@ def deployed(component: Component, settings: Settings) -> bool:
     return switched_on(component, settings.config) and (component.applies is None or component.applies(settings))
 
 
-PACKAGES = package_step(DEPLOYED, deployed)
+def install_order(host: str, settings: Settings) -> tuple[int, int]:
+    """Where `host` comes in the package installs: the hosts of the deploy's longest chain of steps first,
+    in the order that chain needs them (the Patroni hosts for etcd before the PgBouncer hosts, then
+    Synapse's), then the others, by how far their steps are from that chain.
+
+    Among the steps that run with these settings; a step on every server does not tell them apart.
+    """
+    running = [step for step in STEPS if step.used(settings) and not step.missing()]
+    ranked = urgency(running)
+    groups = set(settings.hosts[host].groups)
+    return min(
+        (ranked[step.name] for step in running if step.groups is not None and groups & set(step.groups)),
+        default=(len(running), 0),
+    )
+
+
+PACKAGES = package_step(DEPLOYED, deployed, install_order)
 DEPLOY: tuple[Component | Step, ...] = (PREFLIGHT, PACKAGES, *COMPONENT_STEPS)
 
 
@@ -122,7 +138,8 @@ def deploy_step(entry: Component | Step) -> Step:
 
 
 def in_order(steps: Sequence[Step]) -> tuple[Step, ...]:
-    """`steps`, once every name a step is `after` names a step before it (a declaration error otherwise)."""
+    """`steps`, once every name a step is `after` names a step before it and no `per_host` step has a health
+    check (a declaration error otherwise)."""
     seen: set[str] = set()
     for step in steps:
         missing = [name for name in step.after if name not in seen]
@@ -130,6 +147,8 @@ def in_order(steps: Sequence[Step]) -> tuple[Step, ...]:
             known = {other.name for other in steps}
             why = ", ".join(f"{name} ({'comes later' if name in known else 'no such step'})" for name in missing)
             raise ValueError(f"step {step.name} must come after {why}")
+        if step.per_host and (step.check or step.gate):  # its dependents would not wait for the check
+            raise ValueError(f"step {step.name} is per_host: it cannot have a health check across hosts")
         seen.add(step.name)
     return tuple(steps)
 

@@ -42,6 +42,7 @@ ELSEWHERE = {
     "ssh.connect_timeout": "the controller's SSH connections",
     "ssh.command_timeout": "the controller's SSH connections",
     "ssh.lost_after": "when the controller gives a host up",
+    "packages.installs_at_once": "how many servers the deploy's package step runs at once",
     "backup.max_age_hours": "backup_setup.py check's gate",
     # A fact about the site's perimeter, not the platform: validation refuses a relay range it does not forward.
     "firewall.turn_relay_ports": "validation against turn.relay_min_port/relay_max_port",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+import time
 from itertools import takewhile
 from pathlib import Path
 
@@ -162,3 +163,122 @@ def test_the_live_line_counts_hosts_and_time() -> None:
     running.finish("etcd")
     running.finish("coturn")
     assert running.line() == ""
+
+
+def test_a_step_after_a_per_host_step_starts_on_hosts_where_it_is_done(lab_settings: Settings, tmp_path: Path) -> None:
+    """`install` holds the LiveKit hosts until a cluster step on the Coturn hosts and a per-host step have run
+    on the Coturn hosts: both can only run while `install` is still under way elsewhere."""
+    cluster_ran, per_host_ran = threading.Event(), threading.Event()
+    held: dict[str, bool] = {}
+
+    def install(task: Task, settings: Settings) -> Result:
+        if "livekit" in task.host.name:
+            held[task.host.name] = cluster_ran.wait(WAIT) and per_host_ran.wait(WAIT)
+        return Result(host=task.host, result="done")
+
+    def cluster(task: Task, settings: Settings) -> Result:
+        cluster_ran.set()
+        return Result(host=task.host, result="done")
+
+    def foundation(task: Task, settings: Settings) -> Result:
+        if "coturn" in task.host.name:
+            per_host_ran.set()
+        return Result(host=task.host, result="done")
+
+    both = ("coturn", "livekit")
+    graph = [
+        Step("install", "", install, groups=both, per_host=True),
+        Step("foundation", "", foundation, groups=both, per_host=True, after=("install",)),
+        Step("turn", "", cluster, groups=("coturn",), after=("foundation",)),
+        Step("sfu", "", cluster, groups=("livekit",), after=("foundation",)),
+    ]
+    outcomes, shown = run_graph(lab_settings, tmp_path, graph)
+    assert set(outcomes.values()) == {("ok", "")}
+    assert held == {"livekit1": True, "livekit2": True}
+    assert "foundation started (each host once install is done there)" in shown
+
+
+def test_a_per_host_failure_stops_only_what_runs_on_that_host(lab_settings: Settings, tmp_path: Path) -> None:
+    def install(task: Task, settings: Settings) -> Result:
+        return Result(host=task.host, failed=task.host.name == "livekit1", result="apt failed")
+
+    def fine(task: Task, settings: Settings) -> Result:
+        return Result(host=task.host, result="done")
+
+    both = ("coturn", "livekit")
+    graph = [
+        Step("install", "", install, groups=both, per_host=True),
+        Step("foundation", "", fine, groups=both, per_host=True, after=("install",)),
+        Step("turn", "", fine, groups=("coturn",), after=("foundation",)),
+        Step("sfu", "", fine, groups=("livekit",), after=("foundation",)),
+        Step("after-sfu", "", fine, groups=("coturn",), after=("sfu",)),
+    ]
+    outcomes, shown = run_graph(lab_settings, tmp_path, graph)
+    assert outcomes == {
+        "install": ("failed", "1 host(s) failed"),
+        "foundation": ("failed", "1 host(s) failed"),  # livekit1 refused, the others done
+        "turn": ("ok", ""),
+        "sfu": ("not run", "after failure in foundation on livekit1"),
+        "after-sfu": ("not run", "after failure in foundation on livekit1"),
+    }
+    assert "not run: step install failed on this host" in shown
+
+
+def test_hosts_limited_at_once_start_in_the_steps_order(lab_settings: Settings, tmp_path: Path) -> None:
+    spans: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+
+    def install(task: Task, settings: Settings) -> Result:
+        began = time.monotonic()
+        time.sleep(0.05)
+        with lock:
+            spans[task.host.name] = (began, time.monotonic())
+        return Result(host=task.host, result="done")
+
+    wanted = ["livekit2", "coturn2", "livekit1", "coturn1"]
+    graph = [
+        Step(
+            "install",
+            "",
+            install,
+            groups=("coturn", "livekit"),
+            order=lambda host, settings: wanted.index(host),
+            at_once=lambda settings: 2,
+        )
+    ]
+    outcomes, _ = run_graph(lab_settings, tmp_path, graph)
+    assert outcomes == {"install": ("ok", "")}
+    first, second = sorted(spans, key=lambda host: spans[host][0])[:2], wanted[2:]
+    assert set(first) == set(wanted[:2])
+    assert all(spans[late][0] >= min(spans[early][1] for early in first) for late in second)
+
+
+def test_a_step_that_will_be_skipped_holds_up_nothing(lab_settings: Settings, tmp_path: Path) -> None:
+    """Without MinIO's binary its steps are skipped: Synapse, after them, need not wait for what they are after."""
+    released = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def slow(task: Task, settings: Settings) -> Result:
+        seen[task.host.name] = released.wait(WAIT)
+        return Result(host=task.host, result="done")
+
+    def user(task: Task, settings: Settings) -> Result:
+        released.set()
+        return Result(host=task.host, result="done")
+
+    def unused(settings: Settings) -> bool:
+        """switched off in these settings"""
+        return False
+
+    graph = [
+        Step("slow", "", slow, groups=("coturn",)),
+        Step("unused", "", user, groups=("coturn",), after=("slow",), applies=unused),
+        Step("user", "", user, groups=("livekit",), after=("unused",)),
+    ]
+    outcomes, _ = run_graph(lab_settings, tmp_path, graph)
+    assert outcomes == {
+        "slow": ("ok", ""),
+        "unused": ("skipped", "switched off in these settings"),
+        "user": ("ok", ""),
+    }
+    assert seen == {"coturn1": True, "coturn2": True}

@@ -6,16 +6,17 @@ import inspect
 import re
 import sys
 from collections import Counter
+from dataclasses import replace
 from itertools import combinations
 
 import pytest
 
 from core.settings import Settings
-from core.step import Step
+from core.step import Step, urgency
 from tasks.component import Component
 from tasks.host_packages import on_host
 from tasks.reboots import reboot_order
-from tasks.registry import DECLARED, GROUPS, STEPS, deployed, in_order, owned_secrets
+from tasks.registry import DECLARED, GROUPS, STEPS, deployed, in_order, install_order, owned_secrets
 
 
 def test_every_group_is_declared_once_by_the_component_that_owns_it() -> None:
@@ -140,3 +141,23 @@ def test_a_step_before_what_it_needs_is_a_declaration_error() -> None:
     assert [s.name for s in in_order([step("a"), step("b", "a")])] == ["a", "b"]
     with pytest.raises(ValueError, match=r"step b must come after c \(comes later\), x \(no such step\)"):
         in_order([step("a"), step("b", "c", "x"), step("c")])
+    with pytest.raises(ValueError, match="step a is per_host: it cannot have a health check across hosts"):
+        in_order([replace(step("a"), per_host=True, check=lambda task, settings: None)])
+
+
+def test_a_steps_urgency_is_its_distance_from_the_longest_chain_and_how_soon_that_chain_needs_it() -> None:
+    def step(name: str, *after: str) -> Step:
+        return Step(name, "", lambda task, settings: None, after=after)
+
+    #  a → b → c → d   (the longest chain)
+    #  a → e → d,  a → f  (beside it)
+    graph = [step("a"), step("b", "a"), step("e", "a"), step("c", "b"), step("f", "a"), step("d", "c", "e")]
+    assert urgency(graph) == {"a": (0, 0), "b": (0, 1), "c": (0, 2), "d": (0, 3), "e": (1, 1), "f": (2, 1)}
+
+
+def test_the_hosts_the_longest_chain_needs_install_their_packages_first(lab_settings: Settings) -> None:
+    """etcd → Patroni → … → PgBouncer → Synapse: their hosts in that order, before those beside the chain."""
+    hosts = sorted(lab_settings.hosts, key=lambda host: install_order(host, lab_settings))
+    assert hosts[:6] == ["patroni1", "patroni2", "patroni3", "haproxy1", "haproxy2", "synapse1"]
+    # The lab has no MinIO binary: its hosts run only what every server runs, and install last.
+    assert hosts[-4:] == ["minio1", "minio2", "minio3", "minio4"]
