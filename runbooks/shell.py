@@ -774,6 +774,8 @@ class Runbook:
                     console.print(f"    {escape(redact(problem))}", style="red")
             elif any(h.status == "changed" for h in hosts.values()):
                 outcome.status = "changed"
+        if step.per_host and waits and not outcome.note:  # why its time spans the steps before it
+            outcome.note = f"each host once {', '.join(waits)} was done there"
         outcome.seconds = time.monotonic() - started
         return outcome, result
 
