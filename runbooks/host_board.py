@@ -76,7 +76,11 @@ class HostBoard:
             return {host: self.done.get(step, {}).get(host) for host in hosts if host in mine}
 
     def wait(self, steps: Sequence[str], host: str) -> tuple[str, str] | None:
-        """Block until each of `steps` that targets `host` is done there; the first (step, state) that is not OK."""
+        """Block until each of `steps` that targets `host` is done there; the first (step, state) that is not OK.
+
+        A step that has not begun has nothing to wait for here: the runbook starts a step only once the
+        `per_host` steps it waits for have begun.
+        """
         with self.lock:
             self.lock.wait_for(lambda: all(None not in self.states(step, [host]).values() for step in steps))
             for step in steps:
