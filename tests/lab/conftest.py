@@ -164,12 +164,24 @@ def step_failures(report: Path) -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture(scope="module")
-def deployed(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The platform deployed into the lab (a no-op re-run when an earlier module deployed it)."""
-    report = tmp_path_factory.mktemp("deploy") / "report.json"
+def deploy_with_report(lab: Lab, report: Path) -> dict:
+    """`deploy.py --lab --report REPORT` in-process, which must succeed; the report."""
     code = load_runbook("deploy").RUNBOOK.main(["--lab", "--report", str(report)])
     assert code == 0, f"{step_failures(report)}\n{failed_units(lab)}"
+    return json.loads(report.read_text())
+
+
+@pytest.fixture(scope="session")
+def first_deploy(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The report of the session's first deploy through this fixture: the first deploy into the fresh lab
+    when no test deployed before it (a no-op re-run otherwise)."""
+    return deploy_with_report(lab, tmp_path_factory.mktemp("first-deploy") / "report.json")
+
+
+@pytest.fixture(scope="module")
+def deployed(first_deploy: dict, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The platform deployed into the lab (a no-op re-run when an earlier module deployed it)."""
+    deploy_with_report(lab, tmp_path_factory.mktemp("deploy") / "report.json")
 
 
 # A certificate and key of a CA that is not the site's, in /tmp of the host (for clients that must be refused).

@@ -24,6 +24,31 @@ from tests.lab.conftest import ssh
 Deploy = Callable[..., tuple[int, str]]
 
 
+def test_a_first_deploy_starts_a_tier_once_its_own_servers_are_ready(
+    first_deploy: dict, lab_settings: Settings
+) -> None:
+    """The package step installs `packages.installs_at_once` servers at a time, the longest chain's first; etcd
+    starts once the Patroni hosts have their packages and foundation, while other servers still install."""
+    steps = {step["name"]: step for step in first_deploy["steps"]}
+    installs = steps["packages"]["hosts"]
+    if any(host["status"] != "changed" for host in installs.values()):
+        pytest.skip("the lab was deployed before this session's first deploy: nothing was installed")
+    spans = {name: (host["at"] - host["seconds"], host["at"]) for name, host in installs.items()}
+    at_once = lab_settings.config.packages.installs_at_once
+    assert at_once and len(spans) > at_once
+    for name, (start, _) in spans.items():
+        instant = start + 0.01  # the next host starts as one ends
+        assert len([other for other, (began, ended) in spans.items() if began < instant < ended]) <= at_once, name
+    patroni = [host.name for host in lab_settings.members("patroni")]
+    assert sorted(sorted(spans, key=lambda name: spans[name][0])[:at_once]) == patroni
+    ready = max(
+        steps[step]["hosts"][name]["at"]
+        for step in ("packages", "firewall", "ca-trust", "hosts-file")
+        for name in patroni
+    )
+    assert ready <= steps["etcd"]["at"] < max(ended for _, ended in spans.values())
+
+
 def test_deploy_then_rerun_changes_nothing(deploy_lab: Deploy, lab: Lab, tmp_path: Path) -> None:
     code, out = deploy_lab()
     assert code == 0, out

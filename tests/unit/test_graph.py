@@ -6,6 +6,7 @@ import io
 import re
 import threading
 import time
+from collections.abc import Callable
 from itertools import takewhile
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from tasks.remote import Mode
 WAIT = 20.0  # bounds a wait that only a step running at the same time ends
 
 
+def done(task: Task, settings: Settings) -> Result:
+    return Result(host=task.host, result="done")
+
+
 def steps(seen: threading.Event) -> list[Step]:
     """`fails` waits until `beside` (which needs nothing of it) has run, then fails; `after-*` depend on them."""
 
@@ -31,15 +36,12 @@ def steps(seen: threading.Event) -> list[Step]:
         seen.set()
         return Result(host=task.host, result="done")
 
-    def fine(task: Task, settings: Settings) -> Result:
-        return Result(host=task.host, result="done")
-
     return [
         Step("fails", "fails once beside ran", fails, groups=("coturn",)),
         Step("beside", "needs nothing of fails", beside, groups=("coturn",)),
-        Step("after-fails", "needs fails", fine, groups=("coturn",), after=("fails",)),
-        Step("after-that", "needs after-fails", fine, groups=("coturn",), after=("after-fails", "beside")),
-        Step("after-beside", "needs beside", fine, groups=("coturn",), after=("beside",)),
+        Step("after-fails", "needs fails", done, groups=("coturn",), after=("fails",)),
+        Step("after-that", "needs after-fails", done, groups=("coturn",), after=("after-fails", "beside")),
+        Step("after-beside", "needs beside", done, groups=("coturn",), after=("beside",)),
     ]
 
 
@@ -165,6 +167,19 @@ def test_the_live_line_counts_hosts_and_time() -> None:
     assert running.line() == ""
 
 
+def tiers(
+    install: Callable[..., Result], foundation: Callable[..., Result], cluster: Callable[..., Result]
+) -> list[Step]:
+    """A per-host install and foundation on the Coturn and LiveKit hosts, then a cluster step on each of the two."""
+    both = ("coturn", "livekit")
+    return [
+        Step("install", "", install, groups=both, per_host=True),
+        Step("foundation", "", foundation, groups=both, per_host=True, after=("install",)),
+        Step("turn", "", cluster, groups=("coturn",), after=("foundation",)),
+        Step("sfu", "", cluster, groups=("livekit",), after=("foundation",)),
+    ]
+
+
 def test_a_step_after_a_per_host_step_starts_on_hosts_where_it_is_done(lab_settings: Settings, tmp_path: Path) -> None:
     """`install` holds the LiveKit hosts until a cluster step on the Coturn hosts and a per-host step have run
     on the Coturn hosts: both can only run while `install` is still under way elsewhere."""
@@ -185,14 +200,7 @@ def test_a_step_after_a_per_host_step_starts_on_hosts_where_it_is_done(lab_setti
             per_host_ran.set()
         return Result(host=task.host, result="done")
 
-    both = ("coturn", "livekit")
-    graph = [
-        Step("install", "", install, groups=both, per_host=True),
-        Step("foundation", "", foundation, groups=both, per_host=True, after=("install",)),
-        Step("turn", "", cluster, groups=("coturn",), after=("foundation",)),
-        Step("sfu", "", cluster, groups=("livekit",), after=("foundation",)),
-    ]
-    outcomes, shown = run_graph(lab_settings, tmp_path, graph)
+    outcomes, shown = run_graph(lab_settings, tmp_path, tiers(install, foundation, cluster))
     assert outcomes == {
         "install": ("ok", ""),
         "foundation": ("ok", "each host once install was done there"),
@@ -207,17 +215,7 @@ def test_a_per_host_failure_stops_only_what_runs_on_that_host(lab_settings: Sett
     def install(task: Task, settings: Settings) -> Result:
         return Result(host=task.host, failed=task.host.name == "livekit1", result="apt failed")
 
-    def fine(task: Task, settings: Settings) -> Result:
-        return Result(host=task.host, result="done")
-
-    both = ("coturn", "livekit")
-    graph = [
-        Step("install", "", install, groups=both, per_host=True),
-        Step("foundation", "", fine, groups=both, per_host=True, after=("install",)),
-        Step("turn", "", fine, groups=("coturn",), after=("foundation",)),
-        Step("sfu", "", fine, groups=("livekit",), after=("foundation",)),
-        Step("after-sfu", "", fine, groups=("coturn",), after=("sfu",)),
-    ]
+    graph = [*tiers(install, done, done), Step("after-sfu", "", done, groups=("coturn",), after=("sfu",))]
     outcomes, shown = run_graph(lab_settings, tmp_path, graph)
     assert outcomes == {
         "install": ("failed", "1 host(s) failed"),
