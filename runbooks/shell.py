@@ -458,11 +458,7 @@ class Runbook:
         idle = {step.name for step in steps if not step.used(settings) or step.missing()}
 
         def hosts_of(step: Step) -> list[str]:
-            return [
-                name
-                for name, host in nr.inventory.hosts.items()
-                if name not in dropped and (step.groups is None or any(g.name in step.groups for g in host.groups))
-            ]
+            return [name for name, host in nr.inventory.hosts.items() if name not in dropped and runs_on(step, host)]
 
         def verdict(step: Step) -> str | None:
             """Why `step` must not run ("" while it must wait, None once it may start).
@@ -691,7 +687,7 @@ class Runbook:
         and a `per_host` step tells the board of each host as it ends there.
         """
         groups = step.groups
-        targets = nr.filter(filter_func=lambda h: groups is None or any(g.name in groups for g in h.groups))
+        targets = nr.filter(filter_func=lambda h: runs_on(step, h))
         count = len(targets.inventory.hosts)
         lost = nr.config.user_defined["lost"]
         where = "all hosts" if groups is None else ", ".join(groups)
@@ -854,6 +850,11 @@ class Runbook:
         text = redact(json.dumps(report, indent=2, default=str))
         # .html: one page made from the redacted JSON (runbooks/report_html.py); anything else: the JSON.
         options.report.write_text(render_html(json.loads(text)) if options.report.suffix == ".html" else text + "\n")
+
+
+def runs_on(step: Step, host: Host) -> bool:
+    """Whether `step` targets `host`: a host of one of its groups (every host when it names none)."""
+    return step.groups is None or any(group.name in step.groups for group in host.groups)
 
 
 def add_runbook_options(parser: argparse.ArgumentParser, *, serial: bool) -> None:

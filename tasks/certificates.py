@@ -33,7 +33,7 @@ from tasks.remote import Expectation, run
 CA_TRUST = Component(
     "ca-trust",
     groups=None,
-    per_host=True,  # a host's later steps need only its own
+    per_host=True,  # a host's trust store is all that host's later steps need of it
     summary="the site CA certificate in every server's trust store",
     packages=("ca-certificates",),
     autostart=True,

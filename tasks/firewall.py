@@ -167,7 +167,7 @@ def load(context: Context, facts: HostFacts | None, _written: frozenset[str]) ->
 FIREWALL = Component(
     "firewall",
     groups=None,
-    per_host=True,  # a host's later steps need only its own
+    per_host=True,  # its rules on a host are all that host's later steps need of it
     summary="nftables on every server: public ports open, each internal port to the groups that use it, rest dropped",
     packages=("nftables",),
     autostart=True,

@@ -148,7 +148,7 @@ def outside_dependencies(task: Task, settings: Settings) -> Result:
 HOSTS_FILE = Component(
     "hosts-file",
     groups=None,
-    per_host=True,  # a host's later steps need only its own
+    per_host=True,  # a host's /etc/hosts is all that host's later steps need of it
     summary="/etc/hosts maps the homeserver name to the VIP and every service name",
     blocks=(Block("/etc/hosts", BLOCK, template("hosts/block.j2", block)),),
     ready=(Verify(verify_resolution),),
