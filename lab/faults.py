@@ -67,13 +67,20 @@ def run_runbook(name: str, *args: str, on_line: Callable[[str], None] | None = N
     return process.wait(timeout=600), lines
 
 
-def cut_when_step_starts(link: Link, step: str) -> Callable[[str], None]:
-    """An `on_line` that cuts `link` as soon as the runbook announces `step` (once): the deploy's graph
+def when_step_starts(step: str, act: Callable[[], None]) -> Callable[[str], None]:
+    """An `on_line` that calls `act` once, as soon as the runbook announces `step`: the deploy's graph
     says when a step starts ("… 6/32 node-exporter started"), a runbook of steps in order heads it ("▶ …")."""
+    done: list[bool] = []
 
     def watch(line: str) -> None:
         starts = line.startswith("…") and line.endswith(f" {step} started")
-        if (starts or (line.startswith("▶") and f" {step} — " in line)) and not link.cut_at:
-            link.cut()
+        if (starts or (line.startswith("▶") and f" {step} — " in line)) and not done:
+            done.append(True)
+            act()
 
     return watch
+
+
+def cut_when_step_starts(link: Link, step: str) -> Callable[[str], None]:
+    """An `on_line` that cuts `link` as soon as the runbook announces `step`."""
+    return when_step_starts(step, link.cut)

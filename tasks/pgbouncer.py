@@ -16,7 +16,6 @@ it shows its own certificate there too.
 from __future__ import annotations
 
 import shlex
-import time
 
 from nornir.core.task import Result, Task
 
@@ -35,7 +34,7 @@ from tasks.postgres_route import POSTGRES_ROUTE
 from tasks.remote import Expectation, run
 
 TLS_DIR = "/etc/pgbouncer/tls"
-ROUTE_SETTLES = 10  # seconds the login check asks again while the route still counts a replica up
+SETTLES = 15  # seconds the login check asks again while the route or PgBouncer settles
 TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/pgbouncer.crt", f"{TLS_DIR}/pgbouncer.key"
 
 
@@ -72,31 +71,36 @@ def certificate(settings: Settings, host: HostInfo) -> ServerCertificate:
 
 def login_check(task: Task, settings: Settings) -> Result:
     """Gate: Synapse's role logs in through this PgBouncer the way Synapse does (TLS to its address, the
-    certificate verified) and reaches a writable primary."""
+    certificate verified) and reaches a writable primary.
+
+    One remote command asks again, a second apart, for up to `SETTLES` seconds: a route just started
+    counts every member up until its checks fail `fall` times (2 s), so a replica may answer; a route
+    that lost every member (the host off the network, a failover) forwards again only after `rise`
+    checks, and PgBouncer answers "server login has been failing" for `server_login_retry` after the
+    failed login. A login that cannot work fails the same, `SETTLES` seconds later, with its last error.
+    """
     config = settings.config
     address = settings.hosts[task.host.name].private_ip
     dsn = (
         f"host={address} port={config.pgbouncer.port} dbname={config.database.name} user={config.database.user} "
         + " ".join(f"{key}={value}" for key, value in libpq_verify_full(settings.site).items())
     )
+    # One try gives up after 5 s: a login PgBouncer queues while it has no server would wait query_wait_timeout.
+    query = f"timeout 5 psql -XAtq {shlex.quote(dsn)} -c 'select pg_is_in_recovery()' 2>&1"
     script = (
-        f"IFS= read -r PGPASSWORD; export PGPASSWORD; psql -XAtq {shlex.quote(dsn)} -c 'select pg_is_in_recovery()'"
+        "IFS= read -r PGPASSWORD; export PGPASSWORD; "
+        f'end=$((SECONDS + {SETTLES})); while out=$({query}); [ "$out" != f ]; do '
+        '[ $SECONDS -lt $end ] || { [ "$out" = t ] && out="PgBouncer reached a server in recovery"; '
+        '[ -n "$out" ] || out="no answer within 5 s: PgBouncer found no server"; echo "$out" >&2; exit 1; }; '
+        "sleep 1; done"
     )
     what = Expectation(
-        "'f': logged in through PgBouncer, on the primary",
+        f"'f' within {SETTLES} s: logged in through PgBouncer, on the primary",
         "check 'journalctl -u pgbouncer' (TLS to the primary: its certificate must name "
         f"{primary_name(settings)}), and its route to the primary: 'systemctl status haproxy-postgres' "
         "(which patroni host answers 200 on :8008/primary)",
     )
-    # A route just started counts every member up until its checks fail `fall` times (2 s): ask again meanwhile.
-    deadline = time.monotonic() + ROUTE_SETTLES
-    while True:
-        out = run(task, script, stdin=settings.secrets["synapse_db_password"] + "\n", what=what, reads_only=True)
-        if out.stdout.strip() == "f" or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    if out.stdout.strip() != "f":
-        return Result(host=task.host, failed=True, result=f"PgBouncer reached a server in recovery: {out.stdout}")
+    run(task, script, stdin=settings.secrets["synapse_db_password"] + "\n", what=what, reads_only=True)
     return Result(host=task.host, result="synapse logs in through PgBouncer to the primary")
 
 

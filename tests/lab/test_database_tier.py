@@ -6,12 +6,14 @@ import itertools
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from core.pki import trusted_ca
 from core.settings import Settings
 from lab import LAB_CONFIG
+from lab.faults import run_runbook, when_step_starts
 from lab.lab import Lab
 from tests.conftest import load_runbook
 from tests.lab.conftest import OTHER_CA, REPO, patroni_cluster, ssh
@@ -254,10 +256,11 @@ def test_patroni_answers_over_https_and_changes_only_for_a_certificate_of_the_si
 
 
 def login(lab: Lab, host: str, dsn: str, password: str, query: str = "select 1") -> subprocess.CompletedProcess[str]:
-    """`query` as a client on `host` with libpq's `dsn` (run as postgres, who may read the host's keys)."""
+    """`query` as a client on `host` with libpq's `dsn` (run as postgres, who may read the host's keys); a client
+    left waiting in PgBouncer's queue gives up after 10 s."""
     command = (
         "IFS= read -r PGPASSWORD; export PGPASSWORD; "
-        f"sudo -u postgres --preserve-env=PGPASSWORD psql -XAtq {shlex.quote(dsn + ' connect_timeout=5')} "
+        f"timeout 10 sudo -u postgres --preserve-env=PGPASSWORD psql -XAtq {shlex.quote(dsn + ' connect_timeout=5')} "
         f"-c {shlex.quote(query)}"
     )
     return ssh(lab, host, command, check=False, input=password + "\n")
@@ -316,3 +319,43 @@ def test_pgbouncer_speaks_tls_both_ways(deployed: None, lab: Lab, lab_settings: 
     )
     synapse = [line for line in clients.splitlines() if "|198.18.1.61|" in line]
     assert synapse and all("TLSv1." in line for line in synapse), clients  # Synapse's own connections
+
+
+def test_the_pgbouncer_gate_waits_until_a_route_that_lost_every_member_forwards_again(
+    deployed: None, lab: Lab, lab_settings: Settings
+) -> None:
+    """haproxy2's way to every Patroni member is barred until PgBouncer there refuses logins ("server login
+    has been failing"); the deploy's PgBouncer step starts while it is barred and the way comes back as it
+    starts (a host back on the network): the gate waits for the route's `rise` checks and PgBouncer's login
+    back-off instead of failing the deploy."""
+    members = [host.private_ip for host in lab_settings.members("patroni")]
+    site = f"sslmode=verify-full sslrootcert={trusted_ca(lab_settings.site)}"
+    pooler = f"host=198.18.1.22 port=6432 dbname=synapse user=synapse {site}"
+    password = lab_settings.secrets["synapse_db_password"]
+
+    def routes(verb: str) -> str:
+        return "; ".join(f"sudo ip route {verb} prohibit {address}" for address in members)
+
+    barred = [True]
+
+    def lift() -> None:
+        ssh(lab, "haproxy2", routes("del"))
+        barred.clear()
+
+    try:
+        ssh(lab, "haproxy2", routes("add"))
+        failing = ""
+        for _ in range(20):  # a login waiting in PgBouncer's queue for a server gives up after 10 s
+            failing = login(lab, "haproxy2", pooler, password).stderr
+            if "server login has been failing" in failing:
+                break
+            time.sleep(0.5)
+        assert "server login has been failing" in failing, failing
+        code, lines = run_runbook(
+            "deploy", "--lab", "--step", "pgbouncer", "--limit", "haproxy2", on_line=when_step_starts("pgbouncer", lift)
+        )
+    finally:
+        if barred:
+            ssh(lab, "haproxy2", routes("del"))
+    output = "\n".join(line for _, line in lines)
+    assert not barred and code == 0 and "deploy: no changes" in output, output
