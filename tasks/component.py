@@ -39,6 +39,7 @@ from tasks.declaration import (
     Service,
     Stage,
     Url,
+    Venv,
     Verify,
     Wheels,
 )
@@ -58,6 +59,7 @@ from tasks.systemd import (
     unit_actions,
     user_actions,
 )
+from tasks.venvs import venv_commands, version_read
 from tasks.waits import wait_for_http, wait_for_port
 
 
@@ -72,7 +74,8 @@ class Component:
     users: tuple[str, ...] = ()  # system accounts its services run as
     binaries: tuple[Binary, ...] = ()  # also what its step needs from the artifact cache
     needs: tuple[str, ...] = ()  # further artifacts without which its step is skipped (another component's)
-    wheels: tuple[Wheels, ...] = ()  # pinned wheel sets (the step requires them before any host is touched)
+    # Pinned Python programs in venvs of their own; their wheel sets the step requires before any host is touched.
+    venvs: tuple[Venv, ...] = ()
     # Whether installing the packages may start their units (Debian's default); without it a
     # policy-rc.d keeps a stock instance (a 15/main cluster, a single-member etcd) from starting.
     autostart: bool = False
@@ -134,6 +137,10 @@ class Component:
             reading=self.step_reading,
             per_host=self.per_host,
         )
+
+    @property
+    def wheels(self) -> tuple[Wheels, ...]:
+        return tuple(venv.wheels for venv in self.venvs)
 
     def step_reading(self, settings: Settings, host_name: str) -> Reading | None:
         """What `converge` reads first on the host (None where the component is absent)."""
@@ -200,7 +207,18 @@ class Component:
         handled: list[Command | Procedure] = [
             Command(h.command, "", h.expect, stage=h.stage) for h in self.handlers if written & set(h.after)
         ]
-        own = handled + list(self.behaviour(context, facts, frozenset(written)) if self.behaviour else [])
+        installs_venvs = [
+            command
+            for venv in self.venvs
+            for command in venv_commands(
+                venv, context.settings, facts and facts.commands[venv.read], frozenset(written)
+            )
+        ]
+        own = [
+            *installs_venvs,
+            *handled,
+            *(self.behaviour(context, facts, frozenset(written)) if self.behaviour else []),
+        ]
         staged = {stage: [c for c in own if c.stage is stage] for stage in Stage}
         before: list[Action] = [
             *(w for w in writes if w.spec.path in early),
@@ -318,6 +336,7 @@ class Component:
                 name: read if isinstance(read, str) else read(settings, host) for name, read in component.reads.items()
             }
             commands |= {block.read: read_script(block.path) for block in component.blocks}
+            commands |= {venv.read: version_read(venv, settings) for venv in component.venvs}
         unique = dict.fromkeys
         return Reading(*(list(unique(names)) for names in (packages, files, units, users)), commands=commands)
 

@@ -97,6 +97,43 @@ class Wheels:
 
 
 @dataclass(frozen=True)
+class Venv:
+    """A pinned Python program in a venv of its own, installed offline from its wheel set (tasks/venvs.py).
+
+    The engine copies the wheels, reads which version the venv holds and installs when that
+    is not the pinned one or a wheel changed. The package step installs it on a host that has
+    no venv of the program yet (`home` missing), so a first deploy pays for it early, beside
+    the Debian packages; a new version stays with the component's step, whose restarts and
+    notes follow from it.
+    """
+
+    wheels: Wheels
+    distribution: str  # its dist-info name, whose version the engine reads (e.g. matrix_synapse)
+    project: str  # what pip installs, pinned to `version` (e.g. matrix-synapse[redis])
+    version: Callable[[Settings], str]  # the pinned version
+    path: str  # the venv; "{version}" in it gives each version a venv of its own
+    prepare: str = ""  # shell run before the install, as root (folders the program needs)
+    timeout: int = 300
+
+    def requirement(self, settings: Settings) -> str:
+        return f"{self.project}=={self.version(settings)}"
+
+    def at(self, settings: Settings) -> str:
+        """The venv of the pinned version."""
+        return self.path.format(version=self.version(settings))
+
+    @property
+    def home(self) -> str:
+        """What exists once any version was installed: the venv, or the folder of the versions' venvs."""
+        return self.path.partition("/{version}")[0]
+
+    @property
+    def read(self) -> str:
+        """The name of its version read in the read-ahead."""
+        return f"{self.distribution} version"
+
+
+@dataclass(frozen=True)
 class Block:
     """A marked block the component owns inside a file it does not (e.g. its lines in /etc/hosts)."""
 

@@ -27,12 +27,12 @@ from core.settings import HostInfo, Settings
 from core.targets import Job, per_host
 from tasks import etcd
 from tasks.component import Component
-from tasks.declaration import Action, Command, Context, File, Procedure, Service, Stage, Wheels, template
+from tasks.declaration import Action, Command, Context, File, Procedure, Service, Venv, Wheels, template
 from tasks.facts import HostFacts
 from tasks.files import Write, jinja
-from tasks.packages import venv_version_script
 from tasks.remote import Expectation, lost_hosts, run
 from tasks.systemd import UNIT_DIR, Systemctl, UnitsWanted
+from tasks.venvs import install_name
 
 VENV = "/opt/patroni/venv"
 WHEELS = "/opt/patroni/wheels"
@@ -41,8 +41,7 @@ CONFIG = "/etc/patroni/patroni.yml"
 # etcd and of the other members' REST APIs.
 TLS_DIR = "/etc/patroni/tls"
 TLS_CA, TLS_CERT, TLS_KEY = f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/member.crt", f"{TLS_DIR}/member.key"
-# What the host has: the venv's Patroni version and the cluster (scope) its config names.
-INSTALLED = f"{venv_version_script(VENV, 'patroni')}; grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"
+SCOPE = f"grep -m1 '^scope:' {CONFIG} 2>/dev/null; true"  # the cluster the host's config names
 REST_PORT = 8008
 # Who connects to PostgreSQL over the network: the other members (replication, pg_rewind) and
 # PgBouncer's route to the primary. The firewall and pg_hba both let in these groups' hosts only.
@@ -196,51 +195,31 @@ POSTGRESQL_SERVER = Component(
     packages=(postgresql_package,),
     files=(NO_MAIN_CLUSTER_DECLARED,),
 )
-WHEEL_SET = Wheels("patroni", WHEELS)
+PATRONI_VENV = Venv(
+    Wheels("patroni", WHEELS), "patroni", "patroni", lambda settings: settings.config.versions.patroni, VENV
+)
 UNIT_FILE = f"{UNIT_DIR}/patroni.service"
 
 
-def venv(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
-    """(Re)build the venv when the installed Patroni is not the pinned one; refuse a host of another cluster."""
+def refuse_another_cluster(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
+    """Refuse a host whose Patroni config names another cluster, before anything is installed there."""
     settings = context.settings
-    version = settings.config.versions.patroni
-    install = (
-        f"set -e; [ -x {VENV}/bin/pip ] || python3 -m venv --system-site-packages {VENV}; "
-        f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} patroni=={version}"
-    )
-    expect, hint = (
-        f"patroni {version} installed in {VENV}",
-        "check that the Debian python3-* packages installed and the wheels are in "
-        f"{WHEELS}; pip's message above names the missing requirement",
-    )
-    name = venv_name(version)
-    if facts is None:
-        return [Command(install, f"patroni {version} in {VENV}", expect, hint, stage=Stage.BEFORE_FILES, name=name)]
-    lines = facts.commands["installed"].splitlines()
-    found = next((line.strip() for line in lines if line.strip() and not line.startswith("scope:")), "")
-    existing_scope = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("scope:")), None)
-    if existing_scope and existing_scope != scope(settings):
+    found = (facts.commands["scope"].partition(":")[2].strip() if facts else "") or None
+    if found and found != scope(settings):
         raise HostError(
-            f"{context.host.name}: this host already belongs to the Patroni cluster '{existing_scope}', not "
+            f"{context.host.name}: this host already belongs to the Patroni cluster '{found}', not "
             f"'{scope(settings)}' (the inventory's site '{settings.site}'). Refusing to reconfigure it: check that "
             "the inventory points at the right servers; to really move the host, remove it from its old "
-            f"cluster first (patronictl remove {existing_scope}, then delete {CONFIG} and the data dir)"
+            f"cluster first (patronictl remove {found}, then delete {CONFIG} and the data dir)"
         )
-    if found == version:
-        return []
-    change = f"patroni {found or 'none'} → {version}"
-    return [Command(install, change, expect, hint, stage=Stage.BEFORE_FILES, name=name)]
-
-
-def venv_name(version: str) -> str:
-    return f"pip install patroni=={version} into {VENV} (from {WHEELS})"
+    return []
 
 
 def pending_restart(context: Context, actions: Sequence[Action]) -> tuple[str, str]:
     """A running Patroni is never restarted here (that stops PostgreSQL, on every host at once): a new binary or
     unit waits for a restart one host at a time, and the step says so."""
     version = context.settings.config.versions.patroni
-    installed = any(isinstance(a, Command) and a.name == venv_name(version) for a in actions)
+    installed = any(isinstance(a, Command) and a.name == install_name(PATRONI_VENV, context.settings) for a in actions)
     new_unit = any(isinstance(a, Write) and a.spec.path == UNIT_FILE and a.changes for a in actions)
     started = any(isinstance(a, Systemctl) and any(verb == "start" for verb, _ in a.verbs) for a in actions)
     read = not any(isinstance(a, UnitsWanted) for a in actions)
@@ -279,7 +258,7 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         summary="PostgreSQL under Patroni: one leader, streaming replicas, a sync standby",
         after=("etcd",),
         packages=(postgresql_package, *PYTHON_PACKAGES),
-        wheels=(WHEEL_SET,),
+        venvs=(PATRONI_VENV,),
         files=(
             NO_MAIN_CLUSTER_DECLARED,
             *restore,
@@ -293,8 +272,8 @@ def patroni_component(recovery: Recovery | None = None) -> Component:
         # A config change is reloaded: Patroni applies it and flags parameters that need a
         # PostgreSQL restart (patroni-config rolls those).
         services=(Service("patroni.service", reload=True, restart_on=(CONFIG, *(f.path for f in TLS_FILES))),),
-        reads={"installed": INSTALLED, "memory": MEMORY},
-        behaviour=venv,
+        reads={"scope": SCOPE, "memory": MEMORY},
+        behaviour=refuse_another_cluster,
         notes=pending_restart,
         check=wait_for_cluster,
         inventory=(GroupRule("patroni", fewest=3, odd="each runs an etcd member", reboot_rank=6),),

@@ -16,14 +16,11 @@ from __future__ import annotations
 from core import artifacts
 from core.settings import Settings
 from tasks.component import Component
-from tasks.declaration import Command, Context, File, Service, Wheels, template
-from tasks.facts import HostFacts
+from tasks.declaration import Context, File, Service, Venv, Wheels, template
 from tasks.monitoring import TEXTFILE_DIR
-from tasks.packages import venv_version_script
 from tasks.pooler import maintenance_database
 from tasks.synapse import CONFIG, USER, native
 from tasks.systemd import UNIT_DIR
-from tasks.venvs import offline_install
 
 ARTIFACT = "synapse-auto-compressor"
 HOME = "/opt/synapse-state-compressor"
@@ -43,21 +40,6 @@ LEVELS = "100,50,25"  # the compressor's suggested level sizes
 def compressing(settings: Settings) -> bool:
     """used in native mode only; the playbook runs its own synapse-auto-compressor role"""
     return native(settings)
-
-
-def version_probe() -> str:
-    """Prints the compressor version its venv holds (nothing when it has none)."""
-    return venv_version_script(VENV, "synapse_auto_compressor")
-
-
-def install(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
-    """The pinned compressor in its own venv (Synapse's venv is left alone), unless it is there and no wheel changed."""
-    version = artifacts.manifest()[ARTIFACT].version
-    changed_wheels = any(path.startswith(f"{WHEELS}/") for path in written)
-    if facts is not None and facts.commands["version"].strip() == version and not changed_wheels:
-        return []
-    requirement = f"synapse-auto-compressor=={version}"
-    return [offline_install(VENV, WHEELS, requirement, f"synapse-auto-compressor {version}", fresh=facts is None)]
 
 
 def script(context: Context) -> dict[str, object]:
@@ -101,14 +83,20 @@ STATE_COMPRESSOR = Component(
     summary="synapse-auto-compressor in its own venv, on a timer; one run at a time (advisory lock), metrics",
     after=("synapse",),  # the state tables exist once Synapse created its schema
     packages=("python3-venv", "python3-psycopg2", "python3-yaml"),
-    wheels=(Wheels(ARTIFACT, WHEELS),),
+    venvs=(
+        Venv(
+            Wheels(ARTIFACT, WHEELS),
+            "synapse_auto_compressor",
+            "synapse-auto-compressor",
+            lambda _settings: artifacts.manifest()[ARTIFACT].version,
+            VENV,
+        ),
+    ),
     files=(
         File(SCRIPT, template("synapse/state-compressor.py.j2", script), mode=0o755),
         File(f"{UNIT_DIR}/{UNIT}", template("synapse/state-compressor.service.j2", unit)),
         File(f"{UNIT_DIR}/{TIMER}", template("backup/backup.timer.j2", timer)),
     ),
     services=services,
-    reads={"version": lambda _settings, _host: version_probe()},
-    behaviour=install,
     applies=compressing,
 )

@@ -37,14 +37,13 @@ from core.targets import Job, Target, labels
 from core.turn_service import turn_uris
 from core.workers import LOOPBACK, REDIS_PORT, REPLICATION_PORT, Worker, of_kind, plan, playbook_plan, port_ranges
 from tasks.component import Component
-from tasks.declaration import Command, Context, File, Handler, Service, Wheels, template
+from tasks.declaration import Command, Context, File, Handler, Service, Venv, Wheels, template
 from tasks.facts import HostFacts
-from tasks.packages import venv_version_script
 from tasks.pooler import SOCKET_DIR
 from tasks.redis import RedisInstance, redis_component
 from tasks.synapse_pgbouncer import SYNAPSE_PGBOUNCER
 from tasks.systemd import UNIT_DIR
-from tasks.venvs import offline_install
+from tasks.venvs import venv_commands
 from tasks.waits import wait_for_urls
 
 VENVS = "/opt/synapse/venvs"
@@ -195,32 +194,20 @@ def room_list_publication_rules(settings: Settings) -> list[dict[str, str]]:
     return [] if user is None else [{"user_id": user, "alias": "*", "room_id": "*", "action": "allow"}]
 
 
-WHEEL_SET = Wheels("synapse", WHEELS)
+# Each version in a venv of its own; installing one also makes the data folders, which Synapse's account owns.
+SYNAPSE_VENV = Venv(
+    Wheels("synapse", WHEELS),
+    "matrix_synapse",
+    "matrix-synapse[redis]",
+    lambda _settings: artifacts.manifest()["synapse"].version,
+    f"{VENVS}/{{version}}",
+    prepare=f"install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; ",
+    timeout=900,
+)
 MAIN_UNIT_FILE = f"{UNIT_DIR}/{UNIT}"
 WORKER_UNIT_FILE = f"{UNIT_DIR}/{WORKER_UNIT}"
 SHARED = (CONFIG, LOG_CONFIG, SIGNING_KEY)  # a change restarts every process
 VENVS_LISTING = f"ls -1t {VENVS} 2>/dev/null; true"  # newest first
-
-
-def version_probe() -> str:
-    """Prints the Synapse version the pinned version's venv holds (nothing when it has none)."""
-    return venv_version_script(pinned_venv(), "matrix_synapse")
-
-
-def venv_install(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
-    """Install the pinned version into its own venv, unless it is there already and no wheel changed."""
-    version = artifacts.manifest()["synapse"].version
-    target = venv(version)
-    changed_wheels = any(path.startswith(f"{WHEELS}/") for path in written)
-    if facts is not None and facts.commands["version"].strip() == version and not changed_wheels:
-        return []
-    folders = f"install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; "
-    requirement = f"matrix-synapse[redis]=={version}"
-    return [
-        offline_install(
-            target, WHEELS, requirement, f"synapse {version}", fresh=facts is None, prepare=folders, timeout=900
-        )
-    ]
 
 
 def unit_variables(_context: Context) -> dict[str, object]:
@@ -275,7 +262,7 @@ def process_restarts(context: Context, facts: HostFacts | None, written: frozens
     """Every process after a new venv; otherwise those still running an older one (an interrupted update)."""
     if facts is None:
         return frozenset()
-    if venv_install(context, facts, written):
+    if venv_commands(SYNAPSE_VENV, context.settings, facts.commands[SYNAPSE_VENV.read], written):
         return frozenset(service.unit for service in synapse_services(context.settings))
     return frozenset(parse_processes(facts.commands["processes"]).stale())
 
@@ -319,10 +306,6 @@ def prune(listing: str) -> list[Command]:
     return [Command(f"rm -rf -- {paths}", f"old venvs removed: {', '.join(victims)}", "old venvs removed")]
 
 
-def synapse_behaviour(context: Context, facts: HostFacts | None, written: frozenset[str]) -> list[Command]:
-    return [*venv_install(context, facts, written), *retire_and_prune(context, facts, written)]
-
-
 # Staging a new version for `maintenance.py update`: the venv and the units pointing at it,
 # nothing restarted (tasks/rolling.py then restarts one process at a time).
 SYNAPSE_STAGE = Component(
@@ -330,13 +313,11 @@ SYNAPSE_STAGE = Component(
     groups=("synapse",),
     summary="the pinned Synapse version installed in its own venv, the units pointed at it; nothing restarts",
     users=(USER,),
-    wheels=(WHEEL_SET,),
+    venvs=(SYNAPSE_VENV,),
     files=UNIT_FILES,
     handlers=(
         Handler("systemctl daemon-reload", after=(MAIN_UNIT_FILE, WORKER_UNIT_FILE), expect="unit files reloaded"),
     ),
-    reads={"version": lambda _settings, _host: version_probe()},
-    behaviour=venv_install,
     applies=native,
 )
 
@@ -517,11 +498,11 @@ SYNAPSE = Component(
     packages=("python3-venv", "python3-psycopg2"),
     autostart=True,
     users=(USER,),
-    wheels=(WHEEL_SET,),
+    venvs=(SYNAPSE_VENV,),
     files=synapse_files,
     services=synapse_services,
-    reads={"version": lambda _settings, _host: version_probe(), "processes": PROCESSES, "venvs": VENVS_LISTING},
-    behaviour=synapse_behaviour,
+    reads={"processes": PROCESSES, "venvs": VENVS_LISTING},
+    behaviour=retire_and_prune,
     restarts=process_restarts,
     parts=(SYNAPSE_PGBOUNCER, SYNAPSE_REDIS),
     check=synapse_healthy,

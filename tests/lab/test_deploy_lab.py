@@ -27,8 +27,9 @@ Deploy = Callable[..., tuple[int, str]]
 def test_a_first_deploy_starts_a_tier_once_its_own_servers_are_ready(
     first_deploy: dict, lab_settings: Settings
 ) -> None:
-    """The package step installs `packages.installs_at_once` servers at a time, the longest chain's first; etcd
-    starts once the Patroni hosts have their packages and foundation, while other servers still install."""
+    """The package step installs `packages.installs_at_once` servers at a time, the longest chain's first, each
+    with the venvs of its Python programs; etcd starts once the Patroni hosts have their packages and foundation,
+    while other servers still install."""
     steps = {step["name"]: step for step in first_deploy["steps"]}
     installs = steps["packages"]["hosts"]
     if any(host["status"] != "changed" for host in installs.values()):
@@ -47,6 +48,14 @@ def test_a_first_deploy_starts_a_tier_once_its_own_servers_are_ready(
         for name in patroni
     )
     assert ready <= steps["etcd"]["at"] < max(ended for _, ended in spans.values())
+    # Patroni's venv on its hosts, Synapse's and the state compressor's on synapse1: each installed once, early.
+    pip = [
+        (host, record["step"])
+        for host, records in first_deploy["commands"].items()
+        for record in records
+        if "/bin/pip install" in record["command"]
+    ]
+    assert sorted(pip) == sorted([(name, "packages") for name in patroni] + [("synapse1", "packages")] * 2), pip
 
 
 def test_deploy_then_rerun_changes_nothing(deploy_lab: Deploy, lab: Lab, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_wrong_collation_is_refused_not_recreated() -> None:
 
 def test_patroni_refuses_a_host_of_another_cluster(lab_settings: Settings) -> None:
     """A host whose patroni.yml names another scope is another site's database: nothing is changed on it."""
-    facts = HostFacts(commands={"installed": "4.1.5\nscope: matrix-elsewhere\n", "memory": "512\n"})
+    facts = HostFacts(commands={"patroni version": "4.1.5\n", "scope": "scope: matrix-elsewhere\n", "memory": "512\n"})
     context = PATRONI.context(lab_settings, "patroni1", facts)
     with pytest.raises(HostError, match="already belongs to the Patroni cluster 'matrix-elsewhere'"):
         PATRONI.decide(context, facts)
@@ -114,7 +114,7 @@ def test_a_new_patroni_on_a_running_member_is_reported_as_a_pending_restart(lab_
     facts = HostFacts(
         packages=dict.fromkeys(PATRONI.package_names(lab_settings), True),
         units={"patroni.service": ServiceFact("loaded", "active", "enabled")},
-        commands={"installed": "4.1.4\nscope: matrix-lab\n", "memory": "512\n"},
+        commands={"patroni version": "4.1.4\n", "scope": "scope: matrix-lab\n", "memory": "512\n"},
     )
     context = PATRONI.context(lab_settings, "patroni1", facts)
     message, notice = pending_restart(context, PATRONI.decide(context, facts))
