@@ -202,9 +202,9 @@ UNIT_FILE = f"{UNIT_DIR}/patroni.service"
 
 
 def refuse_another_cluster(context: Context, facts: HostFacts | None, _written: frozenset[str]) -> list[Command]:
-    """Refuse a host whose Patroni config names another cluster, before anything is installed there."""
+    """Refuse a host whose Patroni config names another cluster: this step changes nothing there."""
     settings = context.settings
-    found = (facts.commands["scope"].partition(":")[2].strip() if facts else "") or None
+    found = facts.commands["scope"].partition(":")[2].strip() if facts else ""
     if found and found != scope(settings):
         raise HostError(
             f"{context.host.name}: this host already belongs to the Patroni cluster '{found}', not "
