@@ -118,9 +118,13 @@ class Venv:
     def requirement(self, settings: Settings) -> str:
         return f"{self.project}=={self.version(settings)}"
 
+    def of(self, version: str) -> str:
+        """The venv of one version."""
+        return self.path.format(version=version)
+
     def at(self, settings: Settings) -> str:
         """The venv of the pinned version."""
-        return self.path.format(version=self.version(settings))
+        return self.of(self.version(settings))
 
     @property
     def home(self) -> str:

@@ -20,7 +20,6 @@ import time
 
 from nornir.core.task import Task
 
-from core import artifacts
 from core.errors import HostError
 from core.settings import Settings
 from tasks.component import Component
@@ -35,6 +34,7 @@ from tasks.synapse import (
     health_urls,
     native,
     parse_processes,
+    pinned_release,
     prune,
     synapse_healthy,
 )
@@ -158,7 +158,7 @@ def restarts_on_the_pinned_version(
     if context.reads is None:
         return []
     settings = context.settings
-    version = artifacts.manifest()["synapse"].version
+    version = pinned_release()
     urls = health_urls(settings, context.host.private_ip)
     stale = [unit for unit in parse_processes(context.reads["processes"]).stale() if unit in urls]
     if not stale:  # retired workers are not in `urls`: maintenance.py workers stops them

@@ -79,14 +79,14 @@ SYNAPSE_REDIS = redis_component(
 )
 
 
-def venv(version: str) -> str:
-    """The venv of one Synapse version."""
-    return f"{VENVS}/{version}"
+def pinned_release(_settings: object = None) -> str:
+    """The Synapse version artifacts/manifest.yaml pins (whatever the settings)."""
+    return artifacts.manifest()["synapse"].version
 
 
 def pinned_venv() -> str:
     """The venv of the version artifacts/manifest.yaml pins."""
-    return venv(artifacts.manifest()["synapse"].version)
+    return SYNAPSE_VENV.of(pinned_release())
 
 
 def worker_unit(name: str) -> str:
@@ -199,7 +199,7 @@ SYNAPSE_VENV = Venv(
     Wheels("synapse", WHEELS),
     "matrix_synapse",
     "matrix-synapse[redis]",
-    lambda _settings: artifacts.manifest()["synapse"].version,
+    pinned_release,
     f"{VENVS}/{{version}}",
     prepare=f"install -d -o {USER} -g {USER} -m 0750 {DATA} {DATA}/media; install -d {VENVS}; ",
     timeout=900,
@@ -299,7 +299,7 @@ def retire_and_prune(context: Context, facts: HostFacts | None, written: frozens
 def prune(listing: str) -> list[Command]:
     """Remove the venvs of old versions (from `ls -1t`'s `listing`), keeping the pinned one and the newest other
     (to roll back to)."""
-    victims = old_venvs(listing, artifacts.manifest()["synapse"].version)
+    victims = old_venvs(listing, pinned_release())
     if not victims:
         return []
     paths = " ".join(shlex.quote(f"{VENVS}/{name}") for name in victims)

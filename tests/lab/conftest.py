@@ -115,11 +115,27 @@ def failed_units(lab: Lab) -> str:
     return "\n".join(report) or "no failed units on any lab host"
 
 
-# Errors every lab host logged lately: Synapse's own "<logger> - <line> - ERROR - ..." lines with what
-# follows them (its tracebacks), and what other daemons logged at priority err or worse (but sshd's
-# complaint, at every login, that the lab's hosts have no /etc/default/locale).
+# Errors every lab host logged lately: each of Synapse's "<logger> - <line> - ERROR - ..." records as its
+# first line and the end of its traceback (where the exception is named; a record's lines share their
+# time stamp), its database retries ("[TXN OPERROR]": the database's own words), and what other daemons
+# logged at priority err or worse (but sshd's complaint, at every login, that the lab's hosts have no
+# /etc/default/locale).
+SYNAPSE_ERRORS = r"""
+function flush(  i) {
+    if (n && buf[1] ~ / - (ERROR|CRITICAL) - /) {
+        print buf[1]; if (n > 4) print "  ..."
+        for (i = (n > 4 ? n - 2 : 2); i <= n; i++) print buf[i]
+    } else if (n && buf[1] ~ /\[TXN (OPERROR|EROLL)\]/) print buf[1]
+    n = 0
+}
+$0 ~ /: +\^+ *$/ { next }
+{ key = $3 " " $4 " " $5 }
+key != k { flush(); k = key }
+{ buf[++n] = $0 }
+END { flush() }
+"""
 JOURNAL_ERRORS = (
-    "journalctl -q --since=-15min --no-pager -o short-precise | grep -E -A12 ' - (ERROR|CRITICAL) - ' | tail -n 60; "
+    f"journalctl -q --since=-15min --no-pager -o short-precise | awk {shlex.quote(SYNAPSE_ERRORS)} | tail -n 80; "
     "journalctl -q --since=-15min --no-pager -o short-precise -p err | grep -v pam_env | tail -n 20"
 )
 

@@ -134,7 +134,7 @@ def test_update_restarts_each_process_on_the_new_version_while_clients_are_serve
     """A real version change (to the previous patch release and back): each process is
     restarted once, one at a time, and a client asking the worker-served
     /_matrix/client/versions through the VIP every 50 ms gets 200 throughout."""
-    pinned = synapse.venv(previous_release)
+    pinned = synapse.SYNAPSE_VENV.of(previous_release)
     units = list(running_venvs(lab))
     database = {h: invocations(lab, h, ["patroni.service"]) for h in ("patroni1", "patroni2", "patroni3")}
     ca = lab_settings.ca.cert_path
