@@ -116,26 +116,29 @@ def failed_units(lab: Lab) -> str:
 
 
 # Errors every lab host logged lately: each of Synapse's "<logger> - <line> - ERROR - ..." records as its
-# first line and the end of its traceback (where the exception is named; a record's lines share their
-# time stamp), its database retries ("[TXN OPERROR]": the database's own words), and what other daemons
-# logged at priority err or worse (but sshd's complaint, at every login, that the lab's hosts have no
-# /etc/default/locale).
+# first line and the end of its traceback (where the exception is named; a record's lines follow its first
+# line in the same process, other processes' lines in between), its database retries ("[TXN OPERROR]": the
+# database's own words), and what other daemons logged at priority err or worse (but sshd's complaint, at
+# every login, that the lab's hosts have no /etc/default/locale).
 SYNAPSE_ERRORS = r"""
-function flush(  i) {
-    if (n && buf[1] ~ / - (ERROR|CRITICAL) - /) {
-        print buf[1]; if (n > 4) print "  ..."
-        for (i = (n > 4 ? n - 2 : 2); i <= n; i++) print buf[i]
-    } else if (n && buf[1] ~ /\[TXN (OPERROR|EROLL)\]/) print buf[1]
-    n = 0
+function flush(k,  i, m) {
+    m = n[k]
+    if (m) { print buf[k, 1]; if (m > 4) print "  ..."; for (i = (m > 4 ? m - 2 : 2); i <= m; i++) print buf[k, i] }
+    n[k] = 0
 }
 $0 ~ /: +\^+ *$/ { next }
-{ key = $3 " " $4 " " $5 }
-key != k { flush(); k = key }
-{ buf[++n] = $0 }
-END { flush() }
+{ k = $4 " " $5 }
+/ - [0-9]+ - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - / {
+    flush(k)
+    if ($0 ~ / - (ERROR|CRITICAL) - /) { n[k] = 1; buf[k, 1] = $0 }
+    else if ($0 ~ /\[TXN (OPERROR|EROLL)\]/) print
+    next
+}
+n[k] { buf[k, ++n[k]] = $0 }
+END { for (k in n) flush(k) }
 """
 JOURNAL_ERRORS = (
-    f"journalctl -q --since=-15min --no-pager -o short-precise | awk {shlex.quote(SYNAPSE_ERRORS)} | tail -n 80; "
+    f"journalctl -q --since=-15min --no-pager -o short-precise | awk {shlex.quote(SYNAPSE_ERRORS)} | tail -n 120; "
     "journalctl -q --since=-15min --no-pager -o short-precise -p err | grep -v pam_env | tail -n 20"
 )
 
