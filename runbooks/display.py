@@ -154,6 +154,7 @@ class Progress:
         show_diffs: bool,
         ordered: bool = False,
         host_done: Callable[[], None] | None = None,
+        hold_ok: bool = False,
     ) -> None:
         self.console = console
         self.redact = redact
@@ -162,6 +163,11 @@ class Progress:
         # Print the hosts in the inventory's order once all are done, not each as it finishes.
         self.ordered = ordered
         self.host_done = host_done  # told as each host finishes (the live line's count)
+        # A step that only reads before the run decides what to change on its hosts (the site identity:
+        # read everywhere, then written where missing) holds back their "ok" lines: `release` prints
+        # them once it is known which hosts it leaves as they were, so no host is said to have
+        # nothing to do and then changed.
+        self.hold_ok = hold_ok
         self.lock = threading.Lock()
         self.started: dict[str, float] = {}
         self.outcomes: dict[str, HostOutcome] = {}
@@ -172,9 +178,19 @@ class Progress:
     def task_completed(self, task: Task, result: AggregatedResult) -> None:
         if self.ordered:
             for name in result:  # the runner's order: the inventory's
-                if name in self.outcomes:
+                if name in self.outcomes and not self._held(self.outcomes[name]):
                     self._print(name, self.outcomes[name])
-        quiet = [name for name in result if name in self.outcomes and self._quiet(self.outcomes[name])]
+        if not self.hold_ok:
+            self._count_quiet({name: self.outcomes[name] for name in result if name in self.outcomes})
+
+    def release(self, outcomes: dict[str, HostOutcome]) -> None:
+        """Print the hosts' final `outcomes` after a step that held back its "ok" lines, as any step prints them."""
+        for name, outcome in outcomes.items():
+            self._print(name, outcome)
+        self._count_quiet(outcomes)
+
+    def _count_quiet(self, outcomes: dict[str, HostOutcome]) -> None:
+        quiet = [name for name, outcome in outcomes.items() if self._quiet(outcome)]
         if quiet:
             shown = ", ".join(quiet[:QUIET_NAMES]) + (
                 f" … {len(quiet) - QUIET_NAMES} more" if len(quiet) > QUIET_NAMES else ""
@@ -189,7 +205,7 @@ class Progress:
         outcome = host_outcome(result, time.monotonic() - self.started.get(host.name, time.monotonic()), self.redact)
         with self.lock:
             self.outcomes[host.name] = outcome
-            if not self.ordered:
+            if not self.ordered and not self._held(outcome):
                 self._print(host.name, outcome)
         if self.host_done:
             self.host_done()
@@ -199,6 +215,9 @@ class Progress:
 
     def subtask_instance_completed(self, task: Task, host: Host, result: MultiResult) -> None:
         return None
+
+    def _held(self, outcome: HostOutcome) -> bool:
+        return self.hold_ok and outcome.status == "ok"
 
     def _quiet(self, outcome: HostOutcome) -> bool:
         """A host with nothing to say: counted on one line instead of its own, unless the run is verbose."""

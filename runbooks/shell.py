@@ -56,6 +56,7 @@ from core.settings import Settings, load_settings
 from core.step import Step, direct_needs, waits_for
 from core.yamlsource import SafeLoader
 from runbooks.display import (
+    HostOutcome,
     Progress,
     Running,
     StepOutcome,
@@ -564,16 +565,16 @@ class Runbook:
         Runs before any step, so a wrong secrets file or CA is refused before anything changes.
         """
         mine = site_identity.ours(settings)
+        read = self._progress(self.console, options, redact, IDENTITY_STEP.name, hold_ok=True)
         outcome, result = self._run_step(
-            nr, IDENTITY_STEP, 0, len(options.steps), settings, options, self.console, redact
+            nr, IDENTITY_STEP, 0, len(options.steps), settings, options, self.console, redact, progress=read
         )
         answers = {name: multi[0].identity for name, multi in (result or {}).items() if not multi.failed}
         outcome.problems = grouped(site_identity.problems(answers, settings, mine))
+        new = [] if outcome.problems else site_identity.stale(answers, mine)
         if outcome.problems:
             outcome.status, outcome.note = "failed", "another site's secrets or CA"
-            return outcome
-        new = site_identity.stale(answers, mine)
-        if new and options.mode is Mode.APPLY:
+        elif new and options.mode is Mode.APPLY:
             written = (
                 nr.filter(filter_func=lambda h: h.name in new)
                 .with_processors([StepTag(IDENTITY_STEP.name), self._progress(self.console, options, redact)])
@@ -584,7 +585,10 @@ class Runbook:
             if written.failed:
                 outcome.status, outcome.note = "failed", f"{len(written.failed_hosts)} host(s) failed"
         elif new:
-            outcome.note = f"to be written on {len(new)} host(s)"
+            pending = HostOutcome("changed", 0.0, diff=f"{site_identity.IDENTITY_PATH}: to be written")
+            outcome.hosts.update(dict.fromkeys(new, pending))
+            read.release(dict.fromkeys(new, pending))
+        read.release({name: host for name, host in outcome.hosts.items() if name not in new and host.status == "ok"})
         if outcome.status == "ok" and any(h.status == "changed" for h in outcome.hosts.values()):
             outcome.status = "changed"
         return outcome
@@ -680,11 +684,13 @@ class Runbook:
         console: Console,
         redact: Redactor,
         board: HostBoard | None = None,
+        progress: Progress | None = None,
     ) -> tuple[StepOutcome, AggregatedResult | None]:
         """Run one step on its hosts (and its health check); the outcome, and the hosts' results when it ran.
 
         In a graph run (`board`) its hosts wait for the `per_host` steps it is after to be done on them,
-        and a `per_host` step tells the board of each host as it ends there.
+        and a `per_host` step tells the board of each host as it ends there. `progress` prints the hosts'
+        outcomes (by default, each as it ends).
         """
         groups = step.groups
         targets = nr.filter(filter_func=lambda h: runs_on(step, h))
@@ -727,7 +733,7 @@ class Runbook:
         started, at = time.monotonic(), time.time()
         if self.running:
             self.running.start(step.name, count)
-        progress = self._progress(console, options, redact, step.name)
+        progress = progress or self._progress(console, options, redact, step.name)
         # on_failed: Nornir would leave out hosts that failed in any step so far, also in steps that do not need them.
         result = (
             targets.with_runner(runner)
@@ -775,7 +781,9 @@ class Runbook:
         outcome.seconds = time.monotonic() - started
         return outcome, result
 
-    def _progress(self, console: Console, options: Options, redact: Redactor, step: str = "") -> Progress:
+    def _progress(
+        self, console: Console, options: Options, redact: Redactor, step: str = "", *, hold_ok: bool = False
+    ) -> Progress:
         # Hosts in the inventory's order where nobody watches them finish: a step shown whole when it ends
         # (its own console), and plan mode, whose output is compared from one run to the next.
         ordered = console is not self.console or options.mode is Mode.PLAN
@@ -787,6 +795,7 @@ class Runbook:
             show_diffs=options.mode is not Mode.APPLY,
             ordered=ordered,
             host_done=(lambda: running.host_done(step)) if running and step else None,
+            hold_ok=hold_ok,
         )
 
     def _health(

@@ -215,6 +215,9 @@ def test_a_secret_rotated_on_purpose_reaches_every_consumer(
     fresh = load_or_create(lab_settings.secrets.path, {})  # read as it is: nothing to add
     lab_settings.secrets.values.update(fresh.values)  # later tests read the file as any new run would
     assert code == 0, out
+    # Every server's identity rewritten, each shown changed, none also counted as having nothing to do.
+    identity_part = out.split(" site-identity — ")[1].split("\n▶ ")[0]
+    assert identity_part.count("changed  ") == len(lab.hosts) and "nothing to do" not in identity_part, identity_part
     new = fresh["turn_shared_secret"]
     assert new != old and fresh["previous turn_shared_secret"] == old
     assert old not in out and new not in out and old not in report.read_text() and new not in report.read_text()

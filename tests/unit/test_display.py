@@ -65,3 +65,23 @@ def test_hosts_with_nothing_to_do_share_one_line_unless_verbose() -> None:
                 "9 host(s) with nothing to do: host1, host2, host4, host5, host6, host7, host8, host9 … 1 more" in shown
             )
             assert "changed  host3" in shown and "host10" not in shown.split("nothing to do")[0]
+
+
+def test_a_step_holding_its_ok_hosts_says_nothing_of_them_until_released() -> None:
+    """The site identity is read on every host, then written on some: the hosts it writes are shown
+    changed, the others then counted as having nothing to do; no host is said to be both."""
+    console = Console(record=True, width=200)
+    progress = Progress(console, Redactor(None), verbose=False, show_diffs=False, hold_ok=True)
+    result = AggregatedResult("site-identity")
+    for name, failed in (("host1", False), ("host2", False), ("host3", True)):
+        multi = MultiResult("site-identity")
+        multi.append(Result(host=Host(name), result="read", failed=failed))
+        result[name] = multi
+        progress.task_instance_completed(None, Host(name), multi)  # type: ignore[arg-type]
+    progress.task_completed(None, result)  # type: ignore[arg-type]
+    held = console.export_text(clear=False)
+    assert "failed   host3" in held and "host1" not in held and "nothing to do" not in held
+    written = HostOutcome("changed", 0.1, diff="/etc/matrix-platform/site.json: created")
+    progress.release({"host1": written, "host2": progress.outcomes["host2"]})
+    shown = console.export_text()
+    assert "changed  host1" in shown and "1 host(s) with nothing to do: host2" in shown
