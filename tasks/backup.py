@@ -346,12 +346,14 @@ def parse_ages(out: str) -> list[Freshness]:
     """The newest backup of each kind and its age, from `ages_command`'s output."""
     now_line, rest = out.split("\n", 1)
     now = float(now_line)
-    decoder = json.JSONDecoder()
-    info_json, end = decoder.raw_decode(rest.lstrip())
+    rest = rest.lstrip()
+    # pgBackRest prints JSON even for a stanza it has not made yet; nothing at all where it is not
+    # installed yet (a check run against new servers), which is no backup either.
+    info_json, end = json.JSONDecoder().raw_decode(rest) if rest.startswith("[") else ([{"backup": []}], 0)
     stops = [b["timestamp"]["stop"] for b in info_json[0]["backup"]]
     newest: dict[str, float | None] = {kind: None for kind in BACKUP_KINDS}
     newest["database"] = max(stops, default=None)
-    newest |= {kind: float(value) for kind, value in SUCCESS.findall(rest.lstrip()[end:])}
+    newest |= {kind: float(value) for kind, value in SUCCESS.findall(rest[end:])}
     return [
         Freshness(kind, stamp, None if stamp is None else round((now - stamp) / 3600, 3))
         for kind, stamp in newest.items()

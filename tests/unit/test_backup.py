@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from tasks.backup import BACKUP_REPOSITORY, newest_wal_age, stanza
+from tasks.backup import BACKUP_REPOSITORY, newest_wal_age, parse_ages, stanza
 from tasks.facts import HostFacts
 from tasks.files import jinja
 from tasks.restore_drill import pgbackrest_time, target_time_problems
@@ -141,3 +141,13 @@ def test_the_newest_archived_wal_is_read_as_an_age_or_none() -> None:
     assert newest_wal_age("1700000100\n1700000040.5\n") == 59.5
     assert newest_wal_age("1700000100\n") is None  # no segment within STEADY_WAL_HOURS: the full check runs
     assert newest_wal_age("") is None and newest_wal_age("garbled\nlines\n") is None
+
+
+def test_backup_ages_are_read_with_or_without_pgbackrest_on_the_host() -> None:
+    """A backup host with a full backup and a media pull; then a new one (a check run before the first
+    deploy: no pgBackRest, no metrics file), where every kind counts as never backed up."""
+    info = '[{"backup": [{"timestamp": {"start": 1700000000, "stop": 1700003600}}], "name": "matrix"}]'
+    metric = 'matrix_platform_backup_last_success_timestamp_seconds{kind="media"} 1700007200\n'
+    ages = {a.kind: (a.newest, a.age_hours) for a in parse_ages(f"1700010800\n{info}\n{metric}")}
+    assert ages == {"database": (1700003600, 2.0), "media": (1700007200.0, 1.0), "keys": (None, None)}
+    assert {a.kind: a.newest for a in parse_ages("1700010800\n")} == dict.fromkeys(("database", "media", "keys"))
