@@ -7,6 +7,8 @@ process, overlay), so a leaking teardown cannot go unnoticed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -190,10 +192,28 @@ def deploy_with_report(lab: Lab, report: Path) -> dict:
     return json.loads(report.read_text())
 
 
+# What a deploy makes that a check run must not: the site identity, a package, a venv.
+MADE = "ls -d /etc/matrix-platform/site.json /usr/bin/etcd /opt/patroni/venv /opt/synapse 2>/dev/null; true"
+
+
 @pytest.fixture(scope="session")
-def first_deploy(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def new_servers_check(lab: Lab) -> dict:
+    """`deploy.py --lab --check` before the session's first deploy: its exit code, its output and what each
+    server had of a deploy's work (MADE) before and after it."""
+
+    def made() -> dict[str, str]:
+        return {h.name: ssh(lab, h.name, MADE).stdout for h in lab.hosts}
+
+    before, out = made(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = load_runbook("deploy").RUNBOOK.main(["--lab", "--check"])
+    return {"code": code, "out": out.getvalue(), "before": before, "after": made()}
+
+
+@pytest.fixture(scope="session")
+def first_deploy(lab: Lab, new_servers_check: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The report of the session's first deploy through this fixture: the first deploy into the fresh lab
-    when no test deployed before it (a no-op re-run otherwise)."""
+    when no test deployed before it (a no-op re-run otherwise), after a check run on its new servers."""
     return deploy_with_report(lab, tmp_path_factory.mktemp("first-deploy") / "report.json")
 
 

@@ -58,6 +58,19 @@ def test_a_first_deploy_starts_a_tier_once_its_own_servers_are_ready(
     assert sorted(pip) == sorted([(name, "packages") for name in patroni] + [("synapse1", "packages")] * 2), pip
 
 
+def test_a_check_run_on_new_servers_names_what_the_deploy_would_do_and_changes_nothing(
+    new_servers_check: dict, lab: Lab
+) -> None:
+    out, new = new_servers_check["out"], {h.name: "" for h in lab.hosts}
+    if new_servers_check["before"] != new:
+        pytest.skip("the lab was deployed before this session's check run")
+    assert new_servers_check["code"] == 0 and "deploy: changes pending" in out, out
+    assert "Traceback" not in out, out
+    assert out.count("/etc/matrix-platform/site.json: to be written") == len(lab.hosts)
+    assert "first backup: database, media, keys" in out  # backup1 has no pgBackRest yet: no backup either
+    assert new_servers_check["after"] == new
+
+
 def test_deploy_then_rerun_changes_nothing(deploy_lab: Deploy, lab: Lab, tmp_path: Path) -> None:
     code, out = deploy_lab()
     assert code == 0, out
