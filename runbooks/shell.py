@@ -588,7 +588,10 @@ class Runbook:
             pending = HostOutcome("changed", 0.0, diff=f"{site_identity.IDENTITY_PATH}: to be written")
             outcome.hosts.update(dict.fromkeys(new, pending))
             read.release(dict.fromkeys(new, pending))
-        read.release({name: host for name, host in outcome.hosts.items() if name not in new and host.status == "ok"})
+        if not outcome.problems:  # a refused run changes nothing, but its servers are not "nothing to do" either
+            read.release(
+                {name: host for name, host in outcome.hosts.items() if name not in new and host.status == "ok"}
+            )
         if outcome.status == "ok" and any(h.status == "changed" for h in outcome.hosts.values()):
             outcome.status = "changed"
         return outcome
